@@ -1,0 +1,21 @@
+"""taichi_dr: a differentiable rasterizer and differentiable smoke simulator in Taichi.
+
+Importing the package starts nothing: call :func:`init` (or let the first renderer do it).
+"""
+
+from .backend import init
+from .camera import Camera, from_opencv, look_at, orbit, perspective
+from .errors import UserError
+from .scene import Mesh, icosphere
+
+__all__ = [
+    "Camera",
+    "Mesh",
+    "UserError",
+    "from_opencv",
+    "icosphere",
+    "init",
+    "look_at",
+    "orbit",
+    "perspective",
+]

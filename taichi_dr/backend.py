@@ -1,0 +1,121 @@
+"""Backend selection: the one place that calls ``ti.init``.
+
+``init(arch="cpu", precision="f32")`` starts Taichi once per process. Calling it again
+with the same settings is a no-op; different settings reset Taichi (every field allocated
+before becomes invalid, so renderers must be rebuilt). ``precision`` sets Taichi's default
+float type, which every field of taichi_dr uses (``real()``).
+"""
+
+from __future__ import annotations
+
+import taichi as ti
+
+from .errors import UserError
+
+ARCHS = ("cpu", "cuda", "vulkan", "metal", "gpu")
+_TI_ARCH = {"cpu": "cpu", "cuda": "cuda", "vulkan": "vulkan", "metal": "metal", "gpu": "gpu"}
+# Archs whose reverse-mode autodiff we trust (see shared TAICHI_NOTES: vulkan's is broken).
+AUTODIFF_ARCHS = ("cpu", "cuda")
+
+_state: dict = {"arch": None, "precision": None, "requested": None}
+
+
+def _arch_name(ti_arch) -> str:
+    name = ti_arch.name if hasattr(ti_arch, "name") else str(ti_arch)
+    return {"x64": "cpu", "arm64": "cpu"}.get(name, name)
+
+
+def _try(arch: str) -> bool:
+    """True when ``arch`` can really be started here (probes, then resets Taichi)."""
+    try:
+        ti.init(arch=getattr(ti, _TI_ARCH[arch]), enable_fallback=False, log_level=ti.ERROR)
+        ok = _arch_name(ti.lang.impl.current_cfg().arch) == arch or arch == "gpu"
+    except Exception:
+        ok = False
+    ti.reset()
+    return ok
+
+
+def available_archs() -> list[str]:
+    """Archs that start on this machine (probing them; slow, used for error messages)."""
+    return [a for a in ("cpu", "cuda", "vulkan", "metal") if _try(a)]
+
+
+def init(arch: str = "cpu", precision: str | None = None, **kwargs) -> str:
+    """Start Taichi on ``arch`` ∈ {cpu, cuda, vulkan, metal, gpu} with float ``precision``.
+
+    ``precision`` is "f32" or "f64"; ``None`` keeps the current one (f32 on first start).
+    Returns the arch really obtained ("gpu" resolves to cuda, vulkan or metal). Raises
+    :class:`UserError` with a one-line message when the arch is unknown or unavailable.
+    """
+    if arch not in ARCHS:
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if precision is None:
+        precision = _state["precision"] or "f32"
+    if precision not in ("f32", "f64"):
+        raise UserError(f"unknown precision {precision!r}; choose f32 or f64")
+    if _state["requested"] == (arch, precision) and not kwargs:
+        return _state["arch"]
+    if _state["arch"] is not None:
+        ti.reset()
+    options = dict(offline_cache=True, log_level=ti.WARN, fast_math=False)
+    options.update(kwargs)
+    try:
+        ti.init(
+            arch=getattr(ti, _TI_ARCH[arch]),
+            default_fp=ti.f64 if precision == "f64" else ti.f32,
+            enable_fallback=False,
+            **options,
+        )
+        got = _arch_name(ti.lang.impl.current_cfg().arch)
+    except Exception:
+        got = None
+    if got is None or (arch != "gpu" and got != arch) or (arch == "gpu" and got == "cpu"):
+        ti.reset()
+        _state.update(arch=None, precision=None, requested=None)
+        avail = ", ".join(available_archs()) or "none"
+        raise UserError(
+            f"arch {arch!r} is not available on this machine (available: {avail}); "
+            "pass --arch cpu or install the driver"
+        )
+    if precision == "f64" and got == "metal":
+        raise UserError("metal has no float64; use precision='f32' or --arch cpu")
+    _state.update(arch=got, precision=precision, requested=(arch, precision))
+    return got
+
+
+def ensure_init() -> None:
+    """Start on cpu/f32 unless ``init`` was called already."""
+    if _state["arch"] is None:
+        init()
+
+
+def current_arch() -> str | None:
+    return _state["arch"]
+
+
+def precision() -> str | None:
+    return _state["precision"]
+
+
+def real():
+    """The Taichi float type of every taichi_dr field (follows ``precision``)."""
+    ensure_init()
+    return ti.f64 if _state["precision"] == "f64" else ti.f32
+
+
+def np_real():
+    import numpy as np
+
+    return np.float64 if precision() == "f64" else np.float32
+
+
+def require_autodiff() -> None:
+    """Raise a clear error when reverse-mode gradients are asked for on an arch where
+    Taichi 1.7.4's reverse mode is known to be wrong (vulkan, metal)."""
+    ensure_init()
+    if _state["arch"] not in AUTODIFF_ARCHS:
+        raise UserError(
+            f"reverse-mode gradients are not supported on {_state['arch']} (Taichi's "
+            "reverse-mode autodiff is wrong there); use --arch cpu or cuda"
+        )

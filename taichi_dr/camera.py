@@ -1,0 +1,180 @@
+"""Pinhole cameras in OpenGL conventions (DESIGN §2).
+
+World and eye space are right-handed, the camera looks down −z with y up; clip space is
+``P · V · [x, y, z, 1]`` and NDC is clip / w in [−1, 1]³. Window x grows to the right,
+image rows grow downwards (row 0 is the top). Matrices are NumPy float64 (4, 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import UserError
+
+
+def _vec3(v, name):
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise UserError(f"{name} must be 3 finite numbers, got {v!r}")
+    return a
+
+
+def look_at(eye, center, up=(0.0, 1.0, 0.0)) -> np.ndarray:
+    """View matrix of gluLookAt: maps ``eye`` to the origin and ``center`` onto −z."""
+    eye, center, up = _vec3(eye, "eye"), _vec3(center, "center"), _vec3(up, "up")
+    f = center - eye
+    if np.linalg.norm(f) == 0:
+        raise UserError("eye and center coincide; move the camera away from its target")
+    f /= np.linalg.norm(f)
+    s = np.cross(f, up)
+    if np.linalg.norm(s) < 1e-12:
+        raise UserError("up is parallel to the viewing direction; pick another up vector")
+    s /= np.linalg.norm(s)
+    u = np.cross(s, f)
+    view = np.eye(4)
+    view[0, :3], view[1, :3], view[2, :3] = s, u, -f
+    view[:3, 3] = -view[:3, :3] @ eye
+    return view
+
+
+def check_depth_range(near: float, far: float) -> None:
+    if not (math.isfinite(near) and math.isfinite(far)) or near <= 0 or near >= far:
+        raise UserError(f"need 0 < near < far, got near={near}, far={far}")
+
+
+def perspective(fov_y: float, aspect: float, near: float, far: float) -> np.ndarray:
+    """Projection matrix of gluPerspective; ``fov_y`` in degrees, ``aspect`` = W / H."""
+    if not (0.0 < fov_y < 180.0):
+        raise UserError(f"fov must lie in (0, 180) degrees, got {fov_y}")
+    if not aspect > 0:
+        raise UserError(f"aspect must be positive, got {aspect}")
+    check_depth_range(near, far)
+    f = 1.0 / math.tan(math.radians(fov_y) / 2.0)
+    proj = np.zeros((4, 4))
+    proj[0, 0] = f / aspect
+    proj[1, 1] = f
+    proj[2, 2] = (far + near) / (near - far)
+    proj[2, 3] = 2.0 * far * near / (near - far)
+    proj[3, 2] = -1.0
+    return proj
+
+
+def check_resolution(width: int, height: int, max_pixels: int = 1 << 26) -> None:
+    if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+        raise UserError(f"resolution must be two positive integers, got {width}x{height}")
+    if width * height > max_pixels or max(width, height) > 16384:
+        raise UserError(
+            f"resolution {width}x{height} is too large for memory "
+            f"(at most {max_pixels} pixels and 16384 per side)"
+        )
+
+
+@dataclass
+class Camera:
+    """A camera: view and projection matrices plus the image size in pixels."""
+
+    view: np.ndarray
+    proj: np.ndarray
+    width: int
+    height: int
+    near: float
+    far: float
+    model: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+    def __post_init__(self):
+        check_resolution(self.width, self.height)
+        check_depth_range(self.near, self.far)
+
+    @classmethod
+    def look_at(
+        cls,
+        eye,
+        center=(0, 0, 0),
+        up=(0, 1, 0),
+        fov=45.0,
+        width=256,
+        height=256,
+        near=0.1,
+        far=100.0,
+    ) -> Camera:
+        """Camera from gluLookAt + gluPerspective parameters (``fov`` vertical, degrees)."""
+        check_resolution(width, height)
+        return cls(
+            look_at(eye, center, up),
+            perspective(fov, width / height, near, far),
+            int(width),
+            int(height),
+            float(near),
+            float(far),
+        )
+
+    @property
+    def mvp(self) -> np.ndarray:
+        return self.proj @ self.view @ self.model
+
+    @property
+    def eye(self) -> np.ndarray:
+        """Camera position in world space."""
+        return np.linalg.inv(self.view)[:3, 3]
+
+
+def from_opencv(K, R, t, width, height, near=0.1, far=100.0) -> Camera:
+    """Camera from OpenCV calibration: ``x_pix = K (R X + t)`` with x right, y down, z
+    forward and pixel centres at integer coordinates (ours sit at +0.5)."""
+    K = np.asarray(K, dtype=np.float64)
+    R = np.asarray(R, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64).reshape(3)
+    if K.shape != (3, 3) or R.shape != (3, 3):
+        raise UserError("K and R must be 3x3 matrices")
+    check_resolution(width, height)
+    check_depth_range(near, far)
+    flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL eye axes
+    view = np.eye(4)
+    view[:3, :3], view[:3, 3] = R, t
+    view = flip @ view
+    fx, s, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
+    proj = np.zeros((4, 4))
+    proj[0, 0] = 2 * fx / width
+    proj[0, 1] = -2 * s / width
+    proj[0, 2] = 1 - 2 * (cx + 0.5) / width
+    proj[1, 1] = 2 * fy / height
+    proj[1, 2] = 2 * (cy + 0.5) / height - 1
+    proj[2, 2] = (far + near) / (near - far)
+    proj[2, 3] = 2 * far * near / (near - far)
+    proj[3, 2] = -1.0
+    return Camera(view, proj, int(width), int(height), float(near), float(far))
+
+
+def orbit_eyes(
+    n: int, radius: float = 3.0, elevation: float = 20.0, center=(0, 0, 0), azimuth0: float = 0.0
+) -> np.ndarray:
+    """``n`` eye positions evenly spaced in azimuth on a circle at ``elevation`` degrees."""
+    if n < 1:
+        raise UserError(f"need at least one view, got {n}")
+    az = np.radians(azimuth0 + 360.0 * np.arange(n) / n)
+    el = math.radians(elevation)
+    c = np.asarray(center, dtype=np.float64)
+    return c + radius * np.stack(
+        [np.cos(el) * np.sin(az), np.full(n, np.sin(el)), np.cos(el) * np.cos(az)], axis=1
+    )
+
+
+def orbit(
+    n: int,
+    radius: float = 3.0,
+    elevation: float = 20.0,
+    center=(0, 0, 0),
+    fov: float = 45.0,
+    width: int = 256,
+    height: int = 256,
+    near: float = 0.1,
+    far: float = 100.0,
+) -> list[Camera]:
+    """A multi-view rig: ``n`` cameras on an orbit, all looking at ``center``."""
+    return [
+        Camera.look_at(e, center, (0, 1, 0), fov, width, height, near, far)
+        for e in orbit_eyes(n, radius, elevation, center)
+    ]

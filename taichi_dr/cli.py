@@ -1,0 +1,45 @@
+"""``taichi-dr``: the single command-line entry point (also ``python -m taichi_dr``).
+
+Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
+``run(args)``; every one gets the common flags ``--arch --headless --out --seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .backend import ARCHS
+from .errors import UserError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
+    parser.add_argument("--arch", choices=ARCHS, default="cpu", help="Taichi backend")
+    parser.add_argument("--headless", action="store_true", help="no window; write files only")
+    parser.add_argument("--out", default=out, help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taichi-dr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        add_common(p, out=f"out/{name}")
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run ``taichi-dr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
