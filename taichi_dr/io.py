@@ -23,6 +23,7 @@ def _atomic(path, write, suffix=None):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

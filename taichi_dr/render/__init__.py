@@ -1,0 +1,1 @@
+"""The rasterization pipeline, one module per stage (see DESIGN §1)."""

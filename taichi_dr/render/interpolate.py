@@ -1,0 +1,109 @@
+"""Interpolation: perspective-correct barycentrics recomputed from the triangle id.
+
+For the pixel centre at NDC (x, y) and the triangle's clip vertices (xᵢ, yᵢ, zᵢ, wᵢ),
+with aᵢ = xᵢ − x·wᵢ and bᵢ = yᵢ − y·wᵢ, the perspective-correct barycentrics are
+λ = a × b / Σ(a × b) (homogeneous rasterization). This is differentiable in the clip
+coordinates, works for triangles crossing the near plane (no clipped geometry needed),
+and gives the eye-space depth Σ λᵢ wᵢ. Only visibility (the triangle id) comes from the
+non-differentiable rasterizer.
+
+Owns ``bary`` (H, W, 3) and ``depth`` (H, W; eye-space distance along −z, inf where
+empty); both carry gradients. ``interpolate(values, out)`` fills any per-vertex field
+(V, C) into a per-pixel field (H, W, C).
+"""
+
+import taichi as ti
+
+from .. import backend
+
+
+@ti.func
+def pixel_ndc(y: ti.i32, x: ti.i32, width: ti.i32, height: ti.i32):
+    """NDC of the centre of pixel (row y, column x); rows grow downwards."""
+    return ti.Vector([(x + 0.5) / width * 2.0 - 1.0, 1.0 - (y + 0.5) / height * 2.0])
+
+
+@ti.func
+def perspective_barycentrics(c0: ti.template(), c1: ti.template(), c2: ti.template(),
+                             p: ti.template()):
+    """Perspective-correct barycentrics of NDC point ``p`` in the clip triangle c0 c1 c2."""
+    a = ti.Vector([c0[0] - p[0] * c0[3], c1[0] - p[0] * c1[3], c2[0] - p[0] * c2[3]])
+    b = ti.Vector([c0[1] - p[1] * c0[3], c1[1] - p[1] * c1[3], c2[1] - p[1] * c2[3]])
+    lam = a.cross(b)
+    s = lam[0] + lam[1] + lam[2]
+    s = ti.select(ti.abs(s) > 1e-30, s, 1e-30)  # edge-on triangle: finite, not NaN
+    return lam / s
+
+
+@ti.data_oriented
+class Interpolator:
+    def __init__(self, width: int, height: int):
+        real = backend.real()
+        self.width, self.height = int(width), int(height)
+        shape = (self.height, self.width)
+        self.bary = ti.Vector.field(3, real, shape=shape, needs_grad=True)
+        self.depth = ti.field(real, shape=shape, needs_grad=True)
+
+    @ti.kernel
+    def _barycentrics(self, clip: ti.template(), faces: ti.template(), tri: ti.template()):
+        for y, x in self.depth:
+            t = tri[y, x]
+            if t >= 0:
+                f = faces[t]
+                c0, c1, c2 = clip[f[0]], clip[f[1]], clip[f[2]]
+                lam = perspective_barycentrics(c0, c1, c2, pixel_ndc(y, x, self.width, self.height))
+                self.bary[y, x] = lam
+                self.depth[y, x] = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
+            else:
+                self.bary[y, x] = ti.Vector([0.0, 0.0, 0.0])
+                self.depth[y, x] = ti.math.inf
+
+    @ti.kernel
+    def _interpolate(self, values: ti.template(), faces: ti.template(), tri: ti.template(),
+                     out: ti.template()):
+        for y, x in out:
+            t = tri[y, x]
+            v = ti.zero(out[y, x])
+            if t >= 0:
+                f = faces[t]
+                lam = self.bary[y, x]
+                v = lam[0] * values[f[0]] + lam[1] * values[f[1]] + lam[2] * values[f[2]]
+            out[y, x] = v
+
+    @ti.kernel
+    def _footprint(self, uvs: ti.template(), clip: ti.template(), faces: ti.template(),
+                   tri: ti.template(), out: ti.template()):
+        for y, x in out:
+            t = tri[y, x]
+            size = 0.0
+            if t >= 0:
+                f = faces[t]
+                c0, c1, c2 = clip[f[0]], clip[f[1]], clip[f[2]]
+                u0, u1, u2 = uvs[f[0]], uvs[f[1]], uvs[f[2]]
+                p = pixel_ndc(y, x, self.width, self.height)
+                step = ti.Vector([2.0 / self.width, -2.0 / self.height])
+                la = perspective_barycentrics(c0, c1, c2, p)
+                lx = perspective_barycentrics(c0, c1, c2, p + ti.Vector([step[0], 0.0]))
+                ly = perspective_barycentrics(c0, c1, c2, p + ti.Vector([0.0, step[1]]))
+                uv = la[0] * u0 + la[1] * u1 + la[2] * u2
+                dx = lx[0] * u0 + lx[1] * u1 + lx[2] * u2 - uv
+                dy = ly[0] * u0 + ly[1] * u1 + ly[2] * u2 - uv
+                size = ti.max(dx.norm(), dy.norm())
+            out[y, x] = size
+
+    def footprint(self, uvs, clip, faces, triangle_id, out) -> None:
+        """``out[y, x]`` = uv distance to the next pixel along x or y (the larger), on the
+        same triangle's plane — the texture footprint of the pixel for mip selection."""
+        self._footprint(uvs, clip, faces, triangle_id, out)
+
+    def forward(self, clip, faces, triangle_id) -> None:
+        """Barycentrics and depth for every covered pixel of ``triangle_id`` (H, W)."""
+        self._barycentrics(clip, faces, triangle_id)
+
+    def interpolate(self, values, faces, triangle_id, out) -> None:
+        """``out[y, x] = Σ λᵢ values[face[i]]``; zero where the pixel is empty."""
+        self._interpolate(values, faces, triangle_id, out)
+
+    def zero_grad(self) -> None:
+        self.bary.grad.fill(0)
+        self.depth.grad.fill(0)

@@ -1,0 +1,230 @@
+"""The pipeline: vertex stage → clip + rasterize → interpolate → texture → shade → blend.
+
+``Renderer`` wires the stages together and owns them::
+
+    r = Renderer(mesh, camera, RenderSettings(shading="ggx"))
+    out = r.render()            # RenderResult of NumPy arrays
+    out.image                   # (H, W, 3) linear, row 0 at the top
+
+For gradients, ``rasterize()`` runs visibility outside the tape and ``shade()`` runs the
+differentiable stages (from vertex positions, camera, material, lights and texels)::
+
+    r.rasterize()
+    with ti.ad.Tape(loss):
+        r.shade(); my_loss_kernel(r.image, loss)
+"""
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import taichi as ti
+
+from .. import backend
+from ..camera import Camera
+from ..errors import UserError
+from ..scene import Mesh
+from .blend import Compositor
+from .interpolate import Interpolator
+from .lights import Lights
+from .mesh import MeshBuffers
+from .raster import Rasterizer
+from .shading import MODELS, Material, Shader
+from .texture import Texture
+from .vertex import VertexStage
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to render. ``shading`` ∈ lambert, phong, blinn-phong, ggx, normals, unlit;
+    ``cull`` ∈ none, back, front; ``layers`` > 1 depth-peels that many surfaces (for
+    ``material.opacity`` < 1; forward only); ``background``: RGB colour."""
+
+    shading: str = "blinn-phong"
+    cull: str = "none"
+    background: tuple = (0.0, 0.0, 0.0)
+    texture_filter: str = "trilinear"
+    texture_wrap: str = "repeat"
+    layers: int = 1
+
+    def __post_init__(self):
+        if self.shading not in MODELS:
+            raise UserError(f"unknown shading {self.shading!r}; choose one of {', '.join(MODELS)}")
+        if self.cull not in ("none", "back", "front"):
+            raise UserError(f"unknown cull mode {self.cull!r}; choose none, back or front")
+        if int(self.layers) != self.layers or self.layers < 1:
+            raise UserError(f"layers must be a positive integer, got {self.layers}")
+
+
+@dataclass
+class RenderResult:
+    """NumPy outputs, each (H, W[, C]) with row 0 at the top.
+
+    ``image`` linear RGB; ``alpha`` coverage; ``mask`` bool; ``triangle_id`` int32 (−1
+    background); ``depth`` eye-space distance along −z (inf background); ``normal`` world
+    unit normals; ``uv``; ``barycentric`` perspective-correct."""
+
+    image: np.ndarray
+    alpha: np.ndarray
+    mask: np.ndarray
+    triangle_id: np.ndarray
+    depth: np.ndarray
+    normal: np.ndarray
+    uv: np.ndarray
+    barycentric: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@ti.data_oriented
+class Renderer:
+    """Renders one mesh (of at most ``max_faces`` faces) for one camera resolution."""
+
+    def __init__(self, mesh: Mesh, camera: Camera, settings: RenderSettings | None = None,
+                 max_vertices: int | None = None, max_faces: int | None = None):
+        backend.ensure_init()
+        self.settings = settings or RenderSettings()
+        W, H = camera.width, camera.height
+        self.width, self.height = W, H
+        self.mesh = MeshBuffers(max_vertices or mesh.num_vertices, max_faces or mesh.num_faces)
+        self.vertex = VertexStage(self.mesh.max_vertices)
+        self.raster = Rasterizer(W, H, self.mesh.max_faces)
+        self.interp = Interpolator(W, H)
+        real = backend.real()
+        shape = (H, W)
+        self.position = ti.Vector.field(3, real, shape=shape, needs_grad=True)
+        self.normal = ti.Vector.field(3, real, shape=shape, needs_grad=True)
+        self.color = ti.Vector.field(3, real, shape=shape, needs_grad=True)
+        self.uv = ti.Vector.field(2, real, shape=shape, needs_grad=True)
+        self.footprint = ti.field(real, shape=shape)
+        self.lights = Lights()
+        self.material = Material()
+        self.shader = Shader(W, H)
+        self.compositor = Compositor(W, H, self.settings.layers)
+        self.compositor.set_background(self.settings.background)
+        self.texture = None
+        self.set_mesh(mesh)
+        self.set_camera(camera)
+
+    # ------------------------------------------------------------------ inputs
+    def set_mesh(self, mesh: Mesh, colors=None) -> None:
+        """Upload geometry (and its texture, when it has one and UVs)."""
+        self.mesh.upload(mesh, colors)
+        if mesh.texture is not None:
+            if mesh.uvs is None:
+                raise UserError("mesh has a texture but no UVs; add UVs or drop the texture")
+            self.set_texture(mesh.texture)
+
+    def set_texture(self, image: np.ndarray) -> None:
+        """Use a linear RGB image (H, W, 3), row 0 at the top, as the base-colour texture."""
+        if not self.mesh.has_uvs:
+            raise UserError("a texture needs UVs but the mesh has none; add UVs first")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise UserError(f"texture must be an RGB image (H, W, 3), got shape {image.shape}")
+        h, w = image.shape[:2]
+        if self.texture is None or (self.texture.height, self.texture.width) != (h, w):
+            self.texture = Texture(h, w, self.settings.texture_filter, self.settings.texture_wrap)
+        self.texture.upload(image)
+
+    def set_camera(self, camera: Camera) -> None:
+        if (camera.width, camera.height) != (self.width, self.height):
+            raise UserError(f"camera is {camera.width}x{camera.height} but this renderer "
+                            f"was built for {self.width}x{self.height}")
+        self.camera = camera
+        self.vertex.set_camera(camera)
+
+    # ------------------------------------------------------------------ stages
+    def rasterize(self, peel: bool = False, count: bool = False) -> None:
+        """Visibility (not differentiable): fills ``raster.triangle_id``."""
+        self.vertex.forward(self.mesh)
+        self.raster.forward(self.vertex.clip, self.mesh.faces, self.mesh.num_faces,
+                            self.settings.cull, count=count, peel=peel)
+
+    def _shade_layer(self) -> None:
+        m, tri = self.mesh, self.raster.triangle_id
+        self.interp.forward(self.vertex.clip, m.faces, tri)
+        self.interp.interpolate(self.vertex.world, m.faces, tri, self.position)
+        self.interp.interpolate(self.vertex.normal, m.faces, tri, self.normal)
+        self.interp.interpolate(m.colors, m.faces, tri, self.color)
+        self.interp.interpolate(m.uvs, m.faces, tri, self.uv)
+        if self.texture is not None:
+            self.interp.footprint(m.uvs, self.vertex.clip, m.faces, tri, self.footprint)
+        self.shader.forward(self.settings.shading, tri, self.position, self.normal, self.color,
+                            self.uv, self.footprint, self.texture, self.vertex.eye, self.lights,
+                            self.material)
+
+    def shade(self) -> None:
+        """The differentiable part for the current visibility: vertex stage, texture
+        pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
+        self.vertex.forward(self.mesh)
+        if self.texture is not None:
+            self.texture.forward()
+        self.compositor.begin()
+        self._shade_layer()
+        self.compositor.add_layer(0, self.shader.image, self.raster.triangle_id,
+                                  self.material.opacity)
+        self.compositor.finish(1)
+
+    @property
+    def image(self):
+        """The final image field (H, W, 3), with gradients."""
+        return self.compositor.image
+
+    def render(self) -> RenderResult:
+        """Render all layers and return NumPy arrays (first-layer AOVs)."""
+        self.rasterize()
+        if self.settings.layers == 1:
+            self.shade()
+            return self._result()
+        if self.texture is not None:
+            self.texture.forward()
+        self.compositor.begin()
+        first = None
+        for k in range(self.settings.layers):
+            if k:
+                self.rasterize(peel=True)
+            self._shade_layer()
+            self.compositor.add_layer(k, self.shader.image, self.raster.triangle_id,
+                                      self.material.opacity)
+            if k == 0:
+                first = self._result(final=False)
+        self.compositor.finish(self.settings.layers)
+        first.image = self.compositor.image.to_numpy()
+        first.alpha = self.compositor.alpha.to_numpy()
+        return first
+
+    def _result(self, final: bool = True) -> RenderResult:
+        tri = self.raster.triangle_id.to_numpy()
+        return RenderResult(
+            image=self.compositor.image.to_numpy() if final else None,
+            alpha=self.compositor.alpha.to_numpy() if final else None,
+            mask=tri >= 0,
+            triangle_id=tri,
+            depth=self.interp.depth.to_numpy(),
+            normal=self.normal.to_numpy(),
+            uv=self.uv.to_numpy(),
+            barycentric=self.interp.bary.to_numpy(),
+        )
+
+    def zero_grad(self) -> None:
+        """Clear the gradients of every stage (``ti.ad.Tape`` clears only what it tracks)."""
+        for stage in (self.mesh, self.vertex, self.interp, self.lights, self.material,
+                      self.shader, self.compositor):
+            stage.zero_grad()
+        for f in (self.position, self.normal, self.color, self.uv):
+            f.grad.fill(0)
+        if self.texture is not None:
+            self.texture.zero_grad()
+
+
+def render(mesh: Mesh, camera: Camera, settings: RenderSettings | None = None,
+           lights: dict | None = None, material: dict | None = None) -> RenderResult:
+    """One-call rendering: build a renderer, set ``lights`` / ``material`` keyword dicts
+    (see ``Lights.set`` and ``Material.set``) and return NumPy outputs."""
+    r = Renderer(mesh, camera, settings)
+    if lights is not None:
+        r.lights.set(**lights)
+    if material is not None:
+        r.material.set(**material)
+    return r.render()

@@ -1,0 +1,281 @@
+"""Primitive assembly, near-plane clipping and rasterization (visibility; never under AD).
+
+Input: clip-space vertices (V, 4) and faces (F, 3). Output per pixel ``[row, col]``
+(row 0 at the top): ``triangle_id`` (int32, −1 for background) and a packed z-buffer key.
+
+How it works, in five passes, so cost grows with pixels + covered tiles (never
+pixels × triangles) and memory is O(pixels + triangles):
+
+1. *setup* (per face): clip against the near plane (z + w ≥ 0) in float64 — a crossing
+   triangle becomes a triangle or a quad, never dropped; the intersection on an edge is
+   computed from its endpoints in vertex-index order, so neighbours get bit-identical
+   vertices. Vertices are projected and snapped to 1/256 pixel (int32), the polygon is
+   oriented (area > 0; back faces optionally culled), its pixel bounding box and its
+   screen-space depth plane are stored, and the 8×8 tiles it touches are counted.
+2. *scan*: exclusive prefix sum of the tile counts.
+3. *bin*: each face writes one work item (face, tile) per covered tile.
+4. *raster* (per work item): exact integer edge functions with the top-left rule at pixel
+   centres; fragments inside the depth range do an atomic min on the key
+   ``(depth bits << 32) | face`` — the nearest fragment wins, ties go to the lower id,
+   so the result is deterministic whatever the thread order.
+5. *resolve* (per pixel): key → triangle id.
+
+Depth peeling: a per-pixel floor key makes a pass keep only fragments behind it.
+"""
+
+
+import numpy as np
+import taichi as ti
+
+from .. import backend
+
+SUBPIXEL = 256  # snapping grid: 1/256 pixel
+TILE = 8  # tile edge in pixels
+COORD_LIMIT = 1 << 29  # |snapped coordinate| bound, keeps edge functions inside int64
+EMPTY_KEY = np.iinfo(np.int64).max
+
+
+@ti.func
+def _snap(p: ti.template(), width: ti.i32, height: ti.i32):
+    """Homogeneous clip point (f64) → snapped window coordinates (x right, y down), int32."""
+    inv_w = 1.0 / p[3]
+    sx = (p[0] * inv_w * 0.5 + 0.5) * width * SUBPIXEL
+    sy = (0.5 - p[1] * inv_w * 0.5) * height * SUBPIXEL
+    sx = ti.min(ti.max(ti.floor(sx + 0.5), -COORD_LIMIT), COORD_LIMIT)
+    sy = ti.min(ti.max(ti.floor(sy + 0.5), -COORD_LIMIT), COORD_LIMIT)
+    return ti.Vector([ti.cast(sx, ti.i32), ti.cast(sy, ti.i32)])
+
+
+@ti.func
+def _near_hit(p: ti.template(), q: ti.template(), ip: ti.i32, iq: ti.i32):
+    """Point where edge p-q crosses the near plane z + w = 0, computed in a fixed
+    (vertex-index) order so both triangles sharing the edge get the same bits."""
+    a, b = p, q
+    if ip > iq:
+        a, b = q, p
+    da = a[2] + a[3]
+    db = b[2] + b[3]
+    return a + (b - a) * (da / (da - db))
+
+
+@ti.func
+def _edge(a: ti.template(), b: ti.template(), px: ti.i64, py: ti.i64) -> ti.i64:
+    """Edge function of a→b at subpixel point p, biased by the top-left rule so that a
+    centre exactly on an edge belongs to one side only: ≥ 0 means inside."""
+    dx = ti.cast(b[0], ti.i64) - a[0]
+    dy = ti.cast(b[1], ti.i64) - a[1]
+    e = dx * (py - a[1]) - dy * (px - a[0])
+    owns = dy < 0 or (dy == 0 and dx > 0)  # left edge, or horizontal top edge
+    return e - ti.select(owns, 0, 1)
+
+
+@ti.data_oriented
+class Rasterizer:
+    """Visibility for up to ``max_faces`` faces on a ``width`` × ``height`` image.
+
+    Owns ``triangle_id`` (H, W) int32 and ``key`` (H, W) int64; ``fragments`` (H, W)
+    int32 counts every fragment that passed the coverage test when ``count=True``
+    (tests use it to prove no cracks and no double coverage).
+    """
+
+    def __init__(self, width: int, height: int, max_faces: int):
+        backend.ensure_init()
+        self.width, self.height, self.max_faces = int(width), int(height), int(max_faces)
+        self.real = backend.real()
+        self.tiles_x = (self.width + TILE - 1) // TILE
+        self.tiles_y = (self.height + TILE - 1) // TILE
+        shape, F = (self.height, self.width), self.max_faces
+        self.triangle_id = ti.field(ti.i32, shape=shape)
+        self.key = ti.field(ti.i64, shape=shape)
+        self.floor_key = ti.field(ti.i64, shape=shape)  # depth peeling: keep keys > this
+        self.fragments = ti.field(ti.i32, shape=shape)
+        self.poly = ti.Vector.field(2, ti.i32, shape=(F, 4))  # snapped polygon, area > 0
+        self.poly_n = ti.field(ti.i32, shape=F)  # 0 (culled/empty), 3 or 4 vertices
+        self.zplane = ti.Vector.field(3, backend.real(), shape=F)  # z_ndc = a + b x + c y
+        self.bbox = ti.Vector.field(4, ti.i32, shape=F)  # x0, y0, x1, y1 (pixels, inclusive)
+        self.tile_count = ti.field(ti.i32, shape=F)
+        self.tile_offset = ti.field(ti.i32, shape=F)
+        self.total = ti.field(ti.i32, shape=())
+        self._work = None
+        self._work_capacity = 0
+
+    # ----------------------------------------------------------------- passes
+    @ti.kernel
+    def _setup(self, clip: ti.template(), faces: ti.template(), n_faces: ti.i32, cull: ti.i32):
+        W, H = self.width, self.height
+        for f in range(n_faces):
+            idx = faces[f]
+            v0 = ti.cast(clip[idx[0]], ti.f64)
+            v1 = ti.cast(clip[idx[1]], ti.f64)
+            v2 = ti.cast(clip[idx[2]], ti.f64)
+            d0, d1, d2 = v0[2] + v0[3], v1[2] + v1[3], v2[2] + v2[3]
+            inside = ti.cast(d0 >= 0, ti.i32) + ti.cast(d1 >= 0, ti.i32) + ti.cast(d2 >= 0, ti.i32)
+            n = 0
+            p0 = p1 = p2 = p3 = v0
+            if inside == 3:
+                n, p0, p1, p2 = 3, v0, v1, v2
+            elif inside > 0:
+                # rotate so the lone vertex (the only inside one, or the only outside one)
+                # comes first; winding is preserved
+                lone_in = inside == 1
+                k = 0
+                if (d1 >= 0) == lone_in:
+                    k = 1
+                if (d2 >= 0) == lone_in:
+                    k = 2
+                a, b, c = v0, v1, v2
+                ia, ib, ic = idx[0], idx[1], idx[2]
+                if k == 1:
+                    a, b, c, ia, ib, ic = v1, v2, v0, idx[1], idx[2], idx[0]
+                elif k == 2:
+                    a, b, c, ia, ib, ic = v2, v0, v1, idx[2], idx[0], idx[1]
+                ab = _near_hit(a, b, ia, ib)
+                ca = _near_hit(c, a, ic, ia)
+                if lone_in:
+                    n, p0, p1, p2 = 3, a, ab, ca
+                else:
+                    n, p0, p1, p2, p3 = 4, ab, b, c, ca
+            area = ti.i64(0)
+            s0 = s1 = s2 = s3 = ti.Vector([0, 0])
+            if n > 0:
+                s0, s1, s2 = _snap(p0, W, H), _snap(p1, W, H), _snap(p2, W, H)
+                s3 = s2
+                if n == 4:
+                    s3 = _snap(p3, W, H)
+                # shoelace (twice the signed area); for triangles s3 == s2 adds nothing
+                area = (
+                    ti.cast(s0[0], ti.i64) * s1[1] - ti.cast(s1[0], ti.i64) * s0[1]
+                    + ti.cast(s1[0], ti.i64) * s2[1] - ti.cast(s2[0], ti.i64) * s1[1]
+                    + ti.cast(s2[0], ti.i64) * s3[1] - ti.cast(s3[0], ti.i64) * s2[1]
+                    + ti.cast(s3[0], ti.i64) * s0[1] - ti.cast(s0[0], ti.i64) * s3[1]
+                )
+                # y points down: counter-clockwise in NDC (front) has area < 0
+                if area == 0 or (cull == 1 and area > 0) or (cull == -1 and area < 0):
+                    n = 0
+            count = 0
+            if n > 0:
+                if area < 0:  # orient so that area > 0: reverse the polygon
+                    if n == 3:
+                        s1, s2 = s2, s1
+                    else:
+                        s1, s3 = s3, s1
+                self.poly[f, 0], self.poly[f, 1], self.poly[f, 2] = s0, s1, s2
+                self.poly[f, 3] = s3
+                # depth plane from the (unsnapped) first three polygon vertices, in pixels
+                q0 = ti.Vector([(p0[0] / p0[3] * 0.5 + 0.5) * W, (0.5 - p0[1] / p0[3] * 0.5) * H])
+                q1 = ti.Vector([(p1[0] / p1[3] * 0.5 + 0.5) * W, (0.5 - p1[1] / p1[3] * 0.5) * H])
+                q2 = ti.Vector([(p2[0] / p2[3] * 0.5 + 0.5) * W, (0.5 - p2[1] / p2[3] * 0.5) * H])
+                z0, z1, z2 = p0[2] / p0[3], p1[2] / p1[3], p2[2] / p2[3]
+                e1, e2 = q1 - q0, q2 - q0
+                det = e1[0] * e2[1] - e1[1] * e2[0]
+                zx = zy = ti.f64(0.0)
+                if det != 0:
+                    zx = ((z1 - z0) * e2[1] - (z2 - z0) * e1[1]) / det
+                    zy = ((z2 - z0) * e1[0] - (z1 - z0) * e2[0]) / det
+                self.zplane[f] = ti.cast(ti.Vector([z0 - zx * q0[0] - zy * q0[1], zx, zy]), self.real)
+                lo = ti.min(ti.min(s0, s1), ti.min(s2, s3))
+                hi = ti.max(ti.max(s0, s1), ti.max(s2, s3))
+                # pixels whose centre 256·x + 128 lies in [lo, hi]
+                x0 = ti.max((lo[0] - SUBPIXEL // 2 + SUBPIXEL - 1) // SUBPIXEL, 0)
+                y0 = ti.max((lo[1] - SUBPIXEL // 2 + SUBPIXEL - 1) // SUBPIXEL, 0)
+                x1 = ti.min((hi[0] - SUBPIXEL // 2) // SUBPIXEL, W - 1)
+                y1 = ti.min((hi[1] - SUBPIXEL // 2) // SUBPIXEL, H - 1)
+                self.bbox[f] = ti.Vector([x0, y0, x1, y1])
+                if x0 <= x1 and y0 <= y1:
+                    count = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
+                else:
+                    n = 0
+            self.poly_n[f] = n
+            self.tile_count[f] = count
+
+    @ti.kernel
+    def _scan(self, n_faces: ti.i32):
+        ti.loop_config(serialize=True)
+        for f in range(n_faces):
+            self.tile_offset[f] = self.total[None]
+            self.total[None] += self.tile_count[f]
+
+    @ti.kernel
+    def _bin(self, n_faces: ti.i32, work: ti.types.ndarray(dtype=ti.i32, ndim=2)):
+        for f in range(n_faces):
+            if self.tile_count[f] > 0:
+                b = self.bbox[f]
+                k = self.tile_offset[f]
+                for ty in range(b[1] // TILE, b[3] // TILE + 1):
+                    for tx in range(b[0] // TILE, b[2] // TILE + 1):
+                        work[k, 0] = f
+                        work[k, 1] = ty * self.tiles_x + tx
+                        k += 1
+
+    @ti.kernel
+    def _raster(self, n_work: ti.i32, work: ti.types.ndarray(dtype=ti.i32, ndim=2),
+                count: ti.template()):
+        for w in range(n_work):
+            f, tile = work[w, 0], work[w, 1]
+            b = self.bbox[f]
+            tx, ty = tile % self.tiles_x, tile // self.tiles_x
+            n = self.poly_n[f]
+            s0, s1, s2, s3 = self.poly[f, 0], self.poly[f, 1], self.poly[f, 2], self.poly[f, 3]
+            zp = self.zplane[f]
+            for y in range(ti.max(b[1], ty * TILE), ti.min(b[3], ty * TILE + TILE - 1) + 1):
+                py = ti.i64(y) * SUBPIXEL + SUBPIXEL // 2
+                for x in range(ti.max(b[0], tx * TILE), ti.min(b[2], tx * TILE + TILE - 1) + 1):
+                    px = ti.i64(x) * SUBPIXEL + SUBPIXEL // 2
+                    e0 = _edge(s0, s1, px, py)
+                    e1 = _edge(s1, s2, px, py)
+                    e2 = ti.i64(0)
+                    e3 = ti.i64(0)
+                    if n == 3:
+                        e2 = _edge(s2, s0, px, py)
+                    else:
+                        e2 = _edge(s2, s3, px, py)
+                        e3 = _edge(s3, s0, px, py)
+                    if e0 >= 0 and e1 >= 0 and e2 >= 0 and e3 >= 0:
+                        z = zp[0] + zp[1] * (x + 0.5) + zp[2] * (y + 0.5)
+                        if z <= 1.0:
+                            d = ti.cast(ti.min(ti.max(z * 0.5 + 0.5, 0.0), 1.0), ti.f32)
+                            k = (ti.cast(ti.bit_cast(d, ti.i32), ti.i64) << 32) | f
+                            if k > self.floor_key[y, x]:
+                                ti.atomic_min(self.key[y, x], k)
+                                if ti.static(count):
+                                    self.fragments[y, x] += 1
+
+    @ti.kernel
+    def _clear(self, peel: ti.i32, count: ti.i32):
+        for y, x in self.key:
+            self.floor_key[y, x] = self.key[y, x] if peel else ti.i64(-1)
+            self.key[y, x] = ti.i64(EMPTY_KEY)
+            if count:
+                self.fragments[y, x] = 0
+
+    @ti.kernel
+    def _resolve(self):
+        for y, x in self.key:
+            k = self.key[y, x]
+            self.triangle_id[y, x] = -1 if k == ti.i64(EMPTY_KEY) else ti.cast(k & ti.i64(0xFFFFFFFF), ti.i32)
+
+    # ----------------------------------------------------------------- public
+    def forward(self, clip, faces, n_faces: int, cull: str = "none", count: bool = False,
+                peel: bool = False) -> None:
+        """Rasterize ``n_faces`` faces of ``faces`` (F, 3) int32 over ``clip`` (V, 4).
+
+        ``cull``: "none", "back" or "front". ``peel=True`` keeps only fragments behind
+        the previous call's result (the next depth-peeling layer).
+        """
+        if n_faces > self.max_faces:
+            raise ValueError(f"{n_faces} faces exceed this rasterizer's {self.max_faces}")
+        self._clear(peel, count)
+        if n_faces == 0:
+            self._resolve()
+            return
+        self._setup(clip, faces, n_faces, {"none": 0, "back": 1, "front": -1}[cull])
+        self.total[None] = 0
+        self._scan(n_faces)
+        total = int(self.total[None])
+        if total > self._work_capacity:  # grow, never drop faces
+            self._work_capacity = max(1 << max(total - 1, 1).bit_length(), 1024)
+            self._work = ti.ndarray(ti.i32, shape=(self._work_capacity, 2))
+        if total:
+            self._bin(n_faces, self._work)
+            self._raster(total, self._work, count)
+        self._resolve()

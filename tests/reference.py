@@ -1,0 +1,85 @@
+"""Slow, independent float64 NumPy references for the pipeline's stages (tests only).
+
+The rasterizer reference implements the documented rules from scratch: near-plane
+clipping (intersections computed from the lower vertex index), snapping to 1/256 pixel,
+exact integer edge functions at pixel centres with the top-left rule, the nearest depth
+winning and ties going to the lower face id.
+"""
+
+import numpy as np
+
+SUB = 256
+
+
+def _snap(p, W, H):
+    x = (p[0] / p[3] * 0.5 + 0.5) * W * SUB
+    y = (0.5 - p[1] / p[3] * 0.5) * H * SUB
+    return int(np.floor(x + 0.5)), int(np.floor(y + 0.5))
+
+
+def _clip_near(v, idx):
+    """Polygon (list of 4-vectors) of triangle v (3, 4) clipped to z + w >= 0."""
+    out = []
+    d = v[:, 2] + v[:, 3]
+    for k in range(3):
+        a, b = k, (k + 1) % 3
+        if d[a] >= 0:
+            out.append(v[a])
+        if (d[a] >= 0) != (d[b] >= 0):
+            p, q = (a, b) if idx[a] < idx[b] else (b, a)
+            dp, dq = d[p], d[q]
+            out.append(v[p] + (v[q] - v[p]) * (dp / (dp - dq)))
+    return out
+
+
+def rasterize(clip, faces, W, H, cull="none"):
+    """Returns (triangle_id (H, W) int32, coverage count (H, W) int32, depth_ndc (H, W))."""
+    clip = np.asarray(clip, dtype=np.float64)
+    tid = np.full((H, W), -1, np.int32)
+    zbuf = np.full((H, W), np.inf)
+    count = np.zeros((H, W), np.int32)
+    cx = np.arange(W) * SUB + SUB // 2
+    cy = np.arange(H) * SUB + SUB // 2
+    for f, idx in enumerate(faces):
+        poly = _clip_near(clip[idx], idx)
+        if len(poly) < 3:
+            continue
+        s = [_snap(p, W, H) for p in poly]
+        n = len(s)
+        area = sum(s[i][0] * s[(i + 1) % n][1] - s[(i + 1) % n][0] * s[i][1] for i in range(n))
+        if area == 0 or (cull == "back" and area > 0) or (cull == "front" and area < 0):
+            continue
+        if area < 0:
+            s = [s[0]] + s[1:][::-1]
+        xs, ys = [q[0] for q in s], [q[1] for q in s]
+        cols = np.nonzero((cx >= min(xs)) & (cx <= max(xs)))[0]
+        rows = np.nonzero((cy >= min(ys)) & (cy <= max(ys)))[0]
+        if len(cols) == 0 or len(rows) == 0:
+            continue
+        X = cx[cols][None, :].astype(object)
+        Y = cy[rows][:, None].astype(object)
+        inside = np.ones((len(rows), len(cols)), bool)
+        for i in range(n):
+            (ax, ay), (bx, by) = s[i], s[(i + 1) % n]
+            dx, dy = bx - ax, by - ay
+            e = dx * (Y - ay) - dy * (X - ax)
+            owns = dy < 0 or (dy == 0 and dx > 0)
+            inside &= (e > 0) | ((e == 0) & owns)
+        # depth: NDC z of the plane through the first three (unsnapped) polygon vertices
+        q = [((p[0] / p[3] * 0.5 + 0.5) * W, (0.5 - p[1] / p[3] * 0.5) * H, p[2] / p[3])
+             for p in poly[:3]]
+        A = np.array([[q[i][0], q[i][1], 1.0] for i in range(3)])
+        coef = np.linalg.lstsq(A, np.array([q[i][2] for i in range(3)]), rcond=None)[0]
+        px = cols[None, :] + 0.5
+        py = rows[:, None] + 0.5
+        z = coef[0] * px + coef[1] * py + coef[2] + 0 * inside
+        ok = inside & (z <= 1.0)
+        rr, cc = np.nonzero(ok)
+        for r, c in zip(rows[rr], cols[cc]):
+            count[r, c] += 1
+        zz = z[ok]
+        for r, c, zv in zip(rows[rr], cols[cc], zz):
+            if zv < zbuf[r, c]:
+                zbuf[r, c] = zv
+                tid[r, c] = f
+    return tid, count, zbuf
