@@ -77,9 +77,8 @@ def _as_array(x, dtype, shape, name, what) -> np.ndarray:
                 raise ValueError
         a = np.ascontiguousarray(a, dtype=dtype)
     except (TypeError, ValueError):
-        raise UserError(
-            f"mesh {name!r}: {what} must be numbers of type {np.dtype(dtype).name}; fix the array"
-        ) from None
+        kind = "integers" if np.issubdtype(dtype, np.integer) else "numbers"
+        raise UserError(f"mesh {name!r}: {what} must be {kind}; fix the array") from None
     if a.size == 0 and shape[0] is None:
         a = a.reshape(0, shape[1])
     ok = a.ndim == 2 and a.shape[1] == shape[1] and shape[0] in (None, a.shape[0])
@@ -320,6 +319,8 @@ def _part(geometry, transform: np.ndarray, weld: bool):
         tex = getattr(material, "baseColorTexture", None)  # glTF (PBRMaterial)
         if tex is None:
             tex = getattr(material, "image", None)  # OBJ map_Kd (SimpleMaterial)
+        if tex is not None and _is_placeholder(tex):
+            tex = None
     if weld:
         v, inverse = _weld(v)
         f, n = inverse[f], np.full_like(v, np.nan)
@@ -329,6 +330,14 @@ def _part(geometry, transform: np.ndarray, weld: bool):
     if np.linalg.det(linear) < 0:
         f = f[:, ::-1]
     return v, f, n, uv, tex
+
+
+def _is_placeholder(image) -> bool:
+    """Whether ``image`` is trimesh's stand-in for a file with UVs but no texture."""
+    from trimesh.visual.material import color_image
+
+    stand_in = color_image()
+    return image.size == stand_in.size and np.array_equal(np.asarray(image), np.asarray(stand_in))
 
 
 def _weld(v: np.ndarray):
