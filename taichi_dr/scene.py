@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import _atomic, save_image, srgb_to_linear
+from .io import _atomic, load_image, save_image, srgb_to_linear
 
 SUPPORTED_FORMATS = ("obj", "ply", "stl", "off", "glb", "gltf")
 
@@ -124,8 +124,6 @@ def validate_texture(texture, power_of_two: bool = False, name: str = "texture")
     ``power_of_two=True`` also requires H and W to be powers of two (for mip-mapping).
     """
     if isinstance(texture, (str, Path)):
-        from .io import load_image
-
         name = str(texture)
         texture = load_image(texture, srgb=True)
     t = np.asarray(texture)
@@ -237,7 +235,7 @@ def _drop_bad_faces(v: np.ndarray, f: np.ndarray, name: str) -> np.ndarray:
         warnings.warn(
             f"mesh {name!r}: dropped {n_deg} degenerate (zero-area or repeated-vertex) and "
             f"{n_dup} duplicate faces of {len(f)}; clean the mesh to silence this",
-            stacklevel=2,
+            stacklevel=4,
         )
     return f[~(degenerate | duplicate)]
 
@@ -253,7 +251,8 @@ def load_mesh(path, texture=None) -> Mesh:
     winding so faces stay counter-clockwise from outside. Vertex normals come from the file
     when present and valid, else are area-weighted. UVs (v up) and the base-colour texture
     (sRGB-decoded to linear) are kept when the file has them; vertices are duplicated along
-    UV seams. STL triangle soup is welded by exact position. ``texture`` (an image path or a
+    UV seams. STL triangle soup is welded by exact position (STL has no vertex normals).
+    Texture alpha and glTF's baseColorFactor are ignored. ``texture`` (an image path or a
     linear float array, see :func:`validate_texture`) replaces the file's texture.
     """
     path = Path(path)
@@ -326,7 +325,7 @@ def _part(geometry, transform: np.ndarray, weld: bool):
         f, n = inverse[f], np.full_like(v, np.nan)
     linear = transform[:3, :3]
     v = v @ linear.T + transform[:3, 3]
-    n = n @ np.linalg.inv(linear)  # normals transform by the inverse transpose
+    n = n @ np.linalg.pinv(linear)  # normals transform by the inverse transpose
     if np.linalg.det(linear) < 0:
         f = f[:, ::-1]
     return v, f, n, uv, tex
@@ -351,14 +350,15 @@ def _weld(v: np.ndarray):
 
 def _single_texture(images, name):
     """The one base-colour texture of a mesh's parts as linear float, or None."""
-    arrays = [_image_to_linear(im) for im in images if im is not None]
+    unique = {id(im): im for im in images if im is not None}  # parts often share one image
+    arrays = [_image_to_linear(im) for im in unique.values()]
     if not arrays:
         return None
     if any(a.shape != arrays[0].shape or np.any(a != arrays[0]) for a in arrays[1:]):
         warnings.warn(
             f"mesh {name!r} has {len(arrays)} different textures; using the first — "
             "bake them into one texture atlas to use all",
-            stacklevel=2,
+            stacklevel=3,
         )
     return arrays[0]
 

@@ -269,3 +269,24 @@ def test_from_arrays_repairs_normals_and_keeps_valid_mesh():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(UserError, match="NaN or inf UVs"):
         Mesh.from_arrays(s.vertices, s.faces, uvs=np.full((s.num_vertices, 2), np.nan))
+
+
+def test_parts_with_different_textures_or_missing_uvs_warn(tmp_path):
+    quads = "".join(f"v {x} {y} 0\n" for x, y in [(0, 0), (1, 0), (1, 1), (0, 1)])
+    uvs = "vt 0 0\nvt 1 0\nvt 1 1\nvt 0 1\n"
+    text = f"mtllib two.mtl\n{quads}{uvs}usemtl a\nf 1/1 2/2 3/3\nusemtl b\nf 1/1 3/3 4/4\n"
+    (tmp_path / "two.obj").write_text(text)
+    (tmp_path / "two.mtl").write_text("newmtl a\nmap_Kd a.png\nnewmtl b\nmap_Kd b.png\n")
+    for name, value in [("a", 0), ("b", 255)]:
+        Image.fromarray(np.full((2, 2, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+    with pytest.warns(UserWarning, match="2 different textures; using the first"):
+        m = load_mesh(tmp_path / "two.obj")
+    assert m.num_faces == 2 and m.texture.shape == (2, 2, 3)
+
+    s = icosphere(0)
+    with_uv = trimesh.Trimesh(s.vertices, s.faces, process=False)
+    with_uv.visual = trimesh.visual.TextureVisuals(uv=np.zeros((s.num_vertices, 2)))
+    scene = trimesh.Scene([with_uv, trimesh.Trimesh(s.vertices + 3, s.faces, process=False)])
+    with pytest.warns(UserWarning, match="only some parts have UVs"):
+        m = load_mesh(export(scene, tmp_path / "mixed.glb"))
+    assert m.uvs is None and m.texture is None and m.num_faces == 2 * s.num_faces
