@@ -2,16 +2,31 @@
 
 A :class:`Mesh` holds NumPy arrays: ``vertices`` (V, 3) float64, ``faces`` (F, 3) int32
 (counter-clockwise seen from outside = front facing), ``normals`` (V, 3) unit float64,
-optional ``uvs`` (V, 2) with v up (OpenGL), optional ``texture`` (H, W, 3) linear float32.
+optional ``uvs`` (V, 2) with v up (OpenGL: v = 0 is the bottom row of the texture image),
+optional ``texture`` (H, W, 3) linear float32 with row 0 at the top.
+
+:func:`load_mesh` reads OBJ, PLY, STL, OFF and glTF/GLB files; :meth:`Mesh.from_arrays` and
+:func:`validate_mesh` check in-memory meshes the same way. Degenerate faces (a repeated
+vertex index or negligible area) and duplicate faces are dropped with a warning; everything
+else that is wrong is a :class:`UserError` naming the problem and the fix.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
+from .io import _atomic, load_image, save_image, srgb_to_linear
+
+SUPPORTED_FORMATS = ("obj", "ply", "stl", "off", "glb", "gltf")
+
+# A face whose doubled area is below this fraction of the squared bounding-box diagonal is
+# degenerate: its sides are ~1e-7 of the mesh size, below float32 resolution.
+_DEGENERATE_AREA = 1e-14
 
 
 @dataclass
@@ -24,10 +39,25 @@ class Mesh:
     name: str = "mesh"
 
     def __post_init__(self):
-        self.vertices = np.ascontiguousarray(self.vertices, dtype=np.float64)
-        self.faces = np.ascontiguousarray(self.faces, dtype=np.int32)
+        self.vertices = _as_array(self.vertices, np.float64, (None, 3), self.name, "vertices")
+        self.faces = _as_array(self.faces, np.int32, (None, 3), self.name, "faces")
+        V = len(self.vertices)
+        _check_face_range(self.faces, V, self.name)
         if self.normals is None:
             self.normals = vertex_normals(self.vertices, self.faces)
+        self.normals = _as_array(self.normals, np.float64, (V, 3), self.name, "normals")
+        if self.uvs is not None:
+            self.uvs = _as_array(self.uvs, np.float64, (V, 2), self.name, "uvs")
+        if self.texture is not None:
+            self.texture = np.ascontiguousarray(self.texture, dtype=np.float32)
+
+    @classmethod
+    def from_arrays(
+        cls, vertices, faces, normals=None, uvs=None, texture=None, name: str = "mesh"
+    ) -> Mesh:
+        """A validated mesh from arrays (see :func:`validate_mesh`); normals are computed
+        (area-weighted) when not given, ``texture`` may be an array or an image file."""
+        return _clean(vertices, faces, normals, uvs, texture, name)
 
     @property
     def num_vertices(self) -> int:
@@ -36,6 +66,36 @@ class Mesh:
     @property
     def num_faces(self) -> int:
         return len(self.faces)
+
+
+def _as_array(x, dtype, shape, name, what) -> np.ndarray:
+    """``x`` as a contiguous array of ``dtype`` and ``shape`` (None = any length)."""
+    try:
+        a = np.asarray(x)
+        if np.issubdtype(dtype, np.integer) and a.size and not np.issubdtype(a.dtype, np.integer):
+            if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+                raise ValueError
+        a = np.ascontiguousarray(a, dtype=dtype)
+    except (TypeError, ValueError):
+        kind = "integers" if np.issubdtype(dtype, np.integer) else "numbers"
+        raise UserError(f"mesh {name!r}: {what} must be {kind}; fix the array") from None
+    if a.size == 0 and shape[0] is None:
+        a = a.reshape(0, shape[1])
+    ok = a.ndim == 2 and a.shape[1] == shape[1] and shape[0] in (None, a.shape[0])
+    if not ok:
+        want = f"({'N' if shape[0] is None else shape[0]}, {shape[1]})"
+        raise UserError(f"mesh {name!r}: {what} have shape {a.shape}, expected {want}; fix it")
+    return a
+
+
+def _check_face_range(faces: np.ndarray, num_vertices: int, name: str) -> None:
+    out = (faces < 0) | (faces >= num_vertices)
+    if out.any():
+        raise UserError(
+            f"mesh {name!r} has a face using vertex index {faces[out][0]} but only "
+            f"{num_vertices} vertices; face indices must be 0-based in [0, {num_vertices}) "
+            "— fix the face list"
+        )
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -52,17 +112,393 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return out
 
 
+# ---------------------------------------------------------------------------- validation
+
+
+def validate_texture(texture, power_of_two: bool = False, name: str = "texture") -> np.ndarray:
+    """Check a texture and return it as linear float32 (H, W, 3), row 0 at the top.
+
+    ``texture`` is a float array (H, W[, C]) of linear colour, or an image file path
+    (sRGB-decoded). Grey (1 or 2 channels) is replicated to RGB; alpha (the 2nd or 4th
+    channel) is dropped — textures are opaque — with a warning when it is not all 1.
+    ``power_of_two=True`` also requires H and W to be powers of two (for mip-mapping).
+    """
+    if isinstance(texture, (str, Path)):
+        name = str(texture)
+        texture = load_image(texture, srgb=True)
+    t = np.asarray(texture)
+    if not np.issubdtype(t.dtype, np.floating):
+        raise UserError(
+            f"{name} has dtype {t.dtype}; pass linear float colour in [0, 1] "
+            "(taichi_dr.io.load_image decodes 8-bit images) or an image file path"
+        )
+    if t.ndim == 2:
+        t = t[..., None]
+    if t.ndim != 3 or t.shape[2] not in (1, 2, 3, 4) or t.shape[0] < 1 or t.shape[1] < 1:
+        raise UserError(
+            f"{name} has shape {t.shape}; expected (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA"
+        )
+    channels = t.shape[2]
+    if channels in (2, 4):
+        alpha = t[..., -1]
+        if np.any(alpha < 1.0):
+            warnings.warn(
+                f"{name}: alpha channel ignored (textures are opaque); "
+                "premultiply or flatten the image to silence this",
+                stacklevel=2,
+            )
+        t = t[..., :-1]
+    if t.shape[2] == 1:
+        t = np.repeat(t, 3, axis=2)
+    if not np.all(np.isfinite(t)) or t.min() < 0:
+        raise UserError(f"{name} has NaN, inf or negative values; colours must be finite and ≥ 0")
+    H, W = t.shape[:2]
+    if power_of_two and (H & (H - 1) or W & (W - 1)):
+        raise UserError(
+            f"{name} is {W}x{H}, not a power of two in each side; "
+            "resize it (e.g. to 512x512) or disable mip-mapping"
+        )
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def validate_mesh(mesh: Mesh) -> Mesh:
+    """Check a mesh and return a cleaned copy.
+
+    Errors (:class:`UserError`): no vertices or faces, NaN/inf vertices or UVs, face indices
+    out of range, a texture without UVs, a bad texture, no faces left after cleaning.
+    Dropped with a warning: degenerate faces (repeated index, or doubled area below 1e-14 of
+    the squared bounding-box diagonal) and duplicate faces (same three vertices, any order;
+    the first is kept). Invalid normals (NaN, zero) are replaced by area-weighted ones and
+    all normals are normalised. Vertex indices are never changed.
+    """
+    return _clean(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, mesh.texture, mesh.name)
+
+
+def _clean(vertices, faces, normals, uvs, texture, name) -> Mesh:
+    v = _as_array(vertices, np.float64, (None, 3), name, "vertices")
+    f = _as_array(faces, np.int64, (None, 3), name, "faces")
+    if len(v) == 0 or len(f) == 0:
+        raise UserError(
+            f"mesh {name!r} is empty ({len(v)} vertices, {len(f)} faces); "
+            "give a mesh with at least one triangle"
+        )
+    bad = ~np.all(np.isfinite(v), axis=1)
+    if bad.any():
+        raise UserError(
+            f"mesh {name!r} has {int(bad.sum())} vertices with NaN or inf coordinates "
+            f"(first: vertex {int(np.argmax(bad))}); fix or remove them"
+        )
+    _check_face_range(f, len(v), name)
+    f = _drop_bad_faces(v, f, name)
+    uv = None
+    if uvs is not None:
+        uv = _as_array(uvs, np.float64, (len(v), 2), name, "uvs")
+        if not np.all(np.isfinite(uv)):
+            raise UserError(f"mesh {name!r} has NaN or inf UVs; fix the texture coordinates")
+    tex = None
+    if texture is not None:
+        if uv is None:
+            raise UserError(
+                f"mesh {name!r} has no UVs; a texture needs texture coordinates — "
+                "export the mesh with UVs (OBJ 'vt', glTF TEXCOORD_0) or drop the texture"
+            )
+        tex = validate_texture(texture, name=f"texture of mesh {name!r}")
+    computed = vertex_normals(v, f)
+    if normals is None:
+        n = computed
+    else:
+        n = _as_array(normals, np.float64, (len(v), 3), name, "normals")
+        length = np.linalg.norm(n, axis=1, keepdims=True)
+        valid = np.isfinite(length) & (length > 1e-12)
+        n = np.where(valid, n / np.where(valid, length, 1.0), computed)
+    return Mesh(v, f.astype(np.int32), n, uv, tex, name)
+
+
+def _drop_bad_faces(v: np.ndarray, f: np.ndarray, name: str) -> np.ndarray:
+    """``f`` without degenerate and duplicate faces (warns with the counts)."""
+    repeated = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])
+    diag2 = float(np.sum((v.max(axis=0) - v.min(axis=0)) ** 2))
+    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    tiny = np.linalg.norm(cross, axis=1) <= _DEGENERATE_AREA * diag2
+    degenerate = repeated | tiny
+    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+    duplicate = np.ones(len(f), dtype=bool)
+    duplicate[first] = False
+    duplicate &= ~degenerate
+    n_deg, n_dup = int(degenerate.sum()), int(duplicate.sum())
+    if n_deg + n_dup == len(f):
+        raise UserError(
+            f"mesh {name!r} has no faces left after dropping {n_deg} degenerate and "
+            f"{n_dup} duplicate faces; check the file's faces and units"
+        )
+    if n_deg or n_dup:
+        warnings.warn(
+            f"mesh {name!r}: dropped {n_deg} degenerate (zero-area or repeated-vertex) and "
+            f"{n_dup} duplicate faces of {len(f)}; clean the mesh to silence this",
+            stacklevel=4,
+        )
+    return f[~(degenerate | duplicate)]
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_mesh(path, texture=None) -> Mesh:
+    """Load a triangle mesh file (OBJ, PLY, STL, OFF, GLB, glTF) as one validated :class:`Mesh`.
+
+    Scene graphs (glTF, multi-object OBJ) are flattened: every geometry node's transform is
+    applied to its vertices and (inverse-transpose) normals; mirroring transforms flip the
+    winding so faces stay counter-clockwise from outside. Vertex normals come from the file
+    when present and valid, else are area-weighted. UVs (v up) and the base-colour texture
+    (sRGB-decoded to linear) are kept when the file has them; vertices are duplicated along
+    UV seams. STL triangle soup is welded by exact position (STL has no vertex normals).
+    Texture alpha and glTF's baseColorFactor are ignored. ``texture`` (an image path or a
+    linear float array, see :func:`validate_texture`) replaces the file's texture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"mesh file {str(path)!r} does not exist; check the path")
+    ext = path.suffix.lower().lstrip(".")
+    if ext not in SUPPORTED_FORMATS:
+        raise UserError(
+            f"mesh file {str(path)!r} has unsupported format {path.suffix!r}; "
+            f"convert it to one of: {', '.join(SUPPORTED_FORMATS)}"
+        )
+    import trimesh
+
+    try:
+        scene = trimesh.load_scene(str(path), file_type=ext, process=False)
+    except Exception as exc:  # trimesh's loaders raise many types
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise UserError(
+            f"cannot read mesh file {str(path)!r} as {ext.upper()} ({detail}); "
+            "check that the file is complete and valid, or re-export it"
+        ) from None
+    name = path.stem
+    parts = []
+    for node in scene.graph.nodes_geometry:
+        transform, geometry_name = scene.graph[node]
+        geometry = scene.geometry[geometry_name]
+        if isinstance(geometry, trimesh.Trimesh) and len(geometry.faces):
+            parts.append(_part(geometry, np.asarray(transform, dtype=np.float64), ext == "stl"))
+    if not parts:
+        raise UserError(
+            f"mesh file {str(path)!r} contains no triangles (empty, or only points/lines); "
+            "give a file with faces"
+        )
+    offsets = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
+    vertices = np.concatenate([p[0] for p in parts])
+    faces = np.concatenate([p[1] + o for p, o in zip(parts, offsets)])
+    normals = np.concatenate([p[2] for p in parts])  # NaN rows: computed by _clean
+    uvs = None
+    if all(p[3] is not None for p in parts):
+        uvs = np.concatenate([p[3] for p in parts])
+    elif any(p[3] is not None for p in parts):
+        warnings.warn(
+            f"mesh {name!r}: only some parts have UVs; UVs and texture dropped", stacklevel=2
+        )
+    if texture is None and uvs is not None:
+        texture = _single_texture([p[4] for p in parts], name)
+    return _clean(vertices, faces, normals, uvs, texture, name)
+
+
+def _part(geometry, transform: np.ndarray, weld: bool):
+    """(vertices, faces, normals or NaN, uvs or None, texture or None) of one scene node."""
+    v = np.asarray(geometry.vertices, dtype=np.float64)
+    f = np.asarray(geometry.faces, dtype=np.int64)
+    # trimesh keeps normals read from the file in its cache; nothing computes them here.
+    n = geometry._cache.cache.get("vertex_normals")
+    n = np.full_like(v, np.nan) if n is None or np.shape(n) != v.shape else np.array(n, float)
+    visual = geometry.visual
+    uv = getattr(visual, "uv", None)
+    uv = None if uv is None or len(uv) != len(v) else np.asarray(uv, dtype=np.float64)
+    tex = None
+    if uv is not None:
+        material = getattr(visual, "material", None)
+        tex = getattr(material, "baseColorTexture", None)  # glTF (PBRMaterial)
+        if tex is None:
+            tex = getattr(material, "image", None)  # OBJ map_Kd (SimpleMaterial)
+        if tex is not None and _is_placeholder(tex):
+            tex = None
+    if weld:
+        v, inverse = _weld(v)
+        f, n = inverse[f], np.full_like(v, np.nan)
+    linear = transform[:3, :3]
+    v = v @ linear.T + transform[:3, 3]
+    n = n @ np.linalg.pinv(linear)  # normals transform by the inverse transpose
+    if np.linalg.det(linear) < 0:
+        f = f[:, ::-1]
+    return v, f, n, uv, tex
+
+
+def _is_placeholder(image) -> bool:
+    """Whether ``image`` is trimesh's stand-in for a file with UVs but no texture."""
+    from trimesh.visual.material import color_image
+
+    stand_in = color_image()
+    return image.size == stand_in.size and np.array_equal(np.asarray(image), np.asarray(stand_in))
+
+
+def _weld(v: np.ndarray):
+    """Merge vertices with identical positions, in order of first appearance."""
+    _, first, inverse = np.unique(v, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return v[first[order]], rank[inverse.reshape(-1)]
+
+
+def _single_texture(images, name):
+    """The one base-colour texture of a mesh's parts as linear float, or None."""
+    unique = {id(im): im for im in images if im is not None}  # parts often share one image
+    arrays = [_image_to_linear(im) for im in unique.values()]
+    if not arrays:
+        return None
+    if any(a.shape != arrays[0].shape or np.any(a != arrays[0]) for a in arrays[1:]):
+        warnings.warn(
+            f"mesh {name!r} has {len(arrays)} different textures; using the first — "
+            "bake them into one texture atlas to use all",
+            stacklevel=3,
+        )
+    return arrays[0]
+
+
+def _image_to_linear(image) -> np.ndarray:
+    """A PIL image (sRGB) → linear float32 (H, W, C); alpha stays as is."""
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA")
+    x = np.asarray(image, dtype=np.float64) / 255.0
+    if x.ndim == 2:
+        x = x[..., None]
+    c = 1 if x.shape[2] <= 2 else 3
+    x[..., :c] = srgb_to_linear(x[..., :c])
+    return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def save_obj(path, mesh: Mesh) -> Path:
+    """Write ``mesh`` as Wavefront OBJ with normals and UVs; a texture goes to ``NAME.png``
+    (sRGB) with material ``NAME.mtl`` beside it. Output is byte-reproducible."""
+    path = Path(path)
+    lines = ["# taichi_dr"]
+    has_uv = mesh.uvs is not None
+    if mesh.texture is not None:
+        lines += [f"mtllib {path.stem}.mtl", "usemtl material"]
+        mtl = f"newmtl material\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {path.stem}.png\n"
+        _atomic(path.with_suffix(".mtl"), lambda tmp: Path(tmp).write_text(mtl))
+        save_image(path.with_suffix(".png"), mesh.texture)
+    lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in mesh.vertices]
+    if has_uv:
+        lines += [f"vt {u:.8f} {v:.8f}" for u, v in mesh.uvs]
+    lines += [f"vn {x:.8f} {y:.8f} {z:.8f}" for x, y, z in mesh.normals]
+    corner = "{0}/{0}/{0}" if has_uv else "{0}//{0}"
+    lines += ["f " + " ".join(corner.format(i + 1) for i in face) for face in mesh.faces]
+    text = "\n".join(lines) + "\n"
+    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
 def icosphere(subdivisions: int = 3, radius: float = 1.0) -> Mesh:
-    """Unit icosphere with 20·4^subdivisions faces."""
+    """Icosphere with 20·4^subdivisions faces, centred at the origin, exact radial normals."""
     import trimesh
 
     m = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
-    return Mesh(
-        np.asarray(m.vertices),
-        np.asarray(m.faces),
-        np.asarray(m.vertex_normals),
-        name=f"icosphere{subdivisions}",
+    v = np.asarray(m.vertices, dtype=np.float64)
+    n = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return Mesh(v, np.asarray(m.faces), n, name=f"icosphere{subdivisions}")
+
+
+def blob(subdivisions: int = 4, seed: int = 0, amplitude: float = 0.4, waves: int = 3) -> Mesh:
+    """Bumpy, non-convex, genus-0 star-shaped surface: an icosphere whose radius is
+    1 + amplitude·(mean of ``waves`` random plane waves sin(k·d·u + φ)) along unit
+    direction d, with frequencies k in [4, 6); radius stays in [1 − amplitude, 1 + amplitude].
+    Deterministic in ``seed``."""
+    if not 0 <= amplitude < 1:
+        raise UserError(f"blob amplitude {amplitude} must be in [0, 1) to keep the radius > 0")
+    rng = np.random.default_rng(seed)
+    sphere = icosphere(subdivisions)
+    d = sphere.vertices
+    z, phi = 2 * rng.random(waves) - 1, 2 * np.pi * rng.random(waves)
+    u = np.stack([np.sqrt(1 - z**2) * np.cos(phi), np.sqrt(1 - z**2) * np.sin(phi), z], axis=1)
+    k, phase = 4 + 2 * rng.random(waves), 2 * np.pi * rng.random(waves)
+    r = 1 + amplitude * np.mean(np.sin(k * (d @ u.T) + phase), axis=1)
+    return Mesh(d * r[:, None], sphere.faces, name=f"blob{subdivisions}-{seed}")
+
+
+def torus(R: float = 1.0, r: float = 0.4, n_major: int = 48, n_minor: int = 24) -> Mesh:
+    """Ring torus (genus 1) around the z axis: major radius ``R``, tube radius ``r`` < R,
+    ``n_major`` × ``n_minor`` vertices, 2·n_major·n_minor faces, exact normals."""
+    if not 0 < r < R or n_major < 3 or n_minor < 3:
+        raise UserError("torus needs 0 < r < R and at least 3 segments each way")
+    theta = 2 * np.pi * np.arange(n_major) / n_major
+    phi = 2 * np.pi * np.arange(n_minor) / n_minor
+    T, P = np.meshgrid(theta, phi, indexing="ij")
+    n = np.stack([np.cos(P) * np.cos(T), np.cos(P) * np.sin(T), np.sin(P)], axis=-1)
+    v = n * r + np.stack([R * np.cos(T), R * np.sin(T), np.zeros_like(T)], axis=-1)
+    i, j = np.meshgrid(np.arange(n_major), np.arange(n_minor), indexing="ij")
+    a, b = i * n_minor + j, (i + 1) % n_major * n_minor + j
+    c, d = (i + 1) % n_major * n_minor + (j + 1) % n_minor, i * n_minor + (j + 1) % n_minor
+    faces = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)], axis=0)
+    return Mesh(v.reshape(-1, 3), faces.reshape(-1, 3), n.reshape(-1, 3), name="torus")
+
+
+def checker_texture(size: int = 256, checks: int = 8) -> np.ndarray:
+    """Linear float32 (size, size, 3) texture: a ``checks``×``checks`` checkerboard (dark
+    squares at 25 %) over a colour gradient (red grows with u, blue with v, v up)."""
+    c = (np.arange(size) + 0.5) / size
+    u, v = np.meshgrid(c, c[::-1])  # row 0 = top = v near 1
+    base = np.stack([0.2 + 0.8 * u, np.full_like(u, 0.35), 0.2 + 0.8 * v], axis=-1)
+    dark = (np.floor(checks * u) + np.floor(checks * v)) % 2 == 1
+    return (base * np.where(dark, 0.25, 1.0)[..., None]).astype(np.float32)
+
+
+def textured_sphere(n_lat: int = 24, n_lon: int = 48, texture_size: int = 256) -> Mesh:
+    """Unit UV sphere (poles on ±y) with longitude/latitude UVs and :func:`checker_texture`.
+    Vertices are duplicated along the u = 0/1 seam and at the poles (one per pole triangle),
+    so no face is degenerate."""
+    u = np.arange(n_lon + 1) / n_lon
+    lat = np.arange(1, n_lat) / n_lat  # v of the inner rings, south to north
+    U, Vv = np.meshgrid(u, lat)
+    ring_uv = np.stack([U, Vv], -1).reshape(-1, 2)
+    pole_u = (np.arange(n_lon) + 0.5) / n_lon
+    uv = np.concatenate(
+        [ring_uv, np.stack([pole_u, np.zeros(n_lon)], -1), np.stack([pole_u, np.ones(n_lon)], -1)]
     )
+    polar, azimuth = np.pi * (1 - uv[:, 1]), 2 * np.pi * uv[:, 0]
+    pos = np.stack(
+        [np.sin(polar) * np.sin(azimuth), np.cos(polar), np.sin(polar) * np.cos(azimuth)], -1
+    )
+    ring = lambda k, m: k * (n_lon + 1) + m  # noqa: E731  (ring k = 0 is the southernmost)
+    south, north = (n_lat - 1) * (n_lon + 1), (n_lat - 1) * (n_lon + 1) + n_lon
+    faces = []
+    m = np.arange(n_lon)
+    for k in range(n_lat - 2):
+        faces += [np.stack([ring(k, m), ring(k, m + 1), ring(k + 1, m + 1)], -1)]
+        faces += [np.stack([ring(k, m), ring(k + 1, m + 1), ring(k + 1, m)], -1)]
+    faces += [np.stack([south + m, ring(0, m + 1), ring(0, m)], -1)]
+    top = n_lat - 2
+    faces += [np.stack([north + m, ring(top, m), ring(top, m + 1)], -1)]
+    return Mesh(
+        pos,
+        np.concatenate(faces),
+        pos.copy(),
+        uv,
+        checker_texture(texture_size),
+        name="textured_sphere",
+    )
+
+
+def large_mesh(min_faces: int = 100_000, seed: int = 0) -> Mesh:
+    """A :func:`blob` with at least ``min_faces`` faces (20·4^s, e.g. 327,680 for 100,000),
+    built at run time for benchmarks."""
+    s = 0
+    while 20 * 4**s < min_faces:
+        s += 1
+    return blob(s, seed=seed)
 
 
 def require(cond: bool, message: str) -> None:
