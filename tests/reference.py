@@ -66,8 +66,10 @@ def rasterize(clip, faces, W, H, cull="none"):
             owns = dy < 0 or (dy == 0 and dx > 0)
             inside &= (e > 0) | ((e == 0) & owns)
         # depth: NDC z of the plane through the first three (unsnapped) polygon vertices
-        q = [((p[0] / p[3] * 0.5 + 0.5) * W, (0.5 - p[1] / p[3] * 0.5) * H, p[2] / p[3])
-             for p in poly[:3]]
+        q = [
+            ((p[0] / p[3] * 0.5 + 0.5) * W, (0.5 - p[1] / p[3] * 0.5) * H, p[2] / p[3])
+            for p in poly[:3]
+        ]
         A = np.array([[q[i][0], q[i][1], 1.0] for i in range(3)])
         coef = np.linalg.lstsq(A, np.array([q[i][2] for i in range(3)]), rcond=None)[0]
         px = cols[None, :] + 0.5

@@ -33,8 +33,10 @@ class Compositor:
         if bg.shape == (3,):
             bg = np.broadcast_to(bg, (*shape, 3))
         if bg.shape != (*shape, 3) or not np.all(np.isfinite(bg)):
-            raise UserError(f"background must be an RGB colour or a {shape[1]}x{shape[0]} "
-                            f"RGB image, got shape {bg.shape}")
+            raise UserError(
+                f"background must be an RGB colour or a {shape[1]}x{shape[0]} "
+                f"RGB image, got shape {bg.shape}"
+            )
         self.background.from_numpy(np.ascontiguousarray(bg, dtype=backend.np_real()))
 
     @ti.kernel
@@ -44,8 +46,9 @@ class Compositor:
             self.transmittance[0, y, x] = 1.0
 
     @ti.kernel
-    def _add_layer(self, k: ti.i32, color: ti.template(), tri: ti.template(),
-                   opacity: ti.template()):
+    def _add_layer(
+        self, k: ti.i32, color: ti.template(), tri: ti.template(), opacity: ti.template()
+    ):
         for y, x in self.alpha:
             a = ti.select(tri[y, x] >= 0, opacity[None], 0.0)
             t = self.transmittance[k, y, x]

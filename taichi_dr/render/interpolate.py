@@ -24,8 +24,9 @@ def pixel_ndc(y: ti.i32, x: ti.i32, width: ti.i32, height: ti.i32):
 
 
 @ti.func
-def perspective_barycentrics(c0: ti.template(), c1: ti.template(), c2: ti.template(),
-                             p: ti.template()):
+def perspective_barycentrics(
+    c0: ti.template(), c1: ti.template(), c2: ti.template(), p: ti.template()
+):
     """Perspective-correct barycentrics of NDC point ``p`` in the clip triangle c0 c1 c2."""
     a = ti.Vector([c0[0] - p[0] * c0[3], c1[0] - p[0] * c1[3], c2[0] - p[0] * c2[3]])
     b = ti.Vector([c0[1] - p[1] * c0[3], c1[1] - p[1] * c1[3], c2[1] - p[1] * c2[3]])
@@ -59,8 +60,9 @@ class Interpolator:
                 self.depth[y, x] = ti.math.inf
 
     @ti.kernel
-    def _interpolate(self, values: ti.template(), faces: ti.template(), tri: ti.template(),
-                     out: ti.template()):
+    def _interpolate(
+        self, values: ti.template(), faces: ti.template(), tri: ti.template(), out: ti.template()
+    ):
         for y, x in out:
             t = tri[y, x]
             v = ti.zero(out[y, x])
@@ -71,8 +73,14 @@ class Interpolator:
             out[y, x] = v
 
     @ti.kernel
-    def _footprint(self, uvs: ti.template(), clip: ti.template(), faces: ti.template(),
-                   tri: ti.template(), out: ti.template()):
+    def _footprint(
+        self,
+        uvs: ti.template(),
+        clip: ti.template(),
+        faces: ti.template(),
+        tri: ti.template(),
+        out: ti.template(),
+    ):
         for y, x in out:
             t = tri[y, x]
             size = 0.0

@@ -28,12 +28,23 @@ class Lights:
         self.point_position = ti.Vector.field(3, real, shape=MAX_POINT, needs_grad=True)
         self.point_color = ti.Vector.field(3, real, shape=MAX_POINT, needs_grad=True)
         self.sh = ti.Vector.field(3, real, shape=9, needs_grad=True)
-        self.fields = (self.ambient, self.dir_direction, self.dir_color, self.point_position,
-                       self.point_color, self.sh)
+        self.fields = (
+            self.ambient,
+            self.dir_direction,
+            self.dir_color,
+            self.point_position,
+            self.point_color,
+            self.sh,
+        )
         self.set()
 
-    def set(self, ambient=(0.1, 0.1, 0.1), directional=(((0.3, 0.6, 1.0), (0.9, 0.9, 0.9)),),
-            point=(), sh=None) -> None:
+    def set(
+        self,
+        ambient=(0.1, 0.1, 0.1),
+        directional=(((0.3, 0.6, 1.0), (0.9, 0.9, 0.9)),),
+        point=(),
+        sh=None,
+    ) -> None:
         """``directional``: sequence of (direction, color); ``point``: (position, color);
         ``sh``: (9, 3) coefficients or None. Unused slots are zero (dark)."""
         if len(directional) > MAX_DIRECTIONAL or len(point) > MAX_POINT:
@@ -43,7 +54,9 @@ class Lights:
         for i, (direction, color) in enumerate(directional):
             v = np.asarray(direction, dtype=np.float64)
             if not np.all(np.isfinite(v)) or np.linalg.norm(v) == 0:
-                raise UserError(f"light direction must be a finite non-zero vector, got {direction}")
+                raise UserError(
+                    f"light direction must be a finite non-zero vector, got {direction}"
+                )
             d[0, i], d[1, i] = v / np.linalg.norm(v), color
         p = np.zeros((2, MAX_POINT, 3))
         for i, (position, color) in enumerate(point):
@@ -68,6 +81,10 @@ def sh_irradiance(sh: ti.template(), n: ti.template()):
     return (
         a0 * 0.282095 * sh[0]
         + a1 * 0.488603 * (y * sh[1] + z * sh[2] + x * sh[3])
-        + a2 * (1.092548 * (x * y * sh[4] + y * z * sh[5] + x * z * sh[7])
-                + 0.315392 * (3.0 * z * z - 1.0) * sh[6] + 0.546274 * (x * x - y * y) * sh[8])
+        + a2
+        * (
+            1.092548 * (x * y * sh[4] + y * z * sh[5] + x * z * sh[7])
+            + 0.315392 * (3.0 * z * z - 1.0) * sh[6]
+            + 0.546274 * (x * x - y * y) * sh[8]
+        )
     )

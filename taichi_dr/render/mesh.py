@@ -5,7 +5,6 @@ with gradients — and ``faces`` (F, 3) int32. Capacity is fixed at construction
 with fewer elements uses the first ``num_vertices`` / ``num_faces`` slots.
 """
 
-
 import numpy as np
 import taichi as ti
 

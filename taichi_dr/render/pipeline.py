@@ -80,8 +80,14 @@ class RenderResult:
 class Renderer:
     """Renders one mesh (of at most ``max_faces`` faces) for one camera resolution."""
 
-    def __init__(self, mesh: Mesh, camera: Camera, settings: RenderSettings | None = None,
-                 max_vertices: int | None = None, max_faces: int | None = None):
+    def __init__(
+        self,
+        mesh: Mesh,
+        camera: Camera,
+        settings: RenderSettings | None = None,
+        max_vertices: int | None = None,
+        max_faces: int | None = None,
+    ):
         backend.ensure_init()
         self.settings = settings or RenderSettings()
         W, H = camera.width, camera.height
@@ -129,8 +135,10 @@ class Renderer:
 
     def set_camera(self, camera: Camera) -> None:
         if (camera.width, camera.height) != (self.width, self.height):
-            raise UserError(f"camera is {camera.width}x{camera.height} but this renderer "
-                            f"was built for {self.width}x{self.height}")
+            raise UserError(
+                f"camera is {camera.width}x{camera.height} but this renderer "
+                f"was built for {self.width}x{self.height}"
+            )
         self.camera = camera
         self.vertex.set_camera(camera)
 
@@ -138,8 +146,14 @@ class Renderer:
     def rasterize(self, peel: bool = False, count: bool = False) -> None:
         """Visibility (not differentiable): fills ``raster.triangle_id``."""
         self.vertex.forward(self.mesh)
-        self.raster.forward(self.vertex.clip, self.mesh.faces, self.mesh.num_faces,
-                            self.settings.cull, count=count, peel=peel)
+        self.raster.forward(
+            self.vertex.clip,
+            self.mesh.faces,
+            self.mesh.num_faces,
+            self.settings.cull,
+            count=count,
+            peel=peel,
+        )
 
     def _shade_layer(self) -> None:
         m, tri = self.mesh, self.raster.triangle_id
@@ -150,9 +164,19 @@ class Renderer:
         self.interp.interpolate(m.uvs, m.faces, tri, self.uv)
         if self.texture is not None:
             self.interp.footprint(m.uvs, self.vertex.clip, m.faces, tri, self.footprint)
-        self.shader.forward(self.settings.shading, tri, self.position, self.normal, self.color,
-                            self.uv, self.footprint, self.texture, self.vertex.eye, self.lights,
-                            self.material)
+        self.shader.forward(
+            self.settings.shading,
+            tri,
+            self.position,
+            self.normal,
+            self.color,
+            self.uv,
+            self.footprint,
+            self.texture,
+            self.vertex.eye,
+            self.lights,
+            self.material,
+        )
 
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
@@ -162,8 +186,9 @@ class Renderer:
             self.texture.forward()
         self.compositor.begin()
         self._shade_layer()
-        self.compositor.add_layer(0, self.shader.image, self.raster.triangle_id,
-                                  self.material.opacity)
+        self.compositor.add_layer(
+            0, self.shader.image, self.raster.triangle_id, self.material.opacity
+        )
         self.compositor.finish(1)
 
     @property
@@ -185,8 +210,9 @@ class Renderer:
             if k:
                 self.rasterize(peel=True)
             self._shade_layer()
-            self.compositor.add_layer(k, self.shader.image, self.raster.triangle_id,
-                                      self.material.opacity)
+            self.compositor.add_layer(
+                k, self.shader.image, self.raster.triangle_id, self.material.opacity
+            )
             if k == 0:
                 first = self._result(final=False)
         self.compositor.finish(self.settings.layers)
@@ -209,8 +235,15 @@ class Renderer:
 
     def zero_grad(self) -> None:
         """Clear the gradients of every stage (``ti.ad.Tape`` clears only what it tracks)."""
-        for stage in (self.mesh, self.vertex, self.interp, self.lights, self.material,
-                      self.shader, self.compositor):
+        for stage in (
+            self.mesh,
+            self.vertex,
+            self.interp,
+            self.lights,
+            self.material,
+            self.shader,
+            self.compositor,
+        ):
             stage.zero_grad()
         for f in (self.position, self.normal, self.color, self.uv):
             f.grad.fill(0)
@@ -218,8 +251,13 @@ class Renderer:
             self.texture.zero_grad()
 
 
-def render(mesh: Mesh, camera: Camera, settings: RenderSettings | None = None,
-           lights: dict | None = None, material: dict | None = None) -> RenderResult:
+def render(
+    mesh: Mesh,
+    camera: Camera,
+    settings: RenderSettings | None = None,
+    lights: dict | None = None,
+    material: dict | None = None,
+) -> RenderResult:
     """One-call rendering: build a renderer, set ``lights`` / ``material`` keyword dicts
     (see ``Lights.set`` and ``Material.set``) and return NumPy outputs."""
     r = Renderer(mesh, camera, settings)

@@ -23,7 +23,6 @@ pixels × triangles) and memory is O(pixels + triangles):
 Depth peeling: a per-pixel floor key makes a pass keep only fragments behind it.
 """
 
-
 import numpy as np
 import taichi as ti
 
@@ -144,10 +143,14 @@ class Rasterizer:
                     s3 = _snap(p3, W, H)
                 # shoelace (twice the signed area); for triangles s3 == s2 adds nothing
                 area = (
-                    ti.cast(s0[0], ti.i64) * s1[1] - ti.cast(s1[0], ti.i64) * s0[1]
-                    + ti.cast(s1[0], ti.i64) * s2[1] - ti.cast(s2[0], ti.i64) * s1[1]
-                    + ti.cast(s2[0], ti.i64) * s3[1] - ti.cast(s3[0], ti.i64) * s2[1]
-                    + ti.cast(s3[0], ti.i64) * s0[1] - ti.cast(s0[0], ti.i64) * s3[1]
+                    ti.cast(s0[0], ti.i64) * s1[1]
+                    - ti.cast(s1[0], ti.i64) * s0[1]
+                    + ti.cast(s1[0], ti.i64) * s2[1]
+                    - ti.cast(s2[0], ti.i64) * s1[1]
+                    + ti.cast(s2[0], ti.i64) * s3[1]
+                    - ti.cast(s3[0], ti.i64) * s2[1]
+                    + ti.cast(s3[0], ti.i64) * s0[1]
+                    - ti.cast(s0[0], ti.i64) * s3[1]
                 )
                 # y points down: counter-clockwise in NDC (front) has area < 0
                 if area == 0 or (cull == 1 and area > 0) or (cull == -1 and area < 0):
@@ -172,7 +175,9 @@ class Rasterizer:
                 if det != 0:
                     zx = ((z1 - z0) * e2[1] - (z2 - z0) * e1[1]) / det
                     zy = ((z2 - z0) * e1[0] - (z1 - z0) * e2[0]) / det
-                self.zplane[f] = ti.cast(ti.Vector([z0 - zx * q0[0] - zy * q0[1], zx, zy]), self.real)
+                self.zplane[f] = ti.cast(
+                    ti.Vector([z0 - zx * q0[0] - zy * q0[1], zx, zy]), self.real
+                )
                 lo = ti.min(ti.min(s0, s1), ti.min(s2, s3))
                 hi = ti.max(ti.max(s0, s1), ti.max(s2, s3))
                 # pixels whose centre 256·x + 128 lies in [lo, hi]
@@ -208,8 +213,9 @@ class Rasterizer:
                         k += 1
 
     @ti.kernel
-    def _raster(self, n_work: ti.i32, work: ti.types.ndarray(dtype=ti.i32, ndim=2),
-                count: ti.template()):
+    def _raster(
+        self, n_work: ti.i32, work: ti.types.ndarray(dtype=ti.i32, ndim=2), count: ti.template()
+    ):
         for w in range(n_work):
             f, tile = work[w, 0], work[w, 1]
             b = self.bbox[f]
@@ -252,11 +258,14 @@ class Rasterizer:
     def _resolve(self):
         for y, x in self.key:
             k = self.key[y, x]
-            self.triangle_id[y, x] = -1 if k == ti.i64(EMPTY_KEY) else ti.cast(k & ti.i64(0xFFFFFFFF), ti.i32)
+            self.triangle_id[y, x] = (
+                -1 if k == ti.i64(EMPTY_KEY) else ti.cast(k & ti.i64(0xFFFFFFFF), ti.i32)
+            )
 
     # ----------------------------------------------------------------- public
-    def forward(self, clip, faces, n_faces: int, cull: str = "none", count: bool = False,
-                peel: bool = False) -> None:
+    def forward(
+        self, clip, faces, n_faces: int, cull: str = "none", count: bool = False, peel: bool = False
+    ) -> None:
         """Rasterize ``n_faces`` faces of ``faces`` (F, 3) int32 over ``clip`` (V, 4).
 
         ``cull``: "none", "back" or "front". ``peel=True`` keeps only fragments behind

@@ -45,10 +45,23 @@ class Material:
         self.opacity = ti.field(real, shape=(), needs_grad=True)
         self.set()
 
-    def set(self, base_color=(0.8, 0.8, 0.8), specular=0.5, shininess=32.0, roughness=0.5,
-            metallic=0.0, opacity=1.0) -> None:
-        values = dict(base_color=base_color, specular=specular, shininess=shininess,
-                      roughness=roughness, metallic=metallic, opacity=opacity)
+    def set(
+        self,
+        base_color=(0.8, 0.8, 0.8),
+        specular=0.5,
+        shininess=32.0,
+        roughness=0.5,
+        metallic=0.0,
+        opacity=1.0,
+    ) -> None:
+        values = dict(
+            base_color=base_color,
+            specular=specular,
+            shininess=shininess,
+            roughness=roughness,
+            metallic=metallic,
+            opacity=opacity,
+        )
         for name, value in values.items():
             if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
                 raise UserError(f"material {name} must be finite, got {value}")
@@ -86,8 +99,9 @@ class Shader:
         self.image = ti.Vector.field(3, backend.real(), shape=(height, width), needs_grad=True)
 
     @ti.func
-    def _surface(self, model: ti.template(), albedo, n, v, p, lights: ti.template(),
-                 mat: ti.template()):
+    def _surface(
+        self, model: ti.template(), albedo, n, v, p, lights: ti.template(), mat: ti.template()
+    ):
         """Radiance leaving point p with unit normal n towards unit view direction v."""
         c = albedo * (lights.ambient[None] + sh_irradiance(lights.sh, n))
         ks = mat.specular[None]
@@ -121,11 +135,21 @@ class Shader:
         return c
 
     @ti.kernel
-    def _shade(self, model: ti.template(), tri: ti.template(), position: ti.template(),
-               normal: ti.template(), color: ti.template(), uv: ti.template(),
-               footprint: ti.template(), textured: ti.template(), texture: ti.template(),
-               eye: ti.template(),
-               lights: ti.template(), mat: ti.template()):
+    def _shade(
+        self,
+        model: ti.template(),
+        tri: ti.template(),
+        position: ti.template(),
+        normal: ti.template(),
+        color: ti.template(),
+        uv: ti.template(),
+        footprint: ti.template(),
+        textured: ti.template(),
+        texture: ti.template(),
+        eye: ti.template(),
+        lights: ti.template(),
+        mat: ti.template(),
+    ):
         for y, x in self.image:
             out = ti.Vector([0.0, 0.0, 0.0])
             if tri[y, x] >= 0:
@@ -144,13 +168,37 @@ class Shader:
                     out = self._surface(model, albedo, n, v, p, lights, mat)
             self.image[y, x] = out
 
-    def forward(self, model: str, tri, position, normal, color, uv, footprint, texture, eye,
-                lights, material) -> None:
+    def forward(
+        self,
+        model: str,
+        tri,
+        position,
+        normal,
+        color,
+        uv,
+        footprint,
+        texture,
+        eye,
+        lights,
+        material,
+    ) -> None:
         if model not in MODELS:
             raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
         textured = texture is not None
-        self._shade(MODELS[model], tri, position, normal, color, uv, footprint, textured,
-                    texture if textured else 0, eye, lights, material)
+        self._shade(
+            MODELS[model],
+            tri,
+            position,
+            normal,
+            color,
+            uv,
+            footprint,
+            textured,
+            texture if textured else 0,
+            eye,
+            lights,
+            material,
+        )
 
     def zero_grad(self) -> None:
         self.image.grad.fill(0)

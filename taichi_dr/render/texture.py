@@ -44,7 +44,8 @@ class Texture:
         offsets = np.cumsum([0] + [h for h, _ in sizes])
         self.level_info = ti.Vector.field(3, ti.i32, shape=self.levels)  # row offset, h, w
         self.level_info.from_numpy(
-            np.array([[offsets[k], *sizes[k]] for k in range(self.levels)], dtype=np.int32))
+            np.array([[offsets[k], *sizes[k]] for k in range(self.levels)], dtype=np.int32)
+        )
         self._sizes, self._offsets = sizes, offsets
         self.texels = ti.Vector.field(3, real, shape=(height, width), needs_grad=True)
         self.pyramid = ti.Vector.field(3, real, shape=(int(offsets[-1]), width), needs_grad=True)
@@ -68,8 +69,10 @@ class Texture:
             y0, x0 = ti.min(2 * y, src[1] - 1), ti.min(2 * x, src[2] - 1)
             y1, x1 = ti.min(2 * y + 1, src[1] - 1), ti.min(2 * x + 1, src[2] - 1)
             self.pyramid[dst[0] + y, x] = 0.25 * (
-                self.pyramid[src[0] + y0, x0] + self.pyramid[src[0] + y0, x1]
-                + self.pyramid[src[0] + y1, x0] + self.pyramid[src[0] + y1, x1]
+                self.pyramid[src[0] + y0, x0]
+                + self.pyramid[src[0] + y0, x1]
+                + self.pyramid[src[0] + y1, x0]
+                + self.pyramid[src[0] + y1, x1]
             )
 
     def forward(self) -> None:
@@ -99,10 +102,10 @@ class Texture:
         x0, y0 = ti.floor(tx), ti.floor(ty)
         fx, fy = tx - x0, ty - y0
         ix, iy = ti.cast(x0, ti.i32), ti.cast(y0, ti.i32)
-        return (
-            (1 - fy) * ((1 - fx) * self._texel(level, iy, ix) + fx * self._texel(level, iy, ix + 1))
-            + fy * ((1 - fx) * self._texel(level, iy + 1, ix)
-                    + fx * self._texel(level, iy + 1, ix + 1))
+        return (1 - fy) * (
+            (1 - fx) * self._texel(level, iy, ix) + fx * self._texel(level, iy, ix + 1)
+        ) + fy * (
+            (1 - fx) * self._texel(level, iy + 1, ix) + fx * self._texel(level, iy + 1, ix + 1)
         )
 
     @ti.func

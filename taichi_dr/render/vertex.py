@@ -5,7 +5,6 @@ the image through them), and per-vertex outputs ``world`` (V, 3), ``normal`` (V,
 and ``clip`` (V, 4). Differentiable.
 """
 
-
 import numpy as np
 import taichi as ti
 
