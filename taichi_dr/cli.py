@@ -14,7 +14,9 @@ from .backend import ARCHS
 from .errors import UserError
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "render": ("taichi_dr.commands.render", "render a mesh to image.png and aov.npz"),
+}
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
