@@ -14,7 +14,9 @@ from .backend import ARCHS
 from .errors import UserError
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "ad": ("taichi_dr.commands.ad", "derivatives from first principles: tables and plots"),
+}
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
