@@ -37,11 +37,9 @@ METHODS = {
 
 
 def _check_x(x) -> float:
-    return float(check_point(x).reshape(-1)[0]) if np.ndim(x) == 0 else _not_scalar(x)
-
-
-def _not_scalar(x):
-    raise UserError(f"x must be one number, got shape {np.shape(x)}; pass a float")
+    if np.ndim(x) != 0:
+        raise UserError(f"x must be one number, got shape {np.shape(x)}; pass a float")
+    return float(check_point(x))
 
 
 @ti.data_oriented
@@ -71,8 +69,8 @@ class ExpLoop:
         self.n[None] = int(n)
         self.x.grad.fill(0)
         if method == "fwdmode":
+            self.y.dual[None] = 0  # forward-mode stores accumulate into duals
             with ti.ad.FwdMode(loss=self.y, param=self.x, seed=[1.0], clear_gradients=False):
-                self.y.dual[None] = 0
                 self._loop_exp()
             return self.y[None], self.y.dual[None]
         if method == "stack":

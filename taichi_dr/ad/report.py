@@ -3,7 +3,7 @@ plots (PNG) and numbers (``ad.json``) to a folder."""
 
 from __future__ import annotations
 
-import io as _bytes_io
+from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +47,7 @@ def _figure(ncols: int = 1):
 
 
 def _save(fig, path: Path) -> Path:
-    buf = _bytes_io.BytesIO()
+    buf = BytesIO()
     fig.savefig(buf, format="png")
 
     def write(tmp):
