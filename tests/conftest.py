@@ -16,3 +16,25 @@ def taichi_f64():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+_RENDERERS = {}
+
+
+def shared_renderer(mesh, camera, **settings):
+    """One Renderer per resolution for the whole session (Taichi compiles the kernels of
+    each renderer instance once; sharing keeps the suite fast). Capacity: 6,000 faces."""
+    from taichi_dr.render.pipeline import Renderer
+
+    key = (camera.width, camera.height)
+    if key not in _RENDERERS:
+        _RENDERERS[key] = Renderer(mesh, camera, max_vertices=6000, max_faces=6000)
+    r = _RENDERERS[key]
+    r.configure(
+        **{"shading": "blinn-phong", "cull": "none", "background": (0.0, 0.0, 0.0), **settings}
+    )
+    r.set_mesh(mesh)
+    r.set_camera(camera)
+    r.lights.set()
+    r.material.set()
+    return r

@@ -5,18 +5,18 @@ import numpy as np
 import pytest
 import reference
 import taichi as ti
+from conftest import shared_renderer
 
 from taichi_dr import Camera
-from taichi_dr.render.pipeline import Renderer, RenderSettings
 from taichi_dr.render.raster import Rasterizer
 from taichi_dr.scene import blob, icosphere, torus
 
 W, H = 40, 32
 
 
-def _renderer(mesh, eye, center=(0, 0, 0), fov=50.0, near=0.1, cull="none", w=W, h=H):
-    cam = Camera.look_at(eye, center, (0, 1, 0), fov, w, h, near, 50.0)
-    return Renderer(mesh, cam, RenderSettings(cull=cull))
+def _renderer(mesh, eye, center=(0, 0, 0), fov=50.0, near=0.1, cull="none"):
+    cam = Camera.look_at(eye, center, (0, 1, 0), fov, W, H, near, 50.0)
+    return shared_renderer(mesh, cam, cull=cull)
 
 
 def _check_against_reference(r, cull="none"):

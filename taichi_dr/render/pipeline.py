@@ -14,7 +14,7 @@ differentiable stages (from vertex positions, camera, material, lights and texel
         r.shade(); my_loss_kernel(r.image, loss)
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import taichi as ti
@@ -132,6 +132,16 @@ class Renderer:
         if self.texture is None or (self.texture.height, self.texture.width) != (h, w):
             self.texture = Texture(h, w, self.settings.texture_filter, self.settings.texture_wrap)
         self.texture.upload(image)
+
+    def configure(self, **changes) -> None:
+        """Change settings (e.g. ``shading="ggx"``, ``cull="back"``) without rebuilding;
+        ``layers`` is fixed at construction."""
+        settings = replace(self.settings, **changes)
+        if settings.layers != self.settings.layers:
+            raise UserError("layers is fixed when the renderer is built; build a new one")
+        if settings.background != self.settings.background:
+            self.compositor.set_background(settings.background)
+        self.settings = settings
 
     def set_camera(self, camera: Camera) -> None:
         if (camera.width, camera.height) != (self.width, self.height):
