@@ -119,3 +119,15 @@ def require_autodiff() -> None:
             f"reverse-mode gradients are not supported on {_state['arch']} (Taichi's "
             "reverse-mode autodiff is wrong there); use --arch cpu or cuda"
         )
+
+
+def write(field, value) -> None:
+    """Set a Taichi field from a NumPy array of its shape (0-d scalar fields included),
+    converting to the field's dtype."""
+    import numpy as np
+
+    value = np.asarray(value)
+    if value.ndim == 0:
+        field[None] = value.item()
+    else:
+        field.from_numpy(np.ascontiguousarray(value, dtype=field.to_numpy().dtype))

@@ -16,6 +16,7 @@ from .errors import UserError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("taichi_dr.commands.render", "render a mesh to image.png and aov.npz"),
+    "check-grads": ("taichi_dr.commands.check_grads", "gradcheck every differentiable op"),
     "ad": ("taichi_dr.commands.ad", "derivatives from first principles: tables and plots"),
 }
 

@@ -23,23 +23,30 @@ from .. import backend
 from ..camera import Camera
 from ..errors import UserError
 from ..scene import Mesh
+from .antialias import Antialias
 from .blend import Compositor
 from .interpolate import Interpolator
 from .lights import Lights
 from .mesh import MeshBuffers
 from .raster import Rasterizer
 from .shading import MODELS, Material, Shader
+from .silhouette import Silhouettes, edge_neighbours
 from .texture import Texture
 from .vertex import VertexStage
+
+MODES = ("hard", "antialias")
 
 
 @dataclass(frozen=True)
 class RenderSettings:
-    """How to render. ``shading`` ∈ lambert, phong, blinn-phong, ggx, normals, unlit;
+    """How to render. ``mode`` picks the visibility gradients: "hard" (none),
+    "antialias" (analytic edge antialiasing, nvdiffrast-style);
+    ``shading`` ∈ lambert, phong, blinn-phong, ggx, normals, unlit;
     ``cull`` ∈ none, back, front; ``layers`` > 1 depth-peels that many surfaces (for
     ``material.opacity`` < 1; forward only); ``background``: RGB colour."""
 
     shading: str = "blinn-phong"
+    mode: str = "hard"
     cull: str = "none"
     background: tuple = (0.0, 0.0, 0.0)
     texture_filter: str = "trilinear"
@@ -49,6 +56,8 @@ class RenderSettings:
     def __post_init__(self):
         if self.shading not in MODELS:
             raise UserError(f"unknown shading {self.shading!r}; choose one of {', '.join(MODELS)}")
+        if self.mode not in MODES:
+            raise UserError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.cull not in ("none", "back", "front"):
             raise UserError(f"unknown cull mode {self.cull!r}; choose none, back or front")
         if int(self.layers) != self.layers or self.layers < 1:
@@ -102,12 +111,15 @@ class Renderer:
         self.normal = ti.Vector.field(3, real, shape=shape, needs_grad=True)
         self.color = ti.Vector.field(3, real, shape=shape, needs_grad=True)
         self.uv = ti.Vector.field(2, real, shape=shape, needs_grad=True)
-        self.footprint = ti.field(real, shape=shape)
+        self.footprint = ti.field(real, shape=shape, needs_grad=True)
         self.lights = Lights()
         self.material = Material()
         self.shader = Shader(W, H)
         self.compositor = Compositor(W, H, self.settings.layers)
         self.compositor.set_background(self.settings.background)
+        self.silhouettes = Silhouettes(W, H)
+        self.antialias = Antialias(W, H)
+        self.neighbours = ti.field(ti.i32, shape=(self.mesh.max_faces, 3))
         self.texture = None
         self.set_mesh(mesh)
         self.set_camera(camera)
@@ -116,6 +128,9 @@ class Renderer:
     def set_mesh(self, mesh: Mesh, colors=None) -> None:
         """Upload geometry (and its texture, when it has one and UVs)."""
         self.mesh.upload(mesh, colors)
+        neighbours = np.full((self.mesh.max_faces, 3), -1, dtype=np.int32)
+        neighbours[: mesh.num_faces] = edge_neighbours(mesh.vertices, mesh.faces)
+        self.neighbours.from_numpy(neighbours)
         if mesh.texture is not None:
             if mesh.uvs is None:
                 raise UserError("mesh has a texture but no UVs; add UVs or drop the texture")
@@ -154,7 +169,8 @@ class Renderer:
 
     # ------------------------------------------------------------------ stages
     def rasterize(self, peel: bool = False, count: bool = False) -> None:
-        """Visibility (not differentiable): fills ``raster.triangle_id``."""
+        """Visibility (not differentiable): fills ``raster.triangle_id`` and, for the
+        edge-based modes, the silhouette edges between pixels."""
         self.vertex.forward(self.mesh)
         self.raster.forward(
             self.vertex.clip,
@@ -164,6 +180,15 @@ class Renderer:
             count=count,
             peel=peel,
         )
+        if self.settings.mode == "antialias":
+            self.interp.forward(self.vertex.clip, self.mesh.faces, self.raster.triangle_id)
+            self.silhouettes.forward(
+                self.raster.triangle_id,
+                self.interp.depth,
+                self.vertex.clip,
+                self.mesh.faces,
+                self.neighbours,
+            )
 
     def _shade_layer(self) -> None:
         m, tri = self.mesh, self.raster.triangle_id
@@ -200,10 +225,14 @@ class Renderer:
             0, self.shader.image, self.raster.triangle_id, self.material.opacity
         )
         self.compositor.finish(1)
+        if self.settings.mode == "antialias":
+            self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
 
     @property
     def image(self):
         """The final image field (H, W, 3), with gradients."""
+        if self.settings.mode == "antialias":
+            return self.antialias.image
         return self.compositor.image
 
     def render(self) -> RenderResult:
@@ -233,7 +262,7 @@ class Renderer:
     def _result(self, final: bool = True) -> RenderResult:
         tri = self.raster.triangle_id.to_numpy()
         return RenderResult(
-            image=self.compositor.image.to_numpy() if final else None,
+            image=self.image.to_numpy() if final else None,
             alpha=self.compositor.alpha.to_numpy() if final else None,
             mask=tri >= 0,
             triangle_id=tri,
@@ -255,7 +284,7 @@ class Renderer:
             self.compositor,
         ):
             stage.zero_grad()
-        for f in (self.position, self.normal, self.color, self.uv):
+        for f in (self.position, self.normal, self.color, self.uv, self.footprint):
             f.grad.fill(0)
         if self.texture is not None:
             self.texture.zero_grad()

@@ -153,10 +153,10 @@ class Shader:
         for y, x in self.image:
             out = ti.Vector([0.0, 0.0, 0.0])
             if tri[y, x] >= 0:
-                n = normal[y, x].normalized(1e-12)
                 p = position[y, x]
                 v = (eye[None] - p).normalized(1e-12)
-                n = ti.select(n.dot(v) < 0.0, -n, n)
+                n0 = normal[y, x].normalized(1e-12)
+                n = n0 * ti.select(n0.dot(v) < 0.0, -1.0, 1.0)  # two-sided
                 albedo = mat.base_color[None] * color[y, x]
                 if ti.static(textured):
                     albedo *= texture.sample(uv[y, x], footprint[y, x])

@@ -64,16 +64,17 @@ class Texture:
 
     @ti.kernel
     def _downsample(self, level: ti.i32):
-        src, dst = self.level_info[level - 1], self.level_info[level]
-        for y, x in ti.ndrange(dst[1], dst[2]):
-            y0, x0 = ti.min(2 * y, src[1] - 1), ti.min(2 * x, src[2] - 1)
-            y1, x1 = ti.min(2 * y + 1, src[1] - 1), ti.min(2 * x + 1, src[2] - 1)
-            self.pyramid[dst[0] + y, x] = 0.25 * (
-                self.pyramid[src[0] + y0, x0]
-                + self.pyramid[src[0] + y0, x1]
-                + self.pyramid[src[0] + y1, x0]
-                + self.pyramid[src[0] + y1, x1]
-            )
+        for y, x in ti.ndrange(self._sizes[0][0], self.width):
+            src, dst = self.level_info[level - 1], self.level_info[level]
+            if y < dst[1] and x < dst[2]:
+                y0, x0 = ti.min(2 * y, src[1] - 1), ti.min(2 * x, src[2] - 1)
+                y1, x1 = ti.min(2 * y + 1, src[1] - 1), ti.min(2 * x + 1, src[2] - 1)
+                self.pyramid[dst[0] + y, x] = 0.25 * (
+                    self.pyramid[src[0] + y0, x0]
+                    + self.pyramid[src[0] + y0, x1]
+                    + self.pyramid[src[0] + y1, x0]
+                    + self.pyramid[src[0] + y1, x1]
+                )
 
     def forward(self) -> None:
         """Rebuild the pyramid from ``texels`` (call after changing them)."""

@@ -1,9 +1,23 @@
 """Vertex stage: ``world = M·[p, 1]``, ``clip = P·V·world``, normals by M's inverse transpose.
 
-Owns ``model`` and ``view_proj`` (4×4, with gradients: pose and camera parameters reach
-the image through them), and per-vertex outputs ``world`` (V, 3), ``normal`` (V, 3, unit)
-and ``clip`` (V, 4). Differentiable.
+The matrices come from parameters with gradients, so pose and camera gradients come out
+of the same tape as everything else:
+
+* object pose: ``M = [R(pose_rotation) | pose_translation] · M₀``
+* camera pose: ``V = [R(camera_rotation) | camera_translation] · V₀`` (in eye space)
+* field of view: ``P = P₀`` with its focal terms scaled by cot(fov/2) / cot(fov₀/2)
+
+``R(r)`` is the rotation by angle |r| about r/|r| (axis-angle, radians). The parameters
+are reset to identity by ``set_camera``; M₀, V₀, P₀ and fov₀ come from the camera.
+
+The 4×4 matrices are built on the host in float64 (13 numbers in, 44 out): Taichi takes
+minutes to compile the reverse pass of matrix code. Their backward is the exact
+Jacobian by complex-step differentiation, registered with ``ti.ad.grad_replaced`` so the
+tape calls it in order. Per-vertex outputs: ``world`` (V, 3), ``normal`` (V, 3, unit)
+and ``clip`` (V, 4); ``eye`` (3,) is the camera position in world space.
 """
+
+import math
 
 import numpy as np
 import taichi as ti
@@ -11,38 +25,143 @@ import taichi as ti
 from .. import backend
 
 
+def axis_angle(r: np.ndarray) -> np.ndarray:
+    """Rodrigues' rotation matrix (3, 3); smooth at r = 0 and complex-step safe."""
+    theta = np.sqrt(r @ r + 1e-40)
+    half = theta / 2
+    a = np.sin(theta) / theta
+    b = 0.5 * (np.sin(half) / half) ** 2  # (1 − cos θ) / θ² without cancellation
+    K = np.array([[0, -r[2], r[1]], [r[2], 0, -r[0]], [-r[1], r[0], 0]], dtype=r.dtype)
+    return np.eye(3) + a * K + b * (K @ K)
+
+
+def rigid(r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    out = np.eye(4, dtype=np.result_type(r, t))
+    out[:3, :3] = axis_angle(r)
+    out[:3, 3] = t
+    return out
+
+
+def matrices(theta: np.ndarray, model0, view0, proj0, fov0: float) -> np.ndarray:
+    """Parameters θ = (pose r, pose t, camera r, camera t, fov°) → the 44 numbers
+    (model (16), view_proj (16), normal matrix (9), eye (3))."""
+    M = rigid(theta[0:3], theta[3:6]) @ model0
+    V = rigid(theta[6:9], theta[9:12]) @ view0
+    h0, h = math.radians(fov0) / 2, theta[12] * (np.pi / 360.0)
+    P = proj0.astype(theta.dtype)
+    scale = np.cos(h) / np.sin(h) * math.tan(h0)
+    P[0, 0] *= scale
+    P[0, 1] *= scale
+    P[1, 1] *= scale
+    A = M[:3, :3]
+    cof = np.stack([np.cross(A[1], A[2]), np.cross(A[2], A[0]), np.cross(A[0], A[1])])
+    normal_matrix = cof / (A[0] @ cof[0])  # inverse transpose of A
+    eye = -(V[:3, :3].T @ V[:3, 3])
+    return np.concatenate([M.ravel(), (P @ V).ravel(), normal_matrix.ravel(), eye])
+
+
 @ti.data_oriented
 class VertexStage:
     def __init__(self, max_vertices: int):
         real = backend.real()
+
+        def vec():
+            return ti.Vector.field(3, real, shape=(), needs_grad=True)
+
+        self.pose_rotation, self.pose_translation = vec(), vec()
+        self.camera_rotation, self.camera_translation = vec(), vec()
+        self.fov = ti.field(real, shape=(), needs_grad=True)  # degrees
+        self.parameters = (
+            self.pose_rotation,
+            self.pose_translation,
+            self.camera_rotation,
+            self.camera_translation,
+            self.fov,
+        )
         self.model = ti.Matrix.field(4, 4, real, shape=(), needs_grad=True)
         self.view_proj = ti.Matrix.field(4, 4, real, shape=(), needs_grad=True)
-        self.eye = ti.Vector.field(3, real, shape=(), needs_grad=True)
+        self.normal_matrix = ti.Matrix.field(3, 3, real, shape=(), needs_grad=True)
+        self.eye = vec()
+        self.outputs = (self.model, self.view_proj, self.normal_matrix, self.eye)
         self.world = ti.Vector.field(3, real, shape=max_vertices, needs_grad=True)
         self.normal = ti.Vector.field(3, real, shape=max_vertices, needs_grad=True)
         self.clip = ti.Vector.field(4, real, shape=max_vertices, needs_grad=True)
+        self._base = None
 
     def set_camera(self, camera) -> None:
-        """Take model, view and projection matrices and the eye position from ``camera``."""
-        self.model[None] = np.asarray(camera.model, dtype=np.float64)
-        self.view_proj[None] = camera.proj @ camera.view
-        self.eye[None] = camera.eye
+        """Take M₀, V₀, P₀ from ``camera`` and reset the pose and camera parameters."""
+        fov = math.degrees(2.0 * math.atan(1.0 / camera.proj[1, 1]))
+        self._base = (
+            np.asarray(camera.model, np.float64),
+            np.asarray(camera.view, np.float64),
+            np.asarray(camera.proj, np.float64),
+            fov,
+        )
+        for f in self.parameters[:4]:
+            f[None] = (0.0, 0.0, 0.0)
+        self.fov[None] = fov
+
+    def _theta(self) -> np.ndarray:
+        return np.concatenate([np.atleast_1d(f.to_numpy()) for f in self.parameters]).astype(
+            np.float64
+        )
+
+    @ti.ad.grad_replaced
+    def update_matrices(self) -> None:
+        """Matrices from the current parameters (differentiable: see module docstring)."""
+        out = matrices(self._theta(), *self._base)
+        np_real = backend.np_real()
+        self.model.from_numpy(out[:16].reshape(4, 4).astype(np_real))
+        self.view_proj.from_numpy(out[16:32].reshape(4, 4).astype(np_real))
+        self.normal_matrix.from_numpy(out[32:41].reshape(3, 3).astype(np_real))
+        self.eye.from_numpy(out[41:].astype(np_real))
+
+    @ti.ad.grad_for(update_matrices)
+    def _update_matrices_grad(self) -> None:
+        theta = self._theta()
+        g = np.concatenate([f.grad.to_numpy().ravel() for f in self.outputs]).astype(np.float64)
+        h = 1e-30
+        grad = np.empty(len(theta))
+        for i in range(len(theta)):  # complex step: exact Jacobian columns
+            t = theta.astype(complex)
+            t[i] += 1j * h
+            grad[i] = g @ (matrices(t, *self._base).imag / h)
+        k = 0
+        for f in self.parameters:
+            current = f.grad.to_numpy()
+            backend.write(f.grad, current + grad[k : k + current.size].reshape(current.shape))
+            k += current.size
 
     @ti.kernel
     def _transform(self, positions: ti.template(), normals: ti.template(), n: ti.i32):
+        # Products written out by component: Taichi 1.7's reverse pass of ``@`` on local
+        # matrices loads uninitialised adjoints (garbage/NaN gradients).
         for i in range(n):
-            M = self.model[None]
-            p = M @ ti.Vector([positions[i][0], positions[i][1], positions[i][2], 1.0])
-            self.world[i] = ti.Vector([p[0], p[1], p[2]])
-            self.clip[i] = self.view_proj[None] @ p
-            A = ti.Matrix([[M[r, c] for c in range(3)] for r in range(3)])
-            nm = A.inverse().transpose() @ normals[i]
+            q, m = positions[i], normals[i]
+            M, P, N = self.model[None], self.view_proj[None], self.normal_matrix[None]
+            w = ti.Vector(
+                [
+                    M[k, 0] * q[0] + M[k, 1] * q[1] + M[k, 2] * q[2] + M[k, 3]
+                    for k in ti.static(range(3))
+                ]
+            )
+            self.world[i] = w
+            self.clip[i] = ti.Vector(
+                [
+                    P[k, 0] * w[0] + P[k, 1] * w[1] + P[k, 2] * w[2] + P[k, 3]
+                    for k in ti.static(range(4))
+                ]
+            )
+            nm = ti.Vector(
+                [N[k, 0] * m[0] + N[k, 1] * m[1] + N[k, 2] * m[2] for k in ti.static(range(3))]
+            )
             self.normal[i] = nm / ti.sqrt(nm.dot(nm) + 1e-30)
 
     def forward(self, mesh) -> None:
-        """Transform the first ``mesh.num_vertices`` vertices of a MeshBuffers."""
+        """Build the matrices, then transform the first ``mesh.num_vertices`` vertices."""
+        self.update_matrices()
         self._transform(mesh.positions, mesh.normals, mesh.num_vertices)
 
     def zero_grad(self) -> None:
-        for f in (self.model, self.view_proj, self.eye, self.world, self.normal, self.clip):
+        for f in (*self.parameters, *self.outputs, self.world, self.normal, self.clip):
             f.grad.fill(0)

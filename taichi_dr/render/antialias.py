@@ -1,0 +1,60 @@
+"""Analytic antialiasing (Laine et al. 2020, nvdiffrast): visibility gradients behind an
+almost unchanged image.
+
+For each pixel pair (P, Q) straddling a silhouette edge of the front triangle T (see
+``silhouette``), with the edge crossing at ``alpha`` from P's centre towards Q's:
+if alpha > ½, T reaches past the midpoint into Q, so Q's colour moves towards P's by
+(alpha − ½); otherwise P's colour moves towards Q's by (½ − alpha). The result is
+continuous in the vertex positions, and its gradient reaches the edge's vertices.
+
+Use it as the last image-space step: shade and composite *then* antialias, then the loss.
+Masking or compositing after antialiasing discards the edge blend and with it the
+visibility gradient. Owns ``image`` (H, W, 3) with gradients.
+"""
+
+import taichi as ti
+
+from .. import backend
+from .silhouette import crossing
+
+
+@ti.data_oriented
+class Antialias:
+    def __init__(self, width: int, height: int):
+        self.width, self.height = int(width), int(height)
+        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), needs_grad=True)
+
+    @ti.kernel
+    def _copy(self, color: ti.template()):
+        for y, x in self.image:
+            self.image[y, x] = color[y, x]
+
+    @ti.kernel
+    def _blend(self, color: ti.template(), edges: ti.template(), clip: ti.template()):
+        for y, x in ti.ndrange(self.height, self.width):
+            for d in ti.static(range(2)):
+                e = edges[y, x, d]
+                if e[1] >= 0:
+                    yq, xq = y + d, x + 1 - d
+                    alpha = crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], self.width, self.height)
+                    # P: the front triangle's pixel, Q: the other
+                    c0, c1 = color[y, x], color[yq, xq]
+                    if e[0] == 1:
+                        if alpha > 0.5:  # the front triangle covers part of Q
+                            self.image[yq, xq] += (alpha - 0.5) * (c0 - c1)
+                        else:  # Q's surface covers part of P
+                            self.image[y, x] += (0.5 - alpha) * (c1 - c0)
+                    else:
+                        if alpha > 0.5:
+                            self.image[y, x] += (alpha - 0.5) * (c1 - c0)
+                        else:
+                            self.image[yq, xq] += (0.5 - alpha) * (c0 - c1)
+
+    def forward(self, color, edges, clip) -> None:
+        """``image`` = ``color`` (H, W, 3) with the silhouette edges of ``edges``
+        (from :class:`~taichi_dr.render.silhouette.Silhouettes`) blended."""
+        self._copy(color)
+        self._blend(color, edges, clip)
+
+    def zero_grad(self) -> None:
+        self.image.grad.fill(0)

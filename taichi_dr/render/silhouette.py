@@ -1,0 +1,141 @@
+"""Silhouette edges between neighbouring pixels, shared by ``antialias`` and ``nmr``.
+
+For every horizontally or vertically adjacent pixel pair (P, Q) with different triangle
+ids, the *front* triangle T is the one nearer the camera (or the only one). If an edge
+of T that is a silhouette — a mesh boundary, or an edge whose neighbour faces the other
+way in screen space — crosses the segment between the two pixel centres, the pair
+straddles a visibility discontinuity. ``alpha`` ∈ [0, 1] is where the edge crosses, as a
+fraction of the way from T's pixel P to the other pixel Q; it is a differentiable
+function of the edge's clip-space vertices, which is how visibility gradients reach
+vertex positions.
+
+Topology (the neighbour across each edge) is computed once per mesh on *welded*
+positions, so UV seams and other duplicated vertices are not mistaken for silhouettes.
+"""
+
+import numpy as np
+import taichi as ti
+
+
+def edge_neighbours(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F, 3) int32: the face across edge k = (v_k, v_{k+1}) of each face, −1 if the edge
+    is a boundary or non-manifold. Vertices at identical positions count as one."""
+    _, weld = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
+    f = weld.reshape(-1)[np.asarray(faces)]
+    F = len(f)
+    a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    key = np.minimum(a, b).astype(np.int64) * (f.max() + 1) + np.maximum(a, b)
+    owner = np.tile(np.arange(F), 3)
+    slot = np.repeat(np.arange(3), F)
+    order = np.argsort(key, kind="stable")
+    key, owner, slot = key[order], owner[order], slot[order]
+    out = np.full((F, 3), -1, dtype=np.int32)
+    start = np.r_[0, np.nonzero(np.diff(key))[0] + 1]
+    count = np.diff(np.r_[start, len(key)])
+    pairs = start[count == 2]
+    out[owner[pairs], slot[pairs]] = owner[pairs + 1]
+    out[owner[pairs + 1], slot[pairs + 1]] = owner[pairs]
+    return out
+
+
+@ti.func
+def to_pixels(c, width: ti.i32, height: ti.i32):
+    """Clip point → window pixel coordinates (x right, y down; centres at +0.5)."""
+    return ti.Vector([(c[0] / c[3] * 0.5 + 0.5) * width, (0.5 - c[1] / c[3] * 0.5) * height])
+
+
+@ti.func
+def facing(c0, c1, c2):
+    """Sign of the screen-space area of a clip triangle (homogeneous 2D determinant)."""
+    return (
+        (
+            c0[0] * (c1[1] * c2[3] - c2[1] * c1[3])
+            - c1[0] * (c0[1] * c2[3] - c2[1] * c0[3])
+            + c2[0] * (c0[1] * c1[3] - c1[1] * c0[3])
+        )
+        * c0[3]
+        * c1[3]
+        * c2[3]
+    )
+
+
+@ti.func
+def crossing(
+    c0, c1, y: ti.i32, x: ti.i32, d: ti.template(), front: ti.i32, width: ti.i32, height: ti.i32
+):
+    """Where the screen edge c0–c1 crosses the segment between the centres of pixel
+    (y, x) and its neighbour (y + d, x + 1 − d): the fraction of the way from the front
+    triangle's pixel (``front`` = 1: (y, x)) to the other one. Finite for any input."""
+    p0 = to_pixels(c0, width, height)
+    p1 = to_pixels(c1, width, height)
+    axis = ti.static(d)  # pixel coordinate (x = 0, y = 1) that varies along the pair
+    other = ti.static(1 - d)
+    line = ti.Vector([x + 0.5, y + 0.5])[other]
+    den = p1[other] - p0[other]
+    den = ti.select(ti.abs(den) > 1e-12, den, 1e-12)
+    s = (line - p0[other]) / den
+    cross = p0[axis] + s * (p1[axis] - p0[axis])
+    start = ti.Vector([x + 0.5, y + 0.5])[axis]
+    a = cross - start  # from (y, x) towards the neighbour, in pixels
+    return ti.select(front == 1, a, 1.0 - a)
+
+
+@ti.data_oriented
+class Silhouettes:
+    """Finds, outside the tape, the silhouette edge between every pixel pair.
+
+    Owns ``edges`` (H, W, 2) int32 vectors (front, v0, v1): for the pair of pixel (y, x)
+    with its right (d = 0) or lower (d = 1) neighbour, the clip-space vertex indices of
+    the crossing silhouette edge (v0 = −1 if none) and whether (y, x) is the front
+    triangle's pixel."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = int(width), int(height)
+        self.edges = ti.Vector.field(3, ti.i32, shape=(height, width, 2))
+
+    @ti.kernel
+    def _detect(
+        self,
+        tri: ti.template(),
+        depth: ti.template(),
+        clip: ti.template(),
+        faces: ti.template(),
+        neighbours: ti.template(),
+    ):
+        for y, x in ti.ndrange(self.height, self.width):
+            for d in ti.static(range(2)):
+                out = ti.Vector([0, -1, -1])
+                yb, xb = y + d, x + 1 - d
+                if yb < self.height and xb < self.width:
+                    ta, tb = tri[y, x], tri[yb, xb]
+                    if ta != tb:
+                        front = 1
+                        if tb >= 0 and (ta < 0 or depth[yb, xb] < depth[y, x]):
+                            front = 0
+                        t = ta if front == 1 else tb
+                        f = faces[t]
+                        own = facing(clip[f[0]], clip[f[1]], clip[f[2]])
+                        for k in ti.static(range(3)):
+                            i0, i1 = f[k], f[(k + 1) % 3]
+                            n = neighbours[t, k]
+                            sil = n < 0
+                            if n >= 0:
+                                g = faces[n]
+                                sil = facing(clip[g[0]], clip[g[1]], clip[g[2]]) * own <= 0.0
+                            if out[1] < 0 and sil and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
+                                p0 = to_pixels(clip[i0], self.width, self.height)
+                                p1 = to_pixels(clip[i1], self.width, self.height)
+                                line = ti.Vector([x + 0.5, y + 0.5])[1 - d]
+                                if (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and (
+                                    p0[1 - d] != p1[1 - d]
+                                ):
+                                    a = crossing(
+                                        clip[i0], clip[i1], y, x, d, front, self.width, self.height
+                                    )
+                                    if 0.0 <= a and a <= 1.0:
+                                        out = ti.Vector([front, i0, i1])
+                self.edges[y, x, d] = out
+
+    def forward(self, triangle_id, depth, clip, faces, neighbours) -> None:
+        self._detect(triangle_id, depth, clip, faces, neighbours)
