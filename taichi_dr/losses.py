@@ -205,14 +205,31 @@ class SoftIoULoss:
 # --------------------------------------------------------------------------- mesh topology
 
 
-def _faces_array(faces, num_faces) -> np.ndarray:
+def mesh_topology(positions, faces, num_vertices=None, num_faces=None):
+    """Validate a (V,) 3-vector ``positions`` field and a face list (an (F, 3) int field or
+    array) of which the first ``num_vertices`` / ``num_faces`` are used (default: all).
+    Returns ``(num_vertices, faces)`` with ``faces`` an (num_faces, 3) int64 array."""
+    if not isinstance(positions, ti.MatrixField) or positions.n != 3 or len(positions.shape) != 1:
+        got = _describe(positions) if _is_field(positions) else type(positions).__name__
+        raise UserError(f"positions must be a (V,) 3-vector field, got {got}")
+    V = positions.shape[0] if num_vertices is None else int(num_vertices)
+    if not 0 < V <= positions.shape[0]:
+        raise UserError(
+            f"num_vertices is {num_vertices} but positions hold {positions.shape[0]}; fix the count"
+        )
     f = faces.to_numpy() if _is_field(faces) else np.asarray(faces)
     if f.ndim != 2 or f.shape[1] != 3:
         raise UserError(f"faces have shape {f.shape}; expected (F, 3) vertex indices")
     n = len(f) if num_faces is None else int(num_faces)
     if not 0 < n <= len(f):
         raise UserError(f"num_faces is {num_faces} but the face list holds {len(f)}; fix the count")
-    return np.ascontiguousarray(f[:n], dtype=np.int64)
+    f = np.ascontiguousarray(f[:n], dtype=np.int64)
+    bad = (f < 0) | (f >= V)
+    if bad.any():
+        raise UserError(
+            f"a face uses vertex {f[bad][0]} outside [0, {V}); fix the faces or num_vertices"
+        )
+    return V, f
 
 
 def unique_edges(faces: np.ndarray) -> np.ndarray:
@@ -249,25 +266,7 @@ class _MeshRegularizer:
 
     def __init__(self, positions, faces, num_vertices=None, num_faces=None):
         backend.ensure_init()
-        if (
-            not isinstance(positions, ti.MatrixField)
-            or positions.n != 3
-            or len(positions.shape) != 1
-        ):
-            got = _describe(positions) if _is_field(positions) else type(positions).__name__
-            raise UserError(f"positions must be a (V,) 3-vector field, got {got}")
-        V = positions.shape[0] if num_vertices is None else int(num_vertices)
-        if not 0 < V <= positions.shape[0]:
-            raise UserError(
-                f"num_vertices is {num_vertices} but positions hold {positions.shape[0]}; "
-                "fix the count"
-            )
-        f = _faces_array(faces, num_faces)
-        bad = (f < 0) | (f >= V)
-        if bad.any():
-            raise UserError(
-                f"a face uses vertex {f[bad][0]} outside [0, {V}); fix the faces or num_vertices"
-            )
+        V, f = mesh_topology(positions, faces, num_vertices, num_faces)
         self.positions, self.num_vertices, self.faces_np = positions, V, f
 
     def _index_field(self, rows: np.ndarray):
