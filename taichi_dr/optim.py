@@ -206,7 +206,7 @@ class _Optimizer:
             raise UserError("schedule must be callable: step -> learning-rate factor")
         self.check_finite = check_finite
         self.steps = 0
-        self._bad = ti.field(ti.i64, shape=())
+        self._bad = ti.field(ti.i32, shape=())
         self._big = float(np.finfo(backend.np_real()).max)
 
     def _nonfinite(self, f) -> int:
