@@ -63,7 +63,10 @@ def _check_loss(loss) -> None:
 
 
 def _check_weight(weight) -> float:
-    w = float(weight)
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        w = math.nan
     if not math.isfinite(w):
         raise UserError(f"loss weight is {weight}; give a finite number")
     return w

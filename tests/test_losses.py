@@ -131,6 +131,7 @@ def test_soft_iou_value_and_gradient(rng):
         (lambda p, q, r, lf: losses.SoftIoULoss()(p, q, lf), "different shapes"),
         (lambda p, q, r, lf: losses.image_loss(p, p, lf, kind="l3"), "unknown image loss"),
         (lambda p, q, r, lf: losses.mse_loss(p, p, lf, weight=float("nan")), "finite"),
+        (lambda p, q, r, lf: losses.mse_loss(p, p, lf, weight="heavy"), "finite"),
         (lambda p, q, r, lf: losses.mse_loss(p, p, lf, mask=q), "mask"),
         (lambda p, q, r, lf: losses.mse_loss(p, p, p), "0-d scalar field"),
         (lambda p, q, r, lf: losses.mse_loss(p, np.zeros((4, 4)), lf), "Taichi field"),
