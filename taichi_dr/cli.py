@@ -14,7 +14,9 @@ from .backend import ARCHS
 from .errors import UserError
 
 # subcommand -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "view": ("taichi_dr.commands.view", "interactive viewer (GGUI window, or --headless PNG)"),
+}
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
