@@ -202,14 +202,17 @@ def test_aovs_in_false_colour(viewer, reference):
 
 
 @pytest.fixture(scope="module")
-def ggui():
-    try:
-        open_window(8, 8, show=False).destroy()
-    except UserError as exc:
-        _skip(f"GGUI unavailable here (needs a Vulkan driver, e.g. lavapipe): {exc}")
+def ggui(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("ggui"))  # GGUI writes imgui.ini into the cwd
+        try:
+            open_window(8, 8, show=False).destroy()
+        except UserError as exc:
+            _skip(f"GGUI unavailable here (needs a Vulkan driver, e.g. lavapipe): {exc}")
 
 
-def test_headless_png_matches_the_renderer(viewer, reference, ggui, tmp_path):
+def test_headless_png_matches_the_renderer(viewer, reference, ggui, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # imgui.ini
     viewer.state.shading, viewer.state.azimuth = "blinn-phong", 10.0
     path = run_headless(viewer, frames=3, out=tmp_path, spin=25.0)
     assert viewer.state.azimuth == pytest.approx(60.0)
@@ -253,7 +256,7 @@ def xvfb():
             _skip("Xvfb did not start")
         number += chunk
     os.close(read)
-    env = dict(os.environ, DISPLAY=":" + number.decode().strip())
+    env = dict(os.environ, DISPLAY=":" + number.decode().strip(), PYTHONPATH=str(ROOT))
     env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp()
     yield env
     proc.terminate()
@@ -268,7 +271,11 @@ def view_cmd(out, *extra):
 
 def test_window_under_xvfb(ggui, xvfb, tmp_path):
     run = subprocess.run(
-        view_cmd(tmp_path, "--frames", "3"), env=xvfb, cwd=ROOT, capture_output=True, timeout=120
+        view_cmd(tmp_path, "--frames", "3"),
+        env=xvfb,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     png = iio.imread(tmp_path / "view.png")
@@ -278,7 +285,7 @@ def test_window_under_xvfb(ggui, xvfb, tmp_path):
     proc = subprocess.Popen(
         view_cmd(tmp_path, "--frames", "100000"),
         env=xvfb,
-        cwd=ROOT,
+        cwd=tmp_path,  # GGUI writes imgui.ini into the working directory
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
