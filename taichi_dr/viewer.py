@@ -53,12 +53,14 @@ class ViewState:
 
     The eye sits at ``center + distance · (cos el · sin az, sin el, cos el · cos az)``
     (degrees; azimuth 0 looks down −z, y is up). ``radius`` bounds the mesh around
-    ``center`` and sets the default distance, the zoom limits and near/far.
+    ``center`` and sets the default distance (framing it in a ``aspect`` = W / H view),
+    the zoom limits and near/far.
     """
 
     center: np.ndarray
     radius: float
-    fov: float = 45.0
+    fov: float = 45.0  # vertical, degrees
+    aspect: float = 1.0  # width / height, for the default distance
     azimuth: float = 30.0
     elevation: float = 20.0
     distance: float = 0.0  # 0: frame the bounding sphere
@@ -77,8 +79,9 @@ class ViewState:
             raise UserError(f"unknown shading {self.shading!r}; choose one of {', '.join(MODELS)}")
         if self.aov not in AOVS:
             raise UserError(f"unknown AOV {self.aov!r}; choose one of {', '.join(AOVS)}")
-        if self.distance <= 0:
-            self.distance = self.radius / math.sin(math.radians(self.fov) / 2) * 1.1
+        if self.distance <= 0:  # fit the bounding sphere into the narrower field of view
+            half = math.atan(math.tan(math.radians(self.fov) / 2) * min(self.aspect, 1.0))
+            self.distance = self.radius / math.sin(half) * 1.1
         self.distance = self._clamp_distance(self.distance)
         self.elevation = float(np.clip(self.elevation, -89.0, 89.0))
         self._home = (self.azimuth, self.elevation, self.distance)

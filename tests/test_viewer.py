@@ -69,6 +69,16 @@ def test_framing_and_depth_range_contain_the_mesh():
             assert z.max() <= far and 0 < near < far
 
 
+@pytest.mark.parametrize("width, height", [(40, 100), (100, 40)])
+def test_default_view_frames_the_mesh(width, height):
+    mesh = torus()
+    for az, el in [(0, 0), (70, 50), (200, -80)]:
+        s = ViewState.framing(mesh, aspect=width / height, azimuth=az, elevation=el)
+        clip = s.camera(width, height).mvp @ np.c_[mesh.vertices, np.ones(mesh.num_vertices)].T
+        ndc = clip[:3] / clip[3]
+        assert np.abs(ndc).max() < 1 and np.abs(ndc[:2]).max() > 0.4  # inside, not tiny
+
+
 def test_bad_state_is_a_user_error():
     with pytest.raises(UserError, match="shading"):
         state(shading="toon")

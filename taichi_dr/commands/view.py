@@ -39,6 +39,7 @@ def run(args) -> int:
     state = ViewState.framing(
         mesh,
         fov=args.fov,
+        aspect=W / H,
         azimuth=args.azimuth,
         elevation=args.elevation,
         shading=args.shading,
