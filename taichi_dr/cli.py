@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("taichi_dr.commands.render", "render a mesh to image.png and aov.npz"),
     "check-grads": ("taichi_dr.commands.check_grads", "gradcheck every differentiable op"),
     "ad": ("taichi_dr.commands.ad", "derivatives from first principles: tables and plots"),
+    "view": ("taichi_dr.commands.view", "interactive viewer (GGUI window, or --headless PNG)"),
 }
 
 
