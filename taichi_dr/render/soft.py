@@ -18,15 +18,16 @@ For pixel i and candidate face j (see DESIGN §5)::
 
 Two phases. ``select`` (not differentiable; call it whenever the geometry changed) bins
 faces into 8×8-pixel tiles by their screen box dilated by the distance where
-D < ``cutoff`` (d = sqrt(σ ln(1/cutoff − 1))), then keeps for each pixel the ``K``
-faces nearest in depth among those within that distance: ``candidates`` (H, W, K) int32,
-−1 padded. ``forward`` (differentiable in clip coordinates and vertex colours) recomputes
-everything from the clip coordinates for the (pixel, face) pairs, one thread per pair
-with atomic sums per pixel, so the cost is O(pixels·K + faces) and every exp/log sits in
-a top-level loop (Taichi 1.7.4 differentiates those correctly, TAICHI_NOTES §6). The
-product Π(1 − D) is accumulated as Σ log(1 − D) with a stable softplus; the softmax is
-shifted by the per-pixel max of max(ε, z_ij) (a constant for the gradient: the blend does
-not depend on it), so γ = 1e-4 never overflows.
+D < ``cutoff`` (r = sqrt(σ ln(1/cutoff − 1))), then keeps for each pixel the ``K``
+faces nearest in depth among those inside or within r: ``candidates`` (H, W, K) int32,
+−1 padded, plus a flat list of the (pixel, face) pairs grouped by pixel. It also stores
+the softmax shift m_i = max(ε, max_j z_ij), so γ = 1e-4 never overflows (the blend does
+not depend on m, so it is a constant for the gradient). ``forward`` (differentiable in
+the clip coordinates and vertex colours) recomputes everything from the clip coordinates:
+one thread per pair (a top-level loop, so exp/log differentiate correctly in Taichi
+1.7.4, TAICHI_NOTES §6) writes log(1 − D) (a stable softplus), the softmax weight and the
+weighted colour; a per-pixel pass sums them (Π(1 − D) = exp Σ log(1 − D)) and has a
+hand-written backward. Cost O(pixels·K + faces), no atomics in the forward pass.
 
 Faces with a vertex on the camera side of the near plane (z_clip < −w_clip) or entirely
 beyond the far plane are not drawn (there is no clipping in this mode). Degenerate faces
@@ -46,6 +47,7 @@ from .shading import MODELS, surface_radiance
 
 TILE = 8  # binning tile edge in pixels
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots H·W·K; more would not fit int32 indices
+EXP_LIMIT = 60.0  # largest softmax exponent (only reached with a stale shift)
 
 
 @ti.func
@@ -89,6 +91,21 @@ def face_geometry(c0: ti.template(), c1: ti.template(), c2: ti.template(), p, sc
     total = u[0] + u[1] + u[2]
     lam = ti.select(total > 0.0, u / ti.select(total > 0.0, total, 1.0), 1.0 / 3.0)
     return d2, pos == 3 or neg == 3, lam
+
+
+@ti.data_oriented
+class _Pairs:
+    """(pixel, face) pairs, grouped by pixel, and their per-pair terms (with gradients)."""
+
+    def __init__(self, capacity: int):
+        real = backend.real()
+        self.capacity = capacity
+        self.n = ti.field(ti.i32, shape=())
+        self.pixel = ti.field(ti.i32, shape=capacity)  # y · W + x
+        self.face = ti.field(ti.i32, shape=capacity)
+        self.log_q = ti.field(real, shape=capacity, needs_grad=True)  # log(1 − D)
+        self.weight = ti.field(real, shape=capacity, needs_grad=True)  # D e^{(z − m)/γ}
+        self.weighted_color = ti.Vector.field(3, real, shape=capacity, needs_grad=True)
 
 
 @ti.data_oriented
@@ -141,18 +158,15 @@ class SoftRasterizer:
         shape = (H, W)
         self.silhouette = ti.field(real, shape=shape, needs_grad=True)
         self.image = ti.Vector.field(3, real, shape=shape, needs_grad=True)
-        self.log_transmittance = ti.field(real, shape=shape, needs_grad=True)  # Σ log(1 − D)
-        self.weight_sum = ti.field(real, shape=shape, needs_grad=True)  # Σ D e^{(z − m)/γ}
-        self.color_sum = ti.Vector.field(3, real, shape=shape, needs_grad=True)
-        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij)
+        self.denominator = ti.field(real, shape=shape)  # Σ_j D e^{(z − m)/γ} + e^{(ε − m)/γ}
+        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij) at select
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
         self.candidate_depth = ti.field(real, shape=(H, W, K))
         self.count = ti.field(ti.i32, shape=shape)  # candidates kept (≤ K)
         self.found = ti.field(ti.i32, shape=shape)  # faces within the cutoff distance
         self.offset = ti.field(ti.i32, shape=shape)
-        self.pair_pixel = ti.field(ti.i32, shape=H * W * K)
-        self.pair_face = ti.field(ti.i32, shape=H * W * K)
         self.stats = ti.field(ti.i32, shape=2)  # number of pairs, truncated pixels
+        self._pairs = None  # grows with the number of pairs
         self.face_box = ti.Vector.field(4, ti.i32, shape=F)  # pixel x0, y0, x1, y1 (inclusive)
         self.tile_start = ti.field(ti.i32, shape=self.tiles_x * self.tiles_y + 1)
         self.tile_fill = ti.field(ti.i32, shape=self.tiles_x * self.tiles_y)
@@ -319,6 +333,11 @@ class SoftRasterizer:
                 self.candidates[y, x, k] = -1
             self.count[y, x] = n
             self.found[y, x] = found
+            m = self.params[2]
+            for k in range(n):
+                zn = (self.far - self.candidate_depth[y, x, k]) / (self.far - self.near)
+                m = ti.max(m, zn)
+            self.zmax[y, x] = m
 
     @ti.kernel
     def _scan_pixels(self):
@@ -332,12 +351,13 @@ class SoftRasterizer:
             self.stats[1] += ti.cast(self.found[y, x] > self.count[y, x], ti.i32)
 
     @ti.kernel
-    def _compact(self):
+    def _compact(self, pairs: ti.template()):
+        pairs.n[None] = self.stats[0]
         for y, x in self.count:
             o = self.offset[y, x]
             for k in range(self.count[y, x]):
-                self.pair_pixel[o + k] = y * self.width + x
-                self.pair_face[o + k] = self.candidates[y, x, k]
+                pairs.pixel[o + k] = y * self.width + x
+                pairs.face[o + k] = self.candidates[y, x, k]
 
     def select(self, clip, faces, n_faces: int) -> int:
         """Candidate faces per pixel (not differentiable). ``clip`` (V, 4) clip coordinates,
@@ -362,98 +382,89 @@ class SoftRasterizer:
             self.found.fill(0)
             self.candidates.fill(-1)
         self._scan_pixels()
-        self._compact()
         stats = self.stats.to_numpy()
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
+        if self._pairs is None or self.num_pairs > self._pairs.capacity:
+            self._pairs = _Pairs(max(1 << max(self.num_pairs - 1, 1).bit_length(), 1024))
+        self._compact(self._pairs)
         return self.num_pairs
 
     # ------------------------------------------------------------ differentiable
-    @ti.func
-    def _pair(self, clip: ti.template(), faces: ti.template(), p):
-        """Pixel (y, x), face vertex ids, d², inside, clamped λ and normalised depth of pair p."""
-        i = self.pair_pixel[p]
-        y, x = i // self.width, i % self.width
-        idx = faces[self.pair_face[p]]
-        c0, c1, c2 = clip[idx[0]], clip[idx[1]], clip[idx[2]]
-        d2, inside, lam = face_geometry(
-            c0, c1, c2, pixel_ndc(y, x, self.width, self.height), ti.Vector(self.scale)
-        )
-        z = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
-        zn = (self.far - z) / (self.far - self.near)
-        return y, x, idx, d2, inside, lam, zn
-
     @ti.kernel
-    def _clear(self):
-        for y, x in self.zmax:
-            self.zmax[y, x] = self.params[2]
-            self.log_transmittance[y, x] = 0.0
-            self.weight_sum[y, x] = 0.0
-            self.color_sum[y, x] = ti.Vector([0.0, 0.0, 0.0])
-
-    @ti.kernel
-    def _depth_max(self, clip: ti.template(), faces: ti.template(), n_pairs: ti.i32):
-        for p in range(n_pairs):
-            y, x, _idx, _d2, _inside, _lam, zn = self._pair(clip, faces, p)
-            ti.atomic_max(self.zmax[y, x], zn)
-
-    @ti.ad.grad_replaced
-    def _prepare(self, clip, faces):
-        """Zero the per-pixel sums and compute the softmax shift: outside the gradient
-        (the shift cancels in the blend)."""
-        self._clear()
-        self._depth_max(clip, faces, self.num_pairs)
-
-    @ti.ad.grad_for(_prepare)
-    def _prepare_grad(self, clip, faces):
-        pass
-
-    @ti.kernel
-    def _accumulate(
-        self,
-        clip: ti.template(),
-        faces: ti.template(),
-        colors: ti.template(),
-        n_pairs: ti.i32,
+    def _pair_terms(
+        self, pairs: ti.template(), clip: ti.template(), faces: ti.template(), colors: ti.template()
     ):
-        for p in range(n_pairs):
-            inv_sigma, inv_gamma = self.params[0], self.params[1]
-            y, x, idx, d2, inside, lam, zn = self._pair(clip, faces, p)
-            s = ti.select(inside, d2, -d2) * inv_sigma
+        for p in range(pairs.n[None]):
+            i = pairs.pixel[p]
+            y, x = i // self.width, i % self.width
+            idx = faces[pairs.face[p]]
+            c0, c1, c2 = clip[idx[0]], clip[idx[1]], clip[idx[2]]
+            p_ndc = pixel_ndc(y, x, self.width, self.height)
+            d2, inside, lam = face_geometry(c0, c1, c2, p_ndc, ti.Vector(self.scale))
+            zn = (self.far - (lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3])) / (
+                self.far - self.near
+            )
+            s = ti.select(inside, d2, -d2) * self.params[0]
             e = ti.exp(-ti.abs(s))
             coverage = ti.select(s >= 0.0, 1.0, e) / (1.0 + e)  # stable sigmoid(s)
             # log(1 − sigmoid(s)) = −softplus(s), stable
-            self.log_transmittance[y, x] += -(ti.select(s > 0.0, s, 0.0) + ti.log(1.0 + e))
-            w = coverage * ti.exp((zn - self.zmax[y, x]) * inv_gamma)
+            pairs.log_q[p] = -(ti.select(s > 0.0, s, 0.0) + ti.log(1.0 + e))
+            # shifted softmax weight; the clamp only acts when the geometry moved far since
+            # select (then the shift is stale): it keeps the sums finite
+            a = (zn - self.zmax[y, x]) * self.params[1]
+            w = coverage * ti.exp(ti.select(a > EXP_LIMIT, EXP_LIMIT, a))
             color = lam[0] * colors[idx[0]] + lam[1] * colors[idx[1]] + lam[2] * colors[idx[2]]
-            self.weight_sum[y, x] += w
-            self.color_sum[y, x] += w * color
+            pairs.weight[p] = w
+            pairs.weighted_color[p] = w * color
 
     @ti.kernel
-    def _resolve(self):
+    def _reduce(self, pairs: ti.template()):
         for y, x in self.silhouette:
-            inv_gamma, eps = self.params[1], self.params[2]
-            self.silhouette[y, x] = 1.0 - ti.exp(self.log_transmittance[y, x])
-            b = ti.exp((eps - self.zmax[y, x]) * inv_gamma)
-            self.image[y, x] = (self.color_sum[y, x] + b * self.background[None]) / (
-                self.weight_sum[y, x] + b
-            )
+            o = self.offset[y, x]
+            log_t = 0.0
+            w = ti.exp((self.params[2] - self.zmax[y, x]) * self.params[1])  # background
+            c = w * self.background[None]
+            for k in range(o, o + self.count[y, x]):
+                log_t += pairs.log_q[k]
+                w += pairs.weight[k]
+                c += pairs.weighted_color[k]
+            self.silhouette[y, x] = 1.0 - ti.exp(log_t)
+            self.image[y, x] = c / w
+            self.denominator[y, x] = w
+
+    @ti.kernel
+    def _reduce_backward(self, pairs: ti.template()):
+        for y, x in self.silhouette:
+            w = self.denominator[y, x]
+            g_log_t = -self.silhouette.grad[y, x] * (1.0 - self.silhouette[y, x])
+            g_c = self.image.grad[y, x] / w
+            g_w = -g_c.dot(self.image[y, x])
+            o = self.offset[y, x]
+            for k in range(o, o + self.count[y, x]):
+                pairs.log_q.grad[k] = g_log_t
+                pairs.weight.grad[k] = g_w
+                pairs.weighted_color.grad[k] = g_c
+
+    @ti.ad.grad_replaced
+    def _blend(self, pairs):
+        """Per-pixel sums over the pixel's pairs (contiguous) → silhouette and image."""
+        self._reduce(pairs)
+
+    @ti.ad.grad_for(_blend)
+    def _blend_grad(self, pairs):
+        self._reduce_backward(pairs)
 
     def forward(self, clip, faces, vertex_colors) -> None:
         """``silhouette`` and ``image`` for the candidates of the last ``select``;
         differentiable in ``clip`` (V, 4) and ``vertex_colors`` (V, 3)."""
-        self._prepare(clip, faces)
-        self._accumulate(clip, faces, vertex_colors, self.num_pairs)
-        self._resolve()
+        if self._pairs is None:
+            raise UserError("call select() before forward(): it picks the candidate faces")
+        self._pair_terms(self._pairs, clip, faces, vertex_colors)
+        self._blend(self._pairs)
 
     def zero_grad(self) -> None:
-        for f in (
-            self.silhouette,
-            self.image,
-            self.log_transmittance,
-            self.weight_sum,
-            self.color_sum,
-        ):
-            f.grad.fill(0)
+        self.silhouette.grad.fill(0)
+        self.image.grad.fill(0)
 
 
 @ti.data_oriented
