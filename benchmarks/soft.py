@@ -2,8 +2,8 @@
 
     python -m benchmarks.soft [--size 256] [--subdiv 4] [--K 50] [--sigma 1e-4] [--repeat 20]
 
-Prints a table of median milliseconds per phase and candidate statistics. The reference
-point from the task: PyTorch3D's CPU SoftRas takes ~29 s for the same problem.
+Prints median and min milliseconds per phase (min: the machine may be shared) and candidate
+statistics. Reference point from the task: PyTorch3D's CPU SoftRas takes ~29 s for the same problem.
 """
 
 import argparse
@@ -74,6 +74,7 @@ def main(argv=None):
         for v, dt in zip(times.values(), (t1 - t0, t2 - t1, t3 - t2)):
             v.append(1e3 * dt)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    best = {k: float(np.min(v)) for k, v in times.items()}
     grad = mb.positions.grad.to_numpy()
     print(
         f"{n}x{n}, {mesh.num_faces} faces, K={args.K}, sigma={args.sigma:g}, "
@@ -81,11 +82,11 @@ def main(argv=None):
         f"({soft.num_pairs / (n * n):.1f}/pixel, max {soft.count.to_numpy().max()}), "
         f"truncated pixels {soft.truncated}, |grad| finite: {np.isfinite(grad).all()}"
     )
-    print("| phase | median ms |")
-    print("|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.1f} |")
-    print(f"| total | {sum(med.values()):.1f} |")
+    print("| phase | median ms | min ms |")
+    print("|---|---|---|")
+    for k in times:
+        print(f"| {k} | {med[k]:.1f} | {best[k]:.1f} |")
+    print(f"| total | {sum(med.values()):.1f} | {sum(best.values()):.1f} |")
 
 
 if __name__ == "__main__":
