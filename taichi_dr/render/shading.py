@@ -90,6 +90,44 @@ def ggx_specular(n: ti.template(), l: ti.template(), v: ti.template(), rough, f0
     return math.pi * D * G * F / (4.0 * nl * nv)
 
 
+@ti.func
+def surface_radiance(
+    model: ti.template(), albedo, n, v, p, lights: ti.template(), mat: ti.template()
+):
+    """Radiance leaving point p with unit normal n towards unit view direction v (shared by
+    the per-pixel ``Shader`` and the per-vertex shading of the soft rasterizer)."""
+    c = albedo * (lights.ambient[None] + sh_irradiance(lights.sh, n))
+    ks = mat.specular[None]
+    shin = mat.shininess[None]
+    rough = mat.roughness[None]
+    metal = mat.metallic[None]
+    f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
+    for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
+        l = ti.Vector([0.0, 0.0, 1.0])
+        light = ti.Vector([0.0, 0.0, 0.0])
+        if ti.static(i < MAX_DIRECTIONAL):
+            l = lights.dir_direction[i].normalized(1e-12)
+            light = lights.dir_color[i]
+        else:
+            d = lights.point_position[i - MAX_DIRECTIONAL] - p
+            dist2 = ti.max(d.dot(d), 1e-12)
+            l = d / ti.sqrt(dist2)
+            light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
+        nl = n.dot(l)
+        if nl > 0.0:
+            if ti.static(model == MODELS["ggx"]):
+                c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+            else:
+                c += light * albedo * nl
+            if ti.static(model == MODELS["phong"]):
+                r = 2.0 * nl * n - l
+                c += light * ks * ti.pow(ti.max(r.dot(v), 1e-12), shin)
+            if ti.static(model == MODELS["blinn-phong"]):
+                h = (l + v).normalized(1e-12)
+                c += light * ks * ti.pow(ti.max(n.dot(h), 1e-12), shin)
+    return c
+
+
 @ti.data_oriented
 class Shader:
     """Owns ``image`` (H, W, 3) linear radiance, with gradients."""
@@ -97,42 +135,6 @@ class Shader:
     def __init__(self, width: int, height: int):
         self.width, self.height = int(width), int(height)
         self.image = ti.Vector.field(3, backend.real(), shape=(height, width), needs_grad=True)
-
-    @ti.func
-    def _surface(
-        self, model: ti.template(), albedo, n, v, p, lights: ti.template(), mat: ti.template()
-    ):
-        """Radiance leaving point p with unit normal n towards unit view direction v."""
-        c = albedo * (lights.ambient[None] + sh_irradiance(lights.sh, n))
-        ks = mat.specular[None]
-        shin = mat.shininess[None]
-        rough = mat.roughness[None]
-        metal = mat.metallic[None]
-        f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
-        for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
-            l = ti.Vector([0.0, 0.0, 1.0])
-            light = ti.Vector([0.0, 0.0, 0.0])
-            if ti.static(i < MAX_DIRECTIONAL):
-                l = lights.dir_direction[i].normalized(1e-12)
-                light = lights.dir_color[i]
-            else:
-                d = lights.point_position[i - MAX_DIRECTIONAL] - p
-                dist2 = ti.max(d.dot(d), 1e-12)
-                l = d / ti.sqrt(dist2)
-                light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
-            nl = n.dot(l)
-            if nl > 0.0:
-                if ti.static(model == MODELS["ggx"]):
-                    c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
-                else:
-                    c += light * albedo * nl
-                if ti.static(model == MODELS["phong"]):
-                    r = 2.0 * nl * n - l
-                    c += light * ks * ti.pow(ti.max(r.dot(v), 1e-12), shin)
-                if ti.static(model == MODELS["blinn-phong"]):
-                    h = (l + v).normalized(1e-12)
-                    c += light * ks * ti.pow(ti.max(n.dot(h), 1e-12), shin)
-        return c
 
     @ti.kernel
     def _shade(
@@ -165,7 +167,7 @@ class Shader:
                 elif ti.static(model == MODELS["unlit"]):
                     out = albedo
                 else:
-                    out = self._surface(model, albedo, n, v, p, lights, mat)
+                    out = surface_radiance(model, albedo, n, v, p, lights, mat)
             self.image[y, x] = out
 
     def forward(
