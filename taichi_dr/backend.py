@@ -17,7 +17,7 @@ _TI_ARCH = {"cpu": "cpu", "cuda": "cuda", "vulkan": "vulkan", "metal": "metal", 
 # Archs whose reverse-mode autodiff we trust (see shared TAICHI_NOTES: vulkan's is broken).
 AUTODIFF_ARCHS = ("cpu", "cuda")
 
-_state: dict = {"arch": None, "precision": None, "requested": None}
+_state: dict = {"arch": None, "precision": None, "requested": None, "forward_mode": False}
 
 
 def _arch_name(ti_arch) -> str:
@@ -41,10 +41,15 @@ def available_archs() -> list[str]:
     return [a for a in ("cpu", "cuda", "vulkan", "metal") if _try(a)]
 
 
-def init(arch: str = "cpu", precision: str | None = None, **kwargs) -> str:
+def init(
+    arch: str = "cpu", precision: str | None = None, forward_mode: bool | None = None, **kwargs
+) -> str:
     """Start Taichi on ``arch`` ∈ {cpu, cuda, vulkan, metal, gpu} with float ``precision``.
 
     ``precision`` is "f32" or "f64"; ``None`` keeps the current one (f32 on first start).
+    ``forward_mode=True`` gives every differentiable field a dual as well, for
+    ``ti.ad.FwdMode`` derivative images (twice the memory of those fields); ``None``
+    keeps the current setting. It applies to fields allocated afterwards.
     Returns the arch really obtained ("gpu" resolves to cuda, vulkan or metal). Raises
     :class:`UserError` with a one-line message when the arch is unknown or unavailable.
     """
@@ -52,6 +57,8 @@ def init(arch: str = "cpu", precision: str | None = None, **kwargs) -> str:
         raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     if precision is None:
         precision = _state["precision"] or "f32"
+    if forward_mode is not None:
+        _state["forward_mode"] = bool(forward_mode)
     if precision not in ("f32", "f64"):
         raise UserError(f"unknown precision {precision!r}; choose f32 or f64")
     if _state["requested"] == (arch, precision) and not kwargs:
@@ -102,6 +109,12 @@ def real():
     """The Taichi float type of every taichi_dr field (follows ``precision``)."""
     ensure_init()
     return ti.f64 if _state["precision"] == "f64" else ti.f32
+
+
+def diff() -> dict:
+    """Field options of every differentiable taichi_dr field: gradients, and duals when
+    ``init(forward_mode=True)``."""
+    return {"needs_grad": True, "needs_dual": _state["forward_mode"]}
 
 
 def np_real():

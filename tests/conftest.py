@@ -9,7 +9,7 @@ import taichi_dr
 
 @pytest.fixture(scope="session", autouse=True)
 def taichi_f64():
-    taichi_dr.init(arch="cpu", precision="f64")
+    taichi_dr.init(arch="cpu", precision="f64", forward_mode=True)
     yield
 
 

@@ -22,7 +22,7 @@ from .silhouette import crossing
 class Antialias:
     def __init__(self, width: int, height: int):
         self.width, self.height = int(width), int(height)
-        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), needs_grad=True)
+        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), **backend.diff())
 
     @ti.kernel
     def _copy(self, color: ti.template()):

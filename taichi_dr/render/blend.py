@@ -20,10 +20,10 @@ class Compositor:
         real = backend.real()
         self.layers = int(layers)
         shape = (height, width)
-        self.image = ti.Vector.field(3, real, shape=shape, needs_grad=True)
-        self.alpha = ti.field(real, shape=shape, needs_grad=True)
-        self.accum = ti.Vector.field(3, real, shape=(self.layers + 1, *shape), needs_grad=True)
-        self.transmittance = ti.field(real, shape=(self.layers + 1, *shape), needs_grad=True)
+        self.image = ti.Vector.field(3, real, shape=shape, **backend.diff())
+        self.alpha = ti.field(real, shape=shape, **backend.diff())
+        self.accum = ti.Vector.field(3, real, shape=(self.layers + 1, *shape), **backend.diff())
+        self.transmittance = ti.field(real, shape=(self.layers + 1, *shape), **backend.diff())
         self.background = ti.Vector.field(3, real, shape=shape)
 
     def set_background(self, background) -> None:

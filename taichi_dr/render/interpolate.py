@@ -42,8 +42,8 @@ class Interpolator:
         real = backend.real()
         self.width, self.height = int(width), int(height)
         shape = (self.height, self.width)
-        self.bary = ti.Vector.field(3, real, shape=shape, needs_grad=True)
-        self.depth = ti.field(real, shape=shape, needs_grad=True)
+        self.bary = ti.Vector.field(3, real, shape=shape, **backend.diff())
+        self.depth = ti.field(real, shape=shape, **backend.diff())
 
     @ti.kernel
     def _barycentrics(self, clip: ti.template(), faces: ti.template(), tri: ti.template()):

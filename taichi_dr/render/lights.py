@@ -22,12 +22,12 @@ MAX_POINT = 4
 class Lights:
     def __init__(self):
         real = backend.real()
-        self.ambient = ti.Vector.field(3, real, shape=(), needs_grad=True)
-        self.dir_direction = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, needs_grad=True)
-        self.dir_color = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, needs_grad=True)
-        self.point_position = ti.Vector.field(3, real, shape=MAX_POINT, needs_grad=True)
-        self.point_color = ti.Vector.field(3, real, shape=MAX_POINT, needs_grad=True)
-        self.sh = ti.Vector.field(3, real, shape=9, needs_grad=True)
+        self.ambient = ti.Vector.field(3, real, shape=(), **backend.diff())
+        self.dir_direction = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, **backend.diff())
+        self.dir_color = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, **backend.diff())
+        self.point_position = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
+        self.point_color = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
+        self.sh = ti.Vector.field(3, real, shape=9, **backend.diff())
         self.fields = (
             self.ambient,
             self.dir_direction,

@@ -19,10 +19,10 @@ class MeshBuffers:
         real = backend.real()
         V, F = max(int(max_vertices), 1), max(int(max_faces), 1)
         self.max_vertices, self.max_faces = V, F
-        self.positions = ti.Vector.field(3, real, shape=V, needs_grad=True)
-        self.normals = ti.Vector.field(3, real, shape=V, needs_grad=True)
-        self.uvs = ti.Vector.field(2, real, shape=V, needs_grad=True)
-        self.colors = ti.Vector.field(3, real, shape=V, needs_grad=True)
+        self.positions = ti.Vector.field(3, real, shape=V, **backend.diff())
+        self.normals = ti.Vector.field(3, real, shape=V, **backend.diff())
+        self.uvs = ti.Vector.field(2, real, shape=V, **backend.diff())
+        self.colors = ti.Vector.field(3, real, shape=V, **backend.diff())
         self.faces = ti.Vector.field(3, ti.i32, shape=F)
         self.num_vertices = 0
         self.num_faces = 0

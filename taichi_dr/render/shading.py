@@ -37,12 +37,12 @@ class Material:
 
     def __init__(self):
         real = backend.real()
-        self.base_color = ti.Vector.field(3, real, shape=(), needs_grad=True)
-        self.specular = ti.field(real, shape=(), needs_grad=True)
-        self.shininess = ti.field(real, shape=(), needs_grad=True)
-        self.roughness = ti.field(real, shape=(), needs_grad=True)
-        self.metallic = ti.field(real, shape=(), needs_grad=True)
-        self.opacity = ti.field(real, shape=(), needs_grad=True)
+        self.base_color = ti.Vector.field(3, real, shape=(), **backend.diff())
+        self.specular = ti.field(real, shape=(), **backend.diff())
+        self.shininess = ti.field(real, shape=(), **backend.diff())
+        self.roughness = ti.field(real, shape=(), **backend.diff())
+        self.metallic = ti.field(real, shape=(), **backend.diff())
+        self.opacity = ti.field(real, shape=(), **backend.diff())
         self.set()
 
     def set(
@@ -134,7 +134,7 @@ class Shader:
 
     def __init__(self, width: int, height: int):
         self.width, self.height = int(width), int(height)
-        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), needs_grad=True)
+        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), **backend.diff())
 
     @ti.kernel
     def _shade(

@@ -103,9 +103,9 @@ class _Pairs:
         self.n = ti.field(ti.i32, shape=())
         self.pixel = ti.field(ti.i32, shape=capacity)  # y · W + x
         self.face = ti.field(ti.i32, shape=capacity)
-        self.log_q = ti.field(real, shape=capacity, needs_grad=True)  # log(1 − D)
-        self.weight = ti.field(real, shape=capacity, needs_grad=True)  # D e^{(z − m)/γ}
-        self.weighted_color = ti.Vector.field(3, real, shape=capacity, needs_grad=True)
+        self.log_q = ti.field(real, shape=capacity, **backend.diff())  # log(1 − D)
+        self.weight = ti.field(real, shape=capacity, **backend.diff())  # D e^{(z − m)/γ}
+        self.weighted_color = ti.Vector.field(3, real, shape=capacity, **backend.diff())
 
 
 @ti.data_oriented
@@ -156,8 +156,8 @@ class SoftRasterizer:
         self.scale = (W / m, H / m)  # NDC → isotropic screen units
         self.tiles_x, self.tiles_y = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
         shape = (H, W)
-        self.silhouette = ti.field(real, shape=shape, needs_grad=True)
-        self.image = ti.Vector.field(3, real, shape=shape, needs_grad=True)
+        self.silhouette = ti.field(real, shape=shape, **backend.diff())
+        self.image = ti.Vector.field(3, real, shape=shape, **backend.diff())
         self.denominator = ti.field(real, shape=shape)  # Σ_j D e^{(z − m)/γ} + e^{(ε − m)/γ}
         self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij) at select
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
@@ -474,7 +474,7 @@ class VertexShader:
     ``Shader``: two-sided, albedo = material base colour × vertex colour). Differentiable."""
 
     def __init__(self, max_vertices: int):
-        self.colors = ti.Vector.field(3, backend.real(), shape=max_vertices, needs_grad=True)
+        self.colors = ti.Vector.field(3, backend.real(), shape=max_vertices, **backend.diff())
 
     @ti.kernel
     def _shade(

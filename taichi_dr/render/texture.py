@@ -47,8 +47,8 @@ class Texture:
             np.array([[offsets[k], *sizes[k]] for k in range(self.levels)], dtype=np.int32)
         )
         self._sizes, self._offsets = sizes, offsets
-        self.texels = ti.Vector.field(3, real, shape=(height, width), needs_grad=True)
-        self.pyramid = ti.Vector.field(3, real, shape=(int(offsets[-1]), width), needs_grad=True)
+        self.texels = ti.Vector.field(3, real, shape=(height, width), **backend.diff())
+        self.pyramid = ti.Vector.field(3, real, shape=(int(offsets[-1]), width), **backend.diff())
 
     def upload(self, image: np.ndarray) -> None:
         """Set level 0 from a linear float image (H, W, 3), row 0 at the top."""

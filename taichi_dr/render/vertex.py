@@ -66,11 +66,11 @@ class VertexStage:
         real = backend.real()
 
         def vec():
-            return ti.Vector.field(3, real, shape=(), needs_grad=True)
+            return ti.Vector.field(3, real, shape=(), **backend.diff())
 
         self.pose_rotation, self.pose_translation = vec(), vec()
         self.camera_rotation, self.camera_translation = vec(), vec()
-        self.fov = ti.field(real, shape=(), needs_grad=True)  # degrees
+        self.fov = ti.field(real, shape=(), **backend.diff())  # degrees
         self.parameters = (
             self.pose_rotation,
             self.pose_translation,
@@ -78,14 +78,14 @@ class VertexStage:
             self.camera_translation,
             self.fov,
         )
-        self.model = ti.Matrix.field(4, 4, real, shape=(), needs_grad=True)
-        self.view_proj = ti.Matrix.field(4, 4, real, shape=(), needs_grad=True)
-        self.normal_matrix = ti.Matrix.field(3, 3, real, shape=(), needs_grad=True)
+        self.model = ti.Matrix.field(4, 4, real, shape=(), **backend.diff())
+        self.view_proj = ti.Matrix.field(4, 4, real, shape=(), **backend.diff())
+        self.normal_matrix = ti.Matrix.field(3, 3, real, shape=(), **backend.diff())
         self.eye = vec()
         self.outputs = (self.model, self.view_proj, self.normal_matrix, self.eye)
-        self.world = ti.Vector.field(3, real, shape=max_vertices, needs_grad=True)
-        self.normal = ti.Vector.field(3, real, shape=max_vertices, needs_grad=True)
-        self.clip = ti.Vector.field(4, real, shape=max_vertices, needs_grad=True)
+        self.world = ti.Vector.field(3, real, shape=max_vertices, **backend.diff())
+        self.normal = ti.Vector.field(3, real, shape=max_vertices, **backend.diff())
+        self.clip = ti.Vector.field(4, real, shape=max_vertices, **backend.diff())
         self._base = None
 
     def set_camera(self, camera) -> None:
