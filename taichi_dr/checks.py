@@ -191,6 +191,16 @@ def _cases(scene: Scene):
                 ("base_color", m.base_color),
             ],
         ),
+        (
+            "soft",
+            "lambert",
+            "soft",
+            [
+                ("positions", r.mesh.positions),
+                ("colors", r.mesh.colors),
+                ("dir_direction", L.dir_direction),
+            ],
+        ),
     ]
 
 
@@ -204,6 +214,8 @@ OPS = (
     "camera",
     "pose",
     "antialias",
+    "soft",
+    "nmr",
 )
 
 
@@ -218,6 +230,59 @@ def run_checks(op: str | None = None, seed: int = 0, scene: Scene | None = None)
             continue
         scene.r.configure(shading=shading, mode=mode)
         for pname, field in params:
-            results.append(compare(scene, name, pname, field, rasterize=mode != "hard"))
+            results.append(compare(scene, name, pname, field, rasterize=mode == "antialias"))
+    if op in (None, "nmr"):
+        results.extend(nmr_downhill(scene))
     scene.r.configure(mode="hard")
+    return results
+
+
+@ti.kernel
+def _squared_error(image: ti.template(), target: ti.template(), loss: ti.template()):
+    for y, x in image:
+        loss[None] += (image[y, x] - target[y, x]).norm_sqr()
+
+
+def nmr_downhill(
+    scene: Scene,
+    mode: str = "nmr",
+    direction: float = -1.0,
+    offsets=((0.06, 0, 0), (-0.06, 0, 0), (0, 0.06, 0), (0, -0.06, 0), (0.04, -0.04, 0)),
+):
+    """NMR gradients are approximate, so the check is that they point downhill: for
+    targets made by moving the object, a step of 0.02 along −∂L/∂translation (L: squared
+    image error, hard images) lowers L. Reported errors: L after − L before, L after / L
+    before."""
+    r, v = scene.r, scene.r.vertex
+    r.configure(shading="unlit", mode=mode)  # flat colour: only visibility gradients
+    target = ti.Vector.field(3, backend.real(), shape=(scene.size, scene.size))
+    results = []
+
+    def loss_at(t):
+        backend.write(v.pose_translation, np.asarray(t))
+        r.rasterize()
+        r.shade()
+        scene.loss[None] = 0.0
+        _squared_error(r.image, target, scene.loss)
+        return float(scene.loss[None])
+
+    for off in offsets:
+        loss_at(off)
+        target.copy_from(r.image)
+        before = loss_at((0.0, 0.0, 0.0))
+        with ti.ad.Tape(scene.loss):
+            r.shade()
+            _squared_error(r.image, target, scene.loss)
+        g = v.pose_translation.grad.to_numpy()
+        after = loss_at(direction * 0.02 * g / max(np.linalg.norm(g), 1e-30))
+        results.append(
+            CheckResult(
+                "nmr",
+                f"translation {off}",
+                after - before,
+                after / max(before, 1e-30),
+                bool(after < before),
+            )
+        )
+    backend.write(v.pose_translation, np.zeros(3))
     return results

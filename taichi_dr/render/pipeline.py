@@ -28,19 +28,25 @@ from .blend import Compositor
 from .interpolate import Interpolator
 from .lights import Lights
 from .mesh import MeshBuffers
+from .nmr import NMR
 from .raster import Rasterizer
 from .shading import MODELS, Material, Shader
 from .silhouette import Silhouettes, edge_neighbours
+from .soft import SoftRasterizer, VertexShader
 from .texture import Texture
 from .vertex import VertexStage
 
-MODES = ("hard", "antialias")
+MODES = ("hard", "antialias", "nmr", "soft")
+EDGE_MODES = ("antialias", "nmr")
 
 
 @dataclass(frozen=True)
 class RenderSettings:
     """How to render. ``mode`` picks the visibility gradients: "hard" (none),
-    "antialias" (analytic edge antialiasing, nvdiffrast-style);
+    "antialias" (analytic edge antialiasing, nvdiffrast-style), "nmr" (Neural Mesh
+    Renderer approximate gradients behind the hard image) or "soft" (Soft Rasterizer
+    with ``sigma``, ``gamma``, ``eps`` and ``faces_per_pixel`` candidates; shades at the
+    vertices, no texture);
     ``shading`` ∈ lambert, phong, blinn-phong, ggx, normals, unlit;
     ``cull`` ∈ none, back, front; ``layers`` > 1 depth-peels that many surfaces (for
     ``material.opacity`` < 1; forward only); ``background``: RGB colour."""
@@ -52,6 +58,10 @@ class RenderSettings:
     texture_filter: str = "trilinear"
     texture_wrap: str = "repeat"
     layers: int = 1
+    sigma: float = 1e-4
+    gamma: float = 1e-4
+    eps: float = 1e-3
+    faces_per_pixel: int = 50
 
     def __post_init__(self):
         if self.shading not in MODELS:
@@ -60,6 +70,13 @@ class RenderSettings:
             raise UserError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.cull not in ("none", "back", "front"):
             raise UserError(f"unknown cull mode {self.cull!r}; choose none, back or front")
+        for name in ("sigma", "gamma"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if int(self.faces_per_pixel) != self.faces_per_pixel or self.faces_per_pixel < 1:
+            raise UserError(
+                f"faces_per_pixel (K) must be a positive integer, got {self.faces_per_pixel}"
+            )
         if int(self.layers) != self.layers or self.layers < 1:
             raise UserError(f"layers must be a positive integer, got {self.layers}")
 
@@ -119,6 +136,9 @@ class Renderer:
         self.compositor.set_background(self.settings.background)
         self.silhouettes = Silhouettes(W, H)
         self.antialias = Antialias(W, H)
+        self.nmr = NMR(W, H)
+        self.soft = None  # built on first use of mode="soft": it holds (H, W, K) buffers
+        self.vertex_shader = None
         self.neighbours = ti.field(ti.i32, shape=(self.mesh.max_faces, 3))
         self.texture = None
         self.set_mesh(mesh)
@@ -180,7 +200,9 @@ class Renderer:
             count=count,
             peel=peel,
         )
-        if self.settings.mode == "antialias":
+        if self.settings.mode == "soft":
+            self._soft().select(self.vertex.clip, self.mesh.faces, self.mesh.num_faces)
+        if self.settings.mode in EDGE_MODES:
             self.interp.forward(self.vertex.clip, self.mesh.faces, self.raster.triangle_id)
             self.silhouettes.forward(
                 self.raster.triangle_id,
@@ -213,10 +235,36 @@ class Renderer:
             self.material,
         )
 
+    def _soft(self) -> SoftRasterizer:
+        s = self.settings
+        c = self.camera
+        if self.soft is None or (self.soft.K, self.soft.near, self.soft.far) != (
+            s.faces_per_pixel,
+            c.near,
+            c.far,
+        ):
+            self.soft = SoftRasterizer(
+                self.width,
+                self.height,
+                self.mesh.max_faces,
+                K=s.faces_per_pixel,
+                near=self.camera.near,
+                far=self.camera.far,
+            )
+            self.vertex_shader = VertexShader(self.mesh.max_vertices)
+        self.soft.set(sigma=s.sigma, gamma=s.gamma, eps=s.eps, background=s.background)
+        return self.soft
+
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
         self.vertex.forward(self.mesh)
+        if self.settings.mode == "soft":
+            self.vertex_shader.forward(
+                self.settings.shading, self.vertex, self.mesh, self.lights, self.material
+            )
+            self.soft.forward(self.vertex.clip, self.mesh.faces, self.vertex_shader.colors)
+            return
         if self.texture is not None:
             self.texture.forward()
         self.compositor.begin()
@@ -227,13 +275,23 @@ class Renderer:
         self.compositor.finish(1)
         if self.settings.mode == "antialias":
             self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
+        elif self.settings.mode == "nmr":
+            self.nmr.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
 
     @property
     def image(self):
         """The final image field (H, W, 3), with gradients."""
-        if self.settings.mode == "antialias":
-            return self.antialias.image
-        return self.compositor.image
+        mode = self.settings.mode
+        if mode == "soft":
+            return self.soft.image
+        return {"antialias": self.antialias.image, "nmr": self.nmr.image}.get(
+            mode, self.compositor.image
+        )
+
+    @property
+    def alpha(self):
+        """Coverage (H, W), with gradients: the soft silhouette in mode "soft"."""
+        return self.soft.silhouette if self.settings.mode == "soft" else self.compositor.alpha
 
     def render(self) -> RenderResult:
         """Render all layers and return NumPy arrays (first-layer AOVs)."""
@@ -263,7 +321,7 @@ class Renderer:
         tri = self.raster.triangle_id.to_numpy()
         return RenderResult(
             image=self.image.to_numpy() if final else None,
-            alpha=self.compositor.alpha.to_numpy() if final else None,
+            alpha=self.alpha.to_numpy() if final else None,
             mask=tri >= 0,
             triangle_id=tri,
             depth=self.interp.depth.to_numpy(),
@@ -282,6 +340,9 @@ class Renderer:
             self.material,
             self.shader,
             self.compositor,
+            self.antialias,
+            self.nmr,
+            *[s for s in (self.soft, self.vertex_shader) if s is not None],
         ):
             stage.zero_grad()
         for f in (self.position, self.normal, self.color, self.uv, self.footprint):
