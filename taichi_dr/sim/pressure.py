@@ -82,14 +82,17 @@ class PressureSolver:
 
     # ---- kernels ------------------------------------------------------------------------
     @ti.kernel
-    def _jacobi_first(self, src: ti.template(), x: ti.template()):
+    def _jacobi_run(self, src: ti.template(), x: ti.template()):
+        """``iters`` Jacobi sweeps from x = 0 (one launch), ping-ponging with _r so that
+        the last sweep lands in x."""
+        bufs = ti.static((x, self._r))
+        first = ti.static((self.iters + 1) % 2)
         for I in ti.grouped(x):
-            x[I] = src[I] / self._diag[I]
-
-    @ti.kernel
-    def _jacobi_sweep(self, src: ti.template(), x_old: ti.template(), x_new: ti.template()):
-        for I in ti.grouped(x_new):
-            x_new[I] = (src[I] + self.neighbour_sum(x_old, I)) / self._diag[I]
+            bufs[first][I] = src[I] / self._diag[I]
+        for k in ti.static(range(1, self.iters)):
+            for I in ti.grouped(x):
+                nb = self.neighbour_sum(bufs[(first + k - 1) % 2], I)
+                bufs[(first + k) % 2][I] = (src[I] + nb) / self._diag[I]
 
     @ti.kernel
     def _apply_a(self, x: ti.template(), y: ti.template()):
@@ -104,14 +107,14 @@ class PressureSolver:
         return s
 
     @ti.kernel
-    def _start_cg(self, src: ti.template(), x: ti.template(), mean: ti.f64):
+    def _start_cg(self, src: ti.template(), x: ti.template(), mean: float):
         for I in ti.grouped(x):
             x[I] = 0.0
             self._r[I] = src[I] - mean
             self._d[I] = self._r[I]
 
     @ti.kernel
-    def _update_xr(self, x: ti.template(), alpha: ti.f64) -> ti.f64:
+    def _update_xr(self, x: ti.template(), alpha: float) -> ti.f64:
         self._rmax[None] = 0.0
         rr = 0.0
         for I in ti.grouped(x):
@@ -122,7 +125,7 @@ class PressureSolver:
         return rr
 
     @ti.kernel
-    def _update_d(self, beta: ti.f64):
+    def _update_d(self, beta: float):
         for I in ti.grouped(self._d):
             self._d[I] = self._r[I] + beta * self._d[I]
 
@@ -161,11 +164,7 @@ class PressureSolver:
             self._cg(src, x)
 
     def _jacobi(self, src, x):
-        bufs = (x, self._r)
-        first = 0 if self.iters % 2 == 1 else 1
-        self._jacobi_first(src, bufs[first])
-        for k in range(1, self.iters):
-            self._jacobi_sweep(src, bufs[(first + k - 1) % 2], bufs[(first + k) % 2])
+        self._jacobi_run(src, x)
         self.iterations = self.iters
         self.residual = None  # computed on demand (costs a pass): see residual_of()
 

@@ -191,8 +191,7 @@ class Smoke:
             fn(*args)
 
     def _step_grad(self, s, t):
-        for f in [*self._vel_adv, self.solver.rhs, self.solver.p]:
-            f.grad.fill(0)
+        self._zero_step_grads()
         for _, grad, args in reversed(self._ops(s, t)):
             grad(*args)
 
@@ -309,24 +308,26 @@ class Smoke:
         """Velocity of slot s at lattice point I of field c (-1: cell centres, else faces
         of component c): the stored value for component c, else the average of the 2 or 4
         nearest faces."""
-        vel = ti.Vector.zero(self.density.dtype, self.dim)
-        for a in ti.static(range(self.dim)):
-            if ti.static(a == c):
-                vel[a] = self.velocity[a][s, I]
-            else:
-                e = ti.Vector.unit(self.dim, a, ti.i32)
-                if ti.static(c < 0):
-                    hi = self.grid.wrap(I + e, a)
-                    vel[a] = 0.5 * (self.velocity[a][s, I] + self.velocity[a][s, hi])
-                else:
-                    ec = ti.Vector.unit(self.dim, c, ti.i32)
-                    total = 0.0
-                    for J in ti.static([I - ec, I]):
-                        K = self._cell_clamped(J, c)
-                        total += self.velocity[a][s, K]
-                        total += self.velocity[a][s, self.grid.wrap(K + e, a)]
-                    vel[a] = 0.25 * total
-        return vel
+        return ti.Vector([self._vel_component(s, I, c, a) for a in ti.static(range(self.dim))])
+
+    @ti.func
+    def _vel_component(self, s, I, c: ti.template(), a: ti.template()):
+        v = 0.0
+        e = ti.Vector.unit(self.dim, a, ti.i32)
+        if ti.static(a == c):
+            v = self.velocity[a][s, I]
+        elif ti.static(c < 0):
+            v = 0.5 * (self.velocity[a][s, I] + self.velocity[a][s, self.grid.wrap(I + e, a)])
+        else:
+            ec = ti.Vector.unit(self.dim, c, ti.i32)
+            lo, hi = self._cell_clamped(I - ec, c), self._cell_clamped(I, c)
+            v = 0.25 * (
+                self.velocity[a][s, lo]
+                + self.velocity[a][s, self.grid.wrap(lo + e, a)]
+                + self.velocity[a][s, hi]
+                + self.velocity[a][s, self.grid.wrap(hi + e, a)]
+            )
+        return v
 
     @ti.func
     def _cell_clamped(self, I, a: ti.template()):
@@ -371,7 +372,7 @@ class Smoke:
         s: ti.i32,
         dst: ti.template(),
         ds: ti.i32,
-        dt: ti.f64,
+        dt: float,
     ):
         """dst[ds] = src[s] sampled at each point traced back by dt along velocity slot s."""
         for I in ti.grouped(ti.ndrange(*(dst.shape[1:]))):
@@ -388,7 +389,7 @@ class Smoke:
         ds: ti.i32,
         hat: ti.template(),
         tilde: ti.template(),
-        dt: ti.f64,
+        dt: float,
     ):
         """dst = hat + (src − tilde) / 2, falling back to hat outside the range of the
         samples hat was interpolated from (Selle et al. 2008)."""
@@ -399,12 +400,12 @@ class Smoke:
             dst[ds, I] = ti.select((x < lo) | (x > hi), hat[s, I], x)
 
     @ti.kernel
-    def _add_source(self, s: ti.i32, dt: ti.f64):
+    def _add_source(self, s: ti.i32, dt: float):
         for I in ti.grouped(self.source):
             self.density[s + 1, I] += dt * self.source[I]
 
     @ti.kernel
-    def _add_forces(self, c: ti.template(), s: ti.i32, t: ti.i32, dt: ti.f64):
+    def _add_forces(self, c: ti.template(), s: ti.i32, t: ti.i32, dt: float):
         for I in ti.grouped(ti.ndrange(*ti.static(self.grid.face_shape(c)))):
             f = 0.0
             if ti.static(c == self.cfg.up_axis and self.cfg.buoyancy != 0):
@@ -432,6 +433,15 @@ class Smoke:
             self.velocity[c][s + 1, I] = ti.select(self.grid.is_wall(c, I), 0.0, u)
 
     # ---- kernels (bookkeeping) --------------------------------------------------------------
+    @ti.kernel
+    def _zero_step_grads(self):
+        for I in ti.grouped(self.solver.p):
+            self.solver.p.grad[I] = 0.0
+            self.solver.rhs.grad[I] = 0.0
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self._vel_adv[c]):
+                self._vel_adv[c].grad[I] = 0.0
+
     @ti.kernel
     def _max_speed(self) -> ti.f64:
         m = 0.0
