@@ -15,6 +15,7 @@ from .errors import UserError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS["smoke"] = ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation")
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
