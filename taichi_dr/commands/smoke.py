@@ -148,8 +148,8 @@ def run(args):
     init = _checkerboard(n) if parity else _blob(n) * target_img.sum() / _blob(n).sum()
     sim.set_initial(init, [np.zeros(f.shape) for f in sim.init_velocity])
     params = sim.init_velocity if parity else sim.force
-    iters = args.iters or (200 if parity else 150)
-    lr = args.lr or (1.0 if parity else 0.05)
+    iters = args.iters or (100 if parity else 150)
+    lr = args.lr or (0.1 if parity else 0.05)
     opt = Adam(params, lr)
     real = backend.real()
     target = ti.field(real, (n, n))

@@ -95,6 +95,16 @@ class PressureSolver:
                 bufs[(first + k) % 2][I] = (src[I] + nb) / self._diag[I]
 
     @ti.kernel
+    def _jacobi_first(self, src: ti.template(), x: ti.template()):
+        for I in ti.grouped(x):
+            x[I] = src[I] / self._diag[I]
+
+    @ti.kernel
+    def _jacobi_sweep(self, src: ti.template(), x_old: ti.template(), x_new: ti.template()):
+        for I in ti.grouped(x_new):
+            x_new[I] = (src[I] + self.neighbour_sum(x_old, I)) / self._diag[I]
+
+    @ti.kernel
     def _apply_a(self, x: ti.template(), y: ti.template()):
         for I in ti.grouped(y):
             y[I] = self._diag[I] * x[I] - self.neighbour_sum(x, I)
@@ -164,7 +174,14 @@ class PressureSolver:
             self._cg(src, x)
 
     def _jacobi(self, src, x):
-        self._jacobi_run(src, x)
+        if self.iters <= 16:  # one launch, sweeps unrolled at compile time
+            self._jacobi_run(src, x)
+        else:
+            bufs = (x, self._r)
+            first = (self.iters + 1) % 2
+            self._jacobi_first(src, bufs[first])
+            for k in range(1, self.iters):
+                self._jacobi_sweep(src, bufs[(first + k - 1) % 2], bufs[(first + k) % 2])
         self.iterations = self.iters
         self.residual = None  # computed on demand (costs a pass): see residual_of()
 

@@ -255,6 +255,14 @@ class Smoke:
         """max |div u| of ring slot ``s`` (default: the final state)."""
         return self._max_div((self.micro_steps - 1) % self.k + 1 if s is None else s)
 
+    def field_bytes(self) -> int:
+        """Bytes of all Taichi fields of this simulation (values and gradients)."""
+        fields = [self.density, *self.velocity, self.init_density, *self.init_velocity]
+        fields += [self.out_density, *self.out_velocity, *self._vel_adv, *(self.force or [])]
+        fields += [x for pair in (self._mc or []) for x in pair]
+        n = sum(int(np.prod(f.shape)) for f in fields) * 2 + 8 * int(np.prod(self.shape))
+        return n * (4 if backend.real() == ti.f32 else 8)
+
     # ---- helpers (Python) -------------------------------------------------------------------
     def _state(self):
         return [self.density, *self.velocity]
