@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "view": ("taichi_dr.commands.view", "interactive viewer (GGUI window, or --headless PNG)"),
 }
 
+COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS["smoke"] = ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation")
+
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
     parser.add_argument("--arch", choices=ARCHS, default="cpu", help="Taichi backend")
