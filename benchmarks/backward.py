@@ -1,0 +1,225 @@
+"""Forward and forward+backward time per visibility mode, peak memory, gradient throughput.
+
+    python benchmarks/backward.py [--arch cpu] [--sizes 256 512] [--subdivisions 3 4 5 6]
+                                  [--modes hard antialias nmr soft] [--no-peers] [--quick]
+
+Scene: an icosphere, Blinn-Phong, one directional light; loss = Σ image · w (random w).
+"fwd" is rasterize + shade; "fwd+bwd" adds the reverse pass to the vertex positions
+(and every other parameter). Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``,
+``direct_projective``, gradients to vertex positions) and PyTorch3D (MeshRasterizer +
+SoftSilhouetteShader, faces_per_pixel = K); each prints "not installed" otherwise.
+"""
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import taichi as ti  # noqa: E402
+from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe  # noqa: E402
+
+import taichi_dr  # noqa: E402
+from taichi_dr.camera import Camera  # noqa: E402
+from taichi_dr.checks import _weighted_sum  # noqa: E402
+from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
+from taichi_dr.scene import icosphere  # noqa: E402
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # compile / warm up
+    times = []
+    for _ in range(repeats):
+        ti.sync()
+        t = time.perf_counter()
+        fn()
+        ti.sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Ours:
+    def __init__(self, size: int, mesh, K: int, sigma: float):
+        cam = Camera.look_at(EYE, (0, 0, 0), (0, 1, 0), FOV, size, size, 0.5, 10.0)
+        self.r = Renderer(mesh, cam, RenderSettings(faces_per_pixel=K, sigma=sigma))
+        self.r.lights.set(ambient=(0.1, 0.1, 0.1), directional=[(LIGHT_DIR, LIGHT)])
+        self.w = ti.Vector.field(3, taichi_dr.backend.real(), shape=(size, size))
+        self.w.from_numpy(
+            np.random.default_rng(0)
+            .uniform(-1, 1, (size, size, 3))
+            .astype(taichi_dr.backend.np_real())
+        )
+        self.loss = ti.field(taichi_dr.backend.real(), shape=(), needs_grad=True)
+
+    def forward(self):
+        self.r.rasterize()
+        self.r.shade()
+
+    def backward(self):
+        self.r.rasterize()
+        with ti.ad.Tape(self.loss, clear_gradients=False):
+            self.r.shade()
+            _weighted_sum(self.r.image, self.w, self.loss)
+        self.r.zero_grad()
+
+
+class MitsubaProjective:
+    """Mitsuba 3 ``direct_projective``: differentiable render + gradients to positions."""
+
+    def __init__(self, size: int, mesh):
+        import drjit as dr
+        import mitsuba as mi
+
+        mi.set_variant("llvm_ad_rgb")
+        self.mi, self.dr = mi, dr
+        m = mi.Mesh("mesh", mesh.num_vertices, mesh.num_faces, has_vertex_normals=False)
+        params = mi.traverse(m)
+        params["vertex_positions"] = mi.Float(mesh.vertices.astype(np.float32).ravel())
+        params["faces"] = mi.UInt32(mesh.faces.astype(np.uint32).ravel())
+        params.update()
+        to_world = mi.ScalarTransform4f().look_at(origin=EYE, target=[0, 0, 0], up=[0, 1, 0])
+        self.scene = mi.load_dict(
+            {
+                "type": "scene",
+                "integrator": {"type": "direct_projective"},
+                "sensor": {
+                    "type": "perspective",
+                    "fov": FOV,
+                    "fov_axis": "y",
+                    "to_world": to_world,
+                    "film": {
+                        "type": "hdrfilm",
+                        "width": size,
+                        "height": size,
+                        "rfilter": {"type": "box"},
+                    },
+                    "sampler": {"type": "independent", "sample_count": 1},
+                },
+                "light": {
+                    "type": "directional",
+                    "direction": [-c for c in LIGHT_DIR],
+                    "irradiance": LIGHT,
+                },
+                "mesh": m,
+            }
+        )
+        self.params = mi.traverse(self.scene)
+        self.key = "mesh.vertex_positions"
+
+    def forward(self):
+        self.dr.eval(self.mi.render(self.scene, spp=1))
+        self.dr.sync_thread()
+
+    def backward(self):
+        dr = self.dr
+        dr.enable_grad(self.params[self.key])
+        self.params.update()
+        image = self.mi.render(self.scene, self.params, spp=1)
+        dr.backward(dr.mean(image))
+        dr.eval(dr.grad(self.params[self.key]))
+        dr.sync_thread()
+        dr.disable_grad(self.params[self.key])
+
+
+def pytorch3d_peer(size, mesh, K, sigma):
+    try:
+        import torch
+        from pytorch3d.renderer import (
+            FoVPerspectiveCameras,
+            MeshRasterizer,
+            MeshRenderer,
+            RasterizationSettings,
+            SoftSilhouetteShader,
+            look_at_view_transform,
+        )
+        from pytorch3d.structures import Meshes
+    except ImportError:
+        return None
+    R, T = look_at_view_transform(eye=[EYE])
+    cams = FoVPerspectiveCameras(R=R, T=T, fov=FOV)
+    blur = float(np.log(1.0 / 1e-4 - 1.0) * sigma)
+    raster = RasterizationSettings(image_size=size, blur_radius=blur, faces_per_pixel=K)
+    renderer = MeshRenderer(
+        MeshRasterizer(cameras=cams, raster_settings=raster), SoftSilhouetteShader()
+    )
+    verts = torch.tensor(mesh.vertices, dtype=torch.float32, requires_grad=True)
+    faces = torch.tensor(mesh.faces, dtype=torch.int64)
+
+    class Peer:
+        def forward(self):
+            with torch.no_grad():
+                renderer(Meshes([verts], [faces]))
+
+        def backward(self):
+            renderer(Meshes([verts], [faces]))[..., 3].mean().backward()
+
+    return Peer()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="cpu")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--subdivisions", type=int, nargs="+", default=[3, 4, 5, 6])
+    p.add_argument("--modes", nargs="+", default=["hard", "antialias", "nmr", "soft"])
+    p.add_argument("--K", type=int, default=50)
+    p.add_argument("--sigma", type=float, default=1e-4)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--quick", action="store_true", help="256², subdivisions 3-4, 3 repeats")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.subdivisions, args.repeats = [256], [3, 4], 3
+    taichi_dr.init(args.arch, "f32")
+    taichi_dr.backend.require_autodiff()
+    mitsuba = None if args.no_peers else _mitsuba_probe()
+    print(f"Mitsuba 3: {'available' if mitsuba is None else mitsuba}")
+    have_p3d = not args.no_peers and pytorch3d_peer(16, icosphere(0), 1, 1e-4) is not None
+    print(f"PyTorch3D: {'available' if have_p3d else 'not installed'}")
+    print(
+        f"{'size':>5} {'faces':>7} {'mode':>10} {'fwd ms':>8} {'fwd+bwd ms':>11} "
+        f"{'bwd/fwd':>8} {'Mgrad/s':>8} {'peak MB':>8}  peers (fwd+bwd ms, ours/theirs)"
+    )
+    for size in args.sizes:
+        for sub in args.subdivisions:
+            mesh = icosphere(sub)
+            ours = Ours(size, mesh, args.K, args.sigma)
+            peer_text = {}
+            if mitsuba is None:
+                m = MitsubaProjective(size, mesh)
+                peer_text["Mitsuba"] = median_time(m.backward, args.repeats)
+            if have_p3d:
+                peer_text["PyTorch3D soft"] = median_time(
+                    pytorch3d_peer(size, mesh, args.K, args.sigma).backward, args.repeats
+                )
+            for mode in args.modes:
+                ours.r.configure(mode=mode)
+                f = median_time(ours.forward, args.repeats)
+                b = median_time(ours.backward, args.repeats)
+                grads = 3 * mesh.num_vertices + 3 * size * size
+                peers = "  ".join(
+                    f"{k} {v * 1e3:.0f} ({b / v:.2f})"
+                    for k, v in peer_text.items()
+                    if k == "Mitsuba" or (mode == "soft" and "PyTorch3D" in k)
+                )
+                print(
+                    f"{size:>5} {mesh.num_faces:>7} {mode:>10} {f * 1e3:>8.1f} "
+                    f"{b * 1e3:>11.1f} {b / f:>8.2f} {grads / b / 1e6:>8.1f} "
+                    f"{peak_rss_mb():>8.0f}  {peers}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
