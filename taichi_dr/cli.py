@@ -19,10 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-grads": ("taichi_dr.commands.check_grads", "gradcheck every differentiable op"),
     "ad": ("taichi_dr.commands.ad", "derivatives from first principles: tables and plots"),
     "view": ("taichi_dr.commands.view", "interactive viewer (GGUI window, or --headless PNG)"),
+    "smoke": ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation"),
 }
-
-COMMANDS: dict[str, tuple[str, str]] = {}
-COMMANDS["smoke"] = ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation")
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
