@@ -28,6 +28,7 @@ class Lights:
         self.point_position = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
         self.point_color = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
         self.sh = ti.Vector.field(3, real, shape=9, **backend.diff())
+        self.count = ti.field(ti.i32, shape=2)  # directional and point lights in use
         self.fields = (
             self.ambient,
             self.dir_direction,
@@ -46,7 +47,7 @@ class Lights:
         sh=None,
     ) -> None:
         """``directional``: sequence of (direction, color); ``point``: (position, color);
-        ``sh``: (9, 3) coefficients or None. Unused slots are zero (dark)."""
+        ``sh``: (9, 3) coefficients or None. Unused slots are zero and skipped."""
         if len(directional) > MAX_DIRECTIONAL or len(point) > MAX_POINT:
             raise UserError(f"at most {MAX_DIRECTIONAL} directional and {MAX_POINT} point lights")
         d = np.zeros((2, MAX_DIRECTIONAL, 3))
@@ -63,6 +64,7 @@ class Lights:
             p[0, i], p[1, i] = position, color
         s = np.zeros((9, 3)) if sh is None else np.asarray(sh, dtype=np.float64).reshape(9, 3)
         arrays = (np.asarray(ambient, dtype=np.float64).reshape(3), d[0], d[1], p[0], p[1], s)
+        self.count.from_numpy(np.array([len(directional), len(point)], dtype=np.int32))
         for f, a in zip(self.fields, arrays):
             if not np.all(np.isfinite(a)):
                 raise UserError("light parameters contain NaN or inf; pass finite numbers")

@@ -114,7 +114,13 @@ def surface_radiance(
             l = d / ti.sqrt(dist2)
             light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
         nl = n.dot(l)
-        if nl > 0.0:
+        # lights beyond the number set are skipped (a runtime branch: no recompilation)
+        used = (
+            lights.count[0] > i
+            if ti.static(i < MAX_DIRECTIONAL)
+            else (lights.count[1] > i - MAX_DIRECTIONAL)
+        )
+        if nl > 0.0 and used:
             if ti.static(model == MODELS["ggx"]):
                 c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
             else:
