@@ -248,7 +248,10 @@ class Smoke:
         self.backward()
 
     def zero_grad(self):
-        for f in [self.init_density, *self.init_velocity, *(self.force or [])]:
+        """Clear the gradients of the parameters and of the outputs (:meth:`backward` adds
+        to the former and reads the latter, which a loss kernel's adjoint accumulates into)."""
+        params = [self.init_density, *self.init_velocity, *(self.force or [])]
+        for f in [*params, self.out_density, *self.out_velocity]:
             f.grad.fill(0)
 
     def max_divergence(self, s=None) -> float:
