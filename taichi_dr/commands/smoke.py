@@ -215,11 +215,11 @@ class _VolumeTask:
             solver=args.solver,
             jacobi_iters=args.jacobi_iters,
             checkpoint=args.checkpoint,
-            buoyancy=0.04,
+            buoyancy=0.15,
         )
         self.sim = sim = Smoke(self.cfg)
         res = args.resolution
-        cams = orbit(args.views, radius=3.6, elevation=20.0, fov=40.0, width=res, height=res)
+        cams = orbit(args.views, radius=3.6, elevation=30.0, fov=40.0, width=res, height=res)
         self.renderer = VolumeRenderer(
             (n, n, n),
             cams,
