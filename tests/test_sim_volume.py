@@ -166,12 +166,16 @@ def test_smoke_to_image_gradcheck(rng):
         return loss[None]
 
     value(base)
-    sim.zero_grad()
-    with ti.ad.Tape(loss):
-        sim.run()
-        r.render(sim.out_density)
-        weighted(r.image, weights, loss)
-    grad = sim.init_density.grad.to_numpy()
+    grads = []
+    for _ in range(2):  # as in the optimisation loop: only the parameter's gradient is cleared
+        sim.init_density.grad.fill(0)
+        with ti.ad.Tape(loss, clear_gradients=False):
+            sim.run()
+            r.render(sim.out_density)
+            weighted(r.image, weights, loss)
+        grads.append(sim.init_density.grad.to_numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)
+    grad = grads[0]
     assert np.abs(grad).max() > 1e-3
     for _ in range(2):
         delta = rng.standard_normal(SHAPE)

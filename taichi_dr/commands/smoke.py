@@ -176,9 +176,6 @@ class _ImageTask:
         self.sim.run()
         _mse(self.sim.out_density, self.target, loss, 1 / self.target_img.size)
 
-    def zero_grad(self):
-        self.sim.zero_grad()
-
     def after_step(self):
         pass
 
@@ -245,10 +242,6 @@ class _VolumeTask:
         self.renderer.render(self.sim.out_density)
         _mse(self.renderer.image, self.target, loss, 1 / self.target_images.size)
 
-    def zero_grad(self):
-        self.sim.zero_grad()
-        self.renderer.zero_grad()
-
     def after_step(self):
         _clamp_nonnegative(self.sim.init_density)  # projected Adam: density stays ≥ 0
 
@@ -312,7 +305,7 @@ def run(args):
     io.write_video(runner.out / "rollout_before.gif", rollout_frames())
 
     def step(it):
-        task.zero_grad()
+        opt.zero_grad()
         with ti.ad.Tape(loss, clear_gradients=False):
             loss[None] = 0.0
             task.objective(loss)

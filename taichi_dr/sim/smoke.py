@@ -248,10 +248,7 @@ class Smoke:
         self.backward()
 
     def zero_grad(self):
-        """Clear the gradients of the parameters and of the outputs (:meth:`backward` adds
-        to the former and reads the latter, which a loss kernel's adjoint accumulates into)."""
-        params = [self.init_density, *self.init_velocity, *(self.force or [])]
-        for f in [*params, self.out_density, *self.out_velocity]:
+        for f in [self.init_density, *self.init_velocity, *(self.force or [])]:
             f.grad.fill(0)
 
     def max_divergence(self, s=None) -> float:

@@ -149,9 +149,11 @@ class VolumeRenderer:
 
     def backward(self, density):
         """Given ``image.grad``, accumulate into ``density.grad``, ``absorption.grad`` and
-        ``emission.grad``."""
+        ``emission.grad``; ``image.grad`` is consumed (zeroed), like the adjoint of any
+        kernel that overwrites its output."""
         self.samples.grad.fill(0)
         self._march_adjoint()
+        self.image.grad.fill(0)
         self._sample.grad(density)
 
     @ti.ad.grad_replaced
