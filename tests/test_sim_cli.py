@@ -97,3 +97,21 @@ def test_taichi_logo_target():
     assert img.shape == (32, 32) and 0 <= img.min() and img.max() <= 1
     assert img[16, 8] > 0.8 and img[16, 24] < 0.5  # bright left half, dim right half
     assert img[0, 0] < 0.05  # background
+
+
+def test_smoke_volume_demo(tmp_path, capsys):
+    """3D smoke → volume rendering → image loss, optimised end to end at tiny size."""
+    demo = _demo("smoke_volume")
+    tiny = ["--grid", "12", "--steps", "3", "--resolution", "16", "--views", "2", "--headless"]
+    assert demo([*tiny, "--iters", "5", "--ray-steps", "16", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["app"] == "smoke-volume" and len(data["losses"]) == 5
+    final = data["final"]
+    assert final["mse"] < 0.7 * final["mse_start"]
+    assert io.load_image(tmp_path / "target.png").shape == (16, 32, 3)  # two views side by side
+    for name in ("loss.png", "progress.gif", "rollout_before.gif", "rollout_after.gif"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert demo([*tiny, "--views", "0", "--out", str(tmp_path)]) == 2
+    assert "--views must lie in [1, 8]" in capsys.readouterr().err
+    assert demo([*tiny, "--target", "x.png", "--out", str(tmp_path)]) == 2
+    assert "--target is for the 2D tasks" in capsys.readouterr().err

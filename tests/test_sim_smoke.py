@@ -320,3 +320,21 @@ def test_helpers():
     cells = image_to_grid(img)
     assert cells.shape == (4, 3) and cells[0, 0] == img[2, 0] and cells[0, 2] == img[0, 0]
     np.testing.assert_array_equal(grid_to_image(cells), img)
+
+
+def test_repeated_tapes_do_not_accumulate(rng):
+    """Repeated Tapes without clearing all gradients (as the optimisation loops do) give the
+    same gradient each time (the outputs' gradients are consumed by the backward pass)."""
+    sim = _shared("A")
+    _randomize(sim, rng, speed=1.0)
+    w = ti.field(ti.f64, sim.shape)
+    w.from_numpy(rng.standard_normal(sim.shape))
+    loss = ti.field(ti.f64, (), needs_grad=True)
+    grads = []
+    for _ in range(2):
+        sim.zero_grad()
+        with ti.ad.Tape(loss, clear_gradients=False):
+            sim.run()
+            _weighted_sum(sim.out_density, w, loss)
+        grads.append(sim.init_density.grad.to_numpy())
+    np.testing.assert_allclose(grads[1], grads[0], rtol=1e-12)

@@ -1,30 +1,41 @@
-"""``taichi-dr smoke init-velocity|control``: optimise a smoke simulation to draw a target.
+"""``taichi-dr smoke init-velocity|control|volume``: optimise a smoke simulation to match targets.
 
 * ``init-velocity`` (DiffTaichi parity): a checkerboard of smoke on a periodic grid; optimise the
   initial velocity field so that the density after N steps matches the target image.
 * ``control``: a blob of smoke in a closed box; optimise per-step control forces instead.
+* ``volume`` (3D): a ball of smoke rising by buoyancy in a closed box; optimise its initial
+  density so that volume renderings of the density after N steps, from ``--views`` cameras on
+  an orbit, match renderings of a hidden smoke ring's rollout (simulation → rendering → loss).
 
-The target is the Taichi (yin-yang) logo drawn by code, or ``--target IMAGE`` (grey levels of
-an image of exactly grid × grid pixels: a differently sized image is an error, never silently
-resized). Writes metrics.json, loss.png, progress.gif, rollout_before.gif, rollout_after.gif,
-rollout_after.mp4, target.png, final.png and checkpoint.npz to ``--out``.
+The 2D target is the Taichi (yin-yang) logo drawn by code, or ``--target IMAGE`` (grey levels
+of an image of exactly grid × grid pixels: a differently sized image is an error, never
+silently resized). Writes metrics.json, loss.png, progress.gif, rollout_before.gif,
+rollout_after.gif, rollout_after.mp4, target.png, final.png and checkpoint.npz to ``--out``.
 """
 
 import numpy as np
 import taichi as ti
 
 from .. import backend, io
+from ..camera import orbit
 from ..errors import UserError
+from ..optim import Adam
 from ..runner import Runner
-from ..sim import Smoke, SmokeConfig, grid_to_image, image_to_grid
+from ..sim import Smoke, SmokeConfig, VolumeRenderer, grid_to_image, image_to_grid
 
-TASKS = ("init-velocity", "control")
+TASKS = ("init-velocity", "control", "volume")
+# Per task: grid, steps, iterations, learning rate.
+DEFAULTS = {
+    "init-velocity": (128, 100, 100, 0.1),
+    "control": (128, 100, 150, 0.002),
+    "volume": (32, 24, 60, 0.05),
+}
 
 
 def add_arguments(parser):
     parser.add_argument("task", choices=TASKS, help="what to optimise")
-    parser.add_argument("--grid", type=int, default=128, help="cells per side (default 128)")
-    parser.add_argument("--steps", type=int, default=100, help="simulation steps (default 100)")
+    parser.add_argument("--grid", type=int, help="cells per side (default 128; volume 32)")
+    parser.add_argument("--steps", type=int, help="simulation steps (default 100; volume 24)")
     parser.add_argument("--dt", type=float, default=1.0, help="time step (default 1)")
     parser.add_argument("--iters", type=int, default=0, help="optimisation iterations")
     parser.add_argument("--lr", type=float, default=0.0, help="Adam learning rate")
@@ -36,6 +47,11 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per progress frame")
+    volume = parser.add_argument_group("volume task")
+    volume.add_argument("--views", type=int, default=3, help="cameras (default 3)")
+    volume.add_argument("--resolution", type=int, default=48, help="image side in pixels")
+    volume.add_argument("--ray-steps", type=int, default=0, help="march steps (0: 2 × grid)")
+    volume.add_argument("--absorption", type=float, default=4.0, help="σ per density per unit")
 
 
 def taichi_logo(n: int, blur: float = 1.5) -> np.ndarray:
@@ -78,97 +94,203 @@ def _blob(n: int) -> np.ndarray:
     return np.exp(-((((i - n / 2) / (0.22 * n)) ** 2 + ((j - 0.25 * n) / (0.12 * n)) ** 2) ** 2))
 
 
+def _ball(n: int, center, radius: float) -> np.ndarray:
+    """Smooth ball of smoke on an (n, n, n) grid; ``center``, ``radius`` in units of n."""
+    x = (np.arange(n) + 0.5) / n
+    g = np.stack(np.meshgrid(x, x, x, indexing="ij"), axis=-1)
+    r2 = np.sum((g - np.asarray(center)) ** 2, axis=-1) / radius**2
+    return np.exp(-(r2**2))
+
+
+def _ring(n: int, center, major: float, minor: float) -> np.ndarray:
+    """Smooth horizontal (y-up) smoke ring on an (n, n, n) grid, in units of n."""
+    x = (np.arange(n) + 0.5) / n
+    gx, gy, gz = np.meshgrid(x, x, x, indexing="ij")
+    cx, cy, cz = center
+    rho = np.hypot(gx - cx, gz - cz) - major
+    return np.exp(-(((rho**2 + (gy - cy) ** 2) / minor**2) ** 2))
+
+
 @ti.kernel
-def _mse(d: ti.template(), target: ti.template(), loss: ti.template()):
-    for I in ti.grouped(d):
-        loss[None] += (d[I] - target[I]) ** 2 / d.shape[0] / d.shape[1]
+def _mse(a: ti.template(), b: ti.template(), loss: ti.template(), inv_n: float):
+    for I in ti.grouped(a):
+        loss[None] += (a[I] - b[I]) ** 2 * inv_n
 
 
-class Adam:
-    """Adam on a list of Taichi fields (parameters) using their ``.grad``."""
+@ti.kernel
+def _clamp_nonnegative(f: ti.template()):
+    for I in ti.grouped(f):
+        f[I] = ti.max(f[I], 0.0)
 
-    def __init__(self, fields, lr, b1=0.9, b2=0.999, eps=1e-8):
-        self.fields, self.lr, self.b1, self.b2, self.eps = fields, lr, b1, b2, eps
-        self.m = [np.zeros(f.shape) for f in fields]
-        self.v = [np.zeros(f.shape) for f in fields]
-        self.t = 0
 
-    def step(self):
-        self.t += 1
-        for f, m, v in zip(self.fields, self.m, self.v):
-            g = f.grad.to_numpy().astype(np.float64)
-            m *= self.b1
-            m += (1 - self.b1) * g
-            v *= self.b2
-            v += (1 - self.b2) * g * g
-            mh, vh = m / (1 - self.b1**self.t), v / (1 - self.b2**self.t)
-            new = f.to_numpy() - self.lr * mh / (np.sqrt(vh) + self.eps)
-            f.from_numpy(new.astype(backend.np_real()))
+class _AdamState:
+    """Adam's parameters, moments and step count as arrays (the runner's checkpoint state)."""
+
+    def __init__(self, opt: Adam):
+        self.opt = opt
 
     def get(self) -> dict:
-        out = {f"param{i}": f.to_numpy() for i, f in enumerate(self.fields)}
-        out.update({f"m{i}": m for i, m in enumerate(self.m)})
-        out.update({f"v{i}": v for i, v in enumerate(self.v)})
-        out["t"] = np.array(self.t)
+        out = {"t": np.array(self.opt.steps)}
+        for i, ((f, _), (m, v)) in enumerate(zip(self.opt.groups, self.opt.moments)):
+            out.update({f"param{i}": f.to_numpy(), f"m{i}": m.to_numpy(), f"v{i}": v.to_numpy()})
         return out
 
     def set(self, arrays: dict):
-        for i, f in enumerate(self.fields):
-            if arrays[f"param{i}"].shape != f.shape:
+        for i, ((f, _), (m, v)) in enumerate(zip(self.opt.groups, self.opt.moments)):
+            if arrays.get(f"param{i}", np.zeros(0)).shape != f.shape:
                 raise UserError("checkpoint does not match these settings (grid or steps differ)")
-            f.from_numpy(arrays[f"param{i}"].astype(backend.np_real()))
-            self.m[i][...], self.v[i][...] = arrays[f"m{i}"], arrays[f"v{i}"]
-        self.t = int(arrays["t"])
+            for field, key in ((f, "param"), (m, "m"), (v, "v")):
+                field.from_numpy(arrays[f"{key}{i}"].astype(backend.np_real()))
+        self.opt.steps = int(arrays["t"])
 
 
 def _gray(img):
     return np.repeat(np.clip(img, 0, None)[..., None], 3, axis=2)
 
 
+class _ImageTask:
+    """2D tasks: the final density (an image) against a target image."""
+
+    def __init__(self, args, n, steps):
+        parity = args.task == "init-velocity"
+        self.target_img = load_target(args.target, n) if args.target else taichi_logo(n)
+        self.cfg = SmokeConfig(
+            shape=(n, n),
+            steps=steps,
+            dt=args.dt,
+            boundary="periodic" if parity else "closed",
+            advection=args.advection or "semi-lagrangian",
+            solver=args.solver,
+            jacobi_iters=args.jacobi_iters,
+            checkpoint=args.checkpoint,
+            controls=not parity,
+        )
+        self.sim = sim = Smoke(self.cfg)
+        init = _checkerboard(n) if parity else _blob(n) * self.target_img.sum() / _blob(n).sum()
+        sim.set_initial(init, [np.zeros(f.shape) for f in sim.init_velocity])
+        self.params = sim.init_velocity if parity else sim.force
+        self.target = ti.field(backend.real(), (n, n))
+        self.target.from_numpy(image_to_grid(self.target_img).astype(backend.np_real()))
+
+    def objective(self, loss):
+        self.sim.run()
+        _mse(self.sim.out_density, self.target, loss, 1 / self.target_img.size)
+
+    def after_step(self):
+        pass
+
+    def frame(self, slot):
+        return _gray(grid_to_image(self.sim.slot_density(slot)))
+
+    def current(self):
+        return grid_to_image(self.sim.out_density.to_numpy())
+
+    def panels(self):
+        cur = self.current()
+        return [_gray(self.target_img), _gray(cur), _gray(np.abs(cur - self.target_img))]
+
+    def save(self, out):
+        io.save_image(out / "target.png", self.target_img, srgb=False)
+        io.save_image(out / "final.png", self.current(), srgb=False)
+
+
+class _VolumeTask:
+    """3D task: volume renderings of the final density against renderings of a hidden
+    rollout from another initial density (a smoke ring instead of a ball)."""
+
+    def __init__(self, args, n, steps):
+        if args.target:
+            raise UserError("--target is for the 2D tasks; volume targets are rendered")
+        if not 1 <= args.views <= 8:
+            raise UserError(f"--views must lie in [1, 8], got {args.views}")
+        self.cfg = SmokeConfig(
+            shape=(n, n, n),
+            steps=steps,
+            dt=args.dt,
+            boundary="closed",
+            advection=args.advection or "semi-lagrangian",
+            solver=args.solver,
+            jacobi_iters=args.jacobi_iters,
+            checkpoint=args.checkpoint,
+            buoyancy=0.15,
+        )
+        self.sim = sim = Smoke(self.cfg)
+        res = args.resolution
+        cams = orbit(args.views, radius=3.6, elevation=30.0, fov=40.0, width=res, height=res)
+        self.renderer = VolumeRenderer(
+            (n, n, n),
+            cams,
+            steps=args.ray_steps or 2 * n,
+            absorption=args.absorption,
+            emission=(0.9 * args.absorption, 0.85 * args.absorption, 0.8 * args.absorption),
+            background=(0.02, 0.03, 0.08),
+        )
+        ring = _ring(n, (0.5, 0.3, 0.5), 0.2, 0.07)
+        ball = _ball(n, (0.5, 0.3, 0.5), 0.2)
+        zero_velocity = [np.zeros(f.shape) for f in sim.init_velocity]
+        sim.set_initial(ring, zero_velocity)
+        sim.forward()
+        self.renderer.forward(sim.out_density)
+        self.target_images = self.renderer.images()
+        self.target = ti.field(backend.real(), self.target_images.shape)
+        self.target.from_numpy(self.target_images)
+        sim.set_initial(ball * ring.sum() / ball.sum(), zero_velocity)
+        self.params = [sim.init_density]
+
+    def objective(self, loss):
+        self.sim.run()
+        self.renderer.render(self.sim.out_density)
+        _mse(self.renderer.image, self.target, loss, 1 / self.target_images.size)
+
+    def after_step(self):
+        _clamp_nonnegative(self.sim.init_density)  # projected Adam: density stays ≥ 0
+
+    def frame(self, slot):
+        # out_density is scratch here: forward() rewrites it after the last step.
+        self.sim.out_density.from_numpy(self.sim.slot_density(slot))
+        self.renderer.forward(self.sim.out_density)
+        return np.concatenate(list(self.renderer.images()), axis=1)
+
+    def panels(self):
+        cur = self.renderer.images()
+        tgt = self.target_images
+        return [np.concatenate(list(a), axis=0) for a in (tgt, cur, np.abs(cur - tgt))]
+
+    def save(self, out):
+        io.save_image(out / "target.png", np.concatenate(list(self.target_images), axis=1))
+        self.renderer.forward(self.sim.out_density)
+        io.save_image(out / "final.png", np.concatenate(list(self.renderer.images()), axis=1))
+
+
 def run(args):
     backend.init(args.arch)
     backend.require_autodiff()
-    n = args.grid
-    if n < 4 or n > 4096:
-        raise UserError(f"--grid must lie in [4, 4096], got {n}")
-    parity = args.task == "init-velocity"
-    target_img = load_target(args.target, n) if args.target else taichi_logo(n)
-    cfg = SmokeConfig(
-        shape=(n, n),
-        steps=args.steps,
-        dt=args.dt,
-        boundary="periodic" if parity else "closed",
-        advection=args.advection or "semi-lagrangian",
-        solver=args.solver,
-        jacobi_iters=args.jacobi_iters,
-        checkpoint=args.checkpoint,
-        controls=not parity,
-    )
-    sim = Smoke(cfg)
-    init = _checkerboard(n) if parity else _blob(n) * target_img.sum() / _blob(n).sum()
-    sim.set_initial(init, [np.zeros(f.shape) for f in sim.init_velocity])
-    params = sim.init_velocity if parity else sim.force
-    iters = args.iters or (100 if parity else 150)
-    lr = args.lr or (0.1 if parity else 0.05)
-    opt = Adam(params, lr)
+    grid, steps, iters, lr = DEFAULTS[args.task]
+    n = grid if args.grid is None else args.grid
+    limit = 512 if args.task == "volume" else 4096
+    if not 4 <= n <= limit:
+        raise UserError(f"--grid must lie in [4, {limit}], got {n}")
+    task_cls = _VolumeTask if args.task == "volume" else _ImageTask
+    task = task_cls(args, n, steps if args.steps is None else args.steps)
+    sim = task.sim
+    iters, lr = args.iters or iters, args.lr or lr
+    opt = Adam(task.params, lr)
     real = backend.real()
-    target = ti.field(real, (n, n))
-    target.from_numpy(image_to_grid(target_img).astype(backend.np_real()))
     loss = ti.field(real, (), needs_grad=True)
 
     def evaluate():
         loss[None] = 0.0
-        sim.forward()
-        _mse(sim.out_density, target, loss)
+        task.objective(loss)
         return loss[None]
 
     def rollout_frames():
         frames = []
-        sim.forward(on_step=lambda t, s: frames.append(_gray(grid_to_image(sim.slot_density(s)))))
+        sim.forward(on_step=lambda t, s: frames.append(task.frame(s)))
         return frames
 
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    settings.update(iters=iters, lr=lr, boundary=cfg.boundary, checkpoint_segment=sim.k)
+    settings.update(grid=n, steps=sim.cfg.steps, iters=iters, lr=lr, boundary=sim.cfg.boundary)
+    settings["checkpoint_segment"] = sim.k
     runner = Runner(
         args.out,
         f"smoke-{args.task}",
@@ -183,26 +305,21 @@ def run(args):
     io.write_video(runner.out / "rollout_before.gif", rollout_frames())
 
     def step(it):
-        sim.zero_grad()
+        opt.zero_grad()
         with ti.ad.Tape(loss, clear_gradients=False):
             loss[None] = 0.0
-            sim.run()
-            _mse(sim.out_density, target, loss)
+            task.objective(loss)
         value = loss[None]
         opt.step()
+        task.after_step()
         return {"loss": value, "mse": value, "reduction": 1 - value / mse0}
 
-    def panels():
-        cur = grid_to_image(sim.out_density.to_numpy())
-        return [_gray(target_img), _gray(cur), _gray(np.abs(cur - target_img))]
-
-    runner.run(step, iters, state=opt, panels=panels)
+    runner.run(step, iters, state=_AdamState(opt), panels=task.panels)
     mse = evaluate()
     frames = rollout_frames()
     io.write_video(runner.out / "rollout_after.gif", frames)
     io.write_video(runner.out / "rollout_after.mp4", frames)
-    io.save_image(runner.out / "target.png", target_img, srgb=False)
-    io.save_image(runner.out / "final.png", grid_to_image(sim.out_density.to_numpy()), srgb=False)
+    task.save(runner.out)
     reduction = 1 - mse / mse0
     runner.finish(
         {"mse_start": mse0, "mse": mse, "reduction": reduction, "goal_met": bool(reduction >= 0.9)}
