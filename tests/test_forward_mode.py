@@ -86,7 +86,7 @@ def test_forward_mode_matches_reverse_mode_and_differences(
 def test_translation_derivative_is_linear_in_direction(setup):
     """∂I/∂θ along a + b equals the sum along a and along b (one pass each)."""
     r = setup.r
-    r.configure(mode="hard", shading="lambert")
+    r.configure(mode="hard", shading="blinn-phong")
     a, b = np.array([0.3, 0.1, -0.2]), np.array([-0.1, 0.4, 0.2])
     da = derivative_image(r, "translation", direction=a)
     db = derivative_image(r, "translation", direction=b)
