@@ -18,6 +18,15 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture(scope="session")
+def gradcheck_scene():
+    """The check-grads scene (a lit, textured sphere at 24×24 with weighted-sum loss),
+    shared so that its reverse-mode kernels compile once for every test that needs them."""
+    from taichi_dr.checks import Scene
+
+    return Scene(seed=3)
+
+
 _RENDERERS = {}
 
 

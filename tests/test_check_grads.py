@@ -4,13 +4,13 @@ command's cases), plus no NaN/inf on degenerate scenes and one-line errors."""
 import numpy as np
 import pytest
 
-from taichi_dr.checks import OPS, RTOL, Scene, compare, run_checks
+from taichi_dr.checks import OPS, RTOL, compare, run_checks
 from taichi_dr.cli import main
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return Scene(seed=3)
+def scene(gradcheck_scene):
+    return gradcheck_scene
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -19,6 +19,13 @@ FILTERS = ("nearest", "bilinear", "trilinear")
 WRAPS = ("repeat", "clamp")
 
 
+@ti.func
+def _floor(x):
+    """⌊x⌋ as i32, without ``ti.floor`` (Taichi 1.7.4's forward mode cannot compile it)."""
+    i = ti.cast(x, ti.i32)  # truncates towards zero
+    return i - ti.select(x < i, 1, 0)
+
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -100,9 +107,8 @@ class Texture:
         info = self.level_info[level]
         tx = uv[0] * info[2] - 0.5
         ty = (1.0 - uv[1]) * info[1] - 0.5
-        x0, y0 = ti.floor(tx), ti.floor(ty)
-        fx, fy = tx - x0, ty - y0
-        ix, iy = ti.cast(x0, ti.i32), ti.cast(y0, ti.i32)
+        ix, iy = _floor(tx), _floor(ty)
+        fx, fy = tx - ix, ty - iy
         return (1 - fy) * (
             (1 - fx) * self._texel(level, iy, ix) + fx * self._texel(level, iy, ix + 1)
         ) + fy * (
@@ -115,8 +121,8 @@ class Texture:
         (max of |∂uv/∂x|, |∂uv/∂y|), used by the trilinear filter to pick the level."""
         out = ti.Vector([0.0, 0.0, 0.0])
         if ti.static(self.filter == "nearest"):
-            iy = ti.cast(ti.floor((1.0 - uv[1]) * self.height), ti.i32)
-            ix = ti.cast(ti.floor(uv[0] * self.width), ti.i32)
+            iy = _floor((1.0 - uv[1]) * self.height)
+            ix = _floor(uv[0] * self.width)
             out = self._texel(0, iy, ix)
         elif ti.static(self.filter == "bilinear"):
             out = self._bilinear(0, uv)
@@ -124,7 +130,7 @@ class Texture:
             texels = footprint * ti.max(self.height, self.width)
             lod = ti.log(ti.max(texels, 1.0)) / ti.log(2.0)
             lod = ti.min(lod, self.levels - 1.0)
-            l0 = ti.cast(ti.floor(lod), ti.i32)
+            l0 = _floor(lod)
             l1 = ti.min(l0 + 1, self.levels - 1)
             t = lod - l0
             out = (1.0 - t) * self._bilinear(l0, uv) + t * self._bilinear(l1, uv)
