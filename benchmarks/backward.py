@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import taichi as ti  # noqa: E402
-from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe  # noqa: E402
+from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe, mitsuba_scene  # noqa: E402
 
 import taichi_dr  # noqa: E402
 from taichi_dr.camera import Camera  # noqa: E402
@@ -82,37 +82,7 @@ class MitsubaProjective:
 
         mi.set_variant("llvm_ad_rgb")
         self.mi, self.dr = mi, dr
-        m = mi.Mesh("mesh", mesh.num_vertices, mesh.num_faces, has_vertex_normals=False)
-        params = mi.traverse(m)
-        params["vertex_positions"] = mi.Float(mesh.vertices.astype(np.float32).ravel())
-        params["faces"] = mi.UInt32(mesh.faces.astype(np.uint32).ravel())
-        params.update()
-        to_world = mi.ScalarTransform4f().look_at(origin=EYE, target=[0, 0, 0], up=[0, 1, 0])
-        self.scene = mi.load_dict(
-            {
-                "type": "scene",
-                "integrator": {"type": "direct_projective"},
-                "sensor": {
-                    "type": "perspective",
-                    "fov": FOV,
-                    "fov_axis": "y",
-                    "to_world": to_world,
-                    "film": {
-                        "type": "hdrfilm",
-                        "width": size,
-                        "height": size,
-                        "rfilter": {"type": "box"},
-                    },
-                    "sampler": {"type": "independent", "sample_count": 1},
-                },
-                "light": {
-                    "type": "directional",
-                    "direction": [-c for c in LIGHT_DIR],
-                    "irradiance": LIGHT,
-                },
-                "mesh": m,
-            }
-        )
+        self.scene = mitsuba_scene(mi, mesh, (size, size), {"type": "direct_projective"})
         self.params = mi.traverse(self.scene)
         self.key = "mesh.vertex_positions"
 

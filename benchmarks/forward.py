@@ -173,6 +173,30 @@ def _mitsuba_probe() -> str | None:
     return f"unusable ({last}; Dr.Jit's LLVM backend needs libLLVM >= 16, e.g. libllvm19)"
 
 
+def mitsuba_scene(mi, mesh: Mesh, size: tuple, integrator: dict):
+    """The benchmark scene (camera, directional light, ``mesh``) as a Mitsuba 3 scene."""
+    m = mi.Mesh("mesh", mesh.num_vertices, mesh.num_faces, has_vertex_normals=True)
+    params = mi.traverse(m)
+    params["vertex_positions"] = mi.Float(mesh.vertices.astype(np.float32).ravel())
+    params["faces"] = mi.UInt32(mesh.faces.astype(np.uint32).ravel())
+    params["vertex_normals"] = mi.Float(mesh.normals.astype(np.float32).ravel())
+    params.update()
+    to_world = mi.ScalarTransform4f().look_at(origin=EYE, target=[0, 0, 0], up=[0, 1, 0])
+    film = {"type": "hdrfilm", "width": size[0], "height": size[1], "rfilter": {"type": "box"}}
+    sensor = {
+        "type": "perspective",
+        "fov": FOV,
+        "fov_axis": "y",
+        "to_world": to_world,
+        "film": film,
+        "sampler": {"type": "independent", "sample_count": 1},
+    }
+    light = {"type": "directional", "direction": [-c for c in LIGHT_DIR], "irradiance": LIGHT}
+    return mi.load_dict(
+        {"type": "scene", "integrator": integrator, "sensor": sensor, "light": light, "mesh": m}
+    )
+
+
 class Mitsuba:
     """Mitsuba 3, ``llvm_ad_rgb``: 1 spp, ``direct`` integrator, diffuse, directional light."""
 
@@ -188,35 +212,8 @@ class Mitsuba:
     def prepare(self, mesh: Mesh, size: tuple) -> None:
         if self.key == (id(mesh), size):
             return
-        mi = self.mi
-        m = mi.Mesh("mesh", mesh.num_vertices, mesh.num_faces, has_vertex_normals=True)
-        params = mi.traverse(m)
-        params["vertex_positions"] = mi.Float(mesh.vertices.astype(np.float32).ravel())
-        params["faces"] = mi.UInt32(mesh.faces.astype(np.uint32).ravel())
-        params["vertex_normals"] = mi.Float(mesh.normals.astype(np.float32).ravel())
-        params.update()
-        to_world = mi.ScalarTransform4f().look_at(origin=EYE, target=[0, 0, 0], up=[0, 1, 0])
-        film = {"type": "hdrfilm", "width": size[0], "height": size[1], "rfilter": {"type": "box"}}
-        self.scene = mi.load_dict(
-            {
-                "type": "scene",
-                "integrator": {"type": "direct", "emitter_samples": 1, "bsdf_samples": 0},
-                "sensor": {
-                    "type": "perspective",
-                    "fov": FOV,
-                    "fov_axis": "y",
-                    "to_world": to_world,
-                    "film": film,
-                    "sampler": {"type": "independent", "sample_count": 1},
-                },
-                "light": {
-                    "type": "directional",
-                    "direction": [-c for c in LIGHT_DIR],
-                    "irradiance": LIGHT,
-                },
-                "mesh": m,
-            }
-        )
+        integrator = {"type": "direct", "emitter_samples": 1, "bsdf_samples": 0}
+        self.scene = mitsuba_scene(self.mi, mesh, size, integrator)
         self.key = (id(mesh), size)
 
     def frame(self) -> None:
