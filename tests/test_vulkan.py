@@ -40,4 +40,4 @@ def test_vulkan_matches_cpu(tmp_path):
     a, b = np.load(tmp_path / "cpu" / "aov.npz"), np.load(tmp_path / "vulkan" / "aov.npz")
     np.testing.assert_array_equal(a["triangle_id"], b["triangle_id"])
     np.testing.assert_allclose(a["image"], b["image"], atol=1e-4)
-    assert a["mask"].mean() > 0.2
+    assert a["mask"].mean() > 0.05  # the blob is in view
