@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 COMMANDS: dict[str, tuple[str, str]] = {}
 COMMANDS["smoke"] = ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation")
+COMMANDS["fit"] = ("taichi_dr.commands.fit", "inverse rendering: recover scene parameters")
 
 
 def add_common(parser: argparse.ArgumentParser, out: str = "out") -> None:
