@@ -444,7 +444,12 @@ def _build_lighting(args, rng, target):
     )
     names = ["lights.dir_direction", "lights.dir_color", "lights.point_position", "lights.sh"]
     proj = {"lights.dir_direction": _normalise_rows, "lights.dir_color": _clip(0, None)}
-    params = [fit.Param(n, scene_start[n], 0.02, proj.get(n), scene_true[n]) for n in names]
+    params = [
+        fit.Param(
+            n, scene_start[n], 0.02, proj.get(n), scene_true[n], None if n == "lights.sh" else [0]
+        )
+        for n in names
+    ]
     fixed = {**_lights(0.0), **_material(roughness=0.9)}
     fixed["lights.point_color"] = scene_true["lights.point_color"]
     zero = {
@@ -496,7 +501,7 @@ def _build_joint(args, rng, target):
     )
     proj = {"lights.dir_direction": _normalise_rows, "lights.dir_color": _clip(0, None)}
     params += [
-        fit.Param(n, light_start[n], 0.02, proj[n], light_true[n])
+        fit.Param(n, light_start[n], 0.02, proj[n], light_true[n], [0])
         for n in ("lights.dir_direction", "lights.dir_color")
     ]
     problem = fit.Problem(

@@ -156,13 +156,15 @@ class View:
 @dataclass
 class Param:
     """A fitted renderer field: ``start`` value, Adam rate ``lr``, optional ``project``
-    (array -> array, applied after each step) and ``truth`` (for metrics)."""
+    (array -> array, applied after each step), ``truth`` (for metrics) and ``rows``: the
+    first-axis entries that are fitted (default all; e.g. ``[0]`` for light slot 0)."""
 
     name: str
     start: np.ndarray
     lr: float
     project: object = None
     truth: np.ndarray | None = None
+    rows: list | None = None
 
 
 @dataclass
@@ -187,7 +189,11 @@ class Problem:
 
 def _write(renderer, name, value) -> None:
     f = resolve(renderer, name)
-    backend.write(f, pad_to(f, value))
+    a = pad_to(f, value)
+    if a.ndim == 0:
+        f[None] = float(a)
+    else:
+        f.from_numpy(a.astype(backend.np_real()))
 
 
 def pad_to(f, value) -> np.ndarray:
@@ -345,6 +351,11 @@ class Fit:
             self.last_images[k] = r.image.to_numpy()
             self.masks[k] = r.raster.triangle_id.to_numpy() >= 0
         for name, m in self.masters.items():
+            rows = self.params[name].rows
+            if rows is not None:
+                keep = np.zeros(len(grads[name]), bool)
+                keep[rows] = True
+                grads[name][~keep] = 0.0
             backend.write(m.grad, grads[name])
         self.grads = grads
         if self.adam is not None:
