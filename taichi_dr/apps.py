@@ -57,7 +57,9 @@ def normalise(mesh: scene.Mesh) -> scene.Mesh:
     texture (white when it has none) so every app shares one renderer."""
     v = mesh.vertices - (mesh.vertices.max(0) + mesh.vertices.min(0)) / 2
     v = v / np.linalg.norm(v, axis=1).max()
-    uvs = mesh.uvs if mesh.uvs is not None else np.zeros((len(v), 2))
+    # planar UVs for untextured meshes: constant UVs would make the texture footprint's
+    # derivative (|d uv| at 0) infinite and the position gradients NaN
+    uvs = mesh.uvs if mesh.uvs is not None else 0.5 + 0.5 * v[:, :2]
     tex = mesh.texture if mesh.texture is not None else white_texture()
     return scene.Mesh(v, mesh.faces, None, uvs, tex, name=mesh.name)
 
@@ -208,6 +210,11 @@ def build(name: str, args, target_mesh: scene.Mesh | None = None) -> App:
     precondition, coarse_to_fine, seed); ``target_mesh`` replaces the built-in shape."""
     if name not in APPS:
         raise UserError(f"unknown application {name!r}; choose one of {', '.join(APPS)}")
+    if name == "texture" and target_mesh is not None and target_mesh.texture is None:
+        raise UserError(
+            f"fit texture: --target-mesh {target_mesh.name!r} has no texture; "
+            "give a mesh with UVs and a texture"
+        )
     rng = np.random.default_rng(args.seed)
     target = normalise(target_mesh) if target_mesh is not None else None
     return globals()[f"_build_{name}"](args, rng, target)
@@ -308,8 +315,6 @@ def _build_pose(args, rng, target):
 
 def _build_texture(args, rng, target):
     mesh = target or normalise(textured_blob())
-    if target is not None and target_mesh_untextured(target):
-        raise UserError("fit texture needs a --target-mesh with UVs and a texture")
     cams = rig(args.views, image_size(args))
     r = _renderer(mesh, cams, args)
     truth = mesh.texture.astype(np.float64)
@@ -329,10 +334,6 @@ def _build_texture(args, rng, target):
         }
 
     return App("texture", problem, mesh, metrics, {"psnr_visible": (">=", 30.0)}, "psnr_visible")
-
-
-def target_mesh_untextured(mesh) -> bool:
-    return mesh.texture is None or np.all(mesh.texture == 1) or np.all(mesh.uvs == 0)
 
 
 def _visible_texels(problem, shape) -> np.ndarray:

@@ -309,7 +309,25 @@ class Fit:
             self.r.configure(sigma=float(s0 * (s1 / s0) ** t))
 
     def step(self, it: int) -> dict:
-        """One iteration over all views; returns {"loss": mean loss over views}."""
+        """One iteration: :meth:`evaluate`, then one optimizer step and the projections;
+        returns {"loss": the loss before the step}."""
+        total = self.evaluate(it)
+        if self.adam is not None:
+            self.adam.step()
+        if self.large_steps is not None:
+            self.large_steps.step()
+        for name, param in self.params.items():
+            if param.project is not None:
+                m = self.masters[name]
+                backend.write(m, param.project(m.to_numpy().astype(np.float64)))
+        if self.loss_start is None:
+            self.loss_start = total
+        return {"loss": total}
+
+    def evaluate(self, it: int = 0) -> float:
+        """The loss summed over all views at iteration ``it`` (blur and σ schedules) for
+        the current parameters; their gradients go into the masters' ``.grad`` (and
+        ``self.grads``, host arrays)."""
         p, r = self.problem, self.r
         self._soft_sigma(it)
         sigma = self.blur_sigma(it)
@@ -358,17 +376,7 @@ class Fit:
                 grads[name][~keep] = 0.0
             backend.write(m.grad, grads[name])
         self.grads = grads
-        if self.adam is not None:
-            self.adam.step()
-        if self.large_steps is not None:
-            self.large_steps.step()
-        for name, param in self.params.items():
-            if param.project is not None:
-                m = self.masters[name]
-                backend.write(m, param.project(m.to_numpy().astype(np.float64)))
-        if self.loss_start is None:
-            self.loss_start = total
-        return {"loss": total}
+        return total
 
     def render_current(self) -> None:
         """Render every view with the current parameters (no gradients) into

@@ -22,11 +22,11 @@ from ..fit import Fit, View
 from ..runner import Runner
 
 DEFAULTS = {  # iterations, resolution, views
-    "geometry": (400, 256, 8),
+    "geometry": (200, 256, 8),
     "pose": (150, 128, 1),
-    "texture": (150, 256, 8),
+    "texture": (80, 256, 8),
     "material": (150, 128, 4),
-    "lighting": (200, 96, 3),
+    "lighting": (120, 96, 3),
     "joint": (300, 128, 4),
 }
 
@@ -36,7 +36,11 @@ def add_arguments(parser):
     parser.add_argument("--iters", type=int, help="optimisation iterations (default per app)")
     parser.add_argument("--resolution", type=int, help="image width = height in pixels")
     parser.add_argument("--views", type=int, help="cameras (per light for lighting)")
-    parser.add_argument("--mode", choices=("antialias", "soft", "nmr"), default="antialias")
+    parser.add_argument(
+        "--mode",
+        choices=("antialias", "soft", "nmr"),
+        help="visibility gradients (default: soft for geometry, antialias otherwise)",
+    )
     parser.add_argument(
         "--precondition",
         action=argparse.BooleanOptionalAction,
@@ -146,6 +150,8 @@ def _check(args):
     args.iters = defaults[0] if args.iters is None else args.iters
     args.resolution = defaults[1] if args.resolution is None else args.resolution
     args.views = defaults[2] if args.views is None else args.views
+    if args.mode is None:
+        args.mode = "soft" if args.app == "geometry" else "antialias"
     if args.coarse_to_fine is None:
         args.coarse_to_fine = args.app == "pose"
     args.sigma_anneal = args.sigma_anneal and args.mode == "soft"
