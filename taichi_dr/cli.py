@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ad": ("taichi_dr.commands.ad", "derivatives from first principles: tables and plots"),
     "view": ("taichi_dr.commands.view", "interactive viewer (GGUI window, or --headless PNG)"),
     "smoke": ("taichi_dr.commands.smoke", "optimise a differentiable smoke simulation"),
+    "fit": ("taichi_dr.commands.fit", "inverse rendering: recover scene parameters"),
 }
 
 

@@ -1,0 +1,271 @@
+"""``taichi-dr fit APP``: inverse rendering from a deliberately wrong start.
+
+APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`).
+Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
+read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
+(settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
+progress.gif (target | current | error of the first view), params.json (start, final and
+true values of every fitted parameter), mesh.obj (+ mesh.mtl, mesh.png: the texture),
+target.png,
+final.png and checkpoint.npz (``--resume`` continues from it).
+"""
+
+import argparse
+import json
+
+import numpy as np
+
+from .. import apps, backend, io, scene
+from ..camera import Camera, from_opencv
+from ..errors import UserError
+from ..fit import Fit, View
+from ..runner import Runner
+
+DEFAULTS = {  # iterations, resolution, views
+    "geometry": (200, 256, 8),
+    "pose": (150, 128, 1),
+    "texture": (80, 256, 8),
+    "material": (150, 128, 4),
+    "lighting": (120, 96, 3),
+    "joint": (300, 128, 4),
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("app", choices=apps.APPS, help="what to recover")
+    parser.add_argument("--iters", type=int, help="optimisation iterations (default per app)")
+    parser.add_argument("--resolution", type=int, help="image width = height in pixels")
+    parser.add_argument("--views", type=int, help="cameras (per light for lighting)")
+    parser.add_argument(
+        "--mode",
+        choices=("antialias", "soft", "nmr"),
+        help="visibility gradients (default: soft for geometry, antialias otherwise)",
+    )
+    parser.add_argument(
+        "--precondition",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="large-steps preconditioning of vertex positions (geometry)",
+    )
+    parser.add_argument(
+        "--coarse-to-fine",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="blur image and target with a shrinking Gaussian (default: on for pose)",
+    )
+    parser.add_argument(
+        "--sigma-anneal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --mode soft: σ from 3e-4 down to 3e-5 over 60 %% of the iterations",
+    )
+    parser.add_argument("--target-mesh", metavar="MESH", help="ground-truth mesh file")
+    parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
+    parser.add_argument("--cameras", metavar="JSON", help="cameras of the --target images")
+    parser.add_argument("--start-angle", type=float, default=30.0, help="pose: degrees off")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
+    parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
+
+
+def load_cameras(path) -> list:
+    """Cameras from a JSON file: ``{"width": W, "height": H, "near": 0.1, "far": 100,
+    "cameras": [{"eye": [x, y, z], "center": [...], "up": [...], "fov": deg} or
+    {"K": 3x3, "R": 3x3, "t": [3]}, ...]}`` (near, far, center, up and fov optional)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise UserError(f"cannot read cameras file {path!r} ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"cameras file {path!r} is not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
+        raise UserError(f'cameras file {path!r} needs an object with a "cameras" list')
+    try:
+        W, H = int(data["width"]), int(data["height"])
+        near, far = float(data.get("near", 0.1)), float(data.get("far", 100.0))
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f'cameras file {path!r} needs numeric "width" and "height"') from None
+    cams = []
+    for k, c in enumerate(data["cameras"]):
+        try:
+            if "K" in c:
+                cams.append(from_opencv(c["K"], c["R"], c["t"], W, H, near, far))
+            else:
+                cams.append(
+                    Camera.look_at(
+                        c["eye"],
+                        c.get("center", (0, 0, 0)),
+                        c.get("up", (0, 1, 0)),
+                        c.get("fov", apps.FOV),
+                        W,
+                        H,
+                        near,
+                        far,
+                    )
+                )
+        except (KeyError, TypeError) as exc:
+            raise UserError(
+                f'camera {k} in {path!r} needs "eye" (look-at) or "K", "R", "t" (OpenCV): {exc}'
+            ) from None
+    if not cams:
+        raise UserError(f"cameras file {path!r} lists no cameras")
+    return cams
+
+
+def load_targets(paths, cameras) -> tuple:
+    """Target views from image files (RGB, RGBA or single-channel masks), one per camera;
+    returns (views, masks_only)."""
+    if len(paths) != len(cameras):
+        raise UserError(
+            f"got {len(paths)} target images but {len(cameras)} cameras; give one image per camera"
+        )
+    views, kinds = [], set()
+    for path, cam in zip(paths, cameras):
+        img = io.load_image(path).astype(np.float64)
+        if img.shape[:2] != (cam.height, cam.width):
+            raise UserError(
+                f"target {path} is {img.shape[1]}x{img.shape[0]} pixels but its camera is "
+                f"{cam.width}x{cam.height}; resize the image or fix the cameras file"
+            )
+        c = img.shape[2]
+        if c not in (1, 3, 4):
+            raise UserError(
+                f"target {path} has {c} channels; use RGB, RGBA or a single-channel mask"
+            )
+        if c == 1:
+            mask = io.load_image(path, srgb=False)[..., 0].astype(np.float64)
+            views.append(View(cam, np.repeat(mask[..., None], 3, axis=2), mask))
+        else:
+            alpha = img[..., 3] if c == 4 else np.ones(img.shape[:2])
+            views.append(View(cam, img[..., :3] * alpha[..., None], alpha))
+        kinds.add(c == 1)
+    if len(kinds) > 1:
+        raise UserError("mix of mask and colour targets; give all masks or all colour images")
+    return views, kinds == {True}
+
+
+def _check(args):
+    defaults = DEFAULTS[args.app]
+    args.iters = defaults[0] if args.iters is None else args.iters
+    args.resolution = defaults[1] if args.resolution is None else args.resolution
+    args.views = defaults[2] if args.views is None else args.views
+    if args.mode is None:
+        args.mode = "soft" if args.app == "geometry" else "antialias"
+    if args.coarse_to_fine is None:
+        args.coarse_to_fine = args.app == "pose"
+    args.sigma_anneal = args.sigma_anneal and args.mode == "soft"
+    for name in ("iters", "views", "resolution", "checkpoint_every", "frame_every"):
+        if getattr(args, name) < 1:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
+    if args.resolution > 4096:
+        raise UserError(f"--resolution must be at most 4096, got {args.resolution}")
+    if bool(args.target) != bool(args.cameras):
+        raise UserError("--target and --cameras go together: give both or neither")
+    if args.app == "texture" and args.mode == "soft":
+        raise UserError("fit texture needs --mode antialias or nmr (soft mode has no texture)")
+
+
+def run(args):
+    backend.init(args.arch)
+    backend.require_autodiff()
+    _check(args)
+    target_mesh = scene.load_mesh(args.target_mesh) if args.target_mesh else None
+    real_views = masks_only = None
+    if args.target:
+        cameras = load_cameras(args.cameras)
+        real_views, masks_only = load_targets(args.target, cameras)
+        if len({(c.width, c.height) for c in cameras}) > 1:
+            raise UserError("all cameras in the cameras file must share one resolution")
+        if (cameras[0].width, cameras[0].height) != (args.resolution, args.resolution):
+            args.resolution = (cameras[0].width, cameras[0].height)
+    app = apps.build(args.app, args, target_mesh)
+    problem = app.problem
+    if real_views is not None:
+        problem.views = real_views
+        app.synthetic = False
+        if masks_only:
+            if args.app == "texture":
+                raise UserError("fit texture needs colour targets, not masks")
+            problem.renderer.configure(shading="unlit")
+            problem.fixed["material.base_color"] = np.ones(3)
+            problem.fixed["texture.texels"] = np.ones(problem.renderer.texture.texels.shape + (3,))
+
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    runner = Runner(
+        args.out,
+        f"fit-{args.app}",
+        settings,
+        headless=args.headless,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        key_metric=app.key_metric,
+        frame_every=args.frame_every,
+    )
+    fit = Fit(problem, args.iters)
+    reached = {}
+
+    def step(it):
+        record = fit.step(it)
+        if app.synthetic:
+            record.update(app.metrics(fit, it))
+            if "goal" not in reached and _goals_met(app.goals, record):
+                reached["goal"] = it + 1
+        return record
+
+    def panels():
+        view = problem.views[0]
+        current = fit.last_images[0]
+        return [view.target, current, np.abs(current - view.target)]
+
+    runner.run(step, args.iters, state=fit, panels=panels)
+    fit.render_current()
+    final = {"loss_start": fit.loss_start, "loss": _final_loss(runner)}
+    if app.synthetic:
+        final.update(app.metrics(fit, None))
+        final["goals"] = {k: f"{op} {v}" for k, (op, v) in app.goals.items()}
+        final["goal_met"] = _goals_met(app.goals, final)
+        final["iterations_to_goal"] = reached.get("goal")
+    metrics = runner.finish(final)
+    _save_outputs(runner.out, app, fit)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics["final"].items() if isinstance(v, float))
+    print(
+        f"fit {args.app}: {shown}" + (f"; goal met: {final['goal_met']}" if app.synthetic else "")
+    )
+    return 0
+
+
+def _final_loss(runner):
+    return runner.records[-1]["loss"] if runner.records else None
+
+
+def _goals_met(goals, values) -> bool:
+    for name, (op, threshold) in goals.items():
+        v = values.get(name)
+        if v is None or not (v <= threshold if op == "<=" else v >= threshold):
+            return False
+    return True
+
+
+def _save_outputs(out, app, fit):
+    """params.json, mesh.obj (+ texture), target.png and final.png (first view)."""
+    values = fit.values()
+    params = {}
+    for p in app.problem.params:
+        entry = {"start": np.asarray(p.start).tolist(), "final": values[p.name].tolist()}
+        if p.truth is not None:
+            entry["truth"] = np.asarray(p.truth).tolist()
+        params[p.name] = entry
+    r = fit.r
+    V = app.mesh.num_vertices
+    if "mesh.positions" in values:
+        params["mesh.positions"]["final"] = values["mesh.positions"][:V].tolist()
+        params["mesh.positions"]["start"] = np.asarray(app.mesh.vertices).tolist()
+    io.save_json(out / "params.json", params)
+    vertices = values.get("mesh.positions", r.mesh.positions.to_numpy())[:V]
+    texture = r.texture.texels.to_numpy() if r.texture is not None else None
+    mesh = scene.Mesh(vertices, app.mesh.faces, None, app.mesh.uvs, texture, name=app.name)
+    scene.save_obj(out / "mesh.obj", mesh)
+    io.save_image(out / "target.png", app.problem.views[0].target)
+    io.save_image(out / "final.png", fit.last_images[0])
