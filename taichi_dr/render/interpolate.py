@@ -96,7 +96,7 @@ class Interpolator:
                 uv = la[0] * u0 + la[1] * u1 + la[2] * u2
                 dx = lx[0] * u0 + lx[1] * u1 + lx[2] * u2 - uv
                 dy = ly[0] * u0 + ly[1] * u1 + ly[2] * u2 - uv
-                size = ti.max(dx.norm(), dy.norm())
+                size = ti.sqrt(ti.max(dx.norm_sqr(), dy.norm_sqr()) + 1e-30)  # finite grad at 0
             out[y, x] = size
 
     def footprint(self, uvs, clip, faces, triangle_id, out) -> None:

@@ -94,6 +94,39 @@ class Silhouettes:
         self.width, self.height = int(width), int(height)
         self.edges = ti.Vector.field(3, ti.i32, shape=(height, width, 2))
 
+    @ti.func
+    def _edge_of(
+        self,
+        t: ti.i32,
+        y: ti.i32,
+        x: ti.i32,
+        d: ti.template(),
+        front: ti.i32,
+        clip: ti.template(),
+        faces: ti.template(),
+        neighbours: ti.template(),
+    ):
+        """A silhouette edge (i0, i1) of face ``t`` crossing the pair's segment, or −1s."""
+        out = ti.Vector([-1, -1])
+        f = faces[t]
+        own = facing(clip[f[0]], clip[f[1]], clip[f[2]])
+        for k in ti.static(range(3)):
+            i0, i1 = f[k], f[(k + 1) % 3]
+            n = neighbours[t, k]
+            sil = n < 0
+            if n >= 0:
+                g = faces[n]
+                sil = facing(clip[g[0]], clip[g[1]], clip[g[2]]) * own <= 0.0
+            if out[0] < 0 and sil and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
+                p0 = to_pixels(clip[i0], self.width, self.height)
+                p1 = to_pixels(clip[i1], self.width, self.height)
+                line = ti.Vector([x + 0.5, y + 0.5])[1 - d]
+                if (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and p0[1 - d] != p1[1 - d]:
+                    a = crossing(clip[i0], clip[i1], y, x, d, front, self.width, self.height)
+                    if 0.0 <= a and a <= 1.0:
+                        out = ti.Vector([i0, i1])
+        return out
+
     @ti.kernel
     def _detect(
         self,
@@ -114,27 +147,15 @@ class Silhouettes:
                         if tb >= 0 and (ta < 0 or depth[yb, xb] < depth[y, x]):
                             front = 0
                         t = ta if front == 1 else tb
-                        f = faces[t]
-                        own = facing(clip[f[0]], clip[f[1]], clip[f[2]])
+                        e = self._edge_of(t, y, x, d, front, clip, faces, neighbours)
+                        # The contour often belongs to a thin rim face that covers no pixel
+                        # centre: look one ring further, across T's edges.
                         for k in ti.static(range(3)):
-                            i0, i1 = f[k], f[(k + 1) % 3]
                             n = neighbours[t, k]
-                            sil = n < 0
-                            if n >= 0:
-                                g = faces[n]
-                                sil = facing(clip[g[0]], clip[g[1]], clip[g[2]]) * own <= 0.0
-                            if out[1] < 0 and sil and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
-                                p0 = to_pixels(clip[i0], self.width, self.height)
-                                p1 = to_pixels(clip[i1], self.width, self.height)
-                                line = ti.Vector([x + 0.5, y + 0.5])[1 - d]
-                                if (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and (
-                                    p0[1 - d] != p1[1 - d]
-                                ):
-                                    a = crossing(
-                                        clip[i0], clip[i1], y, x, d, front, self.width, self.height
-                                    )
-                                    if 0.0 <= a and a <= 1.0:
-                                        out = ti.Vector([front, i0, i1])
+                            if e[0] < 0 and n >= 0:
+                                e = self._edge_of(n, y, x, d, front, clip, faces, neighbours)
+                        if e[0] >= 0:
+                            out = ti.Vector([front, e[0], e[1]])
                 self.edges[y, x, d] = out
 
     def forward(self, triangle_id, depth, clip, faces, neighbours) -> None:
