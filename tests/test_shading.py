@@ -123,6 +123,15 @@ def test_background_and_transparency_layers():
     np.testing.assert_allclose(out.alpha, 0.75)
     assert (out.triangle_id <= 1).all()  # AOVs of the first (nearest) layer
 
+    # one layer (the fused single-pass compositor): 0.5·red over 0.5·blue, partial coverage
+    r1 = Renderer(
+        Mesh(verts[:4], faces[:2]), cam, RenderSettings(shading="unlit", background=tuple(bg))
+    )
+    r1.material.set(base_color=(1.0, 0.0, 0.0), opacity=0.5)
+    out = r1.render()
+    np.testing.assert_allclose(out.image, np.broadcast_to([0.5, 0, 0.5], (8, 8, 3)))
+    np.testing.assert_allclose(out.alpha, 0.5)
+
 
 def _numpy_sample(img, uv, mode, wrap, footprint=0.0):
     def texel(level, y, x):

@@ -62,6 +62,18 @@ class Compositor:
             self.image[y, x] = self.accum[k, y, x] + t * self.background[y, x]
             self.alpha[y, x] = 1.0 - t
 
+    @ti.kernel
+    def _single(self, color: ti.template(), tri: ti.template(), opacity: ti.template()):
+        for y, x in self.alpha:
+            a = ti.select(tri[y, x] >= 0, opacity[None], 0.0)
+            self.image[y, x] = a * color[y, x] + (1.0 - a) * self.background[y, x]
+            self.alpha[y, x] = a
+
+    def single(self, color, triangle_id, opacity) -> None:
+        """One layer over the background in one pass (same result as begin, add_layer(0),
+        finish(1))."""
+        self._single(color, triangle_id, opacity)
+
     def begin(self) -> None:
         self._begin()
 

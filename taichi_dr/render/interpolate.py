@@ -46,18 +46,35 @@ class Interpolator:
         self.depth = ti.field(real, shape=shape, **backend.diff())
 
     @ti.kernel
-    def _barycentrics(self, clip: ti.template(), faces: ti.template(), tri: ti.template()):
+    def _barycentrics(
+        self,
+        clip: ti.template(),
+        faces: ti.template(),
+        tri: ti.template(),
+        values: ti.template(),
+        outs: ti.template(),
+    ):
         for y, x in self.depth:
             t = tri[y, x]
+            lam = ti.Vector([0.0, 0.0, 0.0])
+            depth = ti.math.inf
+            f = ti.Vector([0, 0, 0])
             if t >= 0:
                 f = faces[t]
                 c0, c1, c2 = clip[f[0]], clip[f[1]], clip[f[2]]
                 lam = perspective_barycentrics(c0, c1, c2, pixel_ndc(y, x, self.width, self.height))
-                self.bary[y, x] = lam
-                self.depth[y, x] = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
-            else:
-                self.bary[y, x] = ti.Vector([0.0, 0.0, 0.0])
-                self.depth[y, x] = ti.math.inf
+                depth = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
+            self.bary[y, x] = lam
+            self.depth[y, x] = depth
+            for k in ti.static(range(len(values))):
+                v = ti.zero(outs[k][y, x])
+                if t >= 0:
+                    v = (
+                        lam[0] * values[k][f[0]]
+                        + lam[1] * values[k][f[1]]
+                        + lam[2] * values[k][f[2]]
+                    )
+                outs[k][y, x] = v
 
     @ti.kernel
     def _interpolate(
@@ -104,9 +121,12 @@ class Interpolator:
         same triangle's plane — the texture footprint of the pixel for mip selection."""
         self._footprint(uvs, clip, faces, triangle_id, out)
 
-    def forward(self, clip, faces, triangle_id) -> None:
-        """Barycentrics and depth for every covered pixel of ``triangle_id`` (H, W)."""
-        self._barycentrics(clip, faces, triangle_id)
+    def forward(self, clip, faces, triangle_id, attributes=()) -> None:
+        """Barycentrics and depth for every covered pixel of ``triangle_id`` (H, W), and in
+        the same pass ``interpolate`` for each ``(values, out)`` pair of ``attributes``."""
+        values = tuple(v for v, _ in attributes)
+        outs = tuple(o for _, o in attributes)
+        self._barycentrics(clip, faces, triangle_id, values, outs)
 
     def interpolate(self, values, faces, triangle_id, out) -> None:
         """``out[y, x] = Σ λᵢ values[face[i]]``; zero where the pixel is empty."""

@@ -214,11 +214,13 @@ class Renderer:
 
     def _shade_layer(self) -> None:
         m, tri = self.mesh, self.raster.triangle_id
-        self.interp.forward(self.vertex.clip, m.faces, tri)
-        self.interp.interpolate(self.vertex.world, m.faces, tri, self.position)
-        self.interp.interpolate(self.vertex.normal, m.faces, tri, self.normal)
-        self.interp.interpolate(m.colors, m.faces, tri, self.color)
-        self.interp.interpolate(m.uvs, m.faces, tri, self.uv)
+        attributes = (
+            (self.vertex.world, self.position),
+            (self.vertex.normal, self.normal),
+            (m.colors, self.color),
+            (m.uvs, self.uv),
+        )
+        self.interp.forward(self.vertex.clip, m.faces, tri, attributes)
         if self.texture is not None:
             self.interp.footprint(m.uvs, self.vertex.clip, m.faces, tri, self.footprint)
         self.shader.forward(
@@ -267,12 +269,8 @@ class Renderer:
             return
         if self.texture is not None:
             self.texture.forward()
-        self.compositor.begin()
         self._shade_layer()
-        self.compositor.add_layer(
-            0, self.shader.image, self.raster.triangle_id, self.material.opacity
-        )
-        self.compositor.finish(1)
+        self.compositor.single(self.shader.image, self.raster.triangle_id, self.material.opacity)
         if self.settings.mode == "antialias":
             self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
         elif self.settings.mode == "nmr":

@@ -15,8 +15,9 @@ pixels × triangles) and memory is O(pixels + triangles):
 2. *scan*: exclusive prefix sum of the tile counts.
 3. *bin*: each face writes one work item (face, tile) per covered tile.
 4. *raster* (per work item): exact integer edge functions with the top-left rule at pixel
-   centres; fragments inside the depth range do an atomic min on the key
-   ``(depth bits << 32) | face`` — the nearest fragment wins, ties go to the lower id,
+   centres (set up per face, stepped incrementally along each row); fragments inside
+   the depth range do an atomic min on the key ``(depth bits << 32) | face`` (after a
+   plain load shows it can win) — the nearest fragment wins, ties go to the lower id,
    so the result is deterministic whatever the thread order.
 5. *resolve* (per pixel): key → triangle id.
 
@@ -58,14 +59,14 @@ def _near_hit(p: ti.template(), q: ti.template(), ip: ti.i32, iq: ti.i32):
 
 
 @ti.func
-def _edge(a: ti.template(), b: ti.template(), px: ti.i64, py: ti.i64) -> ti.i64:
-    """Edge function of a→b at subpixel point p, biased by the top-left rule so that a
-    centre exactly on an edge belongs to one side only: ≥ 0 means inside."""
-    dx = ti.cast(b[0], ti.i64) - a[0]
-    dy = ti.cast(b[1], ti.i64) - a[1]
-    e = dx * (py - a[1]) - dy * (px - a[0])
+def _edge(a: ti.template(), b: ti.template()):
+    """Edge function of a→b as ``e(p) = A·px + B·py + C`` at subpixel point p, biased by
+    the top-left rule so that a centre exactly on an edge belongs to one side only:
+    e ≥ 0 means inside. Returns ((A, B) int32, C int64)."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
     owns = dy < 0 or (dy == 0 and dx > 0)  # left edge, or horizontal top edge
-    return e - ti.select(owns, 0, 1)
+    c = ti.cast(dy, ti.i64) * a[0] - ti.cast(dx, ti.i64) * a[1] - ti.select(owns, 0, 1)
+    return ti.Vector([-dy, dx]), c
 
 
 @ti.data_oriented
@@ -88,8 +89,9 @@ class Rasterizer:
         self.key = ti.field(ti.i64, shape=shape)
         self.floor_key = ti.field(ti.i64, shape=shape)  # depth peeling: keep keys > this
         self.fragments = ti.field(ti.i32, shape=shape)
-        self.poly = ti.Vector.field(2, ti.i32, shape=(F, 4))  # snapped polygon, area > 0
-        self.poly_n = ti.field(ti.i32, shape=F)  # 0 (culled/empty), 3 or 4 vertices
+        # edge functions of the snapped, positively oriented polygon: e = A·x + B·y + C
+        self.edge_ab = ti.Vector.field(2, ti.i32, shape=(F, 4))
+        self.edge_c = ti.field(ti.i64, shape=(F, 4))
         self.zplane = ti.Vector.field(3, backend.real(), shape=F)  # z_ndc = a + b x + c y
         self.bbox = ti.Vector.field(4, ti.i32, shape=F)  # x0, y0, x1, y1 (pixels, inclusive)
         self.tile_count = ti.field(ti.i32, shape=F)
@@ -162,8 +164,13 @@ class Rasterizer:
                         s1, s2 = s2, s1
                     else:
                         s1, s3 = s3, s1
-                self.poly[f, 0], self.poly[f, 1], self.poly[f, 2] = s0, s1, s2
-                self.poly[f, 3] = s3
+                # a triangle's fourth edge is e ≡ 0 (always inside)
+                self.edge_ab[f, 0], self.edge_c[f, 0] = _edge(s0, s1)
+                self.edge_ab[f, 1], self.edge_c[f, 1] = _edge(s1, s2)
+                self.edge_ab[f, 2], self.edge_c[f, 2] = _edge(s2, s3 if n == 4 else s0)
+                self.edge_ab[f, 3], self.edge_c[f, 3] = ti.Vector([0, 0]), ti.i64(0)
+                if n == 4:
+                    self.edge_ab[f, 3], self.edge_c[f, 3] = _edge(s3, s0)
                 # depth plane from the (unsnapped) first three polygon vertices, in pixels
                 q0 = ti.Vector([(p0[0] / p0[3] * 0.5 + 0.5) * W, (0.5 - p0[1] / p0[3] * 0.5) * H])
                 q1 = ti.Vector([(p1[0] / p1[3] * 0.5 + 0.5) * W, (0.5 - p1[1] / p1[3] * 0.5) * H])
@@ -190,7 +197,6 @@ class Rasterizer:
                     count = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
                 else:
                     n = 0
-            self.poly_n[f] = n
             self.tile_count[f] = count
 
     @ti.kernel
@@ -220,31 +226,43 @@ class Rasterizer:
             f, tile = work[w, 0], work[w, 1]
             b = self.bbox[f]
             tx, ty = tile % self.tiles_x, tile // self.tiles_x
-            n = self.poly_n[f]
-            s0, s1, s2, s3 = self.poly[f, 0], self.poly[f, 1], self.poly[f, 2], self.poly[f, 3]
+            ab0, ab1, ab2, ab3 = (
+                self.edge_ab[f, 0],
+                self.edge_ab[f, 1],
+                self.edge_ab[f, 2],
+                self.edge_ab[f, 3],
+            )
+            c0, c1, c2, c3 = (
+                self.edge_c[f, 0],
+                self.edge_c[f, 1],
+                self.edge_c[f, 2],
+                self.edge_c[f, 3],
+            )
             zp = self.zplane[f]
+            xa = ti.max(b[0], tx * TILE)
+            px = ti.i64(xa) * SUBPIXEL + SUBPIXEL // 2
             for y in range(ti.max(b[1], ty * TILE), ti.min(b[3], ty * TILE + TILE - 1) + 1):
                 py = ti.i64(y) * SUBPIXEL + SUBPIXEL // 2
-                for x in range(ti.max(b[0], tx * TILE), ti.min(b[2], tx * TILE + TILE - 1) + 1):
-                    px = ti.i64(x) * SUBPIXEL + SUBPIXEL // 2
-                    e0 = _edge(s0, s1, px, py)
-                    e1 = _edge(s1, s2, px, py)
-                    e2 = ti.i64(0)
-                    e3 = ti.i64(0)
-                    if n == 3:
-                        e2 = _edge(s2, s0, px, py)
-                    else:
-                        e2 = _edge(s2, s3, px, py)
-                        e3 = _edge(s3, s0, px, py)
+                e0 = ab0[0] * px + ab0[1] * py + c0
+                e1 = ab1[0] * px + ab1[1] * py + c1
+                e2 = ab2[0] * px + ab2[1] * py + c2
+                e3 = ab3[0] * px + ab3[1] * py + c3
+                for x in range(xa, ti.min(b[2], tx * TILE + TILE - 1) + 1):
                     if e0 >= 0 and e1 >= 0 and e2 >= 0 and e3 >= 0:
                         z = zp[0] + zp[1] * (x + 0.5) + zp[2] * (y + 0.5)
                         if z <= 1.0:
                             d = ti.cast(ti.min(ti.max(z * 0.5 + 0.5, 0.0), 1.0), ti.f32)
                             k = (ti.cast(ti.bit_cast(d, ti.i32), ti.i64) << 32) | f
                             if k > self.floor_key[y, x]:
-                                ti.atomic_min(self.key[y, x], k)
                                 if ti.static(count):
                                     self.fragments[y, x] += 1
+                                # plain load first: most occluded fragments skip the atomic
+                                if k < self.key[y, x]:
+                                    ti.atomic_min(self.key[y, x], k)
+                    e0 += ti.i64(ab0[0]) * SUBPIXEL
+                    e1 += ti.i64(ab1[0]) * SUBPIXEL
+                    e2 += ti.i64(ab2[0]) * SUBPIXEL
+                    e3 += ti.i64(ab3[0]) * SUBPIXEL
 
     @ti.kernel
     def _clear(self, peel: ti.i32, count: ti.i32):

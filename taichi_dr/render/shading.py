@@ -103,34 +103,35 @@ def surface_radiance(
     metal = mat.metallic[None]
     f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
     for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
-        l = ti.Vector([0.0, 0.0, 1.0])
-        light = ti.Vector([0.0, 0.0, 0.0])
-        if ti.static(i < MAX_DIRECTIONAL):
-            l = lights.dir_direction[i].normalized(1e-12)
-            light = lights.dir_color[i]
-        else:
-            d = lights.point_position[i - MAX_DIRECTIONAL] - p
-            dist2 = ti.max(d.dot(d), 1e-12)
-            l = d / ti.sqrt(dist2)
-            light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
-        nl = n.dot(l)
         # lights beyond the number set are skipped (a runtime branch: no recompilation)
         used = (
             lights.count[0] > i
             if ti.static(i < MAX_DIRECTIONAL)
             else (lights.count[1] > i - MAX_DIRECTIONAL)
         )
-        if nl > 0.0 and used:
-            if ti.static(model == MODELS["ggx"]):
-                c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+        if used:
+            l = ti.Vector([0.0, 0.0, 1.0])
+            light = ti.Vector([0.0, 0.0, 0.0])
+            if ti.static(i < MAX_DIRECTIONAL):
+                l = lights.dir_direction[i].normalized(1e-12)
+                light = lights.dir_color[i]
             else:
-                c += light * albedo * nl
-            if ti.static(model == MODELS["phong"]):
-                r = 2.0 * nl * n - l
-                c += light * ks * ti.pow(ti.max(r.dot(v), 1e-12), shin)
-            if ti.static(model == MODELS["blinn-phong"]):
-                h = (l + v).normalized(1e-12)
-                c += light * ks * ti.pow(ti.max(n.dot(h), 1e-12), shin)
+                d = lights.point_position[i - MAX_DIRECTIONAL] - p
+                dist2 = ti.max(d.dot(d), 1e-12)
+                l = d / ti.sqrt(dist2)
+                light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
+            nl = n.dot(l)
+            if nl > 0.0:
+                if ti.static(model == MODELS["ggx"]):
+                    c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+                else:
+                    c += light * albedo * nl
+                if ti.static(model == MODELS["phong"]):
+                    r = 2.0 * nl * n - l
+                    c += light * ks * ti.pow(ti.max(r.dot(v), 1e-12), shin)
+                if ti.static(model == MODELS["blinn-phong"]):
+                    h = (l + v).normalized(1e-12)
+                    c += light * ks * ti.pow(ti.max(n.dot(h), 1e-12), shin)
     return c
 
 

@@ -63,7 +63,7 @@ def matrices(theta: np.ndarray, model0, view0, proj0, fov0: float) -> np.ndarray
 @ti.data_oriented
 class VertexStage:
     def __init__(self, max_vertices: int):
-        real = backend.real()
+        real = self.real = backend.real()
 
         def vec():
             return ti.Vector.field(3, real, shape=(), **backend.diff())
@@ -87,6 +87,7 @@ class VertexStage:
         self.normal = ti.Vector.field(3, real, shape=max_vertices, **backend.diff())
         self.clip = ti.Vector.field(4, real, shape=max_vertices, **backend.diff())
         self._base = None
+        self._written = None  # (parameters, camera) the matrices were last built from
 
     def set_camera(self, camera) -> None:
         """Take M₀, V₀, P₀ from ``camera`` and reset the pose and camera parameters."""
@@ -97,24 +98,46 @@ class VertexStage:
             np.asarray(camera.proj, np.float64),
             fov,
         )
+        self._written = None
         for f in self.parameters[:4]:
             f[None] = (0.0, 0.0, 0.0)
         self.fov[None] = fov
 
+    @ti.kernel
+    def _gather(self, theta: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+        for _ in range(1):
+            for k in ti.static(range(3)):
+                theta[k] = self.pose_rotation[None][k]
+                theta[3 + k] = self.pose_translation[None][k]
+                theta[6 + k] = self.camera_rotation[None][k]
+                theta[9 + k] = self.camera_translation[None][k]
+            theta[12] = self.fov[None]
+
+    @ti.kernel
+    def _scatter(self, out: ti.types.ndarray(dtype=ti.f64, ndim=1)):
+        for _ in range(1):
+            for i, j in ti.static(ti.ndrange(4, 4)):
+                self.model[None][i, j] = ti.cast(out[4 * i + j], self.real)
+                self.view_proj[None][i, j] = ti.cast(out[16 + 4 * i + j], self.real)
+            for i, j in ti.static(ti.ndrange(3, 3)):
+                self.normal_matrix[None][i, j] = ti.cast(out[32 + 3 * i + j], self.real)
+            for k in ti.static(range(3)):
+                self.eye[None][k] = ti.cast(out[41 + k], self.real)
+
     def _theta(self) -> np.ndarray:
-        return np.concatenate([np.atleast_1d(f.to_numpy()) for f in self.parameters]).astype(
-            np.float64
-        )
+        """The 13 parameters (float64) in one kernel launch."""
+        theta = np.empty(13)
+        self._gather(theta)
+        return theta
 
     @ti.ad.grad_replaced
     def update_matrices(self) -> None:
-        """Matrices from the current parameters (differentiable: see module docstring)."""
-        out = matrices(self._theta(), *self._base)
-        np_real = backend.np_real()
-        self.model.from_numpy(out[:16].reshape(4, 4).astype(np_real))
-        self.view_proj.from_numpy(out[16:32].reshape(4, 4).astype(np_real))
-        self.normal_matrix.from_numpy(out[32:41].reshape(3, 3).astype(np_real))
-        self.eye.from_numpy(out[41:].astype(np_real))
+        """Matrices from the current parameters (differentiable: see module docstring).
+        Rewritten only when the parameters or the camera changed (two launches per call)."""
+        theta = self._theta()
+        if theta.tobytes() != self._written:
+            self._scatter(matrices(theta, *self._base))
+            self._written = theta.tobytes()
 
     @ti.ad.grad_for(update_matrices)
     def _update_matrices_grad(self) -> None:
