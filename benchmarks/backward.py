@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         args.sizes, args.subdivisions, args.repeats = [256], [3, 4], 3
     taichi_dr.init(args.arch, "f32")
     taichi_dr.backend.require_autodiff()
-    mitsuba = None if args.no_peers else _mitsuba_probe()
+    mitsuba = "skipped (--no-peers)" if args.no_peers else _mitsuba_probe()
     print(f"Mitsuba 3: {'available' if mitsuba is None else mitsuba}")
     have_p3d = not args.no_peers and pytorch3d_peer(16, icosphere(0), 1, 1e-4) is not None
     print(f"PyTorch3D: {'available' if have_p3d else 'not installed'}")

@@ -1,5 +1,9 @@
 """Shared fixtures. The whole suite runs in one process on cpu in float64 (gradchecks need
-it); Taichi is started once, so kernels compile once and are shared between tests."""
+it); Taichi is started once, so kernels compile once and are shared between tests.
+``TAICHI_DR_TEST_ARCH=cuda`` runs the in-process tests on another backend (subprocess
+tests keep their own ``--arch``)."""
+
+import os
 
 import numpy as np
 import pytest
@@ -9,7 +13,8 @@ import taichi_dr
 
 @pytest.fixture(scope="session", autouse=True)
 def taichi_f64():
-    taichi_dr.init(arch="cpu", precision="f64", forward_mode=True)
+    arch = os.environ.get("TAICHI_DR_TEST_ARCH", "cpu")
+    taichi_dr.init(arch=arch, precision="f64", forward_mode=True)
     yield
 
 

@@ -97,15 +97,16 @@ def _grid_quad(n, W_, H_):
     return clip, faces.astype(np.int32)
 
 
-@pytest.mark.parametrize("n", [7, 22])
-def test_no_cracks_no_double_coverage(n):
+@pytest.mark.parametrize("n, serial_scan", [(7, None), (22, None), (22, False)])
+def test_no_cracks_no_double_coverage(n, serial_scan):
+    """serial_scan=False: the GPU's atomic work-list allocation, exercised on the CPU."""
     w, h = 22, 22  # grid pitch of 1 pixel for n = 22 → every edge through pixel centres
     clip, faces = _grid_quad(n, w, h)
     c = ti.Vector.field(4, ti.f64, shape=len(clip))
     c.from_numpy(clip)
     f = ti.Vector.field(3, ti.i32, shape=len(faces))
     f.from_numpy(faces)
-    rast = Rasterizer(w, h, len(faces))
+    rast = Rasterizer(w, h, len(faces), serial_scan=serial_scan)
     rast.forward(c, f, len(faces), count=True)
     counts = rast.fragments.to_numpy()
     assert counts.min() == 1 and counts.max() == 1, np.unique(counts, return_counts=True)

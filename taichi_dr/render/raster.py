@@ -12,7 +12,9 @@ pixels × triangles) and memory is O(pixels + triangles):
    vertices. Vertices are projected and snapped to 1/256 pixel (int32), the polygon is
    oriented (area > 0; back faces optionally culled), its pixel bounding box and its
    screen-space depth plane are stored, and the 8×8 tiles it touches are counted.
-2. *scan*: exclusive prefix sum of the tile counts.
+2. *allocate*: each face's range of the work list — a serial prefix sum on the CPU, one
+   atomic add per face in setup on GPUs (where a serial loop would run on one thread;
+   the order of work items does not change the result: see 4.).
 3. *bin*: each face writes one work item (face, tile) per covered tile.
 4. *raster* (per work item): exact integer edge functions with the top-left rule at pixel
    centres (set up per face, stepped incrementally along each row); fragments inside
@@ -78,10 +80,12 @@ class Rasterizer:
     (tests use it to prove no cracks and no double coverage).
     """
 
-    def __init__(self, width: int, height: int, max_faces: int):
+    def __init__(self, width: int, height: int, max_faces: int, serial_scan: bool | None = None):
         backend.ensure_init()
         self.width, self.height, self.max_faces = int(width), int(height), int(max_faces)
         self.real = backend.real()
+        # work-list allocation (see pass 2); None: serial on the CPU, atomic elsewhere
+        self.serial_scan = backend.current_arch() == "cpu" if serial_scan is None else serial_scan
         self.tiles_x = (self.width + TILE - 1) // TILE
         self.tiles_y = (self.height + TILE - 1) // TILE
         shape, F = (self.height, self.width), self.max_faces
@@ -198,6 +202,9 @@ class Rasterizer:
                 else:
                     n = 0
             self.tile_count[f] = count
+            if ti.static(not self.serial_scan):
+                if count > 0:
+                    self.tile_offset[f] = ti.atomic_add(self.total[None], count)
 
     @ti.kernel
     def _scan(self, n_faces: ti.i32):
@@ -295,9 +302,10 @@ class Rasterizer:
         if n_faces == 0:
             self._resolve()
             return
-        self._setup(clip, faces, n_faces, {"none": 0, "back": 1, "front": -1}[cull])
         self.total[None] = 0
-        self._scan(n_faces)
+        self._setup(clip, faces, n_faces, {"none": 0, "back": 1, "front": -1}[cull])
+        if self.serial_scan:
+            self._scan(n_faces)
         total = int(self.total[None])
         if total > self._work_capacity:  # grow, never drop faces
             self._work_capacity = max(1 << max(total - 1, 1).bit_length(), 1024)
