@@ -4,8 +4,10 @@
                                   [--modes hard antialias nmr soft] [--no-peers] [--quick]
 
 Scene: an icosphere, Blinn-Phong, one directional light; loss = Σ image · w (random w).
-"fwd" is rasterize + shade; "fwd+bwd" adds the reverse pass to the vertex positions
-(and every other parameter). Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``,
+"fwd" is rasterize + shade; "fwd+bwd" adds the reverse pass, per row either to the vertex
+positions only (``grads=("positions",)``, what the peers compute) or to every parameter
+group (``grads="all"``: positions, colours, UVs, texture, material, lights, camera; mode
+"soft" always differentiates everything). Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``,
 ``direct_projective``, gradients to vertex positions) and PyTorch3D (MeshRasterizer +
 SoftSilhouetteShader, faces_per_pixel = K); each prints "not installed" otherwise.
 """
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     have_p3d = not args.no_peers and pytorch3d_peer(16, icosphere(0), 1, 1e-4) is not None
     print(f"PyTorch3D: {'available' if have_p3d else 'not installed'}")
     print(
-        f"{'size':>5} {'faces':>7} {'mode':>10} {'fwd ms':>8} {'fwd+bwd ms':>11} "
+        f"{'size':>5} {'faces':>7} {'mode':>10} {'grads':>9} {'fwd ms':>8} {'fwd+bwd ms':>11} "
         f"{'bwd/fwd':>8} {'Mgrad/s':>8} {'peak MB':>8}  peers (fwd+bwd ms, ours/theirs)"
     )
     for size in args.sizes:
@@ -172,19 +174,21 @@ def main(argv=None) -> int:
                 peer_text["PyTorch3D soft"] = median_time(
                     pytorch3d_peer(size, mesh, args.K, args.sigma).backward, args.repeats
                 )
-            for mode in args.modes:
-                ours.r.configure(mode=mode)
+            for mode, grads in [(m, g) for m in args.modes for g in ("positions", "all")]:
+                if mode == "soft" and grads == "positions":
+                    continue
+                ours.r.configure(mode=mode, grads=grads)
                 f = median_time(ours.forward, args.repeats)
                 b = median_time(ours.backward, args.repeats)
-                grads = 3 * mesh.num_vertices + 3 * size * size
+                n_grads = 3 * mesh.num_vertices + 3 * size * size
                 peers = "  ".join(
                     f"{k} {v * 1e3:.0f} ({b / v:.2f})"
                     for k, v in peer_text.items()
                     if k == "Mitsuba" or (mode == "soft" and "PyTorch3D" in k)
                 )
                 print(
-                    f"{size:>5} {mesh.num_faces:>7} {mode:>10} {f * 1e3:>8.1f} "
-                    f"{b * 1e3:>11.1f} {b / f:>8.2f} {grads / b / 1e6:>8.1f} "
+                    f"{size:>5} {mesh.num_faces:>7} {mode:>10} {grads:>9} {f * 1e3:>8.1f} "
+                    f"{b * 1e3:>11.1f} {b / f:>8.2f} {n_grads / b / 1e6:>8.1f} "
                     f"{peak_rss_mb():>8.0f}  {peers}",
                     flush=True,
                 )

@@ -30,6 +30,37 @@ def test_check_can_fail(scene):
     assert not bad.ok
 
 
+@pytest.mark.parametrize(
+    "groups", [("positions",), ("material", "lights"), ("texture", "camera")], ids="+".join
+)
+def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, groups):
+    """RenderSettings.grads: the chosen groups' gradients equal the all-groups ones (to
+    rounding), every other group's are exactly zero."""
+    r = scene.r
+    r.configure(mode="hard", shading="blinn-phong")
+    fields = {
+        "positions": r.mesh.positions,
+        "colors": r.mesh.colors,
+        "uvs": r.mesh.uvs,
+        "texture": r.texture.texels,
+        "material": r.material.shininess,
+        "lights": r.lights.sh,
+        "camera": r.vertex.camera_translation,
+    }
+    full = {g: scene.gradient(f) for g, f in fields.items()}
+    r.configure(grads=groups)
+    try:
+        for g, f in fields.items():
+            got = scene.gradient(f)
+            if g in groups:
+                assert np.abs(full[g]).max() > 0, g
+                np.testing.assert_allclose(got, full[g], rtol=1e-9, atol=1e-12, err_msg=g)
+            else:
+                assert not got.any(), g
+    finally:
+        r.configure(grads="all")
+
+
 def test_antialias_gradients_reach_silhouette_vertices(scene):
     r = scene.r
     r.configure(mode="antialias")

@@ -211,5 +211,7 @@ def test_bad_render_settings():
         RenderSettings(shading="toon")
     with pytest.raises(UserError, match="cull"):
         RenderSettings(cull="sideways")
+    with pytest.raises(UserError, match="gradient group 'bogus'"):
+        RenderSettings(grads=("positions", "bogus"))
     with pytest.raises(UserError, match="layers"):
         RenderSettings(layers=0)

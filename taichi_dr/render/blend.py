@@ -63,16 +63,20 @@ class Compositor:
             self.alpha[y, x] = 1.0 - t
 
     @ti.kernel
-    def _single(self, color: ti.template(), tri: ti.template(), opacity: ti.template()):
+    def _single(
+        self, color: ti.template(), tri: ti.template(), opacity: ti.template(), stop: ti.template()
+    ):
         for y, x in self.alpha:
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             a = ti.select(tri[y, x] >= 0, opacity[None], 0.0)
             self.image[y, x] = a * color[y, x] + (1.0 - a) * self.background[y, x]
             self.alpha[y, x] = a
 
-    def single(self, color, triangle_id, opacity) -> None:
+    def single(self, color, triangle_id, opacity, stop=()) -> None:
         """One layer over the background in one pass (same result as begin, add_layer(0),
-        finish(1))."""
-        self._single(color, triangle_id, opacity)
+        finish(1)); ``stop``: input fields that get no gradient."""
+        self._single(color, triangle_id, opacity, stop)
 
     def begin(self) -> None:
         self._begin()

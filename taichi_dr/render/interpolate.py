@@ -53,8 +53,11 @@ class Interpolator:
         tri: ti.template(),
         values: ti.template(),
         outs: ti.template(),
+        stop: ti.template(),
     ):
         for y, x in self.depth:
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             t = tri[y, x]
             lam = ti.Vector([0.0, 0.0, 0.0])
             depth = ti.math.inf
@@ -97,8 +100,11 @@ class Interpolator:
         faces: ti.template(),
         tri: ti.template(),
         out: ti.template(),
+        stop: ti.template(),
     ):
         for y, x in out:
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             t = tri[y, x]
             size = 0.0
             if t >= 0:
@@ -116,17 +122,18 @@ class Interpolator:
                 size = ti.sqrt(ti.max(dx.norm_sqr(), dy.norm_sqr()) + 1e-30)  # finite grad at 0
             out[y, x] = size
 
-    def footprint(self, uvs, clip, faces, triangle_id, out) -> None:
+    def footprint(self, uvs, clip, faces, triangle_id, out, stop=()) -> None:
         """``out[y, x]`` = uv distance to the next pixel along x or y (the larger), on the
         same triangle's plane — the texture footprint of the pixel for mip selection."""
-        self._footprint(uvs, clip, faces, triangle_id, out)
+        self._footprint(uvs, clip, faces, triangle_id, out, stop)
 
-    def forward(self, clip, faces, triangle_id, attributes=()) -> None:
+    def forward(self, clip, faces, triangle_id, attributes=(), stop=()) -> None:
         """Barycentrics and depth for every covered pixel of ``triangle_id`` (H, W), and in
-        the same pass ``interpolate`` for each ``(values, out)`` pair of ``attributes``."""
+        the same pass ``interpolate`` for each ``(values, out)`` pair of ``attributes``.
+        ``stop``: input fields that get no gradient (their reverse pass is compiled out)."""
         values = tuple(v for v, _ in attributes)
         outs = tuple(o for _, o in attributes)
-        self._barycentrics(clip, faces, triangle_id, values, outs)
+        self._barycentrics(clip, faces, triangle_id, values, outs, stop)
 
     def interpolate(self, values, faces, triangle_id, out) -> None:
         """``out[y, x] = Σ λᵢ values[face[i]]``; zero where the pixel is empty."""

@@ -38,6 +38,8 @@ from .vertex import VertexStage
 
 MODES = ("hard", "antialias", "nmr", "soft")
 EDGE_MODES = ("antialias", "nmr")
+# what a backward pass can differentiate; see RenderSettings.grads
+GRAD_GROUPS = ("positions", "colors", "uvs", "texture", "material", "lights", "camera")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,15 @@ class RenderSettings:
     vertices, no texture);
     ``shading`` ∈ lambert, phong, blinn-phong, ggx, normals, unlit;
     ``cull`` ∈ none, back, front; ``layers`` > 1 depth-peels that many surfaces (for
-    ``material.opacity`` < 1; forward only); ``background``: RGB colour."""
+    ``material.opacity`` < 1; forward only); ``background``: RGB colour.
+
+    ``grads``: the parameter groups a backward pass differentiates, like PyTorch's
+    ``requires_grad`` — any of "positions" (mesh positions and normals), "colors",
+    "uvs", "texture", "material", "lights", "camera" (camera and object pose); default
+    "all". The others get zero gradients, and their reverse-mode atomics are compiled out:
+    every pixel adds to each material and light parameter, so leaving out the groups you
+    do not fit makes hard-mode backward passes several times faster. (Mode "soft"
+    always differentiates everything.)"""
 
     shading: str = "blinn-phong"
     mode: str = "hard"
@@ -62,8 +72,18 @@ class RenderSettings:
     gamma: float = 1e-4
     eps: float = 1e-3
     faces_per_pixel: int = 50
+    grads: tuple = GRAD_GROUPS
 
     def __post_init__(self):
+        grads = self.grads
+        if isinstance(grads, str):
+            grads = GRAD_GROUPS if grads == "all" else (grads,)
+        unknown = [g for g in grads if g not in GRAD_GROUPS]
+        if unknown:
+            raise UserError(
+                f"unknown gradient group {unknown[0]!r}; choose from {', '.join(GRAD_GROUPS)}"
+            )
+        object.__setattr__(self, "grads", tuple(g for g in GRAD_GROUPS if g in grads))
         if self.shading not in MODELS:
             raise UserError(f"unknown shading {self.shading!r}; choose one of {', '.join(MODELS)}")
         if self.mode not in MODES:
@@ -120,6 +140,7 @@ class Renderer:
         self.width, self.height = W, H
         self.mesh = MeshBuffers(max_vertices or mesh.num_vertices, max_faces or mesh.num_faces)
         self.vertex = VertexStage(self.mesh.max_vertices)
+        self.vertex.requires_grad = "camera" in self.settings.grads or self.settings.mode == "soft"
         self.raster = Rasterizer(W, H, self.mesh.max_faces)
         self.interp = Interpolator(W, H)
         real = backend.real()
@@ -177,6 +198,7 @@ class Renderer:
         if settings.background != self.settings.background:
             self.compositor.set_background(settings.background)
         self.settings = settings
+        self.vertex.requires_grad = "camera" in settings.grads or settings.mode == "soft"
 
     def set_camera(self, camera: Camera) -> None:
         if (camera.width, camera.height) != (self.width, self.height):
@@ -188,6 +210,37 @@ class Renderer:
         self.vertex.set_camera(camera)
 
     # ------------------------------------------------------------------ stages
+    def _stops(self) -> dict:
+        """Per kernel, the fields whose gradients ``settings.grads`` leaves out."""
+        g, m, v = self.settings.grads, self.mesh, self.vertex
+        geometry = "positions" in g or "camera" in g
+        out = {
+            "vertex": (
+                (() if "positions" in g else (m.positions, m.normals))
+                + (() if "camera" in g else (v.model, v.view_proj, v.normal_matrix))
+            ),
+            "clip": () if geometry else (v.clip,),
+            "world": () if geometry else (v.world,),
+            "normal": () if geometry else (v.normal,),
+            "colors": () if "colors" in g else (m.colors,),
+            "uvs": () if "uvs" in g else (m.uvs,),
+            # per-pixel attributes depend on the geometry through the barycentrics
+            "pixel": (
+                (() if geometry else (self.position, self.normal))
+                + (() if geometry or "colors" in g else (self.color,))
+                + (() if geometry or "uvs" in g else (self.uv, self.footprint))
+            ),
+            "texture": ()
+            if "texture" in g or self.texture is None
+            else (self.texture.texels, self.texture.pyramid),
+            "material": ()
+            if "material" in g
+            else tuple(getattr(self.material, n) for n in Material.names),
+            "lights": () if "lights" in g else self.lights.fields,
+            "eye": () if "camera" in g else (v.eye,),
+        }
+        return out
+
     def rasterize(self, peel: bool = False, count: bool = False) -> None:
         """Visibility (not differentiable): fills ``raster.triangle_id`` and, for the
         edge-based modes, the silhouette edges between pixels."""
@@ -214,15 +267,24 @@ class Renderer:
 
     def _shade_layer(self) -> None:
         m, tri = self.mesh, self.raster.triangle_id
+        stops = self._stops()
         attributes = (
             (self.vertex.world, self.position),
             (self.vertex.normal, self.normal),
             (m.colors, self.color),
             (m.uvs, self.uv),
         )
-        self.interp.forward(self.vertex.clip, m.faces, tri, attributes)
+        inputs = stops["clip"] + stops["world"] + stops["normal"] + stops["colors"] + stops["uvs"]
+        self.interp.forward(self.vertex.clip, m.faces, tri, attributes, stop=inputs)
         if self.texture is not None:
-            self.interp.footprint(m.uvs, self.vertex.clip, m.faces, tri, self.footprint)
+            self.interp.footprint(
+                m.uvs,
+                self.vertex.clip,
+                m.faces,
+                tri,
+                self.footprint,
+                stop=stops["uvs"] + stops["clip"],
+            )
         self.shader.forward(
             self.settings.shading,
             tri,
@@ -235,6 +297,11 @@ class Renderer:
             self.vertex.eye,
             self.lights,
             self.material,
+            stop=stops["pixel"]
+            + stops["texture"]
+            + stops["material"]
+            + stops["lights"]
+            + stops["eye"],
         )
 
     def _soft(self) -> SoftRasterizer:
@@ -260,8 +327,9 @@ class Renderer:
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
-        self.vertex.forward(self.mesh)
-        if self.settings.mode == "soft":
+        soft = self.settings.mode == "soft"
+        self.vertex.forward(self.mesh, stop=() if soft else self._stops()["vertex"])
+        if soft:
             self.vertex_shader.forward(
                 self.settings.shading, self.vertex, self.mesh, self.lights, self.material
             )
@@ -270,7 +338,12 @@ class Renderer:
         if self.texture is not None:
             self.texture.forward()
         self._shade_layer()
-        self.compositor.single(self.shader.image, self.raster.triangle_id, self.material.opacity)
+        self.compositor.single(
+            self.shader.image,
+            self.raster.triangle_id,
+            self.material.opacity,
+            stop=self._stops()["material"],
+        )
         if self.settings.mode == "antialias":
             self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
         elif self.settings.mode == "nmr":

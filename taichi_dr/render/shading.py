@@ -158,8 +158,11 @@ class Shader:
         eye: ti.template(),
         lights: ti.template(),
         mat: ti.template(),
+        stop: ti.template(),
     ):
         for y, x in self.image:
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             out = ti.Vector([0.0, 0.0, 0.0])
             if tri[y, x] >= 0:
                 p = position[y, x]
@@ -190,7 +193,9 @@ class Shader:
         eye,
         lights,
         material,
+        stop=(),
     ) -> None:
+        """Shade every covered pixel; ``stop``: input fields that get no gradient."""
         if model not in MODELS:
             raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
         textured = texture is not None
@@ -207,6 +212,7 @@ class Shader:
             eye,
             lights,
             material,
+            stop,
         )
 
     def zero_grad(self) -> None:

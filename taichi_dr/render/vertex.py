@@ -87,7 +87,8 @@ class VertexStage:
         self.normal = ti.Vector.field(3, real, shape=max_vertices, **backend.diff())
         self.clip = ti.Vector.field(4, real, shape=max_vertices, **backend.diff())
         self._base = None
-        self._written = None  # (parameters, camera) the matrices were last built from
+        self._written = None  # parameters the matrices were last built from
+        self.requires_grad = True  # False: the backward leaves pose and camera alone
 
     def set_camera(self, camera) -> None:
         """Take M₀, V₀, P₀ from ``camera`` and reset the pose and camera parameters."""
@@ -141,6 +142,8 @@ class VertexStage:
 
     @ti.ad.grad_for(update_matrices)
     def _update_matrices_grad(self) -> None:
+        if not self.requires_grad:
+            return
         theta = self._theta()
         g = np.concatenate([f.grad.to_numpy().ravel() for f in self.outputs]).astype(np.float64)
         h = 1e-30
@@ -156,10 +159,14 @@ class VertexStage:
             k += current.size
 
     @ti.kernel
-    def _transform(self, positions: ti.template(), normals: ti.template(), n: ti.i32):
+    def _transform(
+        self, positions: ti.template(), normals: ti.template(), n: ti.i32, stop: ti.template()
+    ):
         # Products written out by component: Taichi 1.7's reverse pass of ``@`` on local
         # matrices loads uninitialised adjoints (garbage/NaN gradients).
         for i in range(n):
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             q, m = positions[i], normals[i]
             M, P, N = self.model[None], self.view_proj[None], self.normal_matrix[None]
             w = ti.Vector(
@@ -180,10 +187,11 @@ class VertexStage:
             )
             self.normal[i] = nm / ti.sqrt(nm.dot(nm) + 1e-30)
 
-    def forward(self, mesh) -> None:
-        """Build the matrices, then transform the first ``mesh.num_vertices`` vertices."""
+    def forward(self, mesh, stop=()) -> None:
+        """Build the matrices, then transform the first ``mesh.num_vertices`` vertices;
+        ``stop``: input fields that get no gradient."""
         self.update_matrices()
-        self._transform(mesh.positions, mesh.normals, mesh.num_vertices)
+        self._transform(mesh.positions, mesh.normals, mesh.num_vertices, stop)
 
     def zero_grad(self) -> None:
         for f in (*self.parameters, *self.outputs, self.world, self.normal, self.clip):
