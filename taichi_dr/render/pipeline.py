@@ -155,7 +155,7 @@ class Renderer:
         self.shader = Shader(W, H)
         self.compositor = Compositor(W, H, self.settings.layers)
         self.compositor.set_background(self.settings.background)
-        self.silhouettes = Silhouettes(W, H)
+        self.silhouettes = Silhouettes(W, H, self.mesh.max_faces)
         self.antialias = Antialias(W, H)
         self.nmr = NMR(W, H)
         self.soft = None  # built on first use of mode="soft": it holds (H, W, K) buffers
@@ -263,6 +263,7 @@ class Renderer:
                 self.vertex.clip,
                 self.mesh.faces,
                 self.neighbours,
+                self.mesh.num_faces,
             )
 
     def _shade_layer(self) -> None:

@@ -88,11 +88,33 @@ class Silhouettes:
     Owns ``edges`` (H, W, 2) int32 vectors (front, v0, v1): for the pair of pixel (y, x)
     with its right (d = 0) or lower (d = 1) neighbour, the clip-space vertex indices of
     the crossing silhouette edge (v0 = −1 if none) and whether (y, x) is the front
-    triangle's pixel."""
+    triangle's pixel. Per face, ``silhouette`` (F,) holds bit k set when edge k is a
+    silhouette this frame, so pixel pairs inside the silhouette are dismissed at once."""
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int, max_faces: int):
         self.width, self.height = int(width), int(height)
         self.edges = ti.Vector.field(3, ti.i32, shape=(height, width, 2))
+        self.facing = ti.field(ti.f64, shape=max_faces)  # signed screen area (scaled)
+        self.silhouette = ti.field(ti.i32, shape=max_faces)
+
+    @ti.kernel
+    def _facing(self, clip: ti.template(), faces: ti.template(), n_faces: ti.i32):
+        for t in range(n_faces):
+            f = faces[t]
+            c0 = ti.cast(clip[f[0]], ti.f64)
+            c1 = ti.cast(clip[f[1]], ti.f64)
+            c2 = ti.cast(clip[f[2]], ti.f64)
+            self.facing[t] = facing(c0, c1, c2)
+
+    @ti.kernel
+    def _classify(self, faces: ti.template(), neighbours: ti.template(), n_faces: ti.i32):
+        for t in range(n_faces):
+            bits = 0
+            for k in ti.static(range(3)):
+                n = neighbours[t, k]
+                if n < 0 or self.facing[n] * self.facing[t] <= 0.0:
+                    bits |= 1 << k
+            self.silhouette[t] = bits
 
     @ti.func
     def _edge_of(
@@ -109,14 +131,10 @@ class Silhouettes:
         """A silhouette edge (i0, i1) of face ``t`` crossing the pair's segment, or −1s."""
         out = ti.Vector([-1, -1])
         f = faces[t]
-        own = facing(clip[f[0]], clip[f[1]], clip[f[2]])
+        bits = self.silhouette[t]
         for k in ti.static(range(3)):
             i0, i1 = f[k], f[(k + 1) % 3]
-            n = neighbours[t, k]
-            sil = n < 0
-            if n >= 0:
-                g = faces[n]
-                sil = facing(clip[g[0]], clip[g[1]], clip[g[2]]) * own <= 0.0
+            sil = (bits >> k) & 1 == 1
             if out[0] < 0 and sil and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
                 p0 = to_pixels(clip[i0], self.width, self.height)
                 p1 = to_pixels(clip[i1], self.width, self.height)
@@ -147,16 +165,21 @@ class Silhouettes:
                         if tb >= 0 and (ta < 0 or depth[yb, xb] < depth[y, x]):
                             front = 0
                         t = ta if front == 1 else tb
-                        e = self._edge_of(t, y, x, d, front, clip, faces, neighbours)
+                        e = ti.Vector([-1, -1])
+                        if self.silhouette[t] != 0:
+                            e = self._edge_of(t, y, x, d, front, clip, faces, neighbours)
                         # The contour often belongs to a thin rim face that covers no pixel
                         # centre: look one ring further, across T's edges.
                         for k in ti.static(range(3)):
                             n = neighbours[t, k]
                             if e[0] < 0 and n >= 0:
-                                e = self._edge_of(n, y, x, d, front, clip, faces, neighbours)
+                                if self.silhouette[n] != 0:
+                                    e = self._edge_of(n, y, x, d, front, clip, faces, neighbours)
                         if e[0] >= 0:
                             out = ti.Vector([front, e[0], e[1]])
                 self.edges[y, x, d] = out
 
-    def forward(self, triangle_id, depth, clip, faces, neighbours) -> None:
+    def forward(self, triangle_id, depth, clip, faces, neighbours, n_faces: int) -> None:
+        self._facing(clip, faces, n_faces)
+        self._classify(faces, neighbours, n_faces)
         self._detect(triangle_id, depth, clip, faces, neighbours)
