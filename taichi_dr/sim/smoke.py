@@ -166,24 +166,24 @@ class Smoke:
         """The step from slot s (control index t) as (forward, backward, args) triples."""
         dt = self.cfg.dt / self.substeps
         calls = []
-        quantities = [(self.density, -1, self.density, s + 1)]
-        quantities += [(v, c, self._vel_adv[c], 0) for c, v in enumerate(self.velocity)]
-        for q, (src, c, dst, ds) in enumerate(quantities):
-            if self._mc is None:
-                calls.append((self._advect, (src, c, s, dst, ds, dt)))
-            else:
-                hat, tilde = self._mc[q]
+        if self._mc is None:
+            ops = [(self._advect_all, self._advect_all_grad, (s, dt))]
+        else:
+            quantities = [(self.density, -1, self.density, s + 1)]
+            quantities += [(v, c, self._vel_adv[c], 0) for c, v in enumerate(self.velocity)]
+            for (src, c, dst, ds), (hat, tilde) in zip(quantities, self._mc):
                 calls.append((self._advect, (src, c, s, hat, s, dt)))
                 calls.append((self._advect, (hat, c, s, tilde, s, -dt)))
                 calls.append((self._maccormack, (src, c, s, dst, ds, hat, tilde, dt)))
+            ops = []
         if self._has_source:
             calls.append((self._add_source, (s, dt)))
         if self.cfg.buoyancy != 0 or self.force is not None:
             calls += [(self._add_forces, (c, s, t, dt)) for c in range(self.dim)]
         calls.append((self._divergence, ()))
-        ops = [(k, k.grad, args) for k, args in calls]
+        ops += [(k, k.grad, args) for k, args in calls]
         ops.append((self.solver.forward, self.solver.backward, ()))
-        ops += [(self._project, self._project.grad, (c, s)) for c in range(self.dim)]
+        ops.append((self._project, self._project.grad, (s,)))
         return ops
 
     def _step(self, s, t):
@@ -316,26 +316,48 @@ class Smoke:
         """Velocity of slot s at lattice point I of field c (-1: cell centres, else faces
         of component c): the stored value for component c, else the average of the 2 or 4
         nearest faces."""
-        return ti.Vector([self._vel_component(s, I, c, a) for a in ti.static(range(self.dim))])
+        return ti.Vector(
+            [self._vel_component(s, I, c, a, 0.0, False) for a in ti.static(range(self.dim))]
+        )
 
     @ti.func
-    def _vel_component(self, s, I, c: ti.template(), a: ti.template()):
+    def _backtrace(self, s, I, c: ti.template(), dt):
+        """Departure point of lattice point I of field c (cells) after dt along slot s."""
+        return I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
+
+    @ti.func
+    def _advect_adjoint(self, src: ti.template(), c: ti.template(), s, I, dt, g):
+        """Adjoint of ``sample(src, s, _backtrace(s, I, c, dt), c)`` for output gradient g:
+        scatters into ``src.grad`` and ``velocity[·].grad`` of slot s."""
+        dpos = self.grid.sample_adjoint(src, s, self._backtrace(s, I, c, dt), c, g)
+        for a in ti.static(range(self.dim)):
+            self._vel_component(s, I, c, a, -dt * dpos[a], True)
+
+    @ti.func
+    def _vel_component(self, s, I, c: ti.template(), a: ti.template(), g, adjoint: ti.template()):
+        """Component a of :meth:`_vel_at_point`; with ``adjoint`` also adds its adjoint for
+        output gradient ``g`` to ``velocity[a].grad`` (atomically)."""
         v = 0.0
         e = ti.Vector.unit(self.dim, a, ti.i32)
         if ti.static(a == c):
-            v = self.velocity[a][s, I]
+            v = self._tap(a, s, I, 1.0, g, adjoint)
         elif ti.static(c < 0):
-            v = 0.5 * (self.velocity[a][s, I] + self.velocity[a][s, self.grid.wrap(I + e, a)])
+            v = self._tap(a, s, I, 0.5, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(I + e, a), 0.5, g, adjoint)
         else:
             ec = ti.Vector.unit(self.dim, c, ti.i32)
             lo, hi = self._cell_clamped(I - ec, c), self._cell_clamped(I, c)
-            v = 0.25 * (
-                self.velocity[a][s, lo]
-                + self.velocity[a][s, self.grid.wrap(lo + e, a)]
-                + self.velocity[a][s, hi]
-                + self.velocity[a][s, self.grid.wrap(hi + e, a)]
-            )
+            v = self._tap(a, s, lo, 0.25, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(lo + e, a), 0.25, g, adjoint)
+            v += self._tap(a, s, hi, 0.25, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(hi + e, a), 0.25, g, adjoint)
         return v
+
+    @ti.func
+    def _tap(self, a: ti.template(), s, J, w, g, adjoint: ti.template()):
+        if ti.static(adjoint):
+            ti.atomic_add(self.velocity[a].grad[s, J], w * g)
+        return w * self.velocity[a][s, J]
 
     @ti.func
     def _cell_clamped(self, I, a: ti.template()):
@@ -384,8 +406,34 @@ class Smoke:
     ):
         """dst[ds] = src[s] sampled at each point traced back by dt along velocity slot s."""
         for I in ti.grouped(ti.ndrange(*(dst.shape[1:]))):
-            pos = I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
-            dst[ds, I] = self.grid.sample(src, s, pos, c)
+            dst[ds, I] = self.grid.sample(src, s, self._backtrace(s, I, c, dt), c)
+
+    @ti.kernel
+    def _advect_all(self, s: ti.i32, dt: float):
+        """Semi-Lagrangian step of density (slot s → s + 1) and velocity (→ _vel_adv)."""
+        for I in ti.grouped(self.init_density):
+            self.density[s + 1, I] = self.grid.sample(
+                self.density, s, self._backtrace(s, I, -1, dt), -1
+            )
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self.init_velocity[c]):
+                self._vel_adv[c][0, I] = self.grid.sample(
+                    self.velocity[c], s, self._backtrace(s, I, c, dt), c
+                )
+
+    @ti.kernel
+    def _advect_all_grad(self, s: ti.i32, dt: float):
+        """Hand-written adjoint of :meth:`_advect_all` (one scatter pass); consumes the
+        outputs' gradients (they are overwritten values)."""
+        for I in ti.grouped(self.init_density):
+            g = self.density.grad[s + 1, I]
+            self.density.grad[s + 1, I] = 0.0
+            self._advect_adjoint(self.density, -1, s, I, dt, g)
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self.init_velocity[c]):
+                g = self._vel_adv[c].grad[0, I]
+                self._vel_adv[c].grad[0, I] = 0.0
+                self._advect_adjoint(self.velocity[c], c, s, I, dt, g)
 
     @ti.kernel
     def _maccormack(
@@ -402,8 +450,7 @@ class Smoke:
         """dst = hat + (src − tilde) / 2, falling back to hat outside the range of the
         samples hat was interpolated from (Selle et al. 2008)."""
         for I in ti.grouped(ti.ndrange(*(dst.shape[1:]))):
-            pos = I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
-            lo, hi = self.grid.sample_range(src, s, pos, c)
+            lo, hi = self.grid.sample_range(src, s, self._backtrace(s, I, c, dt), c)
             x = hat[s, I] + 0.5 * (src[s, I] - tilde[s, I])
             dst[ds, I] = ti.select((x < lo) | (x > hi), hat[s, I], x)
 
@@ -431,14 +478,18 @@ class Smoke:
             self.solver.rhs[I] = -self._div_at(self._vel_adv, 0, I)
 
     @ti.kernel
-    def _project(self, c: ti.template(), s: ti.i32):
-        for I in ti.grouped(ti.ndrange(*ti.static(self.grid.face_shape(c)))):
-            e = ti.Vector.unit(self.dim, c, ti.i32)
-            lo, hi = self.grid.wrap(I - e, c), self.grid.wrap(I, c)
-            p_lo = ti.select(self.grid.inside(lo, c), self.solver.p[self._cell_clamped(lo, c)], 0.0)
-            p_hi = ti.select(self.grid.inside(hi, c), self.solver.p[self._cell_clamped(hi, c)], 0.0)
-            u = self._vel_adv[c][0, I] - (p_hi - p_lo)
-            self.velocity[c][s + 1, I] = ti.select(self.grid.is_wall(c, I), 0.0, u)
+    def _project(self, s: ti.i32):
+        """velocity[s + 1] = _vel_adv − ∇p (0 on closed walls)."""
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self.init_velocity[c]):
+                e = ti.Vector.unit(self.dim, c, ti.i32)
+                lo, hi = self.grid.wrap(I - e, c), self.grid.wrap(I, c)
+                p_lo = self.solver.p[self._cell_clamped(lo, c)]
+                p_hi = self.solver.p[self._cell_clamped(hi, c)]
+                p_lo = ti.select(self.grid.inside(lo, c), p_lo, 0.0)
+                p_hi = ti.select(self.grid.inside(hi, c), p_hi, 0.0)
+                u = self._vel_adv[c][0, I] - (p_hi - p_lo)
+                self.velocity[c][s + 1, I] = ti.select(self.grid.is_wall(c, I), 0.0, u)
 
     # ---- kernels (bookkeeping) --------------------------------------------------------------
     @ti.kernel
