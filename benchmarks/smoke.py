@@ -4,7 +4,7 @@
 
 Every case runs in a fresh subprocess (f32) so that its peak resident memory (ru_maxrss,
 including Taichi's own ~100 MB runtime) is its own; times exclude compilation (one warm-up
-rollout first). Prints tables.
+rollout first) and are medians of 3 runs (the machine may be shared). Prints tables.
 """
 
 import argparse
@@ -26,6 +26,7 @@ def _case(spec: dict) -> dict:
 
     taichi_dr.init(spec.pop("arch"), "f32")
     kind = spec.pop("kind")
+    repeats = spec.pop("repeats", 3)
     rng = np.random.default_rng(0)
     if kind == "solver":
         return _solver_case(spec, rng)
@@ -43,19 +44,17 @@ def _case(spec: dict) -> dict:
         sim.zero_grad()
         sim.backward()
 
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        ti.sync()
+        return time.perf_counter() - t0
+
     fwd_bwd()  # compile
     ti.sync()
-    t0 = time.perf_counter()
-    sim.forward()
-    ti.sync()
-    t_fwd = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fwd_bwd()
-    ti.sync()
-    t_all = time.perf_counter() - t0
     return {
-        "forward_s": t_fwd,
-        "forward_backward_s": t_all,
+        "forward_s": float(np.median([timed(sim.forward) for _ in range(repeats)])),
+        "forward_backward_s": float(np.median([timed(fwd_bwd) for _ in range(repeats)])),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rss_before_mb": rss0 / 1024,
         "field_mb": sim.field_bytes() / 2**20,

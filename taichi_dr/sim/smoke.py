@@ -125,6 +125,10 @@ class Smoke:
         self._mc = None
         if mc:
             self._mc = [(field((slots, *s)), field((slots, *s))) for s in [self.shape, *faces]]
+        # Float atomics are compare-and-swap loops on CPUs: with <= 2 threads the adjoint
+        # scatter runs about 2x faster serially (Taichi demotes its atomics to plain adds).
+        threads = ti.lang.impl.current_cfg().cpu_max_num_threads
+        self._serial_scatter = backend.current_arch() == "cpu" and threads <= 2
         self.substeps, self.micro_steps = 1, cfg.steps
         self._checkpoints = []
         self.solver_iterations = []
@@ -423,14 +427,16 @@ class Smoke:
 
     @ti.kernel
     def _advect_all_grad(self, s: ti.i32, dt: float):
-        """Hand-written adjoint of :meth:`_advect_all` (one scatter pass); consumes the
-        outputs' gradients (they are overwritten values)."""
-        for I in ti.grouped(self.init_density):
+        """Hand-written adjoint of :meth:`_advect_all` (one scatter pass, serial on small
+        CPUs); consumes the outputs' gradients (they are overwritten values)."""
+        ti.loop_config(serialize=self._serial_scatter)
+        for I in ti.grouped(ti.ndrange(*self.shape)):
             g = self.density.grad[s + 1, I]
             self.density.grad[s + 1, I] = 0.0
             self._advect_adjoint(self.density, -1, s, I, dt, g)
         for c in ti.static(range(self.dim)):
-            for I in ti.grouped(self.init_velocity[c]):
+            ti.loop_config(serialize=self._serial_scatter)
+            for I in ti.grouped(ti.ndrange(*self.grid.face_shape(c))):
                 g = self._vel_adv[c].grad[0, I]
                 self._vel_adv[c].grad[0, I] = 0.0
                 self._advect_adjoint(self.velocity[c], c, s, I, dt, g)
