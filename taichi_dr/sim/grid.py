@@ -98,15 +98,24 @@ class MacGrid:
 
     @ti.func
     def wrap(self, I, a: ti.template()):
-        """Cell index ``I`` with axis ``a`` wrapped when that axis is periodic."""
+        """Cell index ``I`` with axis ``a`` wrapped when that axis is periodic
+        (``I[a]`` at most one period out of range: in [−n, 2n))."""
         J = I
         if ti.static(self.periodic[a]):
-            J[a] = J[a] % self.shape[a]
+            n = ti.static(self.shape[a])
+            if ti.static(n & (n - 1) == 0):
+                J[a] = J[a] & (n - 1)
+            else:
+                J[a] = ti.select(J[a] < 0, J[a] + n, ti.select(J[a] >= n, J[a] - n, J[a]))
         return J
 
     @ti.func
     def inside(self, I, a: ti.template()):
-        return 0 <= I[a] < self.shape[a]
+        """``I[a]`` in range (always, on a periodic axis: wrap first)."""
+        ok = True
+        if ti.static(not self.periodic[a]):
+            ok = 0 <= I[a] < self.shape[a]
+        return ok
 
     @ti.func
     def _locate(self, pos, c: ti.template()):
