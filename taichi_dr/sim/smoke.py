@@ -118,6 +118,7 @@ class Smoke:
         self.out_density = field(self.shape)
         self.out_velocity = [field(f) for f in faces]
         self._vel_adv = [field((1, *f)) for f in faces]  # advected velocity (scratch)
+        self._vel_grad = [v.grad for v in self.velocity]
         self.force = [field((cfg.steps, *f)) for f in faces] if cfg.controls else None
         self.source = ti.field(real, self.shape)
         self._has_source = False
@@ -184,10 +185,8 @@ class Smoke:
             calls.append((self._add_source, (s, dt)))
         if self.cfg.buoyancy != 0 or self.force is not None:
             calls += [(self._add_forces, (c, s, t, dt)) for c in range(self.dim)]
-        calls.append((self._divergence, ()))
         ops += [(k, k.grad, args) for k, args in calls]
-        ops.append((self.solver.forward, self.solver.backward, ()))
-        ops.append((self._project, self._project.grad, (s,)))
+        ops.append((self._projection, self._projection_adjoint, (s,)))
         return ops
 
     def _step(self, s, t):
@@ -195,9 +194,23 @@ class Smoke:
             fn(*args)
 
     def _step_grad(self, s, t):
-        self._zero_step_grads()
         for _, grad, args in reversed(self._ops(s, t)):
             grad(*args)
+
+    def _projection(self, s):
+        """velocity[s + 1] = P(_vel_adv): remove the divergence (rhs = −div, p = S(rhs),
+        subtract ∇p). With the wall mask M, P = M (I + G S D) M."""
+        self._divergence(False, s)
+        self.solver.forward()
+        self._project(False, s)
+
+    def _projection_adjoint(self, s):
+        """_vel_adv.grad = P(velocity.grad[s + 1]), consuming velocity.grad[s + 1]: P is
+        self-adjoint (D^T = −G, S is symmetric, M diagonal), so its adjoint is the same
+        divergence, solve (on rhs.grad → p.grad) and gradient subtraction."""
+        self._divergence(True, s)
+        self.solver.solve(self.solver.rhs.grad, self.solver.p.grad)
+        self._project(True, s)
 
     # ---- rollout -------------------------------------------------------------------------
     def forward(self, on_step=None):
@@ -479,34 +492,35 @@ class Smoke:
             self._vel_adv[c][0, I] += dt * f
 
     @ti.kernel
-    def _divergence(self):
+    def _divergence(self, adjoint: ti.template(), s: ti.i32):
+        """rhs = −div _vel_adv; adjoint: rhs.grad = −div velocity.grad[s + 1]."""
         for I in ti.grouped(self.solver.rhs):
-            self.solver.rhs[I] = -self._div_at(self._vel_adv, 0, I)
+            if ti.static(adjoint):
+                self.solver.rhs.grad[I] = -self._div_at(self._vel_grad, s + 1, I)
+            else:
+                self.solver.rhs[I] = -self._div_at(self._vel_adv, 0, I)
 
     @ti.kernel
-    def _project(self, s: ti.i32):
-        """velocity[s + 1] = _vel_adv − ∇p (0 on closed walls)."""
+    def _project(self, adjoint: ti.template(), s: ti.i32):
+        """velocity[s + 1] = _vel_adv − ∇p (0 on closed walls); adjoint: _vel_adv.grad =
+        velocity.grad[s + 1] − ∇p.grad (0 on walls), zeroing velocity.grad[s + 1]."""
+        p = ti.static((self.solver.p, self.solver.p.grad)[adjoint])
         for c in ti.static(range(self.dim)):
             for I in ti.grouped(self.init_velocity[c]):
                 e = ti.Vector.unit(self.dim, c, ti.i32)
                 lo, hi = self.grid.wrap(I - e, c), self.grid.wrap(I, c)
-                p_lo = self.solver.p[self._cell_clamped(lo, c)]
-                p_hi = self.solver.p[self._cell_clamped(hi, c)]
-                p_lo = ti.select(self.grid.inside(lo, c), p_lo, 0.0)
-                p_hi = ti.select(self.grid.inside(hi, c), p_hi, 0.0)
-                u = self._vel_adv[c][0, I] - (p_hi - p_lo)
-                self.velocity[c][s + 1, I] = ti.select(self.grid.is_wall(c, I), 0.0, u)
+                p_lo = ti.select(self.grid.inside(lo, c), p[self._cell_clamped(lo, c)], 0.0)
+                p_hi = ti.select(self.grid.inside(hi, c), p[self._cell_clamped(hi, c)], 0.0)
+                wall = self.grid.is_wall(c, I)
+                if ti.static(adjoint):
+                    u = self.velocity[c].grad[s + 1, I] - (p_hi - p_lo)
+                    self.velocity[c].grad[s + 1, I] = 0.0
+                    self._vel_adv[c].grad[0, I] = ti.select(wall, 0.0, u)
+                else:
+                    u = self._vel_adv[c][0, I] - (p_hi - p_lo)
+                    self.velocity[c][s + 1, I] = ti.select(wall, 0.0, u)
 
     # ---- kernels (bookkeeping) --------------------------------------------------------------
-    @ti.kernel
-    def _zero_step_grads(self):
-        for I in ti.grouped(self.solver.p):
-            self.solver.p.grad[I] = 0.0
-            self.solver.rhs.grad[I] = 0.0
-        for c in ti.static(range(self.dim)):
-            for I in ti.grouped(self._vel_adv[c]):
-                self._vel_adv[c].grad[I] = 0.0
-
     @ti.kernel
     def _max_speed(self) -> ti.f64:
         m = 0.0
