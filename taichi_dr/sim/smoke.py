@@ -310,16 +310,13 @@ class Smoke:
             f.grad.fill(0)
 
     def _carry_grads(self, k):
-        for f in self._state():
-            self._copy_slot(f.grad, 0, k)
-        for f in self._state():
-            self._zero_slots(f.grad, k)
+        self._move_grads(k)
         for pair in self._mc or []:
             for f in pair:
                 f.grad.fill(0)
 
     def _check_finite(self, upto, m0):
-        bad = min(self._first_nonfinite(f, upto) for f in self._state())
+        bad = self._first_nonfinite(upto)
         if bad <= upto:
             step = (m0 + bad - 1) // self.substeps + 1
             raise UserError(
@@ -537,12 +534,13 @@ class Smoke:
         return m
 
     @ti.kernel
-    def _first_nonfinite(self, f: ti.template(), upto: ti.i32) -> ti.i32:
-        """Smallest slot ≤ upto holding a NaN/inf in f (upto + 1 if none)."""
+    def _first_nonfinite(self, upto: ti.i32) -> ti.i32:
+        """Smallest ring slot ≤ upto holding a NaN/inf in the state (upto + 1 if none)."""
         first = upto + 1
-        for I in ti.grouped(ti.ndrange(upto + 1, *f.shape[1:])):
-            if not ti.abs(f[I]) < 1e30:
-                ti.atomic_min(first, I[0])
+        for f in ti.static(self._state()):
+            for I in ti.grouped(ti.ndrange(upto + 1, *f.shape[1:])):
+                if not ti.abs(f[I]) < 1e30:
+                    ti.atomic_min(first, I[0])
         return first
 
     @ti.kernel
@@ -554,14 +552,13 @@ class Smoke:
                 self.velocity[c][0, I] = self.velocity[c][k, I]
 
     @ti.kernel
-    def _copy_slot(self, f: ti.template(), src: ti.i32, dst: ti.i32):
-        for I in ti.grouped(ti.ndrange(*f.shape[1:])):
-            f[dst, I] = f[src, I]
-
-    @ti.kernel
-    def _zero_slots(self, f: ti.template(), upto: ti.i32):
-        for I in ti.grouped(ti.ndrange(upto, *f.shape[1:])):
-            f[I] = 0.0
+    def _move_grads(self, k: ti.i32):
+        """State gradients: slot 0 → slot k, then slots 0 … k − 1 zeroed."""
+        for f in ti.static(self._state()):
+            for I in ti.grouped(ti.ndrange(*f.shape[1:])):
+                f.grad[k, I] = f.grad[0, I]
+            for I in ti.grouped(ti.ndrange(k, *f.shape[1:])):
+                f.grad[I] = 0.0
 
     @ti.kernel
     def _slot_to_array(self, f: ti.template(), s: ti.i32, a: ti.types.ndarray()):
