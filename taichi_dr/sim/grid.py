@@ -9,6 +9,7 @@ Each side of the box is ``closed`` (a solid wall: zero normal velocity, no press
 an axis together). A periodic axis stores ``n`` faces, any other axis ``n + 1``.
 """
 
+import itertools
 import os
 
 import taichi as ti
@@ -97,68 +98,112 @@ class MacGrid:
 
     @ti.func
     def wrap(self, I, a: ti.template()):
-        """Cell index ``I`` with axis ``a`` wrapped when that axis is periodic."""
+        """Cell index ``I`` with axis ``a`` wrapped when that axis is periodic
+        (``I[a]`` at most one period out of range: in [−n, 2n))."""
         J = I
         if ti.static(self.periodic[a]):
-            J[a] = J[a] % self.shape[a]
+            n = ti.static(self.shape[a])
+            if ti.static(n & (n - 1) == 0):
+                J[a] = J[a] & (n - 1)
+            else:
+                J[a] = ti.select(J[a] < 0, J[a] + n, ti.select(J[a] >= n, J[a] - n, J[a]))
         return J
 
     @ti.func
     def inside(self, I, a: ti.template()):
-        return 0 <= I[a] < self.shape[a]
+        """``I[a]`` in range (always, on a periodic axis: wrap first)."""
+        ok = True
+        if ti.static(not self.periodic[a]):
+            ok = 0 <= I[a] < self.shape[a]
+        return ok
 
     @ti.func
     def _locate(self, pos, c: ti.template()):
-        """Base index and fractional position of ``pos`` in the lattice of field ``c``
-        (clamped at non-periodic sides)."""
+        """Base index, fractional position and d(frac)/d(pos) (1, or 0 where clamped) of
+        ``pos`` in the lattice of field ``c``: clamped at non-periodic sides, the base
+        wrapped into range at periodic ones (its +1 neighbour may still need a wrap)."""
         g = pos - ti.Vector(ti.static(self.offset(c)))
         base = ti.Vector.zero(ti.i32, self.dim)
         frac = g * 0.0
+        slope = g * 0.0
         for a in ti.static(range(self.dim)):
+            n = ti.static(self._extent(c, a))
             if ti.static(self.periodic[a]):
                 fl = ti.floor(g[a])
-                base[a] = ti.cast(fl, ti.i32)
+                b = ti.cast(fl, ti.i32)
+                if ti.static(n & (n - 1) == 0):
+                    base[a] = b & (n - 1)
+                else:
+                    base[a] = b % n
                 frac[a] = g[a] - fl
+                slope[a] = 1.0
             else:
-                n = ti.static(self._extent(c, a))
                 x = ti.math.clamp(g[a], 0.0, n - 1.0)
                 b = ti.min(ti.cast(x, ti.i32), n - 2)
                 base[a] = b
                 frac[a] = x - b
-        return base, frac
+                slope[a] = ti.select((g[a] > 0.0) & (g[a] < n - 1.0), 1.0, 0.0)
+        return base, frac, slope
 
     def _extent(self, c: int, a: int) -> int:
         return self.face_shape(c)[a] if c >= 0 else self.shape[a]
 
     @ti.func
-    def _corner(self, base, corner, c: ti.template()):
-        idx = base + corner
+    def _corner(self, base, corner: ti.template(), c: ti.template()):
+        """Index of ``corner`` (0/1 per axis) of the cell at the wrapped ``base``."""
+        idx = base + ti.Vector(corner, ti.i32)
         for a in ti.static(range(self.dim)):
             if ti.static(self.periodic[a]):
-                idx[a] = idx[a] % ti.static(self._extent(c, a))
+                n = ti.static(self._extent(c, a))
+                idx[a] = ti.select(idx[a] == n, 0, idx[a])
         return idx
+
+    @ti.func
+    def _weight(self, frac, corner: ti.template(), skip: ti.template()):
+        """Product over axes (except ``skip``) of the linear weights of ``corner``."""
+        w = 1.0
+        for a in ti.static(range(self.dim)):
+            if ti.static(a != skip):
+                if ti.static(corner[a]):
+                    w *= frac[a]
+                else:
+                    w *= 1.0 - frac[a]
+        return w
 
     @ti.func
     def sample(self, f: ti.template(), s, pos, c: ti.template()):
         """(Bi/tri)linear sample of slot ``s`` of field ``f`` (indexed ``f[s, I]``; cells for
         c = -1, else faces of component c) at ``pos`` (cells). Clamped at non-periodic sides,
         wrapped at periodic ones."""
-        base, frac = self._locate(pos, c)
+        base, frac, _ = self._locate(pos, c)
         result = 0.0
-        for corner in ti.static(ti.grouped(ti.ndrange(*([2] * self.dim)))):
-            w = 1.0
-            for a in ti.static(range(self.dim)):
-                w *= frac[a] * corner[a] + (1.0 - frac[a]) * (1 - corner[a])
-            result += w * f[s, self._corner(base, corner, c)]
+        for corner in ti.static(self._corners()):
+            result += self._weight(frac, corner, -1) * f[s, self._corner(base, corner, c)]
         return result
+
+    @ti.func
+    def sample_adjoint(self, f: ti.template(), s, pos, c: ti.template(), g):
+        """Adjoint of :meth:`sample` for output gradient ``g``: adds the weights × g to
+        ``f.grad`` (atomically) and returns d(sample)/d(pos) × g."""
+        base, frac, slope = self._locate(pos, c)
+        dpos = slope * 0.0
+        for corner in ti.static(self._corners()):
+            idx = self._corner(base, corner, c)
+            ti.atomic_add(f.grad[s, idx], self._weight(frac, corner, -1) * g)
+            v = f[s, idx]
+            for a in ti.static(range(self.dim)):
+                dpos[a] += (2.0 * corner[a] - 1.0) * v * self._weight(frac, corner, a)
+        return dpos * slope * g
+
+    def _corners(self):
+        return [tuple(k) for k in itertools.product((0, 1), repeat=self.dim)]
 
     @ti.func
     def sample_range(self, f: ti.template(), s, pos, c: ti.template()):
         """(min, max) of the values :meth:`sample` interpolates between."""
-        base, _ = self._locate(pos, c)
-        v0 = f[s, self._corner(base, ti.Vector.zero(ti.i32, self.dim), c)]
-        lo, hi = v0, v0
-        for corner in ti.static(ti.grouped(ti.ndrange(*([2] * self.dim)))):
+        base, _, _ = self._locate(pos, c)
+        lo, hi = f[s, base], f[s, base]
+        for corner in ti.static(self._corners()):
             v = f[s, self._corner(base, corner, c)]
             lo = ti.select(v < lo, v, lo)
             hi = ti.select(v > hi, v, hi)

@@ -4,8 +4,8 @@ Solves ``A p = rhs`` with ``A = −∇²`` (5/7-point stencil; no coupling acros
 ``p = 0`` beyond open sides, wrap-around on periodic axes). Both solvers are *linear and
 symmetric* maps ``S: rhs → p`` — Jacobi from ``p = 0`` with a fixed sweep count is the polynomial
 ``Σ_k (D⁻¹N)^k D⁻¹`` in a symmetric matrix, CG to a tight tolerance is ``A⁺`` — so the adjoint
-of the solve is the same solve applied to the output gradient: ``rhs.grad += S(p.grad)``.
-That is what :meth:`backward` does (a hand-written adjoint; no solver iterate is stored).
+of the solve is the same solve applied to the output gradient (``solve(p.grad, rhs.grad)``;
+no solver iterate is stored).
 With no open side ``A`` is singular (constants): CG then works on mean-free vectors.
 """
 
@@ -21,7 +21,8 @@ METHODS = ("jacobi", "cg")
 class PressureSolver:
     """Owns ``rhs`` and ``p`` (cell fields with gradients) and its scratch vectors.
 
-    ``forward()`` sets ``p = S(rhs)``; ``backward()`` adds ``S(p.grad)`` to ``rhs.grad``.
+    ``forward()`` sets ``p = S(rhs)``; ``solve(src, x)`` sets ``x = S(src)`` for any pair of
+    cell fields (e.g. gradients, for the adjoint).
     After each solve ``iterations`` and ``residual`` (max |rhs − A p|, which equals the
     divergence left after projection) describe the last call."""
 
@@ -40,18 +41,20 @@ class PressureSolver:
         self.rhs = ti.field(real, shape, needs_grad=True)
         self.p = ti.field(real, shape, needs_grad=True)
         self._diag = ti.field(real, shape)
-        self._tmp, self._r, self._d, self._q = (ti.field(real, shape) for _ in range(4))
+        self._r, self._d, self._q = (ti.field(real, shape) for _ in range(3))
         self._rmax = ti.field(real, ())
         self.iterations, self.residual = 0, float("nan")
         self._init_diag()
 
     # ---- public -------------------------------------------------------------------------
     def forward(self):
-        self._solve(self.rhs, self.p)
+        self.solve(self.rhs, self.p)
 
-    def backward(self):
-        self._solve(self.p.grad, self._tmp)
-        self._accumulate(self.rhs.grad, self._tmp)
+    def solve(self, src, x):
+        if self.method == "jacobi":
+            self._jacobi(src, x)
+        else:
+            self._cg(src, x)
 
     # ---- stencil helpers ------------------------------------------------------------------
     @ti.func
@@ -60,14 +63,10 @@ class PressureSolver:
         total = 0.0
         for a in ti.static(range(self.grid.dim)):
             e = ti.Vector.unit(self.grid.dim, a, ti.i32)
-            if not self.grid.is_wall(a, I):
-                J = self.grid.wrap(I - e, a)
+            for d in ti.static((-1, 1)):
+                J = I + d * e  # outside a closed side is behind a wall: no is_wall test
                 if self.grid.inside(J, a):
-                    total += x[J]
-            if not self.grid.is_wall(a, I + e):
-                J = self.grid.wrap(I + e, a)
-                if self.grid.inside(J, a):
-                    total += x[J]
+                    total += x[self.grid.wrap(J, a)]
         return total
 
     @ti.kernel
@@ -172,18 +171,7 @@ class PressureSolver:
             ti.atomic_max(m, ti.abs(r))
         return m
 
-    @ti.kernel
-    def _accumulate(self, dst: ti.template(), src: ti.template()):
-        for I in ti.grouped(dst):
-            dst[I] += src[I]
-
     # ---- drivers --------------------------------------------------------------------------
-    def _solve(self, src, x):
-        if self.method == "jacobi":
-            self._jacobi(src, x)
-        else:
-            self._cg(src, x)
-
     def _jacobi(self, src, x):
         if self.iters <= 16:  # one launch, sweeps unrolled at compile time
             self._jacobi_run(src, x)

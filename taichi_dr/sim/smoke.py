@@ -118,6 +118,7 @@ class Smoke:
         self.out_density = field(self.shape)
         self.out_velocity = [field(f) for f in faces]
         self._vel_adv = [field((1, *f)) for f in faces]  # advected velocity (scratch)
+        self._vel_grad = [v.grad for v in self.velocity]
         self.force = [field((cfg.steps, *f)) for f in faces] if cfg.controls else None
         self.source = ti.field(real, self.shape)
         self._has_source = False
@@ -125,6 +126,10 @@ class Smoke:
         self._mc = None
         if mc:
             self._mc = [(field((slots, *s)), field((slots, *s))) for s in [self.shape, *faces]]
+        # Float atomics are compare-and-swap loops on CPUs: with <= 2 threads the adjoint
+        # scatter runs about 2x faster serially (Taichi demotes its atomics to plain adds).
+        threads = ti.lang.impl.current_cfg().cpu_max_num_threads
+        self._serial_scatter = backend.current_arch() == "cpu" and threads <= 2
         self.substeps, self.micro_steps = 1, cfg.steps
         self._checkpoints = []
         self.solver_iterations = []
@@ -166,24 +171,22 @@ class Smoke:
         """The step from slot s (control index t) as (forward, backward, args) triples."""
         dt = self.cfg.dt / self.substeps
         calls = []
-        quantities = [(self.density, -1, self.density, s + 1)]
-        quantities += [(v, c, self._vel_adv[c], 0) for c, v in enumerate(self.velocity)]
-        for q, (src, c, dst, ds) in enumerate(quantities):
-            if self._mc is None:
-                calls.append((self._advect, (src, c, s, dst, ds, dt)))
-            else:
-                hat, tilde = self._mc[q]
+        if self._mc is None:
+            ops = [(self._advect_all, self._advect_all_grad, (s, dt))]
+        else:
+            quantities = [(self.density, -1, self.density, s + 1)]
+            quantities += [(v, c, self._vel_adv[c], 0) for c, v in enumerate(self.velocity)]
+            for (src, c, dst, ds), (hat, tilde) in zip(quantities, self._mc):
                 calls.append((self._advect, (src, c, s, hat, s, dt)))
                 calls.append((self._advect, (hat, c, s, tilde, s, -dt)))
                 calls.append((self._maccormack, (src, c, s, dst, ds, hat, tilde, dt)))
+            ops = []
         if self._has_source:
             calls.append((self._add_source, (s, dt)))
         if self.cfg.buoyancy != 0 or self.force is not None:
             calls += [(self._add_forces, (c, s, t, dt)) for c in range(self.dim)]
-        calls.append((self._divergence, ()))
-        ops = [(k, k.grad, args) for k, args in calls]
-        ops.append((self.solver.forward, self.solver.backward, ()))
-        ops += [(self._project, self._project.grad, (c, s)) for c in range(self.dim)]
+        ops += [(k, k.grad, args) for k, args in calls]
+        ops.append((self._projection, self._projection_adjoint, (s,)))
         return ops
 
     def _step(self, s, t):
@@ -191,9 +194,23 @@ class Smoke:
             fn(*args)
 
     def _step_grad(self, s, t):
-        self._zero_step_grads()
         for _, grad, args in reversed(self._ops(s, t)):
             grad(*args)
+
+    def _projection(self, s):
+        """velocity[s + 1] = P(_vel_adv): remove the divergence (rhs = −div, p = S(rhs),
+        subtract ∇p). With the wall mask M, P = M (I + G S D) M."""
+        self._divergence(False, s)
+        self.solver.forward()
+        self._project(False, s)
+
+    def _projection_adjoint(self, s):
+        """_vel_adv.grad = P(velocity.grad[s + 1]), consuming velocity.grad[s + 1]: P is
+        self-adjoint (D^T = −G, S is symmetric, M diagonal), so its adjoint is the same
+        divergence, solve (on rhs.grad → p.grad) and gradient subtraction."""
+        self._divergence(True, s)
+        self.solver.solve(self.solver.rhs.grad, self.solver.p.grad)
+        self._project(True, s)
 
     # ---- rollout -------------------------------------------------------------------------
     def forward(self, on_step=None):
@@ -293,16 +310,13 @@ class Smoke:
             f.grad.fill(0)
 
     def _carry_grads(self, k):
-        for f in self._state():
-            self._copy_slot(f.grad, 0, k)
-        for f in self._state():
-            self._zero_slots(f.grad, k)
+        self._move_grads(k)
         for pair in self._mc or []:
             for f in pair:
                 f.grad.fill(0)
 
     def _check_finite(self, upto, m0):
-        bad = min(self._first_nonfinite(f, upto) for f in self._state())
+        bad = self._first_nonfinite(upto)
         if bad <= upto:
             step = (m0 + bad - 1) // self.substeps + 1
             raise UserError(
@@ -316,26 +330,48 @@ class Smoke:
         """Velocity of slot s at lattice point I of field c (-1: cell centres, else faces
         of component c): the stored value for component c, else the average of the 2 or 4
         nearest faces."""
-        return ti.Vector([self._vel_component(s, I, c, a) for a in ti.static(range(self.dim))])
+        return ti.Vector(
+            [self._vel_component(s, I, c, a, 0.0, False) for a in ti.static(range(self.dim))]
+        )
 
     @ti.func
-    def _vel_component(self, s, I, c: ti.template(), a: ti.template()):
+    def _backtrace(self, s, I, c: ti.template(), dt):
+        """Departure point of lattice point I of field c (cells) after dt along slot s."""
+        return I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
+
+    @ti.func
+    def _advect_adjoint(self, src: ti.template(), c: ti.template(), s, I, dt, g):
+        """Adjoint of ``sample(src, s, _backtrace(s, I, c, dt), c)`` for output gradient g:
+        scatters into ``src.grad`` and ``velocity[·].grad`` of slot s."""
+        dpos = self.grid.sample_adjoint(src, s, self._backtrace(s, I, c, dt), c, g)
+        for a in ti.static(range(self.dim)):
+            self._vel_component(s, I, c, a, -dt * dpos[a], True)
+
+    @ti.func
+    def _vel_component(self, s, I, c: ti.template(), a: ti.template(), g, adjoint: ti.template()):
+        """Component a of :meth:`_vel_at_point`; with ``adjoint`` also adds its adjoint for
+        output gradient ``g`` to ``velocity[a].grad`` (atomically)."""
         v = 0.0
         e = ti.Vector.unit(self.dim, a, ti.i32)
         if ti.static(a == c):
-            v = self.velocity[a][s, I]
+            v = self._tap(a, s, I, 1.0, g, adjoint)
         elif ti.static(c < 0):
-            v = 0.5 * (self.velocity[a][s, I] + self.velocity[a][s, self.grid.wrap(I + e, a)])
+            v = self._tap(a, s, I, 0.5, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(I + e, a), 0.5, g, adjoint)
         else:
             ec = ti.Vector.unit(self.dim, c, ti.i32)
             lo, hi = self._cell_clamped(I - ec, c), self._cell_clamped(I, c)
-            v = 0.25 * (
-                self.velocity[a][s, lo]
-                + self.velocity[a][s, self.grid.wrap(lo + e, a)]
-                + self.velocity[a][s, hi]
-                + self.velocity[a][s, self.grid.wrap(hi + e, a)]
-            )
+            v = self._tap(a, s, lo, 0.25, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(lo + e, a), 0.25, g, adjoint)
+            v += self._tap(a, s, hi, 0.25, g, adjoint)
+            v += self._tap(a, s, self.grid.wrap(hi + e, a), 0.25, g, adjoint)
         return v
+
+    @ti.func
+    def _tap(self, a: ti.template(), s, J, w, g, adjoint: ti.template()):
+        if ti.static(adjoint):
+            ti.atomic_add(self.velocity[a].grad[s, J], w * g)
+        return w * self.velocity[a][s, J]
 
     @ti.func
     def _cell_clamped(self, I, a: ti.template()):
@@ -384,8 +420,36 @@ class Smoke:
     ):
         """dst[ds] = src[s] sampled at each point traced back by dt along velocity slot s."""
         for I in ti.grouped(ti.ndrange(*(dst.shape[1:]))):
-            pos = I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
-            dst[ds, I] = self.grid.sample(src, s, pos, c)
+            dst[ds, I] = self.grid.sample(src, s, self._backtrace(s, I, c, dt), c)
+
+    @ti.kernel
+    def _advect_all(self, s: ti.i32, dt: float):
+        """Semi-Lagrangian step of density (slot s → s + 1) and velocity (→ _vel_adv)."""
+        for I in ti.grouped(self.init_density):
+            self.density[s + 1, I] = self.grid.sample(
+                self.density, s, self._backtrace(s, I, -1, dt), -1
+            )
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self.init_velocity[c]):
+                self._vel_adv[c][0, I] = self.grid.sample(
+                    self.velocity[c], s, self._backtrace(s, I, c, dt), c
+                )
+
+    @ti.kernel
+    def _advect_all_grad(self, s: ti.i32, dt: float):
+        """Hand-written adjoint of :meth:`_advect_all` (one scatter pass, serial on small
+        CPUs); consumes the outputs' gradients (they are overwritten values)."""
+        ti.loop_config(serialize=self._serial_scatter)
+        for I in ti.grouped(ti.ndrange(*self.shape)):
+            g = self.density.grad[s + 1, I]
+            self.density.grad[s + 1, I] = 0.0
+            self._advect_adjoint(self.density, -1, s, I, dt, g)
+        for c in ti.static(range(self.dim)):
+            ti.loop_config(serialize=self._serial_scatter)
+            for I in ti.grouped(ti.ndrange(*self.grid.face_shape(c))):
+                g = self._vel_adv[c].grad[0, I]
+                self._vel_adv[c].grad[0, I] = 0.0
+                self._advect_adjoint(self.velocity[c], c, s, I, dt, g)
 
     @ti.kernel
     def _maccormack(
@@ -402,8 +466,7 @@ class Smoke:
         """dst = hat + (src − tilde) / 2, falling back to hat outside the range of the
         samples hat was interpolated from (Selle et al. 2008)."""
         for I in ti.grouped(ti.ndrange(*(dst.shape[1:]))):
-            pos = I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
-            lo, hi = self.grid.sample_range(src, s, pos, c)
+            lo, hi = self.grid.sample_range(src, s, self._backtrace(s, I, c, dt), c)
             x = hat[s, I] + 0.5 * (src[s, I] - tilde[s, I])
             dst[ds, I] = ti.select((x < lo) | (x > hi), hat[s, I], x)
 
@@ -426,30 +489,35 @@ class Smoke:
             self._vel_adv[c][0, I] += dt * f
 
     @ti.kernel
-    def _divergence(self):
+    def _divergence(self, adjoint: ti.template(), s: ti.i32):
+        """rhs = −div _vel_adv; adjoint: rhs.grad = −div velocity.grad[s + 1]."""
         for I in ti.grouped(self.solver.rhs):
-            self.solver.rhs[I] = -self._div_at(self._vel_adv, 0, I)
+            if ti.static(adjoint):
+                self.solver.rhs.grad[I] = -self._div_at(self._vel_grad, s + 1, I)
+            else:
+                self.solver.rhs[I] = -self._div_at(self._vel_adv, 0, I)
 
     @ti.kernel
-    def _project(self, c: ti.template(), s: ti.i32):
-        for I in ti.grouped(ti.ndrange(*ti.static(self.grid.face_shape(c)))):
-            e = ti.Vector.unit(self.dim, c, ti.i32)
-            lo, hi = self.grid.wrap(I - e, c), self.grid.wrap(I, c)
-            p_lo = ti.select(self.grid.inside(lo, c), self.solver.p[self._cell_clamped(lo, c)], 0.0)
-            p_hi = ti.select(self.grid.inside(hi, c), self.solver.p[self._cell_clamped(hi, c)], 0.0)
-            u = self._vel_adv[c][0, I] - (p_hi - p_lo)
-            self.velocity[c][s + 1, I] = ti.select(self.grid.is_wall(c, I), 0.0, u)
+    def _project(self, adjoint: ti.template(), s: ti.i32):
+        """velocity[s + 1] = _vel_adv − ∇p (0 on closed walls); adjoint: _vel_adv.grad =
+        velocity.grad[s + 1] − ∇p.grad (0 on walls), zeroing velocity.grad[s + 1]."""
+        p = ti.static((self.solver.p, self.solver.p.grad)[adjoint])
+        for c in ti.static(range(self.dim)):
+            for I in ti.grouped(self.init_velocity[c]):
+                e = ti.Vector.unit(self.dim, c, ti.i32)
+                lo, hi = self.grid.wrap(I - e, c), self.grid.wrap(I, c)
+                p_lo = ti.select(self.grid.inside(lo, c), p[self._cell_clamped(lo, c)], 0.0)
+                p_hi = ti.select(self.grid.inside(hi, c), p[self._cell_clamped(hi, c)], 0.0)
+                wall = self.grid.is_wall(c, I)
+                if ti.static(adjoint):
+                    u = self.velocity[c].grad[s + 1, I] - (p_hi - p_lo)
+                    self.velocity[c].grad[s + 1, I] = 0.0
+                    self._vel_adv[c].grad[0, I] = ti.select(wall, 0.0, u)
+                else:
+                    u = self._vel_adv[c][0, I] - (p_hi - p_lo)
+                    self.velocity[c][s + 1, I] = ti.select(wall, 0.0, u)
 
     # ---- kernels (bookkeeping) --------------------------------------------------------------
-    @ti.kernel
-    def _zero_step_grads(self):
-        for I in ti.grouped(self.solver.p):
-            self.solver.p.grad[I] = 0.0
-            self.solver.rhs.grad[I] = 0.0
-        for c in ti.static(range(self.dim)):
-            for I in ti.grouped(self._vel_adv[c]):
-                self._vel_adv[c].grad[I] = 0.0
-
     @ti.kernel
     def _max_speed(self) -> ti.f64:
         m = 0.0
@@ -466,12 +534,13 @@ class Smoke:
         return m
 
     @ti.kernel
-    def _first_nonfinite(self, f: ti.template(), upto: ti.i32) -> ti.i32:
-        """Smallest slot ≤ upto holding a NaN/inf in f (upto + 1 if none)."""
+    def _first_nonfinite(self, upto: ti.i32) -> ti.i32:
+        """Smallest ring slot ≤ upto holding a NaN/inf in the state (upto + 1 if none)."""
         first = upto + 1
-        for I in ti.grouped(ti.ndrange(upto + 1, *f.shape[1:])):
-            if not ti.abs(f[I]) < 1e30:
-                ti.atomic_min(first, I[0])
+        for f in ti.static(self._state()):
+            for I in ti.grouped(ti.ndrange(upto + 1, *f.shape[1:])):
+                if not ti.abs(f[I]) < 1e30:
+                    ti.atomic_min(first, I[0])
         return first
 
     @ti.kernel
@@ -483,21 +552,20 @@ class Smoke:
                 self.velocity[c][0, I] = self.velocity[c][k, I]
 
     @ti.kernel
-    def _copy_slot(self, f: ti.template(), src: ti.i32, dst: ti.i32):
-        for I in ti.grouped(ti.ndrange(*f.shape[1:])):
-            f[dst, I] = f[src, I]
-
-    @ti.kernel
-    def _zero_slots(self, f: ti.template(), upto: ti.i32):
-        for I in ti.grouped(ti.ndrange(upto, *f.shape[1:])):
-            f[I] = 0.0
+    def _move_grads(self, k: ti.i32):
+        """State gradients: slot 0 → slot k, then slots 0 … k − 1 zeroed."""
+        for f in ti.static(self._state()):
+            for I in ti.grouped(ti.ndrange(*f.shape[1:])):
+                f.grad[k, I] = f.grad[0, I]
+            for I in ti.grouped(ti.ndrange(k, *f.shape[1:])):
+                f.grad[I] = 0.0
 
     @ti.kernel
     def _slot_to_array(self, f: ti.template(), s: ti.i32, a: ti.types.ndarray()):
-        for I in ti.grouped(a):
+        for I in ti.grouped(ti.ndrange(*f.shape[1:])):  # static bounds: ~5x faster
             a[I] = f[s, I]
 
     @ti.kernel
     def _array_to_slot(self, a: ti.types.ndarray(), f: ti.template(), s: ti.i32):
-        for I in ti.grouped(a):
+        for I in ti.grouped(ti.ndrange(*f.shape[1:])):
             f[s, I] = a[I]
