@@ -26,7 +26,7 @@ import taichi as ti
 from . import backend, losses, optim
 from .camera import Camera
 from .errors import UserError
-from .render.pipeline import Renderer, RenderSettings
+from .render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
 from .scene import Mesh
 
 # --------------------------------------------------------------------------- shared renderer
@@ -61,6 +61,21 @@ def resolve(renderer: Renderer, name: str):
         return getattr(getattr(renderer, stage), attr)
     except AttributeError:
         raise UserError(f"unknown renderer field {name!r}") from None
+
+
+def grad_groups(names) -> tuple:
+    """The ``RenderSettings.grads`` groups that the renderer fields ``names`` belong to
+    (a fit differentiates only what it optimizes: several times faster backward passes)."""
+    mesh = {"positions": "positions", "normals": "positions", "colors": "colors", "uvs": "uvs"}
+    stages = {"texture": "texture", "material": "material", "lights": "lights", "vertex": "camera"}
+    groups = set()
+    for name in names:
+        stage, _, attr = name.partition(".")
+        group = mesh.get(attr) if stage == "mesh" else stages.get(stage)
+        if group is None:
+            return GRAD_GROUPS
+        groups.add(group)
+    return tuple(groups)
 
 
 # --------------------------------------------------------------------------- kernels
@@ -236,6 +251,7 @@ class Fit:
     def __init__(self, problem: Problem, iterations: int):
         self.problem, self.iterations = problem, int(iterations)
         r = self.r = problem.renderer
+        r.configure(grads=grad_groups(p.name for p in problem.params))
         real = backend.real()
         H, W = r.height, r.width
         self.loss = losses.loss_field()
