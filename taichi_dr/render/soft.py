@@ -200,17 +200,27 @@ class SoftRasterizer:
         return ti.Vector([h[v, axis] - p[axis] * h[v, 2] for v in ti.static(range(3))])
 
     @ti.func
-    def _depths(self, f):
-        return ti.Vector([self.hom[f][v, 2] for v in ti.static(range(3))])
+    def _depths(self, h: ti.template()):
+        return ti.Vector([h[v, 2] for v in ti.static(range(3))])
 
     @ti.func
-    def _geometry(self, f, p):
-        """Face f at NDC point p: (d², inside, λ, k, t, r, u, Σu, sign) — squared distance
-        to the nearest edge k (closest point s_k + t (s_{k+1} − s_k), residual r, isotropic
-        units), whether p is strictly inside, the perspective-correct barycentrics λ
-        clamped to the face, from u = max(sign · B (x, y, 1), 0). Only select, no min/max."""
-        q = ti.Vector([p[0] * self.scale[0], p[1] * self.scale[1]])
-        s, il, h = self.screen[f], self.inv_len2[f], self.hom[f]
+    def _face(self, f, faces: ti.template(), colors: ti.template()):
+        """Face f's records (screen, 1/|edge|², clip x y w) and vertex colours (rows)."""
+        idx = faces[f]
+        c = ti.Matrix.rows([colors[idx[0]], colors[idx[1]], colors[idx[2]]])
+        return self.screen[f], self.inv_len2[f], self.hom[f], c
+
+    @ti.func
+    def _iso(self, p):
+        """NDC → isotropic screen units (the shorter image side spans 2)."""
+        return ti.Vector([p[0] * self.scale[0], p[1] * self.scale[1]])
+
+    @ti.func
+    def _edges(self, s: ti.template(), il: ti.template(), q):
+        """A face with screen vertices ``s`` (3, 2) and 1/|edge|² ``il`` at isotropic screen
+        point q: (d², inside, k, t, r) — squared distance to
+        the nearest edge k, whose closest point is s_k + t (s_{k+1} − s_k) and r = q − that
+        point, and whether q is strictly inside. Only select, no min/max."""
         d2, t_near, k_near = 0.0, 0.0, 0
         r_near = ti.Vector([0.0, 0.0])
         pos, neg = 0, 0
@@ -230,12 +240,19 @@ class SoftRasterizer:
             cross = e[0] * v[1] - e[1] * v[0]
             pos += ti.cast(cross > 0.0, ti.i32)
             neg += ti.cast(cross < 0.0, ti.i32)
+        return d2, pos == 3 or neg == 3, k_near, t_near, r_near
+
+    @ti.func
+    def _barycentrics(self, h: ti.template(), p):
+        """A face with clip x y w rows ``h`` at NDC point p: (λ, u, Σu, sign) —
+        perspective-correct barycentrics λ clamped to the face, from u = max(sign · a × b,
+        0) (see ``_homogeneous``), sign making Σ a × b ≥ 0 (λ = 1/3 when u = 0)."""
         u = self._homogeneous(h, p, 0).cross(self._homogeneous(h, p, 1))
         sign = ti.select(u.sum() < 0.0, -1.0, 1.0)
         u = ti.select(sign * u > 0.0, sign * u, 0.0)
         total = u.sum()
-        lam = ti.select(total > 0.0, u / ti.select(total > 0.0, total, 1.0), 1.0 / 3.0)
-        return d2, pos == 3 or neg == 3, lam, k_near, t_near, r_near, u, total, sign
+        lam = ti.select(total > 0.0, u * (1.0 / ti.select(total > 0.0, total, 1.0)), 1.0 / 3.0)
+        return lam, u, total, sign
 
     # ------------------------------------------------------------ selection
     @ti.kernel
@@ -340,16 +357,18 @@ class SoftRasterizer:
                 x = t % self.tiles_x * TILE + bit % TILE
                 if y < H and x < W:
                     p = pixel_ndc(y, x, W, H)
+                    q = self._iso(p)
                     n, found = 0, 0
                     for j in range(j0, j1):
                         slot = tile_slots[j]
                         f = slot_face[slot]
                         b = self.face_box[f]
                         if b[0] <= x and x <= b[2] and b[1] <= y and y <= b[3]:
-                            d2, inside, lam = self._geometry(f, p)[:3]
+                            d2, inside = self._edges(self.screen[f], self.inv_len2[f], q)[:2]
                             if inside or d2 <= r2:
                                 found += 1
-                                z = lam.dot(self._depths(f))
+                                h = self.hom[f]
+                                z = self._barycentrics(h, p)[0].dot(self._depths(h))
                                 if n < K:
                                     self.candidates[y, x, n] = slot
                                     self.candidate_depth[y, x, n] = z
@@ -413,38 +432,42 @@ class SoftRasterizer:
 
     # ------------------------------------------------------------ differentiable
     @ti.func
-    def _pair(self, y, x, f, faces: ti.template(), colors: ti.template()):
-        """Pixel (y, x) and face f: the 9 values of ``_geometry``, then log(1 − D), D,
-        the softmax factor e^{(z − m)/γ} (clamped exponent), its exponent a, the weight
-        w = D e^{…} and the interpolated colour."""
-        p = pixel_ndc(y, x, self.width, self.height)
-        d2, inside, lam, k_near, t, r, u, total, sign = self._geometry(f, p)
-        zn = (self.far - lam.dot(self._depths(f))) / (self.far - self.near)
-        s = ti.select(inside, d2, -d2) * self.params[0]
-        e = ti.exp(-ti.abs(s))
-        coverage = ti.select(s >= 0.0, 1.0, e) / (1.0 + e)  # stable sigmoid(s)
-        log_q = -(ti.select(s > 0.0, s, 0.0) + ti.log(1.0 + e))  # log(1 − D) = −softplus(s)
+    def _pair(self, s: ti.template(), il: ti.template(), h: ti.template(), c: ti.template(), p, m):
+        """A face (``_face``'s values) at NDC point p with softmax shift m: the 5 values
+        of ``_edges``, the 4 of ``_barycentrics``, then 1 − D, D, the softmax factor
+        e^{(z − m)/γ} (clamped exponent), its exponent a, the weight w = D e^{…} and the
+        interpolated colour."""
+        d2, inside, k_near, t, r = self._edges(s, il, self._iso(p))
+        lam, u, total, sign = self._barycentrics(h, p)
+        zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
+        arg = ti.select(inside, d2, -d2) * self.params[0]
+        e = ti.exp(-ti.abs(arg))
+        inv = 1.0 / (1.0 + e)
+        coverage = ti.select(arg >= 0.0, 1.0, e) * inv  # stable sigmoid(arg)
+        miss = ti.select(arg >= 0.0, e, 1.0) * inv  # 1 − sigmoid(arg)
         # the clamp only acts when the geometry moved far since select (stale shift m)
-        a = (zn - self.zmax[y, x]) * self.params[1]
+        a = (zn - m) * self.params[1]
         factor = ti.exp(ti.select(a > EXP_LIMIT, EXP_LIMIT, a))
-        idx = faces[f]
-        color = lam[0] * colors[idx[0]] + lam[1] * colors[idx[1]] + lam[2] * colors[idx[2]]
+        color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
         w = coverage * factor
-        return d2, inside, lam, k_near, t, r, u, total, sign, log_q, coverage, factor, a, w, color
+        return d2, inside, k_near, t, r, lam, u, total, sign, miss, coverage, factor, a, w, color
 
     @ti.kernel
     def _blend_forward(self, faces: ti.template(), colors: ti.template()):
         for y, x in self.silhouette:
-            log_t = 0.0
-            w = ti.exp((self.params[2] - self.zmax[y, x]) * self.params[1])  # background
+            p = pixel_ndc(y, x, self.width, self.height)
+            m = self.zmax[y, x]
+            miss = 1.0  # Π (1 − D): underflows to 0 only where the silhouette is 1
+            w = ti.exp((self.params[2] - m) * self.params[1])  # background
             c = w * self.background[None]
             for k in range(self.count[y, x]):
-                pair = self._pair(y, x, self.candidates[y, x, k], faces, colors)
-                log_q, wk, color = pair[9], pair[13], pair[14]
-                log_t += log_q
+                s, il, h, cols = self._face(self.candidates[y, x, k], faces, colors)
+                pair = self._pair(s, il, h, cols, p, m)
+                wk, color = pair[13], pair[14]
+                miss *= pair[9]
                 w += wk
                 c += wk * color
-            self.silhouette[y, x] = 1.0 - ti.exp(log_t)
+            self.silhouette[y, x] = 1.0 - miss
             self.image[y, x] = c / w
             self.denominator[y, x] = w
 
@@ -472,6 +495,7 @@ class SoftRasterizer:
             g_s = ti.Matrix.zero(float, 3, 2)
             g_h = ti.Matrix.zero(float, 3, 3)
             g_col = ti.Matrix.zero(float, 3, 3)  # row v: vertex v's colour
+            s, il, h, cols = self._face(f, faces, colors)
             tb = self._tiles(f)
             j = self.slot_start[f]
             for ty in range(tb[1], tb[3] + 1):
@@ -482,8 +506,9 @@ class SoftRasterizer:
                     while bits != ti.u64(0):
                         if bits & ti.u64(1):
                             y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
-                            pair = self._pair(y, x, f, faces, colors)
-                            inside, lam, k_near, t, r, u, total, sign = pair[1:9]
+                            p = pixel_ndc(y, x, self.width, self.height)
+                            pair = self._pair(s, il, h, cols, p, self.zmax[y, x])
+                            inside, k_near, t, r, lam, u, total, sign = pair[1:9]
                             cov, factor, a, w, color = pair[10:]
                             adj = self.adjoint[y, x]
                             g_c = ti.Vector([adj[2], adj[3], adj[4]])
@@ -499,14 +524,10 @@ class SoftRasterizer:
                                 c += ti.select(k_near == (v + 2) % 3, t, 0.0)
                                 g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
                                 g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
-                            g_lam = g_depth * self._depths(f) + ti.Vector(
-                                [g_color.dot(colors[faces[f][v]]) for v in ti.static(range(3))]
-                            )
+                            g_lam = g_depth * self._depths(h) + cols @ g_color
                             g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
                             g_u = ti.select(u > 0.0, g_u, 0.0) * sign
                             # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
-                            p = pixel_ndc(y, x, self.width, self.height)
-                            h = self.hom[f]
                             g_a = self._homogeneous(h, p, 1).cross(g_u)
                             g_bb = g_u.cross(self._homogeneous(h, p, 0))
                             for v in ti.static(range(3)):
