@@ -47,7 +47,6 @@ from .shading import MODELS, surface_radiance
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots H·W·K; more would not fit int32 indices
-EXP_LIMIT = 60.0  # largest softmax exponent (only reached with a stale shift)
 
 
 def _check_settings(sigma, gamma, eps, cutoff, background) -> None:
@@ -117,7 +116,7 @@ class SoftRasterizer:
         self.silhouette = ti.field(real, shape=shape, **backend.diff())
         self.image = ti.Vector.field(3, real, shape=shape, **backend.diff())
         self.denominator = ti.field(real, shape=shape)  # Σ_j D e^{(z − m)/γ} + e^{(ε − m)/γ}
-        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij) at select
+        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij)
         # per-pixel adjoints of the blend: ∂L/∂log Π(1 − D), ∂L/∂Σw, ∂L/∂Σ wC
         self.adjoint = ti.Vector.field(5, real, shape=shape)
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
@@ -202,6 +201,14 @@ class SoftRasterizer:
     @ti.func
     def _depths(self, h: ti.template()):
         return ti.Vector([h[v, 2] for v in ti.static(range(3))])
+
+    @ti.func
+    def _depth(self, f, y, x):
+        """Eye-space depth of face f at pixel (y, x) (clamped barycentrics)."""
+        h = self.hom[f]
+        return self._barycentrics(h, pixel_ndc(y, x, self.width, self.height))[0].dot(
+            self._depths(h)
+        )
 
     @ti.func
     def _face(self, f, faces: ti.template(), colors: ti.template()):
@@ -340,66 +347,72 @@ class SoftRasterizer:
         slot_face: ti.types.ndarray(dtype=ti.i32, ndim=1),
         mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
     ):
-        """One thread per tile (it owns its slots' masks): each pixel keeps the K nearest
-        faces within reach, as slots first, then face ids; bit y % 8 · 8 + x % 8 of a
-        slot's mask marks the pixels that kept it."""
+        """One thread per tile (it owns its pixels and its slots' masks), face by face:
+        each pixel keeps the K nearest faces within reach, as slots first, then face ids;
+        bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
+        only computed for pixels with more than K faces within reach."""
         K, W, H = self.K, self.width, self.height
         r2 = self.params[3]
         self.stats[0] = 0
         self.stats[1] = 0
         for t in range(self.tiles_x * self.tiles_y):
-            j0, j1 = self.tile_start[t], self.tile_start[t + 1]
-            for j in range(j0, j1):
-                mask[tile_slots[j]] = ti.u64(0)
-            pairs, truncated = 0, 0
-            for bit in range(TILE * TILE):
-                y = t // self.tiles_x * TILE + bit // TILE
-                x = t % self.tiles_x * TILE + bit % TILE
-                if y < H and x < W:
+            y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
+            y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
+            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
+                self.count[y, x] = 0
+            full = ti.u64(0)  # pixels that had more than K faces within reach
+            for j in range(self.tile_start[t], self.tile_start[t + 1]):
+                slot = tile_slots[j]
+                f = slot_face[slot]
+                b = self.face_box[f]
+                s, il = self.screen[f], self.inv_len2[f]
+                bits = ti.u64(0)
+                for y, x in ti.ndrange(
+                    (ti.max(b[1], y0), ti.min(b[3], y1) + 1),
+                    (ti.max(b[0], x0), ti.min(b[2], x1) + 1),
+                ):
                     p = pixel_ndc(y, x, W, H)
-                    q = self._iso(p)
-                    n, found = 0, 0
-                    for j in range(j0, j1):
-                        slot = tile_slots[j]
-                        f = slot_face[slot]
-                        b = self.face_box[f]
-                        if b[0] <= x and x <= b[2] and b[1] <= y and y <= b[3]:
-                            d2, inside = self._edges(self.screen[f], self.inv_len2[f], q)[:2]
-                            if inside or d2 <= r2:
-                                found += 1
-                                h = self.hom[f]
-                                z = self._barycentrics(h, p)[0].dot(self._depths(h))
-                                if n < K:
-                                    self.candidates[y, x, n] = slot
-                                    self.candidate_depth[y, x, n] = z
-                                    n += 1
-                                else:  # replace the farthest (ties: the higher slot = face)
-                                    worst = 0
-                                    for k in range(1, K):
-                                        zk = self.candidate_depth[y, x, k]
-                                        zw = self.candidate_depth[y, x, worst]
-                                        if zk > zw or (
-                                            zk == zw
-                                            and self.candidates[y, x, k]
-                                            > self.candidates[y, x, worst]
-                                        ):
-                                            worst = k
-                                    if z < self.candidate_depth[y, x, worst]:
-                                        self.candidates[y, x, worst] = slot
-                                        self.candidate_depth[y, x, worst] = z
-                    m = self.params[2]
-                    for k in range(n):
-                        slot = self.candidates[y, x, k]
-                        mask[slot] = mask[slot] | (ti.u64(1) << ti.u64(bit))
-                        self.candidates[y, x, k] = slot_face[slot]
-                        zn = (self.far - self.candidate_depth[y, x, k]) / (self.far - self.near)
-                        m = ti.max(m, zn)
-                    for k in range(n, K):
-                        self.candidates[y, x, k] = -1
-                    self.count[y, x] = n
-                    self.zmax[y, x] = m
-                    pairs += n
-                    truncated += ti.cast(found > n, ti.i32)
+                    d2, inside = self._edges(s, il, self._iso(p))[:2]
+                    if inside or d2 <= r2:
+                        bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
+                        n = self.count[y, x]
+                        if n < K:
+                            self.candidates[y, x, n] = slot
+                            self.count[y, x] = n + 1
+                            bits |= bit
+                        else:
+                            if full & bit == ti.u64(0):  # first overflow: depths of the K
+                                full |= bit
+                                for k in range(K):
+                                    g = slot_face[self.candidates[y, x, k]]
+                                    self.candidate_depth[y, x, k] = self._depth(g, y, x)
+                            # replace the farthest (ties: the higher slot = face id)
+                            worst = 0
+                            for k in range(1, K):
+                                zk = self.candidate_depth[y, x, k]
+                                zw = self.candidate_depth[y, x, worst]
+                                if zk > zw or (
+                                    zk == zw
+                                    and self.candidates[y, x, k] > self.candidates[y, x, worst]
+                                ):
+                                    worst = k
+                            z = self._depth(f, y, x)
+                            if z < self.candidate_depth[y, x, worst]:
+                                evicted = self.candidates[y, x, worst]
+                                mask[evicted] = mask[evicted] & ~bit
+                                self.candidates[y, x, worst] = slot
+                                self.candidate_depth[y, x, worst] = z
+                                bits |= bit
+                mask[slot] = bits
+            pairs = 0
+            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
+                for k in range(self.count[y, x]):
+                    self.candidates[y, x, k] = slot_face[self.candidates[y, x, k]]
+                pairs += self.count[y, x]
+            truncated = 0
+            while full != ti.u64(0):
+                truncated += ti.cast(full & ti.u64(1), ti.i32)
+                full = full >> ti.u64(1)
             self.stats[0] += pairs
             self.stats[1] += truncated
 
@@ -432,11 +445,10 @@ class SoftRasterizer:
 
     # ------------------------------------------------------------ differentiable
     @ti.func
-    def _pair(self, s: ti.template(), il: ti.template(), h: ti.template(), c: ti.template(), p, m):
-        """A face (``_face``'s values) at NDC point p with softmax shift m: the 5 values
-        of ``_edges``, the 4 of ``_barycentrics``, then 1 − D, D, the softmax factor
-        e^{(z − m)/γ} (clamped exponent), its exponent a, the weight w = D e^{…} and the
-        interpolated colour."""
+    def _pair(self, s: ti.template(), il: ti.template(), h: ti.template(), c: ti.template(), p):
+        """A face (``_face``'s values) at NDC point p: the 5 values of ``_edges``, the 4
+        of ``_barycentrics``, then 1 − D, D, the normalised depth z = (far − z)/(far −
+        near) and the interpolated colour."""
         d2, inside, k_near, t, r = self._edges(s, il, self._iso(p))
         lam, u, total, sign = self._barycentrics(h, p)
         zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
@@ -445,31 +457,36 @@ class SoftRasterizer:
         inv = 1.0 / (1.0 + e)
         coverage = ti.select(arg >= 0.0, 1.0, e) * inv  # stable sigmoid(arg)
         miss = ti.select(arg >= 0.0, e, 1.0) * inv  # 1 − sigmoid(arg)
-        # the clamp only acts when the geometry moved far since select (stale shift m)
-        a = (zn - m) * self.params[1]
-        factor = ti.exp(ti.select(a > EXP_LIMIT, EXP_LIMIT, a))
         color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
-        w = coverage * factor
-        return d2, inside, k_near, t, r, lam, u, total, sign, miss, coverage, factor, a, w, color
+        return d2, inside, k_near, t, r, lam, u, total, sign, miss, coverage, zn, color
 
     @ti.kernel
     def _blend_forward(self, faces: ti.template(), colors: ti.template()):
         for y, x in self.silhouette:
             p = pixel_ndc(y, x, self.width, self.height)
-            m = self.zmax[y, x]
+            # sums of the weights shifted by the running maximum m of ε and z (online
+            # softmax: rescaled whenever m grows)
+            m = self.params[2]
             miss = 1.0  # Π (1 − D): underflows to 0 only where the silhouette is 1
-            w = ti.exp((self.params[2] - m) * self.params[1])  # background
-            c = w * self.background[None]
+            w = 1.0  # background
+            c = self.background[None]
             for k in range(self.count[y, x]):
                 s, il, h, cols = self._face(self.candidates[y, x, k], faces, colors)
-                pair = self._pair(s, il, h, cols, p, m)
-                wk, color = pair[13], pair[14]
+                pair = self._pair(s, il, h, cols, p)
+                cov, zn, color = pair[10], pair[11], pair[12]
+                if zn > m:
+                    rescale = ti.exp((m - zn) * self.params[1])
+                    w *= rescale
+                    c *= rescale
+                    m = zn
+                wk = cov * ti.exp((zn - m) * self.params[1])
                 miss *= pair[9]
                 w += wk
                 c += wk * color
             self.silhouette[y, x] = 1.0 - miss
             self.image[y, x] = c / w
             self.denominator[y, x] = w
+            self.zmax[y, x] = m
 
     @ti.kernel
     def _pixel_adjoints(self):
@@ -507,16 +524,18 @@ class SoftRasterizer:
                         if bits & ti.u64(1):
                             y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
                             p = pixel_ndc(y, x, self.width, self.height)
-                            pair = self._pair(s, il, h, cols, p, self.zmax[y, x])
+                            pair = self._pair(s, il, h, cols, p)
                             inside, k_near, t, r, lam, u, total, sign = pair[1:9]
-                            cov, factor, a, w, color = pair[10:]
+                            cov, zn, color = pair[10:]
+                            factor = ti.exp((zn - self.zmax[y, x]) * self.params[1])
+                            w = cov * factor
                             adj = self.adjoint[y, x]
                             g_c = ti.Vector([adj[2], adj[3], adj[4]])
                             g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
                             g_color = w * g_c
                             g_s_ij = -cov * adj[0] + g_w * factor * cov * (1.0 - cov)
                             g_d2 = ti.select(inside, g_s_ij, -g_s_ij) * self.params[0]
-                            g_zn = ti.select(a > EXP_LIMIT, 0.0, g_w * w) * self.params[1]
+                            g_zn = g_w * w * self.params[1]
                             g_depth = -g_zn / (self.far - self.near)
                             # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
                             for v in ti.static(range(3)):
