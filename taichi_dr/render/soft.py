@@ -445,44 +445,61 @@ class SoftRasterizer:
 
     # ------------------------------------------------------------ differentiable
     @ti.func
-    def _pair(self, s: ti.template(), il: ti.template(), h: ti.template(), c: ti.template(), p):
-        """A face (``_face``'s values) at NDC point p: the 5 values of ``_edges``, the 4
-        of ``_barycentrics``, then 1 − D, D, the normalised depth z = (far − z)/(far −
-        near) and the interpolated colour."""
+    def _coverage(self, s: ti.template(), il: ti.template(), p):
+        """A face's screen records at NDC point p: the 5 values of ``_edges``, then 1 − D
+        and D (stable sigmoids of ±d²/σ)."""
         d2, inside, k_near, t, r = self._edges(s, il, self._iso(p))
-        lam, u, total, sign = self._barycentrics(h, p)
-        zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
         arg = ti.select(inside, d2, -d2) * self.params[0]
         e = ti.exp(-ti.abs(arg))
         inv = 1.0 / (1.0 + e)
-        coverage = ti.select(arg >= 0.0, 1.0, e) * inv  # stable sigmoid(arg)
-        miss = ti.select(arg >= 0.0, e, 1.0) * inv  # 1 − sigmoid(arg)
+        miss = ti.select(arg >= 0.0, e, 1.0) * inv
+        return d2, inside, k_near, t, r, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+
+    @ti.func
+    def _shading(self, h: ti.template(), c: ti.template(), p):
+        """A face's clip records ``h`` and vertex colours ``c`` (rows) at NDC point p: the
+        4 values of ``_barycentrics``, the normalised depth (far − z)/(far − near) and the
+        interpolated colour."""
+        lam, u, total, sign = self._barycentrics(h, p)
+        zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
         color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
-        return d2, inside, k_near, t, r, lam, u, total, sign, miss, coverage, zn, color
+        return lam, u, total, sign, zn, color
+
+    @ti.func
+    def _depth_range(self, h: ti.template()):
+        """Bounds (lo, hi) of a face's normalised depth (far − z)/(far − near) anywhere:
+        z interpolates the vertices' w with convex weights."""
+        w = self._depths(h)
+        scale = 1.0 / (self.far - self.near)
+        return (self.far - w.max()) * scale, (self.far - w.min()) * scale
 
     @ti.kernel
     def _blend_forward(self, faces: ti.template(), colors: ti.template()):
         for y, x in self.silhouette:
             p = pixel_ndc(y, x, self.width, self.height)
-            # sums of the weights shifted by the running maximum m of ε and z (online
-            # softmax: rescaled whenever m grows)
+            # Sums of the weights shifted by m, the running maximum of ε and z (online
+            # softmax: rescaled whenever m grows), started at a lower bound of the final m
+            # so that pairs whose weight e^{(z − m)/γ} underflows to 0 skip the shading.
             m = self.params[2]
+            for k in range(self.count[y, x]):
+                m = ti.max(m, self._depth_range(self.hom[self.candidates[y, x, k]])[0])
             miss = 1.0  # Π (1 − D): underflows to 0 only where the silhouette is 1
-            w = 1.0  # background
-            c = self.background[None]
+            w = ti.exp((self.params[2] - m) * self.params[1])  # background
+            c = w * self.background[None]
             for k in range(self.count[y, x]):
                 s, il, h, cols = self._face(self.candidates[y, x, k], faces, colors)
-                pair = self._pair(s, il, h, cols, p)
-                cov, zn, color = pair[10], pair[11], pair[12]
-                if zn > m:
-                    rescale = ti.exp((m - zn) * self.params[1])
-                    w *= rescale
-                    c *= rescale
-                    m = zn
-                wk = cov * ti.exp((zn - m) * self.params[1])
-                miss *= pair[9]
-                w += wk
-                c += wk * color
+                cov = self._coverage(s, il, p)
+                miss *= cov[5]
+                if ti.exp((self._depth_range(h)[1] - m) * self.params[1]) > 0.0:
+                    zn, color = self._shading(h, cols, p)[4:]
+                    if zn > m:
+                        rescale = ti.exp((m - zn) * self.params[1])
+                        w *= rescale
+                        c *= rescale
+                        m = zn
+                    wk = cov[6] * ti.exp((zn - m) * self.params[1])
+                    w += wk
+                    c += wk * color
             self.silhouette[y, x] = 1.0 - miss
             self.image[y, x] = c / w
             self.denominator[y, x] = w
@@ -507,12 +524,13 @@ class SoftRasterizer:
     ):
         """One thread per face over the pixels that kept it (its slots' masks): sums the
         pair adjoints into the face records' gradients (no atomics but the final colour
-        scatter)."""
+        scatter). Pairs whose softmax weight is exactly 0 only have a coverage term."""
         for f in range(n_faces):
             g_s = ti.Matrix.zero(float, 3, 2)
             g_h = ti.Matrix.zero(float, 3, 3)
             g_col = ti.Matrix.zero(float, 3, 3)  # row v: vertex v's colour
             s, il, h, cols = self._face(f, faces, colors)
+            zn_hi = self._depth_range(h)[1]
             tb = self._tiles(f)
             j = self.slot_start[f]
             for ty in range(tb[1], tb[3] + 1):
@@ -524,37 +542,39 @@ class SoftRasterizer:
                         if bits & ti.u64(1):
                             y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
                             p = pixel_ndc(y, x, self.width, self.height)
-                            pair = self._pair(s, il, h, cols, p)
-                            inside, k_near, t, r, lam, u, total, sign = pair[1:9]
-                            cov, zn, color = pair[10:]
-                            factor = ti.exp((zn - self.zmax[y, x]) * self.params[1])
-                            w = cov * factor
+                            _, inside, k_near, t, r, _, cov = self._coverage(s, il, p)
                             adj = self.adjoint[y, x]
-                            g_c = ti.Vector([adj[2], adj[3], adj[4]])
-                            g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
-                            g_color = w * g_c
-                            g_s_ij = -cov * adj[0] + g_w * factor * cov * (1.0 - cov)
-                            g_d2 = ti.select(inside, g_s_ij, -g_s_ij) * self.params[0]
-                            g_zn = g_w * w * self.params[1]
-                            g_depth = -g_zn / (self.far - self.near)
+                            m = self.zmax[y, x]
+                            g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
+                            if ti.exp((zn_hi - m) * self.params[1]) > 0.0:
+                                lam, u, total, sign, zn, color = self._shading(h, cols, p)
+                                factor = ti.exp((zn - m) * self.params[1])
+                                w = cov * factor
+                                g_c = ti.Vector([adj[2], adj[3], adj[4]])
+                                g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
+                                g_color = w * g_c
+                                g_arg += g_w * factor * cov * (1.0 - cov)
+                                g_depth = -g_w * w * self.params[1] / (self.far - self.near)
+                                g_lam = g_depth * self._depths(h) + cols @ g_color
+                                g_u = g_lam - g_lam.dot(lam)
+                                g_u /= ti.select(total > 0.0, total, 1.0)
+                                g_u = ti.select(u > 0.0, g_u, 0.0) * sign
+                                # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
+                                g_a = self._homogeneous(h, p, 1).cross(g_u)
+                                g_b = g_u.cross(self._homogeneous(h, p, 0))
+                                for v in ti.static(range(3)):
+                                    g_h[v, 0] += g_a[v]
+                                    g_h[v, 1] += g_b[v]
+                                    g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_b[v]
+                                    for ch in ti.static(range(3)):
+                                        g_col[v, ch] += lam[v] * g_color[ch]
+                            g_d2 = ti.select(inside, g_arg, -g_arg) * self.params[0]
                             # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
                             for v in ti.static(range(3)):
                                 c = ti.select(k_near == v, 1.0 - t, 0.0)
                                 c += ti.select(k_near == (v + 2) % 3, t, 0.0)
                                 g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
                                 g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
-                            g_lam = g_depth * self._depths(h) + cols @ g_color
-                            g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
-                            g_u = ti.select(u > 0.0, g_u, 0.0) * sign
-                            # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
-                            g_a = self._homogeneous(h, p, 1).cross(g_u)
-                            g_bb = g_u.cross(self._homogeneous(h, p, 0))
-                            for v in ti.static(range(3)):
-                                g_h[v, 0] += g_a[v]
-                                g_h[v, 1] += g_bb[v]
-                                g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_bb[v]
-                                for ch in ti.static(range(3)):
-                                    g_col[v, ch] += lam[v] * g_color[ch]
                         bits = bits >> ti.u64(1)
                         bit += 1
             self.screen.grad[f] = g_s
