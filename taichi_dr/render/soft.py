@@ -211,11 +211,10 @@ class SoftRasterizer:
         )
 
     @ti.func
-    def _face(self, f, faces: ti.template(), colors: ti.template()):
-        """Face f's records (screen, 1/|edge|², clip x y w) and vertex colours (rows)."""
+    def _vertex_colors(self, f, faces: ti.template(), colors: ti.template()):
+        """Face f's vertex colours (rows)."""
         idx = faces[f]
-        c = ti.Matrix.rows([colors[idx[0]], colors[idx[1]], colors[idx[2]]])
-        return self.screen[f], self.inv_len2[f], self.hom[f], c
+        return ti.Matrix.rows([colors[idx[0]], colors[idx[1]], colors[idx[2]]])
 
     @ti.func
     def _iso(self, p):
@@ -487,10 +486,12 @@ class SoftRasterizer:
             w = ti.exp((self.params[2] - m) * self.params[1])  # background
             c = w * self.background[None]
             for k in range(self.count[y, x]):
-                s, il, h, cols = self._face(self.candidates[y, x, k], faces, colors)
-                cov = self._coverage(s, il, p)
+                f = self.candidates[y, x, k]
+                h = self.hom[f]
+                cov = self._coverage(self.screen[f], self.inv_len2[f], p)
                 miss *= cov[5]
                 if ti.exp((self._depth_range(h)[1] - m) * self.params[1]) > 0.0:
+                    cols = self._vertex_colors(f, faces, colors)
                     zn, color = self._shading(h, cols, p)[4:]
                     if zn > m:
                         rescale = ti.exp((m - zn) * self.params[1])
@@ -529,7 +530,8 @@ class SoftRasterizer:
             g_s = ti.Matrix.zero(float, 3, 2)
             g_h = ti.Matrix.zero(float, 3, 3)
             g_col = ti.Matrix.zero(float, 3, 3)  # row v: vertex v's colour
-            s, il, h, cols = self._face(f, faces, colors)
+            s, il, h = self.screen[f], self.inv_len2[f], self.hom[f]
+            cols = self._vertex_colors(f, faces, colors)
             zn_hi = self._depth_range(h)[1]
             tb = self._tiles(f)
             j = self.slot_start[f]
