@@ -46,6 +46,7 @@ from .interpolate import pixel_ndc
 from .shading import MODELS, surface_radiance
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
+EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots H·W·K; more would not fit int32 indices
 
 
@@ -472,13 +473,18 @@ class SoftRasterizer:
         scale = 1.0 / (self.far - self.near)
         return (self.far - w.max()) * scale, (self.far - w.min()) * scale
 
+    @ti.func
+    def _weightless(self, zn_hi, m):
+        """Whether e^{(z − m)/γ} is exactly 0 for every normalised depth z ≤ zn_hi."""
+        return (zn_hi - m) * self.params[1] < ti.static(EXP_ZERO[backend.precision()])
+
     @ti.kernel
     def _blend_forward(self, faces: ti.template(), colors: ti.template()):
         for y, x in self.silhouette:
             p = pixel_ndc(y, x, self.width, self.height)
             # Sums of the weights shifted by m, the running maximum of ε and z (online
             # softmax: rescaled whenever m grows), started at a lower bound of the final m
-            # so that pairs whose weight e^{(z − m)/γ} underflows to 0 skip the shading.
+            # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
             m = self.params[2]
             for k in range(self.count[y, x]):
                 m = ti.max(m, self._depth_range(self.hom[self.candidates[y, x, k]])[0])
@@ -490,7 +496,7 @@ class SoftRasterizer:
                 h = self.hom[f]
                 cov = self._coverage(self.screen[f], self.inv_len2[f], p)
                 miss *= cov[5]
-                if ti.exp((self._depth_range(h)[1] - m) * self.params[1]) > 0.0:
+                if not self._weightless(self._depth_range(h)[1], m):
                     cols = self._vertex_colors(f, faces, colors)
                     zn, color = self._shading(h, cols, p)[4:]
                     if zn > m:
@@ -515,6 +521,59 @@ class SoftRasterizer:
                 [g_log_t, -g_c.dot(self.image[y, x]), g_c[0], g_c[1], g_c[2]]
             )
 
+    @ti.func
+    def _pair_adjoint(
+        self,
+        s: ti.template(),
+        il: ti.template(),
+        h: ti.template(),
+        cols: ti.template(),
+        zn_hi,
+        y,
+        x,
+        g_s: ti.template(),
+        g_h: ti.template(),
+        g_col: ti.template(),
+    ):
+        """Adds pixel (y, x)'s adjoints of a face (records s, il, h, vertex colours cols,
+        depth bound zn_hi) to g_s, g_h and g_col. A pair with a weight of exactly 0 and no
+        silhouette gradient adds nothing."""
+        adj = self.adjoint[y, x]
+        m = self.zmax[y, x]
+        shaded = not self._weightless(zn_hi, m)
+        if shaded or adj[0] != 0.0:
+            p = pixel_ndc(y, x, self.width, self.height)
+            _, inside, k_near, t, r, _, cov = self._coverage(s, il, p)
+            g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
+            if shaded:
+                lam, u, total, sign, zn, color = self._shading(h, cols, p)
+                factor = ti.exp((zn - m) * self.params[1])
+                w = cov * factor
+                g_c = ti.Vector([adj[2], adj[3], adj[4]])
+                g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
+                g_color = w * g_c
+                g_arg += g_w * factor * cov * (1.0 - cov)
+                g_depth = -g_w * w * self.params[1] / (self.far - self.near)
+                g_lam = g_depth * self._depths(h) + cols @ g_color
+                g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+                g_u = ti.select(u > 0.0, g_u, 0.0) * sign
+                # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
+                g_a = self._homogeneous(h, p, 1).cross(g_u)
+                g_b = g_u.cross(self._homogeneous(h, p, 0))
+                for v in ti.static(range(3)):
+                    g_h[v, 0] += g_a[v]
+                    g_h[v, 1] += g_b[v]
+                    g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_b[v]
+                    for ch in ti.static(range(3)):
+                        g_col[v, ch] += lam[v] * g_color[ch]
+            g_d2 = ti.select(inside, g_arg, -g_arg) * self.params[0]
+            # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
+            for v in ti.static(range(3)):
+                c = ti.select(k_near == v, 1.0 - t, 0.0)
+                c += ti.select(k_near == (v + 2) % 3, t, 0.0)
+                g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
+                g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
+
     @ti.kernel
     def _face_adjoints(
         self,
@@ -525,7 +584,7 @@ class SoftRasterizer:
     ):
         """One thread per face over the pixels that kept it (its slots' masks): sums the
         pair adjoints into the face records' gradients (no atomics but the final colour
-        scatter). Pairs whose softmax weight is exactly 0 only have a coverage term."""
+        scatter)."""
         for f in range(n_faces):
             g_s = ti.Matrix.zero(float, 3, 2)
             g_h = ti.Matrix.zero(float, 3, 3)
@@ -541,44 +600,15 @@ class SoftRasterizer:
                     j += 1
                     bit = 0
                     while bits != ti.u64(0):
-                        if bits & ti.u64(1):
-                            y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
-                            p = pixel_ndc(y, x, self.width, self.height)
-                            _, inside, k_near, t, r, _, cov = self._coverage(s, il, p)
-                            adj = self.adjoint[y, x]
-                            m = self.zmax[y, x]
-                            g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
-                            if ti.exp((zn_hi - m) * self.params[1]) > 0.0:
-                                lam, u, total, sign, zn, color = self._shading(h, cols, p)
-                                factor = ti.exp((zn - m) * self.params[1])
-                                w = cov * factor
-                                g_c = ti.Vector([adj[2], adj[3], adj[4]])
-                                g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
-                                g_color = w * g_c
-                                g_arg += g_w * factor * cov * (1.0 - cov)
-                                g_depth = -g_w * w * self.params[1] / (self.far - self.near)
-                                g_lam = g_depth * self._depths(h) + cols @ g_color
-                                g_u = g_lam - g_lam.dot(lam)
-                                g_u /= ti.select(total > 0.0, total, 1.0)
-                                g_u = ti.select(u > 0.0, g_u, 0.0) * sign
-                                # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
-                                g_a = self._homogeneous(h, p, 1).cross(g_u)
-                                g_b = g_u.cross(self._homogeneous(h, p, 0))
-                                for v in ti.static(range(3)):
-                                    g_h[v, 0] += g_a[v]
-                                    g_h[v, 1] += g_b[v]
-                                    g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_b[v]
-                                    for ch in ti.static(range(3)):
-                                        g_col[v, ch] += lam[v] * g_color[ch]
-                            g_d2 = ti.select(inside, g_arg, -g_arg) * self.params[0]
-                            # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
-                            for v in ti.static(range(3)):
-                                c = ti.select(k_near == v, 1.0 - t, 0.0)
-                                c += ti.select(k_near == (v + 2) % 3, t, 0.0)
-                                g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
-                                g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
-                        bits = bits >> ti.u64(1)
-                        bit += 1
+                        if bits & ti.u64(255) == ti.u64(0):  # a tile row without such pixels
+                            bits = bits >> ti.u64(TILE)
+                            bit += TILE
+                        else:
+                            if bits & ti.u64(1):
+                                y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
+                                self._pair_adjoint(s, il, h, cols, zn_hi, y, x, g_s, g_h, g_col)
+                            bits = bits >> ti.u64(1)
+                            bit += 1
             self.screen.grad[f] = g_s
             self.hom.grad[f] = g_h
             self.inv_len2.grad[f] = ti.Vector.zero(float, 3)  # t is optimal: no gradient
