@@ -16,18 +16,30 @@ For pixel i and candidate face j (see DESIGN §5)::
 * ``C_ij`` interpolates a per-vertex colour field (V, 3) with the same clamped
   barycentrics: shade at the vertices (:class:`VertexShader`) or pass any colours.
 
-Two phases. ``select`` (not differentiable; call it whenever the geometry changed) bins
-faces into 8×8-pixel tiles by their screen box dilated by the distance where
-D < ``cutoff`` (r = sqrt(σ ln(1/cutoff − 1))), then keeps for each pixel the ``K``
-faces nearest in depth among those inside or within r: ``candidates`` (H, W, K) int32,
-−1 padded, plus a flat list of the (pixel, face) pairs grouped by pixel. It also stores
-the softmax shift m_i = max(ε, max_j z_ij), so γ = 1e-4 never overflows (the blend does
-not depend on m, so it is a constant for the gradient). ``forward`` (differentiable in
-the clip coordinates and vertex colours) recomputes everything from the clip coordinates:
-one thread per pair (a top-level loop, so exp/log differentiate correctly in Taichi
-1.7.4, TAICHI_NOTES §6) writes log(1 − D) (a stable softplus), the softmax weight and the
-weighted colour; a per-pixel pass sums them (Π(1 − D) = exp Σ log(1 − D)) and has a
-hand-written backward. Cost O(pixels·K + faces), no atomics in the forward pass.
+Two phases, both O(pairs + faces) with one thread per tile, pixel or face and no
+per-pair atomics (a pair: a pixel and one of its candidate faces).
+
+* ``select`` (not differentiable; call it whenever the geometry changed) bins faces into
+  8×8-pixel tiles by their screen box dilated by the distance where D < ``cutoff``
+  (r = sqrt(σ ln(1/cutoff − 1))); a (face, tile) pair is a *slot*, numbered face by face.
+  One thread per tile then keeps, for each pixel, the ``K`` faces nearest in depth among
+  those inside or within r (depths are only computed for pixels with more than K):
+  ``candidates`` (H, W, K) int32 (entries past ``count`` are unused), and for each slot a
+  64-bit mask of the tile's pixels that kept its face.
+* ``forward`` (differentiable in the clip coordinates and vertex colours) first computes
+  per-face records (screen vertices, 1/|edge|², clip x y w: a Taichi-differentiated
+  kernel), then a per-pixel pass over the candidates with a hand-written backward
+  (``ti.ad.grad_replaced``, so no exp sits in an AD inner loop, TAICHI_NOTES §6). It
+  multiplies the 1 − D and sums the softmax weights shifted by m_i, the running maximum of
+  ε and z_ij (online softmax; the blend does not depend on m, so it is a constant for the
+  gradient, and γ = 1e-4 never overflows). The backward pass is one thread per face over
+  its slots' masks: it recomputes each pair and sums the adjoints of the face's records in
+  registers (d² by the envelope theorem: the closest point's t is optimal).
+
+Exact shortcuts, no approximation: a pair whose weight e^{(z − m)/γ} is exactly 0 for
+every z in its face's depth range (e.g. the far side of a closed mesh) skips the
+barycentrics and colour, and in the backward pass also the coverage when the pixel's
+silhouette has no gradient.
 
 Faces with a vertex on the camera side of the near plane (z_clip < −w_clip) or entirely
 beyond the far plane are not drawn (there is no clipping in this mode). Degenerate faces
@@ -75,7 +87,8 @@ class SoftRasterizer:
     ``cutoff`` (coverage below which a face is not a candidate).
 
     Owns ``silhouette`` (H, W) and ``image`` (H, W, 3), with gradients; ``candidates``
-    (H, W, K) int32 (−1 padded) and ``count`` (H, W) int32 from the last ``select``.
+    (H, W, K) int32 (the first ``count`` per pixel) and ``count`` (H, W) int32 from the last
+    ``select``.
     """
 
     def __init__(
@@ -117,7 +130,7 @@ class SoftRasterizer:
         self.silhouette = ti.field(real, shape=shape, **backend.diff())
         self.image = ti.Vector.field(3, real, shape=shape, **backend.diff())
         self.denominator = ti.field(real, shape=shape)  # Σ_j D e^{(z − m)/γ} + e^{(ε − m)/γ}
-        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij)
+        self.zmax = ti.field(real, shape=shape)  # shift m = max(ε, z_ij) of the last forward
         # per-pixel adjoints of the blend: ∂L/∂log Π(1 − D), ∂L/∂Σw, ∂L/∂Σ wC
         self.adjoint = ti.Vector.field(5, real, shape=shape)
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
