@@ -16,18 +16,30 @@ For pixel i and candidate face j (see DESIGN §5)::
 * ``C_ij`` interpolates a per-vertex colour field (V, 3) with the same clamped
   barycentrics: shade at the vertices (:class:`VertexShader`) or pass any colours.
 
-Two phases. ``select`` (not differentiable; call it whenever the geometry changed) bins
-faces into 8×8-pixel tiles by their screen box dilated by the distance where
-D < ``cutoff`` (r = sqrt(σ ln(1/cutoff − 1))), then keeps for each pixel the ``K``
-faces nearest in depth among those inside or within r: ``candidates`` (H, W, K) int32,
-−1 padded, plus a flat list of the (pixel, face) pairs grouped by pixel. It also stores
-the softmax shift m_i = max(ε, max_j z_ij), so γ = 1e-4 never overflows (the blend does
-not depend on m, so it is a constant for the gradient). ``forward`` (differentiable in
-the clip coordinates and vertex colours) recomputes everything from the clip coordinates:
-one thread per pair (a top-level loop, so exp/log differentiate correctly in Taichi
-1.7.4, TAICHI_NOTES §6) writes log(1 − D) (a stable softplus), the softmax weight and the
-weighted colour; a per-pixel pass sums them (Π(1 − D) = exp Σ log(1 − D)) and has a
-hand-written backward. Cost O(pixels·K + faces), no atomics in the forward pass.
+Two phases, both O(pairs + faces) with one thread per tile, pixel or face and no
+per-pair atomics (a pair: a pixel and one of its candidate faces).
+
+* ``select`` (not differentiable; call it whenever the geometry changed) bins faces into
+  8×8-pixel tiles by their screen box dilated by the distance where D < ``cutoff``
+  (r = sqrt(σ ln(1/cutoff − 1))); a (face, tile) pair is a *slot*, numbered face by face.
+  One thread per tile then keeps, for each pixel, the ``K`` faces nearest in depth among
+  those inside or within r (depths are only computed for pixels with more than K):
+  ``candidates`` (H, W, K) int32 (entries past ``count`` are unused), and for each slot a
+  64-bit mask of the tile's pixels that kept its face.
+* ``forward`` (differentiable in the clip coordinates and vertex colours) first computes
+  per-face records (screen vertices, 1/|edge|², clip x y w: a Taichi-differentiated
+  kernel), then a per-pixel pass over the candidates with a hand-written backward
+  (``ti.ad.grad_replaced``, so no exp sits in an AD inner loop, TAICHI_NOTES §6). It
+  multiplies the 1 − D and sums the softmax weights shifted by m_i, the running maximum of
+  ε and z_ij (online softmax; the blend does not depend on m, so it is a constant for the
+  gradient, and γ = 1e-4 never overflows). The backward pass is one thread per face over
+  its slots' masks: it recomputes each pair and sums the adjoints of the face's records in
+  registers (d² by the envelope theorem: the closest point's t is optimal).
+
+Exact shortcuts, no approximation: a pair whose weight e^{(z − m)/γ} is exactly 0 for
+every z in its face's depth range (e.g. the far side of a closed mesh) skips the
+barycentrics and colour, and in the backward pass also the coverage when the pixel's
+silhouette has no gradient.
 
 Faces with a vertex on the camera side of the near plane (z_clip < −w_clip) or entirely
 beyond the far plane are not drawn (there is no clipping in this mode). Degenerate faces
@@ -45,67 +57,24 @@ from ..errors import UserError
 from .interpolate import pixel_ndc
 from .shading import MODELS, surface_radiance
 
-TILE = 8  # binning tile edge in pixels
+TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
+EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots H·W·K; more would not fit int32 indices
-EXP_LIMIT = 60.0  # largest softmax exponent (only reached with a stale shift)
 
 
-@ti.func
-def _screen(c: ti.template(), scale):
-    return ti.Vector([c[0] / c[3] * scale[0], c[1] / c[3] * scale[1]])
-
-
-@ti.func
-def face_geometry(c0: ti.template(), c1: ti.template(), c2: ti.template(), p, scale):
-    """For NDC point ``p`` and clip vertices c0 c1 c2 (all w > 0), with ``scale`` the NDC →
-    isotropic-screen factors: (d², inside, λ) — squared distance to the nearest edge,
-    whether p is strictly inside, and the perspective-correct barycentrics clamped to the
-    face. Uses only select (no min/max), so it is safe under reverse-mode AD anywhere."""
-    q = ti.Vector([p[0] * scale[0], p[1] * scale[1]])
-    s = [_screen(c0, scale), _screen(c1, scale), _screen(c2, scale)]
-    d2 = 0.0
-    pos = 0
-    neg = 0
-    for k in ti.static(range(3)):
-        a, e = s[k], s[(k + 1) % 3] - s[k]
-        ee = e.dot(e)
-        t = (q - a).dot(e) / ti.select(ee > 0.0, ee, 1.0)
-        t = ti.select(t < 0.0, 0.0, ti.select(t > 1.0, 1.0, t))
-        r = q - a - t * e
-        dk = r.dot(r)
-        if ti.static(k == 0):
-            d2 = dk
-        else:
-            d2 = ti.select(dk < d2, dk, d2)
-        cross = e[0] * (q[1] - a[1]) - e[1] * (q[0] - a[0])
-        pos += ti.cast(cross > 0.0, ti.i32)
-        neg += ti.cast(cross < 0.0, ti.i32)
-    # homogeneous barycentrics a × b (interpolate.perspective_barycentrics without the
-    # division by their sum: only the sign of the sum matters after clamping, so edge-on
-    # faces stay finite)
-    ha = ti.Vector([c0[0] - p[0] * c0[3], c1[0] - p[0] * c1[3], c2[0] - p[0] * c2[3]])
-    hb = ti.Vector([c0[1] - p[1] * c0[3], c1[1] - p[1] * c1[3], c2[1] - p[1] * c2[3]])
-    u = ha.cross(hb)
-    u = ti.select(u[0] + u[1] + u[2] < 0.0, -u, u)
-    u = ti.select(u > 0.0, u, 0.0)
-    total = u[0] + u[1] + u[2]
-    lam = ti.select(total > 0.0, u / ti.select(total > 0.0, total, 1.0), 1.0 / 3.0)
-    return d2, pos == 3 or neg == 3, lam
-
-
-@ti.data_oriented
-class _Pairs:
-    """(pixel, face) pairs, grouped by pixel, and their per-pair terms (with gradients)."""
-
-    def __init__(self, capacity: int):
-        real = backend.real()
-        self.capacity = capacity
-        self.n = ti.field(ti.i32, shape=())
-        self.pixel = ti.field(ti.i32, shape=capacity)  # y · W + x
-        self.face = ti.field(ti.i32, shape=capacity)
-        self.log_q = ti.field(real, shape=capacity, **backend.diff())  # log(1 − D)
-        self.weight = ti.field(real, shape=capacity, **backend.diff())  # D e^{(z − m)/γ}
-        self.weighted_color = ti.Vector.field(3, real, shape=capacity, **backend.diff())
+def _check_settings(sigma, gamma, eps, cutoff, background) -> None:
+    """Raise :class:`UserError` for a bad σ, γ, ε, cutoff or background (None: unset)."""
+    for name, value in (("sigma", sigma), ("gamma", gamma)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be a positive number, got {value}")
+    if eps is not None and not math.isfinite(eps):
+        raise UserError(f"eps must be a finite number, got {eps}")
+    if cutoff is not None and not (0.0 < cutoff < 0.5):
+        raise UserError(f"cutoff must be in (0, 0.5), got {cutoff}")
+    if background is not None:
+        bg = np.asarray(background, dtype=np.float64)
+        if bg.shape != (3,) or not np.all(np.isfinite(bg)):
+            raise UserError(f"background must be a finite RGB colour, got {background}")
 
 
 @ti.data_oriented
@@ -118,7 +87,8 @@ class SoftRasterizer:
     ``cutoff`` (coverage below which a face is not a candidate).
 
     Owns ``silhouette`` (H, W) and ``image`` (H, W, 3), with gradients; ``candidates``
-    (H, W, K) int32 and ``count`` (H, W) int32 from the last ``select``.
+    (H, W, K) int32 (the first ``count`` per pixel) and ``count`` (H, W) int32 from the last
+    ``select``.
     """
 
     def __init__(
@@ -137,6 +107,7 @@ class SoftRasterizer:
     ):
         check_resolution(width, height)
         check_depth_range(near, far)
+        _check_settings(sigma, gamma, eps, cutoff, background)  # before allocating fields
         if int(K) != K or K < 1:
             raise UserError(f"K (candidate faces per pixel) must be a positive integer, got {K}")
         if int(max_faces) != max_faces or max_faces < 1:
@@ -159,15 +130,19 @@ class SoftRasterizer:
         self.silhouette = ti.field(real, shape=shape, **backend.diff())
         self.image = ti.Vector.field(3, real, shape=shape, **backend.diff())
         self.denominator = ti.field(real, shape=shape)  # Σ_j D e^{(z − m)/γ} + e^{(ε − m)/γ}
-        self.zmax = ti.field(real, shape=shape)  # softmax shift m = max(ε, z_ij) at select
+        self.zmax = ti.field(real, shape=shape)  # shift m = max(ε, z_ij) of the last forward
+        # per-pixel adjoints of the blend: ∂L/∂log Π(1 − D), ∂L/∂Σw, ∂L/∂Σ wC
+        self.adjoint = ti.Vector.field(5, real, shape=shape)
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
         self.candidate_depth = ti.field(real, shape=(H, W, K))
         self.count = ti.field(ti.i32, shape=shape)  # candidates kept (≤ K)
-        self.found = ti.field(ti.i32, shape=shape)  # faces within the cutoff distance
-        self.offset = ti.field(ti.i32, shape=shape)
         self.stats = ti.field(ti.i32, shape=2)  # number of pairs, truncated pixels
-        self._pairs = None  # grows with the number of pairs
+        # per-face records (differentiable functions of the clip coordinates)
+        self.screen = ti.Matrix.field(3, 2, real, shape=F, **backend.diff())  # isotropic
+        self.inv_len2 = ti.Vector.field(3, real, shape=F, **backend.diff())  # 1/|edge k|²
+        self.hom = ti.Matrix.field(3, 3, real, shape=F, **backend.diff())  # clip x, y, w
         self.face_box = ti.Vector.field(4, ti.i32, shape=F)  # pixel x0, y0, x1, y1 (inclusive)
+        self.slot_start = ti.field(ti.i32, shape=F + 1)  # face f's (face, tile) slots
         self.tile_start = ti.field(ti.i32, shape=self.tiles_x * self.tiles_y + 1)
         self.tile_fill = ti.field(ti.i32, shape=self.tiles_x * self.tiles_y)
         # 1/σ, 1/γ, ε, r² (isotropic NDC units), r (pixels); r = cutoff distance
@@ -175,8 +150,8 @@ class SoftRasterizer:
         self.background = ti.Vector.field(3, real, shape=())
         self.sigma, self.gamma, self.eps, self.cutoff = 1.0, 1.0, 0.0, 1e-4
         self.set(sigma=sigma, gamma=gamma, eps=eps, cutoff=cutoff, background=background)
-        self._tile_faces = None
-        self._tile_capacity = 0
+        self._slots = None  # (tile slots, slot face, slot mask) ndarrays, grown on demand
+        self._n_faces = None  # faces of the last select
         self.num_pairs = 0
         self.truncated = 0
 
@@ -189,24 +164,12 @@ class SoftRasterizer:
 
     def set(self, sigma=None, gamma=None, eps=None, cutoff=None, background=None) -> None:
         """Change σ, γ, ε, the cutoff or the background (call ``select`` after σ/cutoff)."""
-        for name, value in (("sigma", sigma), ("gamma", gamma)):
+        _check_settings(sigma, gamma, eps, cutoff, background)
+        for name, value in (("sigma", sigma), ("gamma", gamma), ("eps", eps), ("cutoff", cutoff)):
             if value is not None:
-                if not (math.isfinite(value) and value > 0):
-                    raise UserError(f"{name} must be a positive number, got {value}")
                 setattr(self, name, float(value))
-        if eps is not None:
-            if not math.isfinite(eps):
-                raise UserError(f"eps must be a finite number, got {eps}")
-            self.eps = float(eps)
-        if cutoff is not None:
-            if not (0.0 < cutoff < 0.5):
-                raise UserError(f"cutoff must be in (0, 0.5), got {cutoff}")
-            self.cutoff = float(cutoff)
         if background is not None:
-            bg = np.asarray(background, dtype=np.float64)
-            if bg.shape != (3,) or not np.all(np.isfinite(bg)):
-                raise UserError(f"background must be a finite RGB colour, got {background}")
-            self.background[None] = bg
+            self.background[None] = np.asarray(background, dtype=np.float64)
         r = self.radius
         p = (
             1.0 / self.sigma,
@@ -221,6 +184,95 @@ class SoftRasterizer:
     def radius(self) -> float:
         """Distance (isotropic NDC units) beyond which D_ij < cutoff outside a face."""
         return math.sqrt(self.sigma * math.log(1.0 / self.cutoff - 1.0))
+
+    # ------------------------------------------------------------ face records
+    @ti.kernel
+    def _records(self, clip: ti.template(), faces: ti.template(), n_faces: ti.i32):
+        """Per face: screen vertices, 1/|edge|², clip x y w (differentiable;
+        a vertex with w ≤ 0 is divided by 1 instead: such faces are never drawn)."""
+        for f in range(n_faces):
+            sx, sy = ti.static(self.scale)
+            idx = faces[f]
+            c = [clip[idx[0]], clip[idx[1]], clip[idx[2]]]
+            w = [ti.select(c[k][3] > 0.0, c[k][3], 1.0) for k in ti.static(range(3))]
+            s = [ti.Vector([c[k][0] / w[k] * sx, c[k][1] / w[k] * sy]) for k in ti.static(range(3))]
+            for k in ti.static(range(3)):
+                i, j = ti.static((k + 1) % 3, (k + 2) % 3)
+                self.screen[f][k, 0] = s[k][0]
+                self.screen[f][k, 1] = s[k][1]
+                e = s[i] - s[k]
+                ee = e[0] * e[0] + e[1] * e[1]
+                self.inv_len2[f][k] = 1.0 / ti.select(ee > 0.0, ee, 1.0)
+                for m in ti.static(range(3)):
+                    self.hom[f][k, m] = c[k][(0, 1, 3)[m]]
+
+    @ti.func
+    def _homogeneous(self, h, p, axis: ti.template()):
+        """(c_v[axis] − p[axis] w_v)_v for a face's clip x y w rows ``h``: the homogeneous
+        barycentrics at NDC point p are u = a × b with a (axis 0) and b (axis 1)."""
+        return ti.Vector([h[v, axis] - p[axis] * h[v, 2] for v in ti.static(range(3))])
+
+    @ti.func
+    def _depths(self, h: ti.template()):
+        return ti.Vector([h[v, 2] for v in ti.static(range(3))])
+
+    @ti.func
+    def _depth(self, f, y, x):
+        """Eye-space depth of face f at pixel (y, x) (clamped barycentrics)."""
+        h = self.hom[f]
+        return self._barycentrics(h, pixel_ndc(y, x, self.width, self.height))[0].dot(
+            self._depths(h)
+        )
+
+    @ti.func
+    def _vertex_colors(self, f, faces: ti.template(), colors: ti.template()):
+        """Face f's vertex colours (rows)."""
+        idx = faces[f]
+        return ti.Matrix.rows([colors[idx[0]], colors[idx[1]], colors[idx[2]]])
+
+    @ti.func
+    def _iso(self, p):
+        """NDC → isotropic screen units (the shorter image side spans 2)."""
+        return ti.Vector([p[0] * self.scale[0], p[1] * self.scale[1]])
+
+    @ti.func
+    def _edges(self, s: ti.template(), il: ti.template(), q):
+        """A face with screen vertices ``s`` (3, 2) and 1/|edge|² ``il`` at isotropic screen
+        point q: (d², inside, k, t, r) — squared distance to
+        the nearest edge k, whose closest point is s_k + t (s_{k+1} − s_k) and r = q − that
+        point, and whether q is strictly inside. Only select, no min/max."""
+        d2, t_near, k_near = 0.0, 0.0, 0
+        r_near = ti.Vector([0.0, 0.0])
+        pos, neg = 0, 0
+        for k in ti.static(range(3)):
+            i = ti.static((k + 1) % 3)
+            v = ti.Vector([q[0] - s[k, 0], q[1] - s[k, 1]])
+            e = ti.Vector([s[i, 0] - s[k, 0], s[i, 1] - s[k, 1]])
+            t = v.dot(e) * il[k]
+            t = ti.select(t < 0.0, 0.0, ti.select(t > 1.0, 1.0, t))
+            r = v - t * e
+            dk = r.dot(r)
+            closer = k == 0 or dk < d2
+            d2 = ti.select(closer, dk, d2)
+            t_near = ti.select(closer, t, t_near)
+            r_near = ti.select(closer, r, r_near)
+            k_near = ti.select(closer, k, k_near)
+            cross = e[0] * v[1] - e[1] * v[0]
+            pos += ti.cast(cross > 0.0, ti.i32)
+            neg += ti.cast(cross < 0.0, ti.i32)
+        return d2, pos == 3 or neg == 3, k_near, t_near, r_near
+
+    @ti.func
+    def _barycentrics(self, h: ti.template(), p):
+        """A face with clip x y w rows ``h`` at NDC point p: (λ, u, Σu, sign) —
+        perspective-correct barycentrics λ clamped to the face, from u = max(sign · a × b,
+        0) (see ``_homogeneous``), sign making Σ a × b ≥ 0 (λ = 1/3 when u = 0)."""
+        u = self._homogeneous(h, p, 0).cross(self._homogeneous(h, p, 1))
+        sign = ti.select(u.sum() < 0.0, -1.0, 1.0)
+        u = ti.select(sign * u > 0.0, sign * u, 0.0)
+        total = u.sum()
+        lam = ti.select(total > 0.0, u * (1.0 / ti.select(total > 0.0, total, 1.0)), 1.0 / 3.0)
+        return lam, u, total, sign
 
     # ------------------------------------------------------------ selection
     @ti.kernel
@@ -255,109 +307,127 @@ class SoftRasterizer:
                 )
             self.face_box[f] = box
 
-    @ti.kernel
-    def _bin_count(self, n_faces: ti.i32) -> ti.i32:
-        n_tiles = self.tiles_x * self.tiles_y
-        for t in self.tile_start:
-            self.tile_start[t] = 0
-        ti.loop_config(serialize=True)
-        for f in range(n_faces):
-            b = self.face_box[f]
-            if b[0] <= b[2] and b[1] <= b[3]:
-                for ty in range(b[1] // TILE, b[3] // TILE + 1):
-                    for tx in range(b[0] // TILE, b[2] // TILE + 1):
-                        self.tile_start[ty * self.tiles_x + tx + 1] += 1
-        ti.loop_config(serialize=True)
-        for t in range(n_tiles):
-            self.tile_start[t + 1] += self.tile_start[t]
-        return self.tile_start[n_tiles]
+    @ti.func
+    def _tiles(self, f):
+        """Tile range (tx0, ty0, tx1, ty1) of face f's box; empty when tx0 > tx1."""
+        b = self.face_box[f]
+        t = ti.Vector([b[0] // TILE, b[1] // TILE, b[2] // TILE, b[3] // TILE])
+        return ti.select(b[0] <= b[2] and b[1] <= b[3], t, ti.Vector([0, 0, -1, -1]))
 
     @ti.kernel
-    def _bin_fill(self, n_faces: ti.i32, out: ti.types.ndarray(dtype=ti.i32, ndim=1)):
+    def _bin_count(self, n_faces: ti.i32) -> ti.i32:
+        """Slots: one per (face, tile under its box), numbered face by face."""
+        for t in self.tile_start:
+            self.tile_start[t] = 0
+        self.slot_start[0] = 0
+        ti.loop_config(serialize=True)
+        for f in range(n_faces):
+            b = self._tiles(f)
+            self.slot_start[f + 1] = self.slot_start[f] + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+            for ty in range(b[1], b[3] + 1):
+                for tx in range(b[0], b[2] + 1):
+                    self.tile_start[ty * self.tiles_x + tx + 1] += 1
+        ti.loop_config(serialize=True)
+        for t in range(self.tiles_x * self.tiles_y):
+            self.tile_start[t + 1] += self.tile_start[t]
+        return self.slot_start[n_faces]
+
+    @ti.kernel
+    def _bin_fill(
+        self,
+        n_faces: ti.i32,
+        tile_slots: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        slot_face: ti.types.ndarray(dtype=ti.i32, ndim=1),
+    ):
         for t in self.tile_fill:
             self.tile_fill[t] = self.tile_start[t]
-        ti.loop_config(serialize=True)  # faces stay in ascending order in every tile
+        ti.loop_config(serialize=True)  # slots stay in ascending face order in every tile
         for f in range(n_faces):
-            b = self.face_box[f]
-            if b[0] <= b[2] and b[1] <= b[3]:
-                for ty in range(b[1] // TILE, b[3] // TILE + 1):
-                    for tx in range(b[0] // TILE, b[2] // TILE + 1):
-                        t = ty * self.tiles_x + tx
-                        out[self.tile_fill[t]] = f
-                        self.tile_fill[t] += 1
+            b = self._tiles(f)
+            j = self.slot_start[f]
+            for ty in range(b[1], b[3] + 1):
+                for tx in range(b[0], b[2] + 1):
+                    t = ty * self.tiles_x + tx
+                    tile_slots[self.tile_fill[t]] = j
+                    slot_face[j] = f
+                    self.tile_fill[t] += 1
+                    j += 1
 
     @ti.kernel
     def _select(
         self,
-        clip: ti.template(),
-        faces: ti.template(),
-        tile_faces: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        tile_slots: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        slot_face: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
     ):
-        K = self.K
+        """One thread per tile (it owns its pixels and its slots' masks), face by face:
+        each pixel keeps the K nearest faces within reach, as slots first, then face ids;
+        bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
+        only computed for pixels with more than K faces within reach."""
+        K, W, H = self.K, self.width, self.height
         r2 = self.params[3]
-        for y, x in self.count:
-            t = (y // TILE) * self.tiles_x + x // TILE
-            p = pixel_ndc(y, x, self.width, self.height)
-            n = 0
-            found = 0
+        self.stats[0] = 0
+        self.stats[1] = 0
+        for t in range(self.tiles_x * self.tiles_y):
+            y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
+            y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
+            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
+                self.count[y, x] = 0
+            full = ti.u64(0)  # pixels that had more than K faces within reach
             for j in range(self.tile_start[t], self.tile_start[t + 1]):
-                f = tile_faces[j]
+                slot = tile_slots[j]
+                f = slot_face[slot]
                 b = self.face_box[f]
-                if b[0] <= x and x <= b[2] and b[1] <= y and y <= b[3]:
-                    idx = faces[f]
-                    c0, c1, c2 = clip[idx[0]], clip[idx[1]], clip[idx[2]]
-                    d2, inside, lam = face_geometry(c0, c1, c2, p, ti.Vector(self.scale))
+                s, il = self.screen[f], self.inv_len2[f]
+                bits = ti.u64(0)
+                for y, x in ti.ndrange(
+                    (ti.max(b[1], y0), ti.min(b[3], y1) + 1),
+                    (ti.max(b[0], x0), ti.min(b[2], x1) + 1),
+                ):
+                    p = pixel_ndc(y, x, W, H)
+                    d2, inside = self._edges(s, il, self._iso(p))[:2]
                     if inside or d2 <= r2:
-                        found += 1
-                        z = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
+                        bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
+                        n = self.count[y, x]
                         if n < K:
-                            self.candidates[y, x, n] = f
-                            self.candidate_depth[y, x, n] = z
-                            n += 1
-                        else:  # replace the farthest (ties: the higher face id)
+                            self.candidates[y, x, n] = slot
+                            self.count[y, x] = n + 1
+                            bits |= bit
+                        else:
+                            if full & bit == ti.u64(0):  # first overflow: depths of the K
+                                full |= bit
+                                for k in range(K):
+                                    g = slot_face[self.candidates[y, x, k]]
+                                    self.candidate_depth[y, x, k] = self._depth(g, y, x)
+                            # replace the farthest (ties: the higher slot = face id)
                             worst = 0
                             for k in range(1, K):
-                                zk, zw = (
-                                    self.candidate_depth[y, x, k],
-                                    self.candidate_depth[y, x, worst],
-                                )
+                                zk = self.candidate_depth[y, x, k]
+                                zw = self.candidate_depth[y, x, worst]
                                 if zk > zw or (
                                     zk == zw
                                     and self.candidates[y, x, k] > self.candidates[y, x, worst]
                                 ):
                                     worst = k
+                            z = self._depth(f, y, x)
                             if z < self.candidate_depth[y, x, worst]:
-                                self.candidates[y, x, worst] = f
+                                evicted = self.candidates[y, x, worst]
+                                mask[evicted] = mask[evicted] & ~bit
+                                self.candidates[y, x, worst] = slot
                                 self.candidate_depth[y, x, worst] = z
-            for k in range(n, K):
-                self.candidates[y, x, k] = -1
-            self.count[y, x] = n
-            self.found[y, x] = found
-            m = self.params[2]
-            for k in range(n):
-                zn = (self.far - self.candidate_depth[y, x, k]) / (self.far - self.near)
-                m = ti.max(m, zn)
-            self.zmax[y, x] = m
-
-    @ti.kernel
-    def _scan_pixels(self):
-        self.stats[0] = 0
-        self.stats[1] = 0
-        ti.loop_config(serialize=True)
-        for i in range(self.width * self.height):
-            y, x = i // self.width, i % self.width
-            self.offset[y, x] = self.stats[0]
-            self.stats[0] += self.count[y, x]
-            self.stats[1] += ti.cast(self.found[y, x] > self.count[y, x], ti.i32)
-
-    @ti.kernel
-    def _compact(self, pairs: ti.template()):
-        pairs.n[None] = self.stats[0]
-        for y, x in self.count:
-            o = self.offset[y, x]
-            for k in range(self.count[y, x]):
-                pairs.pixel[o + k] = y * self.width + x
-                pairs.face[o + k] = self.candidates[y, x, k]
+                                bits |= bit
+                mask[slot] = bits
+            pairs = 0
+            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
+                for k in range(self.count[y, x]):
+                    self.candidates[y, x, k] = slot_face[self.candidates[y, x, k]]
+                pairs += self.count[y, x]
+            truncated = 0
+            while full != ti.u64(0):
+                truncated += ti.cast(full & ti.u64(1), ti.i32)
+                full = full >> ti.u64(1)
+            self.stats[0] += pairs
+            self.stats[1] += truncated
 
     def select(self, clip, faces, n_faces: int) -> int:
         """Candidate faces per pixel (not differentiable). ``clip`` (V, 4) clip coordinates,
@@ -369,98 +439,212 @@ class SoftRasterizer:
                 f"{n_faces} faces exceed this soft rasterizer's {self.max_faces}; "
                 "build it with a larger max_faces"
             )
+        self._records(clip, faces, n_faces)
         self._setup_faces(clip, faces, n_faces)
         total = self._bin_count(n_faces)
-        if total > self._tile_capacity:  # grow, never drop faces
-            self._tile_capacity = max(1 << max(total - 1, 1).bit_length(), 1024)
-            self._tile_faces = ti.ndarray(ti.i32, shape=self._tile_capacity)
-        if total:
-            self._bin_fill(n_faces, self._tile_faces)
-            self._select(clip, faces, self._tile_faces)
-        else:
-            self.count.fill(0)
-            self.found.fill(0)
-            self.candidates.fill(-1)
-        self._scan_pixels()
+        if self._slots is None or total > self._slots[0].shape[0]:  # grow, never drop faces
+            n = max(1 << max(total - 1, 1).bit_length(), 1024)
+            self._slots = (
+                ti.ndarray(ti.i32, shape=n),
+                ti.ndarray(ti.i32, shape=n),
+                ti.ndarray(ti.u64, shape=n),
+            )
+        self._bin_fill(n_faces, *self._slots[:2])
+        self._select(*self._slots)
         stats = self.stats.to_numpy()
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        if self._pairs is None or self.num_pairs > self._pairs.capacity:
-            self._pairs = _Pairs(max(1 << max(self.num_pairs - 1, 1).bit_length(), 1024))
-        self._compact(self._pairs)
+        self._n_faces = n_faces
         return self.num_pairs
 
     # ------------------------------------------------------------ differentiable
-    @ti.kernel
-    def _pair_terms(
-        self, pairs: ti.template(), clip: ti.template(), faces: ti.template(), colors: ti.template()
-    ):
-        for p in range(pairs.n[None]):
-            i = pairs.pixel[p]
-            y, x = i // self.width, i % self.width
-            idx = faces[pairs.face[p]]
-            c0, c1, c2 = clip[idx[0]], clip[idx[1]], clip[idx[2]]
-            p_ndc = pixel_ndc(y, x, self.width, self.height)
-            d2, inside, lam = face_geometry(c0, c1, c2, p_ndc, ti.Vector(self.scale))
-            zn = (self.far - (lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3])) / (
-                self.far - self.near
-            )
-            s = ti.select(inside, d2, -d2) * self.params[0]
-            e = ti.exp(-ti.abs(s))
-            coverage = ti.select(s >= 0.0, 1.0, e) / (1.0 + e)  # stable sigmoid(s)
-            # log(1 − sigmoid(s)) = −softplus(s), stable
-            pairs.log_q[p] = -(ti.select(s > 0.0, s, 0.0) + ti.log(1.0 + e))
-            # shifted softmax weight; the clamp only acts when the geometry moved far since
-            # select (then the shift is stale): it keeps the sums finite
-            a = (zn - self.zmax[y, x]) * self.params[1]
-            w = coverage * ti.exp(ti.select(a > EXP_LIMIT, EXP_LIMIT, a))
-            color = lam[0] * colors[idx[0]] + lam[1] * colors[idx[1]] + lam[2] * colors[idx[2]]
-            pairs.weight[p] = w
-            pairs.weighted_color[p] = w * color
+    @ti.func
+    def _coverage(self, s: ti.template(), il: ti.template(), p):
+        """A face's screen records at NDC point p: the 5 values of ``_edges``, then 1 − D
+        and D (stable sigmoids of ±d²/σ)."""
+        d2, inside, k_near, t, r = self._edges(s, il, self._iso(p))
+        arg = ti.select(inside, d2, -d2) * self.params[0]
+        e = ti.exp(-ti.abs(arg))
+        inv = 1.0 / (1.0 + e)
+        miss = ti.select(arg >= 0.0, e, 1.0) * inv
+        return d2, inside, k_near, t, r, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+
+    @ti.func
+    def _shading(self, h: ti.template(), c: ti.template(), p):
+        """A face's clip records ``h`` and vertex colours ``c`` (rows) at NDC point p: the
+        4 values of ``_barycentrics``, the normalised depth (far − z)/(far − near) and the
+        interpolated colour."""
+        lam, u, total, sign = self._barycentrics(h, p)
+        zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
+        color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
+        return lam, u, total, sign, zn, color
+
+    @ti.func
+    def _depth_range(self, h: ti.template()):
+        """Bounds (lo, hi) of a face's normalised depth (far − z)/(far − near) anywhere:
+        z interpolates the vertices' w with convex weights."""
+        w = self._depths(h)
+        scale = 1.0 / (self.far - self.near)
+        return (self.far - w.max()) * scale, (self.far - w.min()) * scale
+
+    @ti.func
+    def _weightless(self, zn_hi, m):
+        """Whether e^{(z − m)/γ} is exactly 0 for every normalised depth z ≤ zn_hi."""
+        return (zn_hi - m) * self.params[1] < ti.static(EXP_ZERO[backend.precision()])
 
     @ti.kernel
-    def _reduce(self, pairs: ti.template()):
+    def _blend_forward(self, faces: ti.template(), colors: ti.template()):
         for y, x in self.silhouette:
-            o = self.offset[y, x]
-            log_t = 0.0
-            w = ti.exp((self.params[2] - self.zmax[y, x]) * self.params[1])  # background
+            p = pixel_ndc(y, x, self.width, self.height)
+            # Sums of the weights shifted by m, the running maximum of ε and z (online
+            # softmax: rescaled whenever m grows), started at a lower bound of the final m
+            # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
+            m = self.params[2]
+            for k in range(self.count[y, x]):
+                m = ti.max(m, self._depth_range(self.hom[self.candidates[y, x, k]])[0])
+            miss = 1.0  # Π (1 − D): underflows to 0 only where the silhouette is 1
+            w = ti.exp((self.params[2] - m) * self.params[1])  # background
             c = w * self.background[None]
-            for k in range(o, o + self.count[y, x]):
-                log_t += pairs.log_q[k]
-                w += pairs.weight[k]
-                c += pairs.weighted_color[k]
-            self.silhouette[y, x] = 1.0 - ti.exp(log_t)
+            for k in range(self.count[y, x]):
+                f = self.candidates[y, x, k]
+                h = self.hom[f]
+                cov = self._coverage(self.screen[f], self.inv_len2[f], p)
+                miss *= cov[5]
+                if not self._weightless(self._depth_range(h)[1], m):
+                    cols = self._vertex_colors(f, faces, colors)
+                    zn, color = self._shading(h, cols, p)[4:]
+                    if zn > m:
+                        rescale = ti.exp((m - zn) * self.params[1])
+                        w *= rescale
+                        c *= rescale
+                        m = zn
+                    wk = cov[6] * ti.exp((zn - m) * self.params[1])
+                    w += wk
+                    c += wk * color
+            self.silhouette[y, x] = 1.0 - miss
             self.image[y, x] = c / w
             self.denominator[y, x] = w
+            self.zmax[y, x] = m
 
     @ti.kernel
-    def _reduce_backward(self, pairs: ti.template()):
+    def _pixel_adjoints(self):
         for y, x in self.silhouette:
-            w = self.denominator[y, x]
+            g_c = self.image.grad[y, x] / self.denominator[y, x]
             g_log_t = -self.silhouette.grad[y, x] * (1.0 - self.silhouette[y, x])
-            g_c = self.image.grad[y, x] / w
-            g_w = -g_c.dot(self.image[y, x])
-            o = self.offset[y, x]
-            for k in range(o, o + self.count[y, x]):
-                pairs.log_q.grad[k] = g_log_t
-                pairs.weight.grad[k] = g_w
-                pairs.weighted_color.grad[k] = g_c
+            self.adjoint[y, x] = ti.Vector(
+                [g_log_t, -g_c.dot(self.image[y, x]), g_c[0], g_c[1], g_c[2]]
+            )
+
+    @ti.func
+    def _pair_adjoint(
+        self,
+        s: ti.template(),
+        il: ti.template(),
+        h: ti.template(),
+        cols: ti.template(),
+        zn_hi,
+        y,
+        x,
+        g_s: ti.template(),
+        g_h: ti.template(),
+        g_col: ti.template(),
+    ):
+        """Adds pixel (y, x)'s adjoints of a face (records s, il, h, vertex colours cols,
+        depth bound zn_hi) to g_s, g_h and g_col. A pair with a weight of exactly 0 and no
+        silhouette gradient adds nothing."""
+        adj = self.adjoint[y, x]
+        m = self.zmax[y, x]
+        shaded = not self._weightless(zn_hi, m)
+        if shaded or adj[0] != 0.0:
+            p = pixel_ndc(y, x, self.width, self.height)
+            _, inside, k_near, t, r, _, cov = self._coverage(s, il, p)
+            g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
+            if shaded:
+                lam, u, total, sign, zn, color = self._shading(h, cols, p)
+                factor = ti.exp((zn - m) * self.params[1])
+                w = cov * factor
+                g_c = ti.Vector([adj[2], adj[3], adj[4]])
+                g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
+                g_color = w * g_c
+                g_arg += g_w * factor * cov * (1.0 - cov)
+                g_depth = -g_w * w * self.params[1] / (self.far - self.near)
+                g_lam = g_depth * self._depths(h) + cols @ g_color
+                g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+                g_u = ti.select(u > 0.0, g_u, 0.0) * sign
+                # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
+                g_a = self._homogeneous(h, p, 1).cross(g_u)
+                g_b = g_u.cross(self._homogeneous(h, p, 0))
+                for v in ti.static(range(3)):
+                    g_h[v, 0] += g_a[v]
+                    g_h[v, 1] += g_b[v]
+                    g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_b[v]
+                    for ch in ti.static(range(3)):
+                        g_col[v, ch] += lam[v] * g_color[ch]
+            g_d2 = ti.select(inside, g_arg, -g_arg) * self.params[0]
+            # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
+            for v in ti.static(range(3)):
+                c = ti.select(k_near == v, 1.0 - t, 0.0)
+                c += ti.select(k_near == (v + 2) % 3, t, 0.0)
+                g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
+                g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
+
+    @ti.kernel
+    def _face_adjoints(
+        self,
+        faces: ti.template(),
+        colors: ti.template(),
+        n_faces: ti.i32,
+        mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
+    ):
+        """One thread per face over the pixels that kept it (its slots' masks): sums the
+        pair adjoints into the face records' gradients (no atomics but the final colour
+        scatter)."""
+        for f in range(n_faces):
+            g_s = ti.Matrix.zero(float, 3, 2)
+            g_h = ti.Matrix.zero(float, 3, 3)
+            g_col = ti.Matrix.zero(float, 3, 3)  # row v: vertex v's colour
+            s, il, h = self.screen[f], self.inv_len2[f], self.hom[f]
+            cols = self._vertex_colors(f, faces, colors)
+            zn_hi = self._depth_range(h)[1]
+            tb = self._tiles(f)
+            j = self.slot_start[f]
+            for ty in range(tb[1], tb[3] + 1):
+                for tx in range(tb[0], tb[2] + 1):
+                    bits = mask[j]
+                    j += 1
+                    bit = 0
+                    while bits != ti.u64(0):
+                        if bits & ti.u64(255) == ti.u64(0):  # a tile row without such pixels
+                            bits = bits >> ti.u64(TILE)
+                            bit += TILE
+                        else:
+                            if bits & ti.u64(1):
+                                y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
+                                self._pair_adjoint(s, il, h, cols, zn_hi, y, x, g_s, g_h, g_col)
+                            bits = bits >> ti.u64(1)
+                            bit += 1
+            self.screen.grad[f] = g_s
+            self.hom.grad[f] = g_h
+            self.inv_len2.grad[f] = ti.Vector.zero(float, 3)  # t is optimal: no gradient
+            for v in ti.static(range(3)):
+                colors.grad[faces[f][v]] += ti.Vector([g_col[v, ch] for ch in ti.static(range(3))])
 
     @ti.ad.grad_replaced
-    def _blend(self, pairs):
-        """Per-pixel sums over the pixel's pairs (contiguous) → silhouette and image."""
-        self._reduce(pairs)
+    def _blend(self, faces, colors):
+        """Per-pixel sums over the pixel's candidates → silhouette and image."""
+        self._blend_forward(faces, colors)
 
     @ti.ad.grad_for(_blend)
-    def _blend_grad(self, pairs):
-        self._reduce_backward(pairs)
+    def _blend_grad(self, faces, colors):
+        self._pixel_adjoints()
+        self._face_adjoints(faces, colors, self._n_faces, self._slots[2])
 
     def forward(self, clip, faces, vertex_colors) -> None:
         """``silhouette`` and ``image`` for the candidates of the last ``select``;
         differentiable in ``clip`` (V, 4) and ``vertex_colors`` (V, 3)."""
-        if self._pairs is None:
+        if self._n_faces is None:
             raise UserError("call select() before forward(): it picks the candidate faces")
-        self._pair_terms(self._pairs, clip, faces, vertex_colors)
-        self._blend(self._pairs)
+        self._records(clip, faces, self._n_faces)
+        self._blend(faces, vertex_colors)
 
     def zero_grad(self) -> None:
         self.silhouette.grad.fill(0)
