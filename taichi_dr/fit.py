@@ -156,8 +156,10 @@ class View:
 @dataclass
 class Param:
     """A fitted renderer field: ``start`` value, Adam rate ``lr``, optional ``project``
-    (array -> array, applied after each step), ``truth`` (for metrics) and ``rows``: the
-    first-axis entries that are fitted (default all; e.g. ``[0]`` for light slot 0)."""
+    (array -> array, applied after each step to the stored value), ``truth`` (for metrics),
+    ``rows``: the first-axis entries that are fitted (default all; e.g. ``[0]`` for light
+    slot 0), and ``log``: store and step log(value) instead (a positive parameter such as
+    Phong shininess stays positive and Adam's steps become relative)."""
 
     name: str
     start: np.ndarray
@@ -165,6 +167,7 @@ class Param:
     project: object = None
     truth: np.ndarray | None = None
     rows: list | None = None
+    log: bool = False
 
 
 @dataclass
@@ -248,7 +251,7 @@ class Fit:
         for p in problem.params:
             f = resolve(r, p.name)
             m = _zeros_like(f)
-            backend.write(m, pad_to(f, p.start))
+            backend.write(m, pad_to(f, np.log(p.start) if p.log else p.start))
             self.masters[p.name] = m
         self.params = {p.name: p for p in problem.params}
         self.regularizers = self._regularizers()
@@ -292,8 +295,13 @@ class Fit:
         return out
 
     def values(self) -> dict:
-        """Current parameter values {name: array} (host copies)."""
-        return {name: m.to_numpy().astype(np.float64) for name, m in self.masters.items()}
+        """Current parameter values {name: array} (host copies; exp of the stored value
+        for ``log`` parameters)."""
+        out = {}
+        for name, m in self.masters.items():
+            a = m.to_numpy().astype(np.float64)
+            out[name] = np.exp(a) if self.params[name].log else a
+        return out
 
     def blur_sigma(self, it: int) -> float:
         p = self.problem
@@ -326,14 +334,15 @@ class Fit:
 
     def evaluate(self, it: int = 0) -> float:
         """The loss summed over all views at iteration ``it`` (blur and σ schedules) for
-        the current parameters; their gradients go into the masters' ``.grad`` (and
-        ``self.grads``, host arrays)."""
+        the current parameters; their gradients with respect to the stored values (log
+        for ``log`` parameters) go into the masters' ``.grad`` (and ``self.grads``, host
+        arrays)."""
         p, r = self.problem, self.r
         self._soft_sigma(it)
         sigma = self.blur_sigma(it)
         if sigma > 0:
             self.blur.set_sigma(sigma)
-        values = {name: m.to_numpy() for name, m in self.masters.items()}
+        values = self.values()
         grads = {name: np.zeros(m.shape + _elem(m)) for name, m in self.masters.items()}
         total = 0.0
         n = len(p.views)
@@ -374,6 +383,8 @@ class Fit:
                 keep = np.zeros(len(grads[name]), bool)
                 keep[rows] = True
                 grads[name][~keep] = 0.0
+            if self.params[name].log:  # d loss / d log x = x · d loss / d x
+                grads[name] *= values[name]
             backend.write(m.grad, grads[name])
         self.grads = grads
         return total

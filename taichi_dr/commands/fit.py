@@ -59,6 +59,12 @@ def add_arguments(parser):
         default=True,
         help="with --mode soft: σ from 3e-4 down to 3e-5 over 60 %% of the iterations",
     )
+    parser.add_argument(
+        "--shading",
+        choices=("ggx", "phong", "blinn-phong"),
+        help="material: the model whose parameters are fitted (default ggx: base colour, "
+        "roughness, metallic; phong/blinn-phong: base colour, specular, shininess)",
+    )
     parser.add_argument("--target-mesh", metavar="MESH", help="ground-truth mesh file")
     parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
     parser.add_argument("--cameras", metavar="JSON", help="cameras of the --target images")
@@ -161,6 +167,8 @@ def _check(args):
             raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.resolution > 4096:
         raise UserError(f"--resolution must be at most 4096, got {args.resolution}")
+    if args.shading is not None and args.app != "material":
+        raise UserError("--shading applies to fit material only")
     if bool(args.target) != bool(args.cameras):
         raise UserError("--target and --cameras go together: give both or neither")
     if args.app == "texture" and args.mode == "soft":
