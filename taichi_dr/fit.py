@@ -389,19 +389,23 @@ class Fit:
         self.grads = grads
         return total
 
-    def render_current(self) -> None:
-        """Render every view with the current parameters (no gradients) into
-        ``last_images`` and ``masks``."""
+    def render(self, view: View, values: dict | None = None) -> tuple:
+        """``view`` rendered with ``values`` (default: the current parameters), no
+        gradients: (image (H, W, 3) linear, mask (H, W) bool)."""
         p, r = self.problem, self.r
+        apply_values(r, view, self.values() if values is None else values, p.fixed)
+        if p.recompute_normals:
+            vertex_normals(r.mesh)
+        r.rasterize()
+        r.shade()
+        return r.image.to_numpy(), r.raster.triangle_id.to_numpy() >= 0
+
+    def render_current(self) -> None:
+        """Render every view with the current parameters into ``last_images`` and
+        ``masks``."""
         values = self.values()
-        for k, view in enumerate(p.views):
-            apply_values(r, view, values, p.fixed)
-            if p.recompute_normals:
-                vertex_normals(r.mesh)
-            r.rasterize()
-            r.shade()
-            self.last_images[k] = r.image.to_numpy()
-            self.masks[k] = r.raster.triangle_id.to_numpy() >= 0
+        for k, view in enumerate(self.problem.views):
+            self.last_images[k], self.masks[k] = self.render(view, values)
 
     # ---- checkpoint state ------------------------------------------------------------------
     def _optimizers(self):

@@ -51,7 +51,14 @@ def test_pose_outputs_and_resume(tmp_path):
     params = json.loads((out / "params.json").read_text())
     assert set(params) == {"vertex.pose_rotation", "vertex.pose_translation"}
     assert {"start", "final", "truth"} <= set(params["vertex.pose_rotation"])
-    for name in ("loss.png", "progress.gif", "mesh.obj", "target.png", "final.png"):
+    for name in (
+        "loss.png",
+        "progress.gif",
+        "dashboard.png",
+        "mesh.obj",
+        "target.png",
+        "final.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert scene.load_mesh(out / "mesh.obj").num_faces > 0
     assert io.load_image(out / "final.png").shape == (RES, RES, 3)

@@ -90,3 +90,31 @@ def test_runner_without_display_runs_headless(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     Runner(tmp_path, "quadratic", {}, headless=False)
     assert "no display" in capsys.readouterr().out
+
+
+class _Dashboard:
+    """A dashboard stand-in: two views of the quadratic's panels, no orbit panel."""
+
+    views, orbit = 2, None
+
+    def __init__(self, app):
+        self.app = app
+
+    def panels(self, view=0):
+        return [np.roll(p, view, axis=1) for p in self.app.panels()]
+
+
+def test_runner_writes_the_dashboard_headless(tmp_path):
+    from taichi_dr import io, live
+
+    app = _Quadratic()
+    r = _runner(tmp_path)
+    board = _Dashboard(app)
+    records = r.run(app.step, 3, state=app, panels=app.panels, dashboard=board)
+    r.finish({})
+    expect = live.compose(app.panels(), None, [rec["loss"] for rec in records])
+    import imageio.v3 as iio
+
+    png = iio.imread(tmp_path / "dashboard.png")[..., :3]
+    assert png.shape == (8, 10, 3)
+    assert np.array_equal(png, io.to_uint8(expect))
