@@ -1,6 +1,7 @@
 """The optimisation runner shared by the applications (``taichi-dr smoke``, ``taichi-dr fit``).
 
-An application supplies ``step(it) -> {"loss": float, other metrics...}`` and, optionally,
+An application supplies ``step(it) -> {"loss": float, other metrics...}`` (``"done": True``
+ends the run after that iteration, e.g. once the metric's target is met) and, optionally,
 ``panels() -> [(H, W, 3) arrays]`` (e.g. target | current | error, the GIF frames), a state
 (``get() -> {name: array}``, ``set({name: array})``) to checkpoint, and a *dashboard* for the
 live view (:mod:`taichi_dr.live`): an object with ``views`` (count), ``panels(view)`` (the
@@ -82,6 +83,7 @@ class Runner:
             if not self.live.take_step():
                 continue
             record = {k: float(v) for k, v in step(it).items()}
+            done = bool(record.pop("done", False))
             if not np.isfinite(record["loss"]):
                 raise UserError(
                     f"{self.app}: the loss became {record['loss']} at iteration {it}; "
@@ -93,7 +95,7 @@ class Runner:
                 shown[self.key_metric] = f"{record[self.key_metric]:.4g}"
             bar.set_postfix(shown)
             bar.update(1)
-            last = it == iterations - 1
+            last = it == iterations - 1 or done
             if panels is not None and (it % self.frame_every == 0 or last):
                 self.frames.append(_side_by_side(panels()).astype(np.float32))
             if (
@@ -103,6 +105,9 @@ class Runner:
             ):
                 self._save_checkpoint(it + 1, state)
             it += 1
+            if done:
+                print(f"\n{self.app}: done after {it} iterations", flush=True)
+                break
         bar.close()
         self.wall_time += time.perf_counter() - t0
         return self.records

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import taichi as ti
@@ -125,6 +126,21 @@ def test_demo_wrapper(tmp_path):
     out = tmp_path / "d"
     assert module.main([*TINY, "--iters", "1", "--views", "1", "--out", str(out)]) == 0
     assert json.loads((out / "metrics.json").read_text())["app"] == "fit-material"
+
+
+def test_gallery_script(tmp_path):
+    spec = importlib.util.spec_from_file_location("gallery", ROOT / "demos/gallery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    img = tmp_path / "img"
+    argv = ["--apps", "material_phong", "--out", str(tmp_path / "runs"),
+            "--img-dir", str(img), "--resolution", str(RES), "--iters", "3", "--views", "1",
+            "--frame-every", "1"]  # fmt: skip
+    assert module.main(argv) == 0
+    frames = iio.imread(img / "fit_material_phong.gif", index=None)
+    assert frames.shape == (3, module.PANEL_HEIGHT, 3 * module.PANEL_HEIGHT, 3)
+    table = (tmp_path / "runs" / "gallery.md").read_text()
+    assert "| material_phong | 32², 1, 3 | base_color_error_rel" in table
 
 
 # --------------------------------------------------------------------------- bad input

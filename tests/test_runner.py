@@ -78,6 +78,20 @@ def test_runner_resume_errors(tmp_path):
         other.run(app.step, 4, state=app)
 
 
+def test_runner_done_ends_early_with_a_checkpoint(tmp_path):
+    app = _Quadratic()
+
+    def step(it):
+        return {**app.step(it), "done": it == 2}
+
+    r = _runner(tmp_path, checkpoint_every=10)
+    records = r.run(step, 10, state=app, panels=app.panels)
+    assert [rec["iteration"] for rec in records] == [0, 1, 2] and "done" not in records[-1]
+    with np.load(r.checkpoint_path) as data:
+        assert int(data["iteration"]) == 3
+    assert len(r.frames) == 3  # the last iteration's frame is kept
+
+
 def test_runner_stops_on_nan(tmp_path):
     def step(it):
         return {"loss": 1.0 if it < 3 else float("nan")}

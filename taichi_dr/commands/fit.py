@@ -68,6 +68,13 @@ def add_arguments(parser):
         help="material: the model whose parameters are fitted (default ggx: base colour, "
         "roughness, metallic; phong/blinn-phong: base colour, specular, shininess)",
     )
+    parser.add_argument(
+        "--stop-at-target",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end the fit at the first iteration where every metric meets its goal "
+        "(schedules still span --iters; default: on for geometry)",
+    )
     parser.add_argument("--target-mesh", metavar="MESH", help="ground-truth mesh file")
     parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
     parser.add_argument("--cameras", metavar="JSON", help="cameras of the --target images")
@@ -161,6 +168,8 @@ def _check(args):
     args.views = defaults[2] if args.views is None else args.views
     if args.mode is None:
         args.mode = "soft" if args.app == "geometry" else "antialias"
+    if args.stop_at_target is None:
+        args.stop_at_target = args.app == "geometry"
     if args.coarse_to_fine is None:
         args.coarse_to_fine = args.app == "pose"
     args.sigma_anneal = args.sigma_anneal and args.mode == "soft"
@@ -223,6 +232,7 @@ def run(args):
             record.update(app.metrics(fit, it))
             if "goal" not in reached and _goals_met(app.goals, record):
                 reached["goal"] = it + 1
+                record["done"] = args.stop_at_target
         return record
 
     dashboard = Dashboard(fit)
