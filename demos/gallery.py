@@ -5,7 +5,8 @@ headless, one after the other (about 15 minutes on a 2-core CPU).
                             [--img-dir docs/img] [other taichi-dr fit flags]
 
 Writes ``IMG_DIR/fit_NAME.gif`` (target | current | error of the first view over the
-iterations, each panel scaled to 96 pixels high, at most 24 frames, ≤ 300 KB) and prints
+iterations, each panel scaled to 96 pixels high, at most 24 frames, ≤ 300 KB),
+``IMG_DIR/fit_dashboard.png`` (the first application's final live-view picture) and prints
 the numbers reached as a markdown table (also ``OUT/gallery.md``). Flags it does not know
 go to every fit (e.g. ``--resolution 32 --iters 2`` for a quick try).
 """
@@ -55,6 +56,12 @@ def small_gif(src: Path, dst: Path) -> int:
         count //= 2
 
 
+def small_png(src: Path, dst: Path, height: int = 2 * PANEL_HEIGHT) -> None:
+    """``src`` image resampled to ``height`` rows."""
+    img = Image.fromarray(iio.imread(src)[..., :3])
+    img.resize((max(1, round(img.width * height / img.height)), height), Image.LANCZOS).save(dst)
+
+
 def _row(name: str, metrics: dict) -> str:
     s, final = metrics["settings"], metrics["final"]
     shown = {k: v for k, v in final.items() if k.endswith(("_rel", "_deg", "iou", "psnr_visible"))}
@@ -89,6 +96,8 @@ def main(argv=None) -> int:
         size = small_gif(run / "progress.gif", img_dir / f"fit_{name}.gif")
         print(f"gallery: {img_dir / f'fit_{name}.gif'} ({size / 1000:.0f} KB)", flush=True)
         rows.append(_row(name, metrics))
+        if name == args.apps[0]:
+            small_png(run / "dashboard.png", img_dir / "fit_dashboard.png")
     table = "\n".join(rows) + "\n"
     (out / "gallery.md").write_text(table)
     print(table)

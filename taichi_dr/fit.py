@@ -26,6 +26,7 @@ import taichi as ti
 from . import backend, losses, optim
 from .camera import Camera
 from .errors import UserError
+from .render.lights import MAX_DIRECTIONAL, MAX_POINT
 from .render.pipeline import Renderer, RenderSettings
 from .scene import Mesh
 
@@ -211,11 +212,13 @@ def pad_to(f, value) -> np.ndarray:
 
 def apply_values(renderer: Renderer, view: View, values: dict, fixed: dict) -> None:
     """Set the camera of ``view`` and write ``fixed``, ``values`` and the view's
-    overrides into the renderer, in that order."""
+    overrides into the renderer, in that order. Light slots are written field by field,
+    not through ``Lights.set``, so every slot is shaded (unused slots are black)."""
     renderer.set_camera(view.camera)
     for d in (fixed, values, view.overrides):
         for name, value in d.items():
             _write(renderer, name, value)
+    renderer.lights.count.from_numpy(np.array([MAX_DIRECTIONAL, MAX_POINT], dtype=np.int32))
 
 
 def render_targets(problem: Problem, values: dict) -> None:

@@ -79,6 +79,8 @@ class Runner:
         while it < iterations:
             if not self._poll(panels):
                 print(f"{self.app}: stopped at iteration {it}", flush=True)
+                if state is not None and self.checkpoint_every and it > start:
+                    self._save_checkpoint(it, state)  # --resume continues from here
                 break
             if not self.live.take_step():
                 continue
@@ -114,7 +116,8 @@ class Runner:
 
     def finish(self, final_metrics: dict) -> dict:
         """Write ``metrics.json`` (settings, per-iteration records, final metrics, wall time),
-        ``loss.png`` and ``progress.gif``; returns the metrics written."""
+        ``loss.png``, ``progress.gif`` and, with a dashboard, ``dashboard.png``; returns the
+        metrics written."""
         metrics = {
             "app": self.app,
             "settings": self.settings,

@@ -78,7 +78,7 @@ def test_pose_outputs_and_resume(tmp_path):
     [  # at 32², 2 views, the loss falls below factor × its start within iters iterations
         ("material", 8, 0.8, "roughness_error_rel", "lower", ()),
         ("material", 8, 0.8, "shininess_error_rel", "lower", ("--shading", "phong")),
-        ("lighting", 6, 0.9, "direction_error_deg", "lower", ()),
+        ("lighting", 6, 0.9, "point_error_rel", "lower", ()),  # every light slot shaded
         ("joint", 8, 0.98, "base_color_error_rel", "lower", ()),
         ("texture", 6, 0.6, "psnr_visible", "higher", ()),
     ],
@@ -139,6 +139,7 @@ def test_gallery_script(tmp_path):
     assert module.main(argv) == 0
     frames = iio.imread(img / "fit_material_phong.gif", index=None)
     assert frames.shape == (3, module.PANEL_HEIGHT, 3 * module.PANEL_HEIGHT, 3)
+    assert iio.imread(img / "fit_dashboard.png").shape == (192, 288, 3)
     table = (tmp_path / "runs" / "gallery.md").read_text()
     assert "| material_phong | 32², 1, 3 | base_color_error_rel" in table
 
