@@ -9,6 +9,8 @@ geometry   mesh.positions (icosphere → target mesh)     chamfer / bbox diagona
 pose       vertex.pose_rotation, pose_translation       rotation error (≤ 1°), translation (≤ 1 %)
 texture    texture.texels                               PSNR on visible texels (≥ 30 dB)
 material   material.base_color, roughness, metallic     relative errors (≤ 5 %)
+           (``shading="phong"``/``"blinn-phong"``:
+           base_color, specular, shininess)
 lighting   directional direction + colour, point        direction (≤ 1°), relative errors (≤ 5 %)
            light position, SH environment (9×3)
 joint      material.base_color, roughness + the         as material and lighting
@@ -356,14 +358,27 @@ def _visible_texels(problem, shape) -> np.ndarray:
     return visible
 
 
+MATERIAL_PROJECTIONS = {
+    "base_color": _clip(0, 1),
+    "roughness": _clip(0.05, 1),
+    "metallic": _clip(0, 1),
+    "specular": _clip(0, None),
+    "shininess": None,  # fitted as log(shininess): always positive
+}
+
+
 def _material_params(truth, start):
-    names = ("base_color", "roughness", "metallic")
-    projections = {"base_color": _clip(0, 1), "roughness": _clip(0.05, 1), "metallic": _clip(0, 1)}
+    """Params for the material fields named in ``truth`` (in MATERIAL_PROJECTIONS order)."""
     return [
         fit.Param(
-            f"material.{n}", np.asarray(start[n], float), 0.02, projections[n], np.asarray(truth[n])
+            f"material.{n}",
+            np.asarray(start[n], float),
+            0.02 if n != "shininess" else 0.05,
+            proj,
+            np.asarray(truth[n]),
+            log=n == "shininess",
         )
-        for n in names
+        for n, proj in MATERIAL_PROJECTIONS.items()
         if n in truth
     ]
 
@@ -385,10 +400,27 @@ def _errors(f, params) -> dict:
     return out
 
 
+MATERIAL_CASES = {  # shading: (truth, start) of the fitted material fields
+    "ggx": (
+        {"base_color": (0.75, 0.35, 0.2), "roughness": 0.35, "metallic": 0.4},
+        {"base_color": (0.5, 0.5, 0.5), "roughness": 0.8, "metallic": 0.1},
+    ),
+    "phong": (
+        {"base_color": (0.75, 0.35, 0.2), "specular": 0.6, "shininess": 40.0},
+        {"base_color": (0.5, 0.5, 0.5), "specular": 0.2, "shininess": 8.0},
+    ),
+}
+MATERIAL_CASES["blinn-phong"] = MATERIAL_CASES["phong"]
+
+
 def _build_material(args, rng, target):
+    """``args.shading`` (default ggx) picks the reflectance model and the fitted fields:
+    GGX base colour, roughness, metallic; or (Blinn-)Phong base colour, specular and
+    shininess (stepped in log space)."""
+    shading = getattr(args, "shading", None) or "ggx"
     mesh = target or normalise(scene.icosphere(4))
     cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args)
+    r = _renderer(mesh, cams, args, shading)
     lights = _lights(
         0.05,
         [
@@ -397,9 +429,7 @@ def _build_material(args, rng, target):
             ((0.1, -0.6, -0.8), (0.3, 0.4, 0.5)),
         ],
     )
-    truth = {"base_color": (0.75, 0.35, 0.2), "roughness": 0.35, "metallic": 0.4}
-    start = {"base_color": (0.5, 0.5, 0.5), "roughness": 0.8, "metallic": 0.1}
-    params = _material_params(truth, start)
+    params = _material_params(*MATERIAL_CASES[shading])
     problem = fit.Problem(r, [fit.View(c) for c in cams], params, {**lights, **_material()})
     fit.render_targets(problem, _truth(params))
     goals = {f"{p.name.split('.')[1]}_error_rel": ("<=", 0.05) for p in params}

@@ -26,6 +26,7 @@ import taichi as ti
 from . import backend, losses, optim
 from .camera import Camera
 from .errors import UserError
+from .render.lights import MAX_DIRECTIONAL, MAX_POINT
 from .render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
 from .scene import Mesh
 
@@ -171,8 +172,10 @@ class View:
 @dataclass
 class Param:
     """A fitted renderer field: ``start`` value, Adam rate ``lr``, optional ``project``
-    (array -> array, applied after each step), ``truth`` (for metrics) and ``rows``: the
-    first-axis entries that are fitted (default all; e.g. ``[0]`` for light slot 0)."""
+    (array -> array, applied after each step to the stored value), ``truth`` (for metrics),
+    ``rows``: the first-axis entries that are fitted (default all; e.g. ``[0]`` for light
+    slot 0), and ``log``: store and step log(value) instead (a positive parameter such as
+    Phong shininess stays positive and Adam's steps become relative)."""
 
     name: str
     start: np.ndarray
@@ -180,6 +183,7 @@ class Param:
     project: object = None
     truth: np.ndarray | None = None
     rows: list | None = None
+    log: bool = False
 
 
 @dataclass
@@ -223,11 +227,13 @@ def pad_to(f, value) -> np.ndarray:
 
 def apply_values(renderer: Renderer, view: View, values: dict, fixed: dict) -> None:
     """Set the camera of ``view`` and write ``fixed``, ``values`` and the view's
-    overrides into the renderer, in that order."""
+    overrides into the renderer, in that order. Light slots are written field by field,
+    not through ``Lights.set``, so every slot is shaded (unused slots are black)."""
     renderer.set_camera(view.camera)
     for d in (fixed, values, view.overrides):
         for name, value in d.items():
             _write(renderer, name, value)
+    renderer.lights.count.from_numpy(np.array([MAX_DIRECTIONAL, MAX_POINT], dtype=np.int32))
 
 
 def render_targets(problem: Problem, values: dict) -> None:
@@ -264,7 +270,7 @@ class Fit:
         for p in problem.params:
             f = resolve(r, p.name)
             m = _zeros_like(f)
-            backend.write(m, pad_to(f, p.start))
+            backend.write(m, pad_to(f, np.log(p.start) if p.log else p.start))
             self.masters[p.name] = m
         self.params = {p.name: p for p in problem.params}
         self.regularizers = self._regularizers()
@@ -308,8 +314,13 @@ class Fit:
         return out
 
     def values(self) -> dict:
-        """Current parameter values {name: array} (host copies)."""
-        return {name: m.to_numpy().astype(np.float64) for name, m in self.masters.items()}
+        """Current parameter values {name: array} (host copies; exp of the stored value
+        for ``log`` parameters)."""
+        out = {}
+        for name, m in self.masters.items():
+            a = m.to_numpy().astype(np.float64)
+            out[name] = np.exp(a) if self.params[name].log else a
+        return out
 
     def blur_sigma(self, it: int) -> float:
         p = self.problem
@@ -342,14 +353,15 @@ class Fit:
 
     def evaluate(self, it: int = 0) -> float:
         """The loss summed over all views at iteration ``it`` (blur and σ schedules) for
-        the current parameters; their gradients go into the masters' ``.grad`` (and
-        ``self.grads``, host arrays)."""
+        the current parameters; their gradients with respect to the stored values (log
+        for ``log`` parameters) go into the masters' ``.grad`` (and ``self.grads``, host
+        arrays)."""
         p, r = self.problem, self.r
         self._soft_sigma(it)
         sigma = self.blur_sigma(it)
         if sigma > 0:
             self.blur.set_sigma(sigma)
-        values = {name: m.to_numpy() for name, m in self.masters.items()}
+        values = self.values()
         grads = {name: np.zeros(m.shape + _elem(m)) for name, m in self.masters.items()}
         total = 0.0
         n = len(p.views)
@@ -390,23 +402,29 @@ class Fit:
                 keep = np.zeros(len(grads[name]), bool)
                 keep[rows] = True
                 grads[name][~keep] = 0.0
+            if self.params[name].log:  # d loss / d log x = x · d loss / d x
+                grads[name] *= values[name]
             backend.write(m.grad, grads[name])
         self.grads = grads
         return total
 
-    def render_current(self) -> None:
-        """Render every view with the current parameters (no gradients) into
-        ``last_images`` and ``masks``."""
+    def render(self, view: View, values: dict | None = None) -> tuple:
+        """``view`` rendered with ``values`` (default: the current parameters), no
+        gradients: (image (H, W, 3) linear, mask (H, W) bool)."""
         p, r = self.problem, self.r
+        apply_values(r, view, self.values() if values is None else values, p.fixed)
+        if p.recompute_normals:
+            vertex_normals(r.mesh)
+        r.rasterize()
+        r.shade()
+        return r.image.to_numpy(), r.raster.triangle_id.to_numpy() >= 0
+
+    def render_current(self) -> None:
+        """Render every view with the current parameters into ``last_images`` and
+        ``masks``."""
         values = self.values()
-        for k, view in enumerate(p.views):
-            apply_values(r, view, values, p.fixed)
-            if p.recompute_normals:
-                vertex_normals(r.mesh)
-            r.rasterize()
-            r.shade()
-            self.last_images[k] = r.image.to_numpy()
-            self.masks[k] = r.raster.triangle_id.to_numpy() >= 0
+        for k, view in enumerate(self.problem.views):
+            self.last_images[k], self.masks[k] = self.render(view, values)
 
     # ---- checkpoint state ------------------------------------------------------------------
     def _optimizers(self):

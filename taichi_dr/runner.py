@@ -1,12 +1,20 @@
 """The optimisation runner shared by the applications (``taichi-dr smoke``, ``taichi-dr fit``).
 
-An application supplies ``step(it) -> {"loss": float, other metrics...}`` and, optionally,
-``panels() -> [(H, W, 3) arrays]`` (e.g. target | current | error) and a state (``get() ->
-{name: array}``, ``set({name: array})``) to checkpoint. The runner loops with a progress bar,
-stops with a clear message when the loss turns NaN/inf, keeps per-iteration records, writes
-``checkpoint.npz`` every ``checkpoint_every`` iterations (atomically; ``resume=True`` continues
-from it), shows the panels in a GGUI window when a display exists and ``headless`` is false,
-and on :meth:`finish` writes ``metrics.json``, ``loss.png`` and ``progress.gif``.
+An application supplies ``step(it) -> {"loss": float, other metrics...}`` (``"done": True``
+ends the run after that iteration, e.g. once the metric's target is met) and, optionally,
+``panels() -> [(H, W, 3) arrays]`` (e.g. target | current | error, the GIF frames), a state
+(``get() -> {name: array}``, ``set({name: array})``) to checkpoint, and a *dashboard* for the
+live view (:mod:`taichi_dr.live`): an object with ``views`` (count), ``panels(view)`` (the
+panels of view number ``view``), ``orbit`` (a start :class:`~taichi_dr.viewer.ViewState` or
+None) and ``render(view_state) -> (H, W, 3)`` (the current model from that orbit camera).
+
+The runner loops with a progress bar, stops with a clear message when the loss turns
+NaN/inf, keeps per-iteration records, writes ``checkpoint.npz`` every ``checkpoint_every``
+iterations (atomically; ``resume=True`` continues from it), and, when a display exists and
+``headless`` is false, shows the dashboard (or the panels) in a GGUI window whose keys pause,
+single-step, switch the view and stop (``live.CONTROLS``). :meth:`finish` writes
+``metrics.json``, ``loss.png``, ``progress.gif`` and ``dashboard.png`` (the final dashboard:
+the window's picture, also when headless).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io
+from . import io, live
 from .errors import UserError
 
 
@@ -44,6 +52,9 @@ class Runner:
         self.frames: list[np.ndarray] = []
         self.wall_time = 0.0
         self._window = None
+        self._drawn, self._picture_cache = None, None
+        self.live: live.LiveState | None = None
+        self.dashboard = None
         self._headless = headless or not os.environ.get("DISPLAY")
         if self._headless:
             reason = "--headless" if headless else "no display (DISPLAY is unset)"
@@ -53,15 +64,28 @@ class Runner:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.npz"
 
-    def run(self, step, iterations: int, state=None, panels=None) -> list[dict]:
-        """Run ``step`` for iterations [start, iterations); returns the per-iteration records."""
+    def run(self, step, iterations: int, state=None, panels=None, dashboard=None) -> list[dict]:
+        """Run ``step`` for iterations [start, iterations) (fewer when the user stops the
+        live view); returns the per-iteration records."""
         from tqdm import tqdm
 
         start = self._load_checkpoint(state) if self.resume else 0
+        self.dashboard = dashboard
+        views = dashboard.views if dashboard is not None else 1
+        self.live = live.LiveState(views, orbit=getattr(dashboard, "orbit", None))
         t0 = time.perf_counter()
-        bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=self.app)
-        for it in bar:
+        bar = tqdm(initial=start, total=iterations, desc=self.app)
+        it = start
+        while it < iterations:
+            if not self._poll(panels):
+                print(f"{self.app}: stopped at iteration {it}", flush=True)
+                if state is not None and self.checkpoint_every and it > start:
+                    self._save_checkpoint(it, state)  # --resume continues from here
+                break
+            if not self.live.take_step():
+                continue
             record = {k: float(v) for k, v in step(it).items()}
+            done = bool(record.pop("done", False))
             if not np.isfinite(record["loss"]):
                 raise UserError(
                     f"{self.app}: the loss became {record['loss']} at iteration {it}; "
@@ -72,24 +96,28 @@ class Runner:
             if self.key_metric in record:
                 shown[self.key_metric] = f"{record[self.key_metric]:.4g}"
             bar.set_postfix(shown)
-            last = it == iterations - 1
+            bar.update(1)
+            last = it == iterations - 1 or done
             if panels is not None and (it % self.frame_every == 0 or last):
-                frame = np.concatenate([np.asarray(p, np.float32) for p in panels()], axis=1)
-                self.frames.append(frame)
-                if not self._show(frame):
-                    break
+                self.frames.append(_side_by_side(panels()).astype(np.float32))
             if (
                 state is not None
                 and self.checkpoint_every
                 and ((it + 1) % self.checkpoint_every == 0 or last)
             ):
                 self._save_checkpoint(it + 1, state)
+            it += 1
+            if done:
+                print(f"\n{self.app}: done after {it} iterations", flush=True)
+                break
+        bar.close()
         self.wall_time += time.perf_counter() - t0
         return self.records
 
     def finish(self, final_metrics: dict) -> dict:
         """Write ``metrics.json`` (settings, per-iteration records, final metrics, wall time),
-        ``loss.png`` and ``progress.gif``; returns the metrics written."""
+        ``loss.png``, ``progress.gif`` and, with a dashboard, ``dashboard.png``; returns the
+        metrics written."""
         metrics = {
             "app": self.app,
             "settings": self.settings,
@@ -102,6 +130,8 @@ class Runner:
         self._plot_losses()
         if self.frames:
             io.write_video(self.out / "progress.gif", self.frames)
+        if self.dashboard is not None:
+            io.save_image(self.out / "dashboard.png", self.picture(None))
         return metrics
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -152,18 +182,51 @@ class Runner:
         io._atomic(self.out / "loss.png", lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
 
-    def _show(self, frame) -> bool:
-        """Show ``frame`` in the live window; False once the user closed it."""
-        if self._headless:
+    def picture(self, panels) -> np.ndarray:
+        """What the window shows now (linear RGB, row 0 at the top): the dashboard of the
+        selected view, or the ``panels()`` side by side without a dashboard."""
+        if self.dashboard is None:
+            return _side_by_side(panels())
+        d, state = self.dashboard, self.live
+        orbit = d.render(state.orbit) if state.orbit is not None else None
+        losses = [r["loss"] for r in self.records]
+        return live.compose(d.panels(state.view), orbit, losses)
+
+    def _poll(self, panels) -> bool:
+        """The live window's frame: input, a redraw when something changed, show; False
+        once the user closed the window or pressed q. Headless: always True."""
+        if self._headless or (panels is None and self.dashboard is None):
             return True
         import taichi as ti
 
-        h, w = frame.shape[:2]
+        state = self.live
+        key = (len(self.records), state.view, state.orbit.key() if state.orbit else None)
+        if key != self._drawn:
+            rgb = np.clip(io.linear_to_srgb(live.upscale(self.picture(panels))), 0, 1)
+            self._picture_cache = np.ascontiguousarray(np.flipud(rgb).transpose(1, 0, 2))
+            self._picture_cache = self._picture_cache.astype(np.float32)
+            self._drawn = key
         if self._window is None:
+            w, h = self._picture_cache.shape[:2]
             self._window = ti.ui.Window(self.app, res=(w, h), vsync=False)
-        if not self._window.running:
+            print(live.CONTROLS, flush=True)
+        window = self._window
+        if not window.running:
             return False
-        rgb = np.clip(io.linear_to_srgb(frame), 0, 1).astype(np.float32)
-        self._window.get_canvas().set_image(np.ascontiguousarray(np.flipud(rgb).transpose(1, 0, 2)))
-        self._window.show()
-        return True
+        for event in window.get_events(ti.ui.PRESS):
+            before = state.describe()
+            state.press(event.key)
+            if state.describe() != before:
+                print(f"{self.app}: {state.describe()}", flush=True)
+        state.pointer(
+            window.get_cursor_pos(), window.is_pressed(ti.ui.LMB), window.is_pressed(ti.ui.RMB)
+        )
+        window.get_canvas().set_image(self._picture_cache)
+        window.show()
+        if state.paused and not state.pending:
+            time.sleep(1 / 60)  # idle while paused
+        return state.running
+
+
+def _side_by_side(images) -> np.ndarray:
+    return np.concatenate([np.asarray(p, np.float64) for p in images], axis=1)

@@ -5,10 +5,24 @@ tests keep their own ``--arch``)."""
 
 import os
 
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import taichi_dr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def skip(reason):
+    """Skip with the reason printed (GUI tests never skip silently)."""
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,3 +66,44 @@ def shared_renderer(mesh, camera, **settings):
     r.lights.set()
     r.material.set()
     return r
+
+
+@pytest.fixture(scope="session")
+def ggui(tmp_path_factory):
+    """Skips unless GGUI can open an (invisible) window: it needs a Vulkan driver."""
+    from taichi_dr import UserError
+    from taichi_dr.viewer import open_window
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("ggui"))  # GGUI writes imgui.ini into the cwd
+        try:
+            open_window(8, 8, show=False).destroy()
+        except UserError as exc:
+            skip(f"GGUI unavailable here (needs a Vulkan driver, e.g. lavapipe): {exc}")
+
+
+@pytest.fixture
+def xvfb():
+    """An Xvfb server; yields the environment (DISPLAY, PYTHONPATH) for subprocesses."""
+    if shutil.which("Xvfb") is None:
+        skip("Xvfb is not installed (Debian: apt-get install xvfb)")
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1024x768x24", "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    number = b""
+    while not number.endswith(b"\n"):
+        chunk = os.read(read, 16)
+        if not chunk:
+            proc.kill()
+            skip("Xvfb did not start")
+        number += chunk
+    os.close(read)
+    env = dict(os.environ, DISPLAY=":" + number.decode().strip(), PYTHONPATH=str(ROOT))
+    env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp()
+    yield env
+    proc.terminate()
+    proc.wait(10)

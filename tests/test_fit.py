@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import taichi as ti
@@ -25,10 +26,10 @@ def _run(app, out, *extra):
     return json.loads((out / "metrics.json").read_text())
 
 
-def _args(views):
+def _args(views, shading=None):
     return argparse.Namespace(
         resolution=RES, views=views, mode="antialias", seed=0, coarse_to_fine=False,
-        precondition=True, sigma_anneal=False,
+        precondition=True, sigma_anneal=False, shading=shading,
     )  # fmt: skip
 
 
@@ -51,7 +52,14 @@ def test_pose_outputs_and_resume(tmp_path):
     params = json.loads((out / "params.json").read_text())
     assert set(params) == {"vertex.pose_rotation", "vertex.pose_translation"}
     assert {"start", "final", "truth"} <= set(params["vertex.pose_rotation"])
-    for name in ("loss.png", "progress.gif", "mesh.obj", "target.png", "final.png"):
+    for name in (
+        "loss.png",
+        "progress.gif",
+        "dashboard.png",
+        "mesh.obj",
+        "target.png",
+        "final.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     assert scene.load_mesh(out / "mesh.obj").num_faces > 0
     assert io.load_image(out / "final.png").shape == (RES, RES, 3)
@@ -66,16 +74,17 @@ def test_pose_outputs_and_resume(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "app, iters, factor, metric, better",
+    "app, iters, factor, metric, better, extra",
     [  # at 32², 2 views, the loss falls below factor × its start within iters iterations
-        ("material", 8, 0.8, "roughness_error_rel", "lower"),
-        ("lighting", 6, 0.9, "direction_error_deg", "lower"),
-        ("joint", 8, 0.98, "base_color_error_rel", "lower"),
-        ("texture", 6, 0.6, "psnr_visible", "higher"),
+        ("material", 8, 0.8, "roughness_error_rel", "lower", ()),
+        ("material", 8, 0.8, "shininess_error_rel", "lower", ("--shading", "phong")),
+        ("lighting", 6, 0.9, "point_error_rel", "lower", ()),  # every light slot shaded
+        ("joint", 8, 0.98, "base_color_error_rel", "lower", ()),
+        ("texture", 6, 0.6, "psnr_visible", "higher", ()),
     ],
 )
-def test_application_improves(tmp_path, app, iters, factor, metric, better):
-    data = _run(app, tmp_path / app, "--iters", str(iters), "--views", "2")
+def test_application_improves(tmp_path, app, iters, factor, metric, better, extra):
+    data = _run(app, tmp_path / app, "--iters", str(iters), "--views", "2", *extra)
     losses = data["losses"]
     assert min(losses[1:]) < factor * losses[0], losses
     assert _improved(data, metric, better)
@@ -119,6 +128,22 @@ def test_demo_wrapper(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["app"] == "fit-material"
 
 
+def test_gallery_script(tmp_path):
+    spec = importlib.util.spec_from_file_location("gallery", ROOT / "demos/gallery.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    img = tmp_path / "img"
+    argv = ["--apps", "material_phong", "--out", str(tmp_path / "runs"),
+            "--img-dir", str(img), "--resolution", str(RES), "--iters", "3", "--views", "1",
+            "--frame-every", "1"]  # fmt: skip
+    assert module.main(argv) == 0
+    frames = iio.imread(img / "fit_material_phong.gif", index=None)
+    assert frames.shape == (3, module.PANEL_HEIGHT, 3 * module.PANEL_HEIGHT, 3)
+    assert iio.imread(img / "fit_dashboard.png").shape == (192, 288, 3)
+    table = (tmp_path / "runs" / "gallery.md").read_text()
+    assert "| material_phong | 32², 1, 3 | base_color_error_rel" in table
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -134,6 +159,9 @@ def test_bad_counts(capsys, tmp_path):
     assert "--views must be at least 1" in _error(capsys, ["fit", "pose", "--views", "0", *out])
     assert "--iters must be at least 1" in _error(capsys, ["fit", "pose", "--iters", "0", *out])
     assert "give both" in _error(capsys, ["fit", "pose", "--target", "x.png", *out])
+    assert "--shading applies to fit material only" in _error(
+        capsys, ["fit", "pose", "--shading", "phong", *out]
+    )
 
 
 def test_bad_targets(capsys, tmp_path):
@@ -257,13 +285,21 @@ def test_vertex_normals_match_numpy_and_gradient():
     assert (grad * d).sum() == pytest.approx(fd, rel=1e-7)
 
 
-def test_material_gradients_match_central_differences():
+@pytest.mark.parametrize(
+    "shading, names",
+    [
+        ("ggx", ("material.roughness", "material.metallic")),
+        ("phong", ("material.specular", "material.shininess")),  # shininess: log-stepped
+        ("blinn-phong", ("material.specular", "material.shininess")),
+    ],
+)
+def test_material_gradients_match_central_differences(shading, names):
     """The whole per-view loop (apply, rasterize, shade, loss, host sums) against central
-    differences of the loss in float64."""
-    app = apps.build("material", _args(2))
+    differences of the loss in float64 (with respect to the stored values: log shininess)."""
+    app = apps.build("material", _args(2, shading))
     f = fit.Fit(app.problem, 10)
     f.evaluate()
-    for name in ("material.roughness", "material.metallic"):
+    for name in names:
         m = f.masters[name]
         x0, g = m[None], f.grads[name]
         vals = []

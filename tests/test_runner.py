@@ -78,6 +78,20 @@ def test_runner_resume_errors(tmp_path):
         other.run(app.step, 4, state=app)
 
 
+def test_runner_done_ends_early_with_a_checkpoint(tmp_path):
+    app = _Quadratic()
+
+    def step(it):
+        return {**app.step(it), "done": it == 2}
+
+    r = _runner(tmp_path, checkpoint_every=10)
+    records = r.run(step, 10, state=app, panels=app.panels)
+    assert [rec["iteration"] for rec in records] == [0, 1, 2] and "done" not in records[-1]
+    with np.load(r.checkpoint_path) as data:
+        assert int(data["iteration"]) == 3
+    assert len(r.frames) == 3  # the last iteration's frame is kept
+
+
 def test_runner_stops_on_nan(tmp_path):
     def step(it):
         return {"loss": 1.0 if it < 3 else float("nan")}
@@ -90,3 +104,31 @@ def test_runner_without_display_runs_headless(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DISPLAY", raising=False)
     Runner(tmp_path, "quadratic", {}, headless=False)
     assert "no display" in capsys.readouterr().out
+
+
+class _Dashboard:
+    """A dashboard stand-in: two views of the quadratic's panels, no orbit panel."""
+
+    views, orbit = 2, None
+
+    def __init__(self, app):
+        self.app = app
+
+    def panels(self, view=0):
+        return [np.roll(p, view, axis=1) for p in self.app.panels()]
+
+
+def test_runner_writes_the_dashboard_headless(tmp_path):
+    from taichi_dr import io, live
+
+    app = _Quadratic()
+    r = _runner(tmp_path)
+    board = _Dashboard(app)
+    records = r.run(app.step, 3, state=app, panels=app.panels, dashboard=board)
+    r.finish({})
+    expect = live.compose(app.panels(), None, [rec["loss"] for rec in records])
+    import imageio.v3 as iio
+
+    png = iio.imread(tmp_path / "dashboard.png")[..., :3]
+    assert png.shape == (8, 10, 3)
+    assert np.array_equal(png, io.to_uint8(expect))

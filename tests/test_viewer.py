@@ -3,11 +3,9 @@ headless GGUI in-process (needs a Vulkan driver: lavapipe), the windowed path in
 subprocess under Xvfb (+ xdotool for key presses). GUI tests skip with a printed reason."""
 
 import math
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -211,16 +209,6 @@ def test_aovs_in_false_colour(viewer, reference):
 # --------------------------------------------------------------------------- GGUI
 
 
-@pytest.fixture(scope="module")
-def ggui(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(tmp_path_factory.mktemp("ggui"))  # GGUI writes imgui.ini into the cwd
-        try:
-            open_window(8, 8, show=False).destroy()
-        except UserError as exc:
-            _skip(f"GGUI unavailable here (needs a Vulkan driver, e.g. lavapipe): {exc}")
-
-
 def test_headless_png_matches_the_renderer(viewer, reference, ggui, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # imgui.ini
     viewer.state.shading, viewer.state.azimuth = "blinn-phong", 10.0
@@ -245,32 +233,6 @@ def test_cli_errors(tmp_path, capsys):
     assert cli.main(["view", "x.obj", "--frames", "0"]) == 2
     assert cli.main(["view", "x.obj", "--resolution", "0", "10"]) == 2
     assert capsys.readouterr().err.count("error:") == 3
-
-
-@pytest.fixture
-def xvfb():
-    if shutil.which("Xvfb") is None:
-        _skip("Xvfb is not installed (Debian: apt-get install xvfb)")
-    read, write = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "320x240x24", "-nolisten", "tcp"],
-        pass_fds=(write,),
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write)
-    number = b""
-    while not number.endswith(b"\n"):
-        chunk = os.read(read, 16)
-        if not chunk:
-            proc.kill()
-            _skip("Xvfb did not start")
-        number += chunk
-    os.close(read)
-    env = dict(os.environ, DISPLAY=":" + number.decode().strip(), PYTHONPATH=str(ROOT))
-    env["XDG_RUNTIME_DIR"] = tempfile.mkdtemp()
-    yield env
-    proc.terminate()
-    proc.wait(10)
 
 
 def view_cmd(out, *extra):

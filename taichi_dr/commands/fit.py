@@ -4,10 +4,12 @@ APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr
 Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
 read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
 (settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
-progress.gif (target | current | error of the first view), params.json (start, final and
-true values of every fitted parameter), mesh.obj (+ mesh.mtl, mesh.png: the texture),
-target.png,
-final.png and checkpoint.npz (``--resume`` continues from it).
+progress.gif (target | current | error of the first view), dashboard.png (what the live
+view shows, see :mod:`taichi_dr.live`), params.json (start, final and true values of every
+fitted parameter), mesh.obj (+ mesh.mtl, mesh.png: the texture), target.png, final.png and
+checkpoint.npz (``--resume`` continues from it). Without ``--headless`` a GGUI window shows
+the fit live: keys pause (space), single-step (s, n), switch the view (v, arrows), stop (q);
+the mouse orbits the current model.
 """
 
 import argparse
@@ -20,6 +22,7 @@ from ..camera import Camera, from_opencv
 from ..errors import UserError
 from ..fit import Fit, View
 from ..runner import Runner
+from ..viewer import ViewState
 
 DEFAULTS = {  # iterations, resolution, views
     "geometry": (200, 256, 8),
@@ -58,6 +61,19 @@ def add_arguments(parser):
         action=argparse.BooleanOptionalAction,
         default=True,
         help="with --mode soft: σ from 3e-4 down to 3e-5 over 60 %% of the iterations",
+    )
+    parser.add_argument(
+        "--shading",
+        choices=("ggx", "phong", "blinn-phong"),
+        help="material: the model whose parameters are fitted (default ggx: base colour, "
+        "roughness, metallic; phong/blinn-phong: base colour, specular, shininess)",
+    )
+    parser.add_argument(
+        "--stop-at-target",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="end the fit at the first iteration where every metric meets its goal "
+        "(schedules still span --iters; default: on for geometry)",
     )
     parser.add_argument("--target-mesh", metavar="MESH", help="ground-truth mesh file")
     parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
@@ -152,6 +168,8 @@ def _check(args):
     args.views = defaults[2] if args.views is None else args.views
     if args.mode is None:
         args.mode = "soft" if args.app == "geometry" else "antialias"
+    if args.stop_at_target is None:
+        args.stop_at_target = args.app == "geometry"
     if args.coarse_to_fine is None:
         args.coarse_to_fine = args.app == "pose"
     args.sigma_anneal = args.sigma_anneal and args.mode == "soft"
@@ -161,6 +179,8 @@ def _check(args):
             raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.resolution > 4096:
         raise UserError(f"--resolution must be at most 4096, got {args.resolution}")
+    if args.shading is not None and args.app != "material":
+        raise UserError("--shading applies to fit material only")
     if bool(args.target) != bool(args.cameras):
         raise UserError("--target and --cameras go together: give both or neither")
     if args.app == "texture" and args.mode == "soft":
@@ -212,14 +232,11 @@ def run(args):
             record.update(app.metrics(fit, it))
             if "goal" not in reached and _goals_met(app.goals, record):
                 reached["goal"] = it + 1
+                record["done"] = args.stop_at_target
         return record
 
-    def panels():
-        view = problem.views[0]
-        current = fit.last_images[0]
-        return [view.target, current, np.abs(current - view.target)]
-
-    runner.run(step, args.iters, state=fit, panels=panels)
+    dashboard = Dashboard(fit)
+    runner.run(step, args.iters, state=fit, panels=dashboard.panels, dashboard=dashboard)
     fit.render_current()
     final = {"loss_start": fit.loss_start, "loss": _final_loss(runner)}
     if app.synthetic:
@@ -234,6 +251,26 @@ def run(args):
         f"fit {args.app}: {shown}" + (f"; goal met: {final['goal_met']}" if app.synthetic else "")
     )
     return 0
+
+
+class Dashboard:
+    """The live view of a fit (see :mod:`taichi_dr.runner`): target | current | error of
+    any view, and the current model from an orbit camera around the unit ball that every
+    scene is normalised into."""
+
+    def __init__(self, fit: Fit):
+        self.fit, self.views = fit, len(fit.problem.views)
+        self.orbit = ViewState(center=np.zeros(3), radius=1.0, fov=apps.FOV)
+
+    def panels(self, view: int = 0) -> list:
+        target = self.fit.problem.views[view].target
+        current = self.fit.last_images[view]
+        current = np.zeros_like(target) if current is None else current  # before step 1
+        return [target, current, np.abs(current - target)]
+
+    def render(self, state: ViewState) -> np.ndarray:
+        r = self.fit.r
+        return self.fit.render(View(state.camera(r.width, r.height)))[0]
 
 
 def _final_loss(runner):
