@@ -4,8 +4,6 @@ it); Taichi is started once, so kernels compile once and are shared between test
 tests keep their own ``--arch``)."""
 
 import os
-
-import os
 import shutil
 import subprocess
 import tempfile
