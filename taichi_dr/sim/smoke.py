@@ -246,7 +246,9 @@ class Smoke:
             m0, count = j * k, min(k, T - j * k)
             if j != n_seg - 1:  # the last segment is still in the ring after forward()
                 self._restore(j)
-                for i in range(count):
+                # The adjoint of a step reads the state it starts from (and MacCormack's
+                # intermediates, which that step computes), never the state it produces.
+                for i in range(count if self._mc else count - 1):
                     self._step(i, (m0 + i) // self.substeps)
             for i in reversed(range(count)):
                 self._step_grad(i, (m0 + i) // self.substeps)
