@@ -489,17 +489,26 @@ class Smoke:
                 for I in ti.grouped(ti.ndrange(*ti.static(self.grid.face_shape(c)))):
                     self._advect_point_adjoint(c, s, I, dt, True)
         else:
-            n = ti.static(self.shape[0])
+            # Taichi's CPU range-for gives each thread at least 512 consecutive iterations:
+            # one slab per 512 iterations spreads the slabs over the threads.
+            n, stride = ti.static(self.shape[0], 512)
             for parity in ti.static(range(2)):
-                ti.loop_config(block_dim=1)  # one slab per task
-                for t in range((slabs + 1 - parity) // 2):
-                    j = 2 * t + parity
-                    lo, hi = j * n // slabs, (j + 1) * n // slabs
-                    for c in ti.static(range(-1, self.dim)):
-                        extent = ti.static(self.shape if c < 0 else self.grid.face_shape(c))
-                        top = ti.select(j == slabs - 1, extent[0], hi)
-                        for I in ti.grouped(ti.ndrange((lo, top), *extent[1:])):
-                            self._advect_point_adjoint(c, s, I, dt, False)
+                for u in range((slabs + 1 - parity) // 2 * stride):
+                    if u % stride == 0:
+                        j = 2 * (u // stride) + parity
+                        self._slab_adjoint(
+                            s, dt, j * n // slabs, (j + 1) * n // slabs, j == slabs - 1
+                        )
+
+    @ti.func
+    def _slab_adjoint(self, s, dt, lo, hi, last):
+        """Serial adjoint scatter of the points with axis-0 index in [lo, hi) (``last``: up
+        to the end, including the top faces of a closed axis 0)."""
+        for c in ti.static(range(-1, self.dim)):
+            extent = ti.static(self.shape if c < 0 else self.grid.face_shape(c))
+            top = ti.select(last, extent[0], hi)
+            for I in ti.grouped(ti.ndrange((lo, top), *extent[1:])):
+                self._advect_point_adjoint(c, s, I, dt, False)
 
     @ti.kernel
     def _maccormack(
