@@ -64,6 +64,15 @@ def check_shape(shape, bytes_per_cell: int) -> tuple[int, ...]:
     return shape
 
 
+@ti.func
+def accumulate(f: ti.template(), s, I, v, atomic: ti.template()):
+    """``f[s, I] += v``: atomic, or a plain read-modify-write."""
+    if ti.static(atomic):
+        ti.atomic_add(f[s, I], v)
+    else:
+        f[s, I] = f[s, I] + v
+
+
 @ti.data_oriented
 class MacGrid:
     """Static description of the grid: shape, per-side boundary kinds, and Taichi helpers
@@ -182,14 +191,15 @@ class MacGrid:
         return result
 
     @ti.func
-    def sample_adjoint(self, f: ti.template(), s, pos, c: ti.template(), g):
+    def sample_adjoint(self, f: ti.template(), s, pos, c: ti.template(), g, atomic: ti.template()):
         """Adjoint of :meth:`sample` for output gradient ``g``: adds the weights × g to
-        ``f.grad`` (atomically) and returns d(sample)/d(pos) × g."""
+        ``f.grad`` (atomically, or with plain adds when ``atomic`` is False: the caller
+        guarantees no other thread writes there) and returns d(sample)/d(pos) × g."""
         base, frac, slope = self._locate(pos, c)
         dpos = slope * 0.0
         for corner in ti.static(self._corners()):
             idx = self._corner(base, corner, c)
-            ti.atomic_add(f.grad[s, idx], self._weight(frac, corner, -1) * g)
+            accumulate(f.grad, s, idx, self._weight(frac, corner, -1) * g, atomic)
             v = f[s, idx]
             for a in ti.static(range(self.dim)):
                 dpos[a] += (2.0 * corner[a] - 1.0) * v * self._weight(frac, corner, a)

@@ -28,7 +28,7 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .grid import MacGrid, check_shape
+from .grid import MacGrid, accumulate, check_shape
 from .pressure import PressureSolver
 
 ADVECTION = ("semi-lagrangian", "maccormack")
@@ -126,10 +126,10 @@ class Smoke:
         self._mc = None
         if mc:
             self._mc = [(field((slots, *s)), field((slots, *s))) for s in [self.shape, *faces]]
-        # Float atomics are compare-and-swap loops on CPUs: with <= 2 threads the adjoint
-        # scatter runs about 2x faster serially (Taichi demotes its atomics to plain adds).
-        threads = ti.lang.impl.current_cfg().cpu_max_num_threads
-        self._serial_scatter = backend.current_arch() == "cpu" and threads <= 2
+        # Float atomics are compare-and-swap loops on CPUs (slower than one thread of plain
+        # adds): there the advection adjoint scatters slab by slab instead (_advect_all_grad).
+        self._slab_scatter = backend.current_arch() == "cpu"
+        self._max_slabs = 2 * ti.lang.impl.current_cfg().cpu_max_num_threads
         self.substeps, self.micro_steps = 1, cfg.steps
         self._checkpoints = []
         self.solver_iterations = []
@@ -246,7 +246,9 @@ class Smoke:
             m0, count = j * k, min(k, T - j * k)
             if j != n_seg - 1:  # the last segment is still in the ring after forward()
                 self._restore(j)
-                for i in range(count):
+                # The adjoint of a step reads the state it starts from (and MacCormack's
+                # intermediates, which that step computes), never the state it produces.
+                for i in range(count if self._mc else count - 1):
                     self._step(i, (m0 + i) // self.substeps)
             for i in reversed(range(count)):
                 self._step_grad(i, (m0 + i) // self.substeps)
@@ -331,7 +333,7 @@ class Smoke:
         of component c): the stored value for component c, else the average of the 2 or 4
         nearest faces."""
         return ti.Vector(
-            [self._vel_component(s, I, c, a, 0.0, False) for a in ti.static(range(self.dim))]
+            [self._vel_component(s, I, c, a, 0.0, False, False) for a in ti.static(range(self.dim))]
         )
 
     @ti.func
@@ -340,37 +342,62 @@ class Smoke:
         return I + ti.Vector(ti.static(self.grid.offset(c))) - dt * self._vel_at_point(s, I, c)
 
     @ti.func
-    def _advect_adjoint(self, src: ti.template(), c: ti.template(), s, I, dt, g):
-        """Adjoint of ``sample(src, s, _backtrace(s, I, c, dt), c)`` for output gradient g:
-        scatters into ``src.grad`` and ``velocity[·].grad`` of slot s."""
-        dpos = self.grid.sample_adjoint(src, s, self._backtrace(s, I, c, dt), c, g)
-        for a in ti.static(range(self.dim)):
-            self._vel_component(s, I, c, a, -dt * dpos[a], True)
+    def _advect_point_adjoint(self, c: ti.template(), s, I, dt, atomic: ti.template()):
+        """Adjoint of :meth:`_advect_all` at lattice point I of field c (-1: density):
+        consumes the output gradient there (an overwritten value) and scatters it into the
+        gradients of slot s (atomically, or with plain adds)."""
+        if ti.static(c < 0):
+            g = self.density.grad[s + 1, I]
+            self.density.grad[s + 1, I] = 0.0
+            self._advect_adjoint(self.density, c, s, I, dt, g, atomic)
+        else:
+            g = self._vel_adv[c].grad[0, I]
+            self._vel_adv[c].grad[0, I] = 0.0
+            self._advect_adjoint(self.velocity[c], c, s, I, dt, g, atomic)
 
     @ti.func
-    def _vel_component(self, s, I, c: ti.template(), a: ti.template(), g, adjoint: ti.template()):
+    def _advect_adjoint(
+        self, src: ti.template(), c: ti.template(), s, I, dt, g, atomic: ti.template()
+    ):
+        """Adjoint of ``sample(src, s, _backtrace(s, I, c, dt), c)`` for output gradient g:
+        scatters into ``src.grad`` and ``velocity[·].grad`` of slot s."""
+        dpos = self.grid.sample_adjoint(src, s, self._backtrace(s, I, c, dt), c, g, atomic)
+        for a in ti.static(range(self.dim)):
+            self._vel_component(s, I, c, a, -dt * dpos[a], True, atomic)
+
+    @ti.func
+    def _vel_component(
+        self,
+        s,
+        I,
+        c: ti.template(),
+        a: ti.template(),
+        g,
+        adjoint: ti.template(),
+        atomic: ti.template(),
+    ):
         """Component a of :meth:`_vel_at_point`; with ``adjoint`` also adds its adjoint for
-        output gradient ``g`` to ``velocity[a].grad`` (atomically)."""
+        output gradient ``g`` to ``velocity[a].grad`` (atomically, or with plain adds)."""
         v = 0.0
         e = ti.Vector.unit(self.dim, a, ti.i32)
         if ti.static(a == c):
-            v = self._tap(a, s, I, 1.0, g, adjoint)
+            v = self._tap(a, s, I, 1.0, g, adjoint, atomic)
         elif ti.static(c < 0):
-            v = self._tap(a, s, I, 0.5, g, adjoint)
-            v += self._tap(a, s, self.grid.wrap(I + e, a), 0.5, g, adjoint)
+            v = self._tap(a, s, I, 0.5, g, adjoint, atomic)
+            v += self._tap(a, s, self.grid.wrap(I + e, a), 0.5, g, adjoint, atomic)
         else:
             ec = ti.Vector.unit(self.dim, c, ti.i32)
             lo, hi = self._cell_clamped(I - ec, c), self._cell_clamped(I, c)
-            v = self._tap(a, s, lo, 0.25, g, adjoint)
-            v += self._tap(a, s, self.grid.wrap(lo + e, a), 0.25, g, adjoint)
-            v += self._tap(a, s, hi, 0.25, g, adjoint)
-            v += self._tap(a, s, self.grid.wrap(hi + e, a), 0.25, g, adjoint)
+            v = self._tap(a, s, lo, 0.25, g, adjoint, atomic)
+            v += self._tap(a, s, self.grid.wrap(lo + e, a), 0.25, g, adjoint, atomic)
+            v += self._tap(a, s, hi, 0.25, g, adjoint, atomic)
+            v += self._tap(a, s, self.grid.wrap(hi + e, a), 0.25, g, adjoint, atomic)
         return v
 
     @ti.func
-    def _tap(self, a: ti.template(), s, J, w, g, adjoint: ti.template()):
+    def _tap(self, a: ti.template(), s, J, w, g, adjoint: ti.template(), atomic: ti.template()):
         if ti.static(adjoint):
-            ti.atomic_add(self.velocity[a].grad[s, J], w * g)
+            accumulate(self.velocity[a].grad, s, J, w * g, atomic)
         return w * self.velocity[a][s, J]
 
     @ti.func
@@ -435,21 +462,53 @@ class Smoke:
                     self.velocity[c], s, self._backtrace(s, I, c, dt), c
                 )
 
+    def _advect_all_grad(self, s, dt):
+        """Hand-written adjoint of :meth:`_advect_all`: a scatter, with atomics on GPUs; on
+        CPUs without them, over slabs along axis 0 (:meth:`_scatter_slabs`)."""
+        slabs = self._scatter_slabs(s, dt) if self._slab_scatter else 0
+        self._advect_all_adjoint(s, dt, slabs)
+
+    def _scatter_slabs(self, s, dt) -> int:
+        """How many slabs along axis 0 the CPU adjoint scatter of step s can use (even, at
+        most 2 × threads, or 1 = serial): the scatter of a source point reaches at most
+        ``reach`` cells along axis 0 (its backtrace, one cell of interpolation stencil and
+        one of velocity averaging), so slabs at least 2 × reach thick that are two apart
+        write disjoint cells and the even ones, then the odd ones, run in parallel."""
+        reach = math.ceil(dt * self._max_abs(self.velocity[0], s)) + 2
+        slabs = min(self._max_slabs, self.shape[0] // (2 * reach))
+        return max(1, slabs - slabs % 2)
+
     @ti.kernel
-    def _advect_all_grad(self, s: ti.i32, dt: float):
-        """Hand-written adjoint of :meth:`_advect_all` (one scatter pass, serial on small
-        CPUs); consumes the outputs' gradients (they are overwritten values)."""
-        ti.loop_config(serialize=self._serial_scatter)
-        for I in ti.grouped(ti.ndrange(*self.shape)):
-            g = self.density.grad[s + 1, I]
-            self.density.grad[s + 1, I] = 0.0
-            self._advect_adjoint(self.density, -1, s, I, dt, g)
-        for c in ti.static(range(self.dim)):
-            ti.loop_config(serialize=self._serial_scatter)
-            for I in ti.grouped(ti.ndrange(*self.grid.face_shape(c))):
-                g = self._vel_adv[c].grad[0, I]
-                self._vel_adv[c].grad[0, I] = 0.0
-                self._advect_adjoint(self.velocity[c], c, s, I, dt, g)
+    def _advect_all_adjoint(self, s: ti.i32, dt: float, slabs: ti.i32):
+        """The scatter of :meth:`_advect_all_grad`: per point with atomics (slabs = 0) or
+        per slab with plain adds, the even slabs in parallel, then the odd ones."""
+        if ti.static(not self._slab_scatter):
+            for I in ti.grouped(ti.ndrange(*self.shape)):
+                self._advect_point_adjoint(-1, s, I, dt, True)
+            for c in ti.static(range(self.dim)):
+                for I in ti.grouped(ti.ndrange(*ti.static(self.grid.face_shape(c)))):
+                    self._advect_point_adjoint(c, s, I, dt, True)
+        else:
+            # Taichi's CPU range-for gives each thread at least 512 consecutive iterations:
+            # one slab per 512 iterations spreads the slabs over the threads.
+            n, stride = ti.static(self.shape[0], 512)
+            for parity in ti.static(range(2)):
+                for u in range((slabs + 1 - parity) // 2 * stride):
+                    if u % stride == 0:
+                        j = 2 * (u // stride) + parity
+                        self._slab_adjoint(
+                            s, dt, j * n // slabs, (j + 1) * n // slabs, j == slabs - 1
+                        )
+
+    @ti.func
+    def _slab_adjoint(self, s, dt, lo, hi, last):
+        """Serial adjoint scatter of the points with axis-0 index in [lo, hi) (``last``: up
+        to the end, including the top faces of a closed axis 0)."""
+        for c in ti.static(range(-1, self.dim)):
+            extent = ti.static(self.shape if c < 0 else self.grid.face_shape(c))
+            top = ti.select(last, extent[0], hi)
+            for I in ti.grouped(ti.ndrange((lo, top), *extent[1:])):
+                self._advect_point_adjoint(c, s, I, dt, False)
 
     @ti.kernel
     def _maccormack(
@@ -518,6 +577,14 @@ class Smoke:
                     self.velocity[c][s + 1, I] = ti.select(wall, 0.0, u)
 
     # ---- kernels (bookkeeping) --------------------------------------------------------------
+    @ti.kernel
+    def _max_abs(self, f: ti.template(), s: ti.i32) -> ti.f64:
+        """max |f[s, ·]|."""
+        m = 0.0
+        for I in ti.grouped(ti.ndrange(*f.shape[1:])):
+            ti.atomic_max(m, ti.abs(f[s, I]))
+        return m
+
     @ti.kernel
     def _max_speed(self) -> ti.f64:
         m = 0.0
