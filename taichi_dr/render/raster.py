@@ -227,7 +227,11 @@ class Rasterizer:
 
     @ti.kernel
     def _raster(
-        self, n_work: ti.i32, work: ti.types.ndarray(dtype=ti.i32, ndim=2), count: ti.template()
+        self,
+        n_work: ti.i32,
+        work: ti.types.ndarray(dtype=ti.i32, ndim=2),
+        count: ti.template(),
+        peel: ti.template(),
     ):
         for w in range(n_work):
             f, tile = work[w, 0], work[w, 1]
@@ -260,7 +264,10 @@ class Rasterizer:
                         if z <= 1.0:
                             d = ti.cast(ti.min(ti.max(z * 0.5 + 0.5, 0.0), 1.0), ti.f32)
                             k = (ti.cast(ti.bit_cast(d, ti.i32), ti.i64) << 32) | f
-                            if k > self.floor_key[y, x]:
+                            behind = True  # the previous layer (depth peeling only)
+                            if ti.static(peel):
+                                behind = k > self.floor_key[y, x]
+                            if behind:
                                 if ti.static(count):
                                     self.fragments[y, x] += 1
                                 # plain load first: most occluded fragments skip the atomic
@@ -274,7 +281,8 @@ class Rasterizer:
     @ti.kernel
     def _clear(self, peel: ti.i32, count: ti.i32):
         for y, x in self.key:
-            self.floor_key[y, x] = self.key[y, x] if peel else ti.i64(-1)
+            if peel:
+                self.floor_key[y, x] = self.key[y, x]
             self.key[y, x] = ti.i64(EMPTY_KEY)
             if count:
                 self.fragments[y, x] = 0
@@ -312,5 +320,5 @@ class Rasterizer:
             self._work = ti.ndarray(ti.i32, shape=(self._work_capacity, 2))
         if total:
             self._bin(n_faces, self._work)
-            self._raster(total, self._work, count)
+            self._raster(total, self._work, count, bool(peel))
         self._resolve()
