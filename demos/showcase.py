@@ -97,7 +97,7 @@ def pipeline_figure(out: Path, size: int) -> dict:
             )
         )
     fig.tight_layout()
-    io._atomic(out / "pipeline.png", lambda tmp: fig.savefig(tmp, dpi=80))
+    io.atomic_write(out / "pipeline.png", lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
     return {k: v for k, v in res.as_dict().items()}
 

@@ -16,7 +16,10 @@ import numpy as np
 from .errors import UserError
 
 
-def _atomic(path, write, suffix=None):
+def atomic_write(path, write, suffix=None):
+    """Create ``path`` (and its folders) all at once: ``write(tmp)`` fills a temporary file
+    beside it (``suffix``: its extension, default the path's), which then replaces ``path``,
+    so a reader never sees a half-written file and an interrupted run leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
@@ -57,7 +60,7 @@ def save_image(path, image: np.ndarray, srgb: bool = True) -> Path:
     import imageio.v3 as iio
 
     data = to_uint8(image, srgb)
-    return _atomic(path, lambda tmp: iio.imwrite(tmp, data))
+    return atomic_write(path, lambda tmp: iio.imwrite(tmp, data))
 
 
 def load_image(path, srgb: bool = True) -> np.ndarray:
@@ -83,7 +86,7 @@ def load_image(path, srgb: bool = True) -> np.ndarray:
 
 
 def save_npz(path, **arrays) -> Path:
-    return _atomic(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
+    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 def save_json(path, data) -> Path:
@@ -91,7 +94,7 @@ def save_json(path, data) -> Path:
         with open(tmp, "w") as f:
             json.dump(data, f, indent=2, default=float)
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 def write_video(path, frames, fps: int = 10) -> Path:
@@ -101,7 +104,7 @@ def write_video(path, frames, fps: int = 10) -> Path:
     data = np.stack([to_uint8(f) for f in frames])
     path = Path(path)
     if path.suffix.lower() == ".gif":
-        return _atomic(path, lambda tmp: iio.imwrite(tmp, data, duration=1000 / fps, loop=0))
+        return atomic_write(path, lambda tmp: iio.imwrite(tmp, data, duration=1000 / fps, loop=0))
     if data.shape[1] % 2 or data.shape[2] % 2:  # libx264 wants even sizes
         data = np.pad(data, ((0, 0), (0, data.shape[1] % 2), (0, data.shape[2] % 2), (0, 0)))
-    return _atomic(path, lambda tmp: iio.imwrite(tmp, data, fps=fps, codec="libx264"))
+    return atomic_write(path, lambda tmp: iio.imwrite(tmp, data, fps=fps, codec="libx264"))

@@ -179,7 +179,7 @@ class Runner:
         ax.set_ylabel("loss")
         ax.set_title(self.app)
         fig.tight_layout()
-        io._atomic(self.out / "loss.png", lambda tmp: fig.savefig(tmp, format="png"))
+        io.atomic_write(self.out / "loss.png", lambda tmp: fig.savefig(tmp, format="png"))
         plt.close(fig)
 
     def picture(self, panels) -> np.ndarray:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import _atomic, load_image, save_image, srgb_to_linear
+from .io import atomic_write, load_image, save_image, srgb_to_linear
 
 SUPPORTED_FORMATS = ("obj", "ply", "stl", "off", "glb", "gltf")
 
@@ -387,7 +387,7 @@ def save_obj(path, mesh: Mesh) -> Path:
     if mesh.texture is not None:
         lines += [f"mtllib {path.stem}.mtl", "usemtl material"]
         mtl = f"newmtl material\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nmap_Kd {path.stem}.png\n"
-        _atomic(path.with_suffix(".mtl"), lambda tmp: Path(tmp).write_text(mtl))
+        atomic_write(path.with_suffix(".mtl"), lambda tmp: Path(tmp).write_text(mtl))
         save_image(path.with_suffix(".png"), mesh.texture)
     lines += [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in mesh.vertices]
     if has_uv:
@@ -396,7 +396,7 @@ def save_obj(path, mesh: Mesh) -> Path:
     corner = "{0}/{0}/{0}" if has_uv else "{0}//{0}"
     lines += ["f " + " ".join(corner.format(i + 1) for i in face) for face in mesh.faces]
     text = "\n".join(lines) + "\n"
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ---------------------------------------------------------------------------- shapes

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import _atomic, save_json
+from ..io import atomic_write, save_json
 from . import cost, dual, examples, finite_diff, symbolic
 from .programs import METHODS, Chain2x2, ExpLoop
 
@@ -53,7 +53,7 @@ def _save(fig, path: Path) -> Path:
     def write(tmp):
         Path(tmp).write_bytes(buf.getvalue())
 
-    return _atomic(path, write)
+    return atomic_write(path, write)
 
 
 # ---------------------------------------------------------------- 1. finite differences
