@@ -140,7 +140,6 @@ class Renderer:
         self.width, self.height = W, H
         self.mesh = MeshBuffers(max_vertices or mesh.num_vertices, max_faces or mesh.num_faces)
         self.vertex = VertexStage(self.mesh.max_vertices)
-        self.vertex.requires_grad = "camera" in self.settings.grads or self.settings.mode == "soft"
         self.raster = Rasterizer(W, H, self.mesh.max_faces)
         self.interp = Interpolator(W, H)
         real = backend.real()
@@ -198,7 +197,6 @@ class Renderer:
         if settings.background != self.settings.background:
             self.compositor.set_background(settings.background)
         self.settings = settings
-        self.vertex.requires_grad = "camera" in settings.grads or settings.mode == "soft"
 
     def set_camera(self, camera: Camera) -> None:
         if (camera.width, camera.height) != (self.width, self.height):
@@ -214,14 +212,12 @@ class Renderer:
         """Per kernel, the fields whose gradients ``settings.grads`` leaves out."""
         g, m, v = self.settings.grads, self.mesh, self.vertex
         geometry = "positions" in g or "camera" in g
-        out = {
+        return {
             "vertex": (
                 (() if "positions" in g else (m.positions, m.normals))
                 + (() if "camera" in g else (v.model, v.view_proj, v.normal_matrix))
             ),
-            "clip": () if geometry else (v.clip,),
-            "world": () if geometry else (v.world,),
-            "normal": () if geometry else (v.normal,),
+            "geometry": () if geometry else (v.clip, v.world, v.normal),
             "colors": () if "colors" in g else (m.colors,),
             "uvs": () if "uvs" in g else (m.uvs,),
             # per-pixel attributes depend on the geometry through the barycentrics
@@ -239,7 +235,6 @@ class Renderer:
             "lights": () if "lights" in g else self.lights.fields,
             "eye": () if "camera" in g else (v.eye,),
         }
-        return out
 
     def rasterize(self, peel: bool = False, count: bool = False) -> None:
         """Visibility (not differentiable): fills ``raster.triangle_id`` and, for the
@@ -266,16 +261,15 @@ class Renderer:
                 self.mesh.num_faces,
             )
 
-    def _shade_layer(self) -> None:
+    def _shade_layer(self, stops: dict) -> None:
         m, tri = self.mesh, self.raster.triangle_id
-        stops = self._stops()
         attributes = (
             (self.vertex.world, self.position),
             (self.vertex.normal, self.normal),
             (m.colors, self.color),
             (m.uvs, self.uv),
         )
-        inputs = stops["clip"] + stops["world"] + stops["normal"] + stops["colors"] + stops["uvs"]
+        inputs = stops["geometry"] + stops["colors"] + stops["uvs"]
         self.interp.forward(self.vertex.clip, m.faces, tri, attributes, stop=inputs)
         if self.texture is not None:
             self.interp.footprint(
@@ -284,7 +278,7 @@ class Renderer:
                 m.faces,
                 tri,
                 self.footprint,
-                stop=stops["uvs"] + stops["clip"],
+                stop=stops["uvs"] + stops["geometry"],
             )
         self.shader.forward(
             self.settings.shading,
@@ -329,7 +323,8 @@ class Renderer:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
         soft = self.settings.mode == "soft"
-        self.vertex.forward(self.mesh, stop=() if soft else self._stops()["vertex"])
+        stops = self._stops()
+        self.vertex.forward(self.mesh, stop=() if soft else stops["vertex"])
         if soft:
             self.vertex_shader.forward(
                 self.settings.shading, self.vertex, self.mesh, self.lights, self.material
@@ -338,12 +333,12 @@ class Renderer:
             return
         if self.texture is not None:
             self.texture.forward()
-        self._shade_layer()
+        self._shade_layer(stops)
         self.compositor.single(
             self.shader.image,
             self.raster.triangle_id,
             self.material.opacity,
-            stop=self._stops()["material"],
+            stop=stops["material"],
         )
         if self.settings.mode == "antialias":
             self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
@@ -378,7 +373,7 @@ class Renderer:
         for k in range(self.settings.layers):
             if k:
                 self.rasterize(peel=True)
-            self._shade_layer()
+            self._shade_layer(self._stops())
             self.compositor.add_layer(
                 k, self.shader.image, self.raster.triangle_id, self.material.opacity
             )

@@ -189,7 +189,9 @@ class VertexStage:
 
     def forward(self, mesh, stop=()) -> None:
         """Build the matrices, then transform the first ``mesh.num_vertices`` vertices;
-        ``stop``: input fields that get no gradient."""
+        ``stop``: input fields that get no gradient (the matrices among them: the backward
+        leaves pose and camera alone)."""
+        self.requires_grad = all(f is not self.model for f in stop)
         self.update_matrices()
         self._transform(mesh.positions, mesh.normals, mesh.num_vertices, stop)
 
