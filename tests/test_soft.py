@@ -42,9 +42,13 @@ def soft_reference(clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, 
             cross.append(e[0] * (Q[:, 1] - a[1]) - e[1] * (Q[:, 0] - a[0]))
         cross = np.stack(cross, 1)
         inside = np.all(cross > 0, 1) | np.all(cross < 0, 1)
-        ha = c[None, :, 0] - P[:, :1] * c[None, :, 3]
-        hb = c[None, :, 1] - P[:, 1:] * c[None, :, 3]
-        u = np.cross(ha, hb)
+        # homogeneous barycentrics u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v,
+        # expanded as u_v = A_v + B_v p_x + C_v p_y (the p_x p_y terms cancel)
+        i, j = [1, 2, 0], [2, 0, 1]
+        A = c[i, 0] * c[j, 1] - c[j, 0] * c[i, 1]
+        B = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
+        C = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
+        u = A + P[:, :1] * B + P[:, 1:] * C
         u = np.where(u.sum(1, keepdims=True) < 0, -u, u).clip(0)
         tot = u.sum(1, keepdims=True)
         lam = np.where(tot > 0, u / np.where(tot > 0, tot, 1), 1 / 3)

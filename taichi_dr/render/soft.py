@@ -27,19 +27,24 @@ per-pair atomics (a pair: a pixel and one of its candidate faces).
   ``candidates`` (H, W, K) int32 (entries past ``count`` are unused), and for each slot a
   64-bit mask of the tile's pixels that kept its face.
 * ``forward`` (differentiable in the clip coordinates and vertex colours) first computes
-  per-face records (screen vertices, 1/|edge|², clip x y w: a Taichi-differentiated
-  kernel), then a per-pixel pass over the candidates with a hand-written backward
+  per-face records, a Taichi-differentiated kernel: screen vertices, each edge's line
+  (signed distance a q_x + b q_y + c) and projection, and the homogeneous barycentrics
+  as planes in NDC, u_v = A_v + B_v p_x + C_v p_y (the p_x p_y terms of a × b cancel), so
+  a pair costs a few multiply-adds per edge. Then one thread per tile goes face by face
+  over the pixels that kept each face, with a hand-written backward
   (``ti.ad.grad_replaced``, so no exp sits in an AD inner loop, TAICHI_NOTES §6). It
   multiplies the 1 − D and sums the softmax weights shifted by m_i, the running maximum of
   ε and z_ij (online softmax; the blend does not depend on m, so it is a constant for the
-  gradient, and γ = 1e-4 never overflows). The backward pass is one thread per face over
-  its slots' masks: it recomputes each pair and sums the adjoints of the face's records in
-  registers (d² by the envelope theorem: the closest point's t is optimal).
+  gradient, and γ = 1e-4 never overflows), and stores each pair's D, nearest boundary
+  feature and signed distance (12 bytes in f32), numbered slot by slot. The backward pass
+  is one thread per face over its slots' masks: it reads those records (recomputing only
+  the barycentrics of pairs with a weight) and sums the adjoints of the face's records in
+  registers (d² = l² for the nearest edge line, |q − s_v|² for a vertex).
 
 Exact shortcuts, no approximation: a pair whose weight e^{(z − m)/γ} is exactly 0 for
 every z in its face's depth range (e.g. the far side of a closed mesh) skips the
-barycentrics and colour, and in the backward pass also the coverage when the pixel's
-silhouette has no gradient.
+barycentrics and colour, and in the backward pass all work when the pixel's silhouette
+has no gradient.
 
 Faces with a vertex on the camera side of the near plane (z_clip < −w_clip) or entirely
 beyond the far plane are not drawn (there is no clipping in this mode). Degenerate faces
@@ -75,6 +80,11 @@ def _check_settings(sigma, gamma, eps, cutoff, background) -> None:
         bg = np.asarray(background, dtype=np.float64)
         if bg.shape != (3,) or not np.all(np.isfinite(bg)):
             raise UserError(f"background must be a finite RGB colour, got {background}")
+
+
+def _capacity(n: int) -> int:
+    """Buffer length for n items: a power of two, at least 1024 (grown, never shrunk)."""
+    return max(1 << max(n - 1, 1).bit_length(), 1024)
 
 
 @ti.data_oriented
@@ -137,10 +147,19 @@ class SoftRasterizer:
         self.candidate_depth = ti.field(real, shape=(H, W, K))
         self.count = ti.field(ti.i32, shape=shape)  # candidates kept (≤ K)
         self.stats = ti.field(ti.i32, shape=2)  # number of pairs, truncated pixels
-        # per-face records (differentiable functions of the clip coordinates)
-        self.screen = ti.Matrix.field(3, 2, real, shape=F, **backend.diff())  # isotropic
-        self.inv_len2 = ti.Vector.field(3, real, shape=F, **backend.diff())  # 1/|edge k|²
-        self.hom = ti.Matrix.field(3, 3, real, shape=F, **backend.diff())  # clip x, y, w
+        # per-face records (differentiable functions of the clip coordinates, but ``along``
+        # and ``depth_range``); q: isotropic screen point, p: NDC point
+        self.screen = ti.Matrix.field(3, 2, real, shape=F, **backend.diff())  # vertex v
+        # edge k (s_k → s_k+1): a, b, c with a q_x + b q_y + c the signed distance from q
+        # to the edge's line, positive on the face's inner side
+        self.line = ti.Matrix.field(3, 3, real, shape=F, **backend.diff())
+        # edge k: α, β, γ with t = α q_x + β q_y + γ the position of q's projection along
+        # the edge (0 at s_k, 1 at s_k+1; −1 for a zero-length edge)
+        self.along = ti.Matrix.field(3, 3, real, shape=F)
+        # vertex v: A, B, C with u_v = A + B p_x + C p_y its homogeneous barycentric
+        self.bary = ti.Matrix.field(3, 3, real, shape=F, **backend.diff())
+        self.depth = ti.Vector.field(3, real, shape=F, **backend.diff())  # eye depth (clip w)
+        self.depth_range = ti.Vector.field(2, real, shape=F)  # normalised depth lo, hi
         self.face_box = ti.Vector.field(4, ti.i32, shape=F)  # pixel x0, y0, x1, y1 (inclusive)
         self.slot_start = ti.field(ti.i32, shape=F + 1)  # face f's (face, tile) slots
         self.tile_start = ti.field(ti.i32, shape=self.tiles_x * self.tiles_y + 1)
@@ -150,7 +169,12 @@ class SoftRasterizer:
         self.background = ti.Vector.field(3, real, shape=())
         self.sigma, self.gamma, self.eps, self.cutoff = 1.0, 1.0, 0.0, 1e-4
         self.set(sigma=sigma, gamma=gamma, eps=eps, cutoff=cutoff, background=background)
-        self._slots = None  # (tile slots, slot face, slot mask) ndarrays, grown on demand
+        # (tile slots, slot face, slot mask, slot's first pair) ndarrays, grown on demand
+        self._slots = None
+        # per pair, slot by slot in mask-bit order: D, the signed distance l to the nearest
+        # edge line and a code (nearest feature + 8 · inside); forward writes, backward reads
+        self._pairs = None
+        self.tile_block = 16 if backend.current_arch() == "cpu" else 64  # tiles per task
         self._n_faces = None  # faces of the last select
         self.num_pairs = 0
         self.truncated = 0
@@ -188,41 +212,79 @@ class SoftRasterizer:
     # ------------------------------------------------------------ face records
     @ti.kernel
     def _records(self, clip: ti.template(), faces: ti.template(), n_faces: ti.i32):
-        """Per face: screen vertices, 1/|edge|², clip x y w (differentiable;
-        a vertex with w ≤ 0 is divided by 1 instead: such faces are never drawn)."""
+        """Per face: screen vertices, edge lines and projections, barycentric planes,
+        depths (differentiable but ``along`` and ``depth_range``; a vertex with w ≤ 0 is
+        divided by 1 instead: such faces are never drawn)."""
         for f in range(n_faces):
             sx, sy = ti.static(self.scale)
             idx = faces[f]
             c = [clip[idx[0]], clip[idx[1]], clip[idx[2]]]
             w = [ti.select(c[k][3] > 0.0, c[k][3], 1.0) for k in ti.static(range(3))]
             s = [ti.Vector([c[k][0] / w[k] * sx, c[k][1] / w[k] * sy]) for k in ti.static(range(3))]
+            area = (s[1] - s[0]).cross(s[2] - s[0])
+            orient = ti.select(area < 0.0, -1.0, 1.0)
             for k in ti.static(range(3)):
                 i, j = ti.static((k + 1) % 3, (k + 2) % 3)
                 self.screen[f][k, 0] = s[k][0]
                 self.screen[f][k, 1] = s[k][1]
                 e = s[i] - s[k]
-                ee = e[0] * e[0] + e[1] * e[1]
-                self.inv_len2[f][k] = 1.0 / ti.select(ee > 0.0, ee, 1.0)
-                for m in ti.static(range(3)):
-                    self.hom[f][k, m] = c[k][(0, 1, 3)[m]]
+                ee = e.dot(e)
+                ok = ee > 0.0
+                inv_len = orient / ti.sqrt(ti.select(ok, ee, 1.0))
+                a, b = -e[1] * inv_len, e[0] * inv_len
+                self.line[f][k, 0] = a
+                self.line[f][k, 1] = b
+                self.line[f][k, 2] = -(a * s[k][0] + b * s[k][1])
+                inv_len2 = ti.select(ok, 1.0 / ti.select(ok, ee, 1.0), 0.0)
+                self.along[f][k, 0] = e[0] * inv_len2
+                self.along[f][k, 1] = e[1] * inv_len2
+                self.along[f][k, 2] = ti.select(ok, -e.dot(s[k]) * inv_len2, -1.0)
+                # u_k = a_i b_j − a_j b_i with a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
+                self.bary[f][k, 0] = c[i][0] * c[j][1] - c[j][0] * c[i][1]
+                self.bary[f][k, 1] = c[j][3] * c[i][1] - c[i][3] * c[j][1]
+                self.bary[f][k, 2] = c[j][0] * c[i][3] - c[i][0] * c[j][3]
+                self.depth[f][k] = c[k][3]
+            scale = 1.0 / (self.far - self.near)  # z interpolates w with convex weights
+            w_lo = ti.min(c[0][3], c[1][3], c[2][3])
+            w_hi = ti.max(c[0][3], c[1][3], c[2][3])
+            self.depth_range[f] = ti.Vector([(self.far - w_hi) * scale, (self.far - w_lo) * scale])
 
     @ti.func
-    def _homogeneous(self, h, p, axis: ti.template()):
-        """(c_v[axis] − p[axis] w_v)_v for a face's clip x y w rows ``h``: the homogeneous
-        barycentrics at NDC point p are u = a × b with a (axis 0) and b (axis 1)."""
-        return ti.Vector([h[v, axis] - p[axis] * h[v, 2] for v in ti.static(range(3))])
+    def _outline(self, f):
+        """Face f's records for ``_distance``: (screen, line, along)."""
+        return self.screen[f], self.line[f], self.along[f]
 
     @ti.func
-    def _depths(self, h: ti.template()):
-        return ti.Vector([h[v, 2] for v in ti.static(range(3))])
+    def _distance(self, outline: ti.template(), q):
+        """A face's ``_outline`` at isotropic screen point q: (d², inside, nearest, l) —
+        squared distance to the face's boundary, whether q is strictly inside, which
+        boundary feature is nearest (edge k: k; vertex v: 3 + v) and, for an edge, q's
+        signed distance l to its line (d² = l²). Only select, no min/max."""
+        s, ln, al = outline
+        dx, dy = q[0] - s[0, 0], q[1] - s[0, 1]
+        d2, nearest, l_near = dx * dx + dy * dy, 3, 0.0
+        for v in ti.static(range(1, 3)):
+            dx, dy = q[0] - s[v, 0], q[1] - s[v, 1]
+            dv = dx * dx + dy * dy
+            closer = dv < d2
+            d2 = ti.select(closer, dv, d2)
+            nearest = ti.select(closer, 3 + v, nearest)
+        inside = True
+        for k in ti.static(range(3)):
+            lk = ln[k, 0] * q[0] + ln[k, 1] * q[1] + ln[k, 2]
+            t = al[k, 0] * q[0] + al[k, 1] * q[1] + al[k, 2]
+            inside = inside & (lk > 0.0)
+            closer = (t >= 0.0) & (t <= 1.0) & (lk * lk < d2)
+            d2 = ti.select(closer, lk * lk, d2)
+            nearest = ti.select(closer, k, nearest)
+            l_near = ti.select(closer, lk, l_near)
+        return d2, inside, nearest, l_near
 
     @ti.func
     def _depth(self, f, y, x):
         """Eye-space depth of face f at pixel (y, x) (clamped barycentrics)."""
-        h = self.hom[f]
-        return self._barycentrics(h, pixel_ndc(y, x, self.width, self.height))[0].dot(
-            self._depths(h)
-        )
+        p = pixel_ndc(y, x, self.width, self.height)
+        return self._barycentrics(self.bary[f], p)[0].dot(self.depth[f])
 
     @ti.func
     def _vertex_colors(self, f, faces: ti.template(), colors: ti.template()):
@@ -236,38 +298,11 @@ class SoftRasterizer:
         return ti.Vector([p[0] * self.scale[0], p[1] * self.scale[1]])
 
     @ti.func
-    def _edges(self, s: ti.template(), il: ti.template(), q):
-        """A face with screen vertices ``s`` (3, 2) and 1/|edge|² ``il`` at isotropic screen
-        point q: (d², inside, k, t, r) — squared distance to
-        the nearest edge k, whose closest point is s_k + t (s_{k+1} − s_k) and r = q − that
-        point, and whether q is strictly inside. Only select, no min/max."""
-        d2, t_near, k_near = 0.0, 0.0, 0
-        r_near = ti.Vector([0.0, 0.0])
-        pos, neg = 0, 0
-        for k in ti.static(range(3)):
-            i = ti.static((k + 1) % 3)
-            v = ti.Vector([q[0] - s[k, 0], q[1] - s[k, 1]])
-            e = ti.Vector([s[i, 0] - s[k, 0], s[i, 1] - s[k, 1]])
-            t = v.dot(e) * il[k]
-            t = ti.select(t < 0.0, 0.0, ti.select(t > 1.0, 1.0, t))
-            r = v - t * e
-            dk = r.dot(r)
-            closer = k == 0 or dk < d2
-            d2 = ti.select(closer, dk, d2)
-            t_near = ti.select(closer, t, t_near)
-            r_near = ti.select(closer, r, r_near)
-            k_near = ti.select(closer, k, k_near)
-            cross = e[0] * v[1] - e[1] * v[0]
-            pos += ti.cast(cross > 0.0, ti.i32)
-            neg += ti.cast(cross < 0.0, ti.i32)
-        return d2, pos == 3 or neg == 3, k_near, t_near, r_near
-
-    @ti.func
-    def _barycentrics(self, h: ti.template(), p):
-        """A face with clip x y w rows ``h`` at NDC point p: (λ, u, Σu, sign) —
-        perspective-correct barycentrics λ clamped to the face, from u = max(sign · a × b,
-        0) (see ``_homogeneous``), sign making Σ a × b ≥ 0 (λ = 1/3 when u = 0)."""
-        u = self._homogeneous(h, p, 0).cross(self._homogeneous(h, p, 1))
+    def _barycentrics(self, b: ti.template(), p):
+        """A face's ``bary`` record b at NDC point p: (λ, u, Σu, sign) — perspective-correct
+        barycentrics λ clamped to the face, from u = max(sign · u_plane, 0), sign making
+        Σ u_plane ≥ 0 (λ = 1/3 when u = 0)."""
+        u = ti.Vector([b[v, 0] + b[v, 1] * p[0] + b[v, 2] * p[1] for v in ti.static(range(3))])
         sign = ti.select(u.sum() < 0.0, -1.0, 1.0)
         u = ti.select(sign * u > 0.0, sign * u, 0.0)
         total = u.sum()
@@ -368,66 +403,80 @@ class SoftRasterizer:
         r2 = self.params[3]
         self.stats[0] = 0
         self.stats[1] = 0
+        ti.loop_config(block_dim=self.tile_block)
         for t in range(self.tiles_x * self.tiles_y):
             y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
             y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
-            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
-                self.count[y, x] = 0
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    self.count[y, x] = 0
             full = ti.u64(0)  # pixels that had more than K faces within reach
             for j in range(self.tile_start[t], self.tile_start[t + 1]):
                 slot = tile_slots[j]
                 f = slot_face[slot]
                 b = self.face_box[f]
-                s, il = self.screen[f], self.inv_len2[f]
+                outline = self._outline(f)
                 bits = ti.u64(0)
-                for y, x in ti.ndrange(
-                    (ti.max(b[1], y0), ti.min(b[3], y1) + 1),
-                    (ti.max(b[0], x0), ti.min(b[2], x1) + 1),
-                ):
-                    p = pixel_ndc(y, x, W, H)
-                    d2, inside = self._edges(s, il, self._iso(p))[:2]
-                    if inside or d2 <= r2:
-                        bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
-                        n = self.count[y, x]
-                        if n < K:
-                            self.candidates[y, x, n] = slot
-                            self.count[y, x] = n + 1
-                            bits |= bit
-                        else:
-                            if full & bit == ti.u64(0):  # first overflow: depths of the K
-                                full |= bit
-                                for k in range(K):
-                                    g = slot_face[self.candidates[y, x, k]]
-                                    self.candidate_depth[y, x, k] = self._depth(g, y, x)
-                            # replace the farthest (ties: the higher slot = face id)
-                            worst = 0
-                            for k in range(1, K):
-                                zk = self.candidate_depth[y, x, k]
-                                zw = self.candidate_depth[y, x, worst]
-                                if zk > zw or (
-                                    zk == zw
-                                    and self.candidates[y, x, k] > self.candidates[y, x, worst]
-                                ):
-                                    worst = k
-                            z = self._depth(f, y, x)
-                            if z < self.candidate_depth[y, x, worst]:
-                                evicted = self.candidates[y, x, worst]
-                                mask[evicted] = mask[evicted] & ~bit
-                                self.candidates[y, x, worst] = slot
-                                self.candidate_depth[y, x, worst] = z
+                for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
+                    for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
+                        p = pixel_ndc(y, x, W, H)
+                        d2, inside = self._distance(outline, self._iso(p))[:2]
+                        if inside or d2 <= r2:
+                            bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
+                            n = self.count[y, x]
+                            if n < K:
+                                self.candidates[y, x, n] = slot
+                                self.count[y, x] = n + 1
                                 bits |= bit
+                            else:
+                                if full & bit == ti.u64(0):  # first overflow: depths of the K
+                                    full |= bit
+                                    for k in range(K):
+                                        g = slot_face[self.candidates[y, x, k]]
+                                        self.candidate_depth[y, x, k] = self._depth(g, y, x)
+                                # replace the farthest (ties: the higher slot = face id)
+                                worst = 0
+                                for k in range(1, K):
+                                    zk = self.candidate_depth[y, x, k]
+                                    zw = self.candidate_depth[y, x, worst]
+                                    if zk > zw or (
+                                        zk == zw
+                                        and self.candidates[y, x, k] > self.candidates[y, x, worst]
+                                    ):
+                                        worst = k
+                                z = self._depth(f, y, x)
+                                if z < self.candidate_depth[y, x, worst]:
+                                    evicted = self.candidates[y, x, worst]
+                                    mask[evicted] = mask[evicted] & ~bit
+                                    self.candidates[y, x, worst] = slot
+                                    self.candidate_depth[y, x, worst] = z
+                                    bits |= bit
                 mask[slot] = bits
             pairs = 0
-            for y, x in ti.ndrange((y0, y1 + 1), (x0, x1 + 1)):
-                for k in range(self.count[y, x]):
-                    self.candidates[y, x, k] = slot_face[self.candidates[y, x, k]]
-                pairs += self.count[y, x]
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    for k in range(self.count[y, x]):
+                        self.candidates[y, x, k] = slot_face[self.candidates[y, x, k]]
+                    pairs += self.count[y, x]
             truncated = 0
             while full != ti.u64(0):
                 truncated += ti.cast(full & ti.u64(1), ti.i32)
                 full = full >> ti.u64(1)
             self.stats[0] += pairs
             self.stats[1] += truncated
+
+    @ti.kernel
+    def _pair_offsets(
+        self,
+        n_slots: ti.i32,
+        mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
+        slot_pairs: ti.types.ndarray(dtype=ti.i32, ndim=1),
+    ):
+        """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order."""
+        slot_pairs[0] = 0
+        ti.loop_config(serialize=True)
+        for j in range(n_slots):
+            slot_pairs[j + 1] = slot_pairs[j] + ti.math.popcnt(mask[j])
 
     def select(self, clip, faces, n_faces: int) -> int:
         """Candidate faces per pixel (not differentiable). ``clip`` (V, 4) clip coordinates,
@@ -442,88 +491,131 @@ class SoftRasterizer:
         self._records(clip, faces, n_faces)
         self._setup_faces(clip, faces, n_faces)
         total = self._bin_count(n_faces)
-        if self._slots is None or total > self._slots[0].shape[0]:  # grow, never drop faces
-            n = max(1 << max(total - 1, 1).bit_length(), 1024)
+        if self._slots is None or total >= self._slots[0].shape[0]:  # grow, never drop faces
+            n = _capacity(total + 1)
             self._slots = (
                 ti.ndarray(ti.i32, shape=n),
                 ti.ndarray(ti.i32, shape=n),
                 ti.ndarray(ti.u64, shape=n),
+                ti.ndarray(ti.i32, shape=n),
             )
-        self._bin_fill(n_faces, *self._slots[:2])
-        self._select(*self._slots)
+        tile_slots, slot_face, mask, slot_pairs = self._slots
+        self._bin_fill(n_faces, tile_slots, slot_face)
+        self._select(tile_slots, slot_face, mask)
         stats = self.stats.to_numpy()
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
+        self._pair_offsets(total, mask, slot_pairs)
+        if self._pairs is None or self.num_pairs > self._pairs.shape[0]:
+            n = _capacity(self.num_pairs)
+            self._pairs = ti.ndarray(ti.types.vector(3, backend.real()), shape=n)
         self._n_faces = n_faces
         return self.num_pairs
 
     # ------------------------------------------------------------ differentiable
     @ti.func
-    def _coverage(self, s: ti.template(), il: ti.template(), p):
-        """A face's screen records at NDC point p: the 5 values of ``_edges``, then 1 − D
-        and D (stable sigmoids of ±d²/σ)."""
-        d2, inside, k_near, t, r = self._edges(s, il, self._iso(p))
+    def _coverage(self, outline: ti.template(), q):
+        """A face's ``_outline`` at isotropic screen point q: the 4 values of
+        ``_distance``, then 1 − D and D (stable sigmoids of ±d²/σ)."""
+        d2, inside, nearest, l_near = self._distance(outline, q)
         arg = ti.select(inside, d2, -d2) * self.params[0]
         e = ti.exp(-ti.abs(arg))
         inv = 1.0 / (1.0 + e)
         miss = ti.select(arg >= 0.0, e, 1.0) * inv
-        return d2, inside, k_near, t, r, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+        return d2, inside, nearest, l_near, miss, ti.select(arg >= 0.0, 1.0, e) * inv
 
     @ti.func
-    def _shading(self, h: ti.template(), c: ti.template(), p):
-        """A face's clip records ``h`` and vertex colours ``c`` (rows) at NDC point p: the
-        4 values of ``_barycentrics``, the normalised depth (far − z)/(far − near) and the
-        interpolated colour."""
-        lam, u, total, sign = self._barycentrics(h, p)
-        zn = (self.far - lam.dot(self._depths(h))) * (1.0 / (self.far - self.near))
+    def _shading(self, b: ti.template(), z: ti.template(), c: ti.template(), p):
+        """A face's ``bary`` and ``depth`` records b, z and vertex colours ``c`` (rows) at
+        NDC point p: the 4 values of ``_barycentrics``, the normalised depth
+        (far − z)/(far − near) and the colour."""
+        lam, u, total, sign = self._barycentrics(b, p)
+        zn = (self.far - lam.dot(z)) * (1.0 / (self.far - self.near))
         color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
         return lam, u, total, sign, zn, color
-
-    @ti.func
-    def _depth_range(self, h: ti.template()):
-        """Bounds (lo, hi) of a face's normalised depth (far − z)/(far − near) anywhere:
-        z interpolates the vertices' w with convex weights."""
-        w = self._depths(h)
-        scale = 1.0 / (self.far - self.near)
-        return (self.far - w.max()) * scale, (self.far - w.min()) * scale
 
     @ti.func
     def _weightless(self, zn_hi, m):
         """Whether e^{(z − m)/γ} is exactly 0 for every normalised depth z ≤ zn_hi."""
         return (zn_hi - m) * self.params[1] < ti.static(EXP_ZERO[backend.precision()])
 
+    @ti.func
+    def _next_pixel(self, bits):
+        """The lowest set bit of a non-zero tile mask: (bits without it, row, column in
+        the tile)."""
+        low = bits & (~bits + ti.u64(1))
+        bit = 63 - ti.math.clz(low)
+        return bits ^ low, bit // TILE, bit % TILE
+
     @ti.kernel
-    def _blend_forward(self, faces: ti.template(), colors: ti.template()):
-        for y, x in self.silhouette:
-            p = pixel_ndc(y, x, self.width, self.height)
-            # Sums of the weights shifted by m, the running maximum of ε and z (online
+    def _blend_forward(
+        self,
+        faces: ti.template(),
+        colors: ti.template(),
+        tile_slots: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        slot_face: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
+        slot_pairs: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        pairs: ti.types.ndarray(ndim=1),
+    ):
+        """One thread per tile, face by face over the pixels that kept the face (its slot's
+        mask). While summing, ``silhouette`` holds Π (1 − D), ``image`` Σ w C, and
+        ``denominator`` Σ w; each pair's (D, l, code) is stored for the backward pass."""
+        W, H = self.width, self.height
+        ti.loop_config(block_dim=self.tile_block)
+        for t in range(self.tiles_x * self.tiles_y):
+            y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
+            y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
+            # The weights are summed shifted by m, the running maximum of ε and z (online
             # softmax: rescaled whenever m grows), started at a lower bound of the final m
             # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
-            m = self.params[2]
-            for k in range(self.count[y, x]):
-                m = ti.max(m, self._depth_range(self.hom[self.candidates[y, x, k]])[0])
-            miss = 1.0  # Π (1 − D): underflows to 0 only where the silhouette is 1
-            w = ti.exp((self.params[2] - m) * self.params[1])  # background
-            c = w * self.background[None]
-            for k in range(self.count[y, x]):
-                f = self.candidates[y, x, k]
-                h = self.hom[f]
-                cov = self._coverage(self.screen[f], self.inv_len2[f], p)
-                miss *= cov[5]
-                if not self._weightless(self._depth_range(h)[1], m):
-                    cols = self._vertex_colors(f, faces, colors)
-                    zn, color = self._shading(h, cols, p)[4:]
-                    if zn > m:
-                        rescale = ti.exp((m - zn) * self.params[1])
-                        w *= rescale
-                        c *= rescale
-                        m = zn
-                    wk = cov[6] * ti.exp((zn - m) * self.params[1])
-                    w += wk
-                    c += wk * color
-            self.silhouette[y, x] = 1.0 - miss
-            self.image[y, x] = c / w
-            self.denominator[y, x] = w
-            self.zmax[y, x] = m
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    self.zmax[y, x] = self.params[2]
+            for j in range(self.tile_start[t], self.tile_start[t + 1]):
+                slot = tile_slots[j]
+                lo = self.depth_range[slot_face[slot]][0]
+                bits = mask[slot]
+                while bits != ti.u64(0):
+                    bits, dy, dx = self._next_pixel(bits)
+                    self.zmax[y0 + dy, x0 + dx] = ti.max(self.zmax[y0 + dy, x0 + dx], lo)
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    w = ti.exp((self.params[2] - self.zmax[y, x]) * self.params[1])
+                    self.silhouette[y, x] = 1.0  # Π (1 − D): 0 only where the silhouette is 1
+                    self.image[y, x] = w * self.background[None]
+                    self.denominator[y, x] = w
+            for j in range(self.tile_start[t], self.tile_start[t + 1]):
+                slot = tile_slots[j]
+                f = slot_face[slot]
+                outline, b, z = self._outline(f), self.bary[f], self.depth[f]
+                cols = self._vertex_colors(f, faces, colors)
+                zn_hi = self.depth_range[f][1]
+                i = slot_pairs[slot]
+                bits = mask[slot]
+                while bits != ti.u64(0):
+                    bits, dy, dx = self._next_pixel(bits)
+                    y, x = y0 + dy, x0 + dx
+                    p = pixel_ndc(y, x, W, H)
+                    _, inside, nearest, l_near, miss, cov = self._coverage(outline, self._iso(p))
+                    self.silhouette[y, x] *= miss
+                    m = self.zmax[y, x]
+                    if not self._weightless(zn_hi, m):
+                        zn, color = self._shading(b, z, cols, p)[4:]
+                        if zn > m:
+                            rescale = ti.exp((m - zn) * self.params[1])
+                            self.denominator[y, x] *= rescale
+                            self.image[y, x] *= rescale
+                            m = zn
+                            self.zmax[y, x] = m
+                        wk = cov * ti.exp((zn - m) * self.params[1])
+                        self.denominator[y, x] += wk
+                        self.image[y, x] += wk * color
+                    pairs[i] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
+                    i += 1
+            for y in range(y0, y1 + 1):
+                for x in range(x0, x1 + 1):
+                    self.silhouette[y, x] = 1.0 - self.silhouette[y, x]
+                    self.image[y, x] /= self.denominator[y, x]
 
     @ti.kernel
     def _pixel_adjoints(self):
@@ -535,31 +627,23 @@ class SoftRasterizer:
             )
 
     @ti.func
-    def _pair_adjoint(
-        self,
-        s: ti.template(),
-        il: ti.template(),
-        h: ti.template(),
-        cols: ti.template(),
-        zn_hi,
-        y,
-        x,
-        g_s: ti.template(),
-        g_h: ti.template(),
-        g_col: ti.template(),
-    ):
-        """Adds pixel (y, x)'s adjoints of a face (records s, il, h, vertex colours cols,
-        depth bound zn_hi) to g_s, g_h and g_col. A pair with a weight of exactly 0 and no
-        silhouette gradient adds nothing."""
+    def _pair_adjoint(self, rec: ti.template(), zn_hi, y, x, pair, g: ti.template()):
+        """Adds the adjoints of the pair of pixel (y, x) and a face — records rec =
+        (outline, bary, depth, vertex colours), depth bound zn_hi, the pair's stored
+        (D, l, code) ``pair`` — to the face's record adjoints g = (screen, line, bary,
+        depth, vertex colours). A pair with a weight of exactly 0 and no silhouette
+        gradient adds nothing."""
+        outline, b, z, cols = rec
         adj = self.adjoint[y, x]
         m = self.zmax[y, x]
         shaded = not self._weightless(zn_hi, m)
         if shaded or adj[0] != 0.0:
             p = pixel_ndc(y, x, self.width, self.height)
-            _, inside, k_near, t, r, _, cov = self._coverage(s, il, p)
+            q = self._iso(p)
+            cov = pair[0]
             g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
             if shaded:
-                lam, u, total, sign, zn, color = self._shading(h, cols, p)
+                lam, u, total, sign, zn, color = self._shading(b, z, cols, p)
                 factor = ti.exp((zn - m) * self.params[1])
                 w = cov * factor
                 g_c = ti.Vector([adj[2], adj[3], adj[4]])
@@ -567,25 +651,30 @@ class SoftRasterizer:
                 g_color = w * g_c
                 g_arg += g_w * factor * cov * (1.0 - cov)
                 g_depth = -g_w * w * self.params[1] / (self.far - self.near)
-                g_lam = g_depth * self._depths(h) + cols @ g_color
+                g_lam = g_depth * z + cols @ g_color
                 g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
                 g_u = ti.select(u > 0.0, g_u, 0.0) * sign
-                # u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
-                g_a = self._homogeneous(h, p, 1).cross(g_u)
-                g_b = g_u.cross(self._homogeneous(h, p, 0))
-                for v in ti.static(range(3)):
-                    g_h[v, 0] += g_a[v]
-                    g_h[v, 1] += g_b[v]
-                    g_h[v, 2] += g_depth * lam[v] - p[0] * g_a[v] - p[1] * g_b[v]
+                for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
+                    g[2][v, 0] += g_u[v]
+                    g[2][v, 1] += g_u[v] * p[0]
+                    g[2][v, 2] += g_u[v] * p[1]
+                    g[3][v] += g_depth * lam[v]
                     for ch in ti.static(range(3)):
-                        g_col[v, ch] += lam[v] * g_color[ch]
-            g_d2 = ti.select(inside, g_arg, -g_arg) * self.params[0]
-            # nearest edge k: d² = |q − (1 − t) s_k − t s_{k+1}|² (t is optimal)
+                        g[4][v, ch] += lam[v] * g_color[ch]
+            code = ti.cast(pair[2], ti.i32)
+            g_d2 = ti.select(code >= 8, g_arg, -g_arg) * self.params[0]
+            nearest = code & 7
+            # nearest edge k: d² = (a q_x + b q_y + c)²; nearest vertex v: d² = |q − s_v|²
+            for k in ti.static(range(3)):
+                gk = ti.select(nearest == k, 2.0 * g_d2 * pair[1], 0.0)
+                g[1][k, 0] += gk * q[0]
+                g[1][k, 1] += gk * q[1]
+                g[1][k, 2] += gk
+            s = outline[0]
             for v in ti.static(range(3)):
-                c = ti.select(k_near == v, 1.0 - t, 0.0)
-                c += ti.select(k_near == (v + 2) % 3, t, 0.0)
-                g_s[v, 0] -= 2.0 * g_d2 * c * r[0]
-                g_s[v, 1] -= 2.0 * g_d2 * c * r[1]
+                gv = ti.select(nearest == 3 + v, 2.0 * g_d2, 0.0)
+                g[0][v, 0] -= gv * (q[0] - s[v, 0])
+                g[0][v, 1] -= gv * (q[1] - s[v, 1])
 
     @ti.kernel
     def _face_adjoints(
@@ -594,49 +683,56 @@ class SoftRasterizer:
         colors: ti.template(),
         n_faces: ti.i32,
         mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
+        slot_pairs: ti.types.ndarray(dtype=ti.i32, ndim=1),
+        pairs: ti.types.ndarray(ndim=1),
     ):
         """One thread per face over the pixels that kept it (its slots' masks): sums the
         pair adjoints into the face records' gradients (no atomics but the final colour
         scatter)."""
+        ti.loop_config(block_dim=self.tile_block * 4)
         for f in range(n_faces):
-            g_s = ti.Matrix.zero(float, 3, 2)
-            g_h = ti.Matrix.zero(float, 3, 3)
-            g_col = ti.Matrix.zero(float, 3, 3)  # row v: vertex v's colour
-            s, il, h = self.screen[f], self.inv_len2[f], self.hom[f]
-            cols = self._vertex_colors(f, faces, colors)
-            zn_hi = self._depth_range(h)[1]
+            g = (
+                ti.Matrix.zero(float, 3, 2),  # screen
+                ti.Matrix.zero(float, 3, 3),  # line
+                ti.Matrix.zero(float, 3, 3),  # bary
+                ti.Vector.zero(float, 3),  # depth
+                ti.Matrix.zero(float, 3, 3),  # row v: vertex v's colour
+            )
+            rec = (
+                self._outline(f),
+                self.bary[f],
+                self.depth[f],
+                self._vertex_colors(f, faces, colors),
+            )
+            zn_hi = self.depth_range[f][1]
             tb = self._tiles(f)
             j = self.slot_start[f]
             for ty in range(tb[1], tb[3] + 1):
                 for tx in range(tb[0], tb[2] + 1):
                     bits = mask[j]
+                    i = slot_pairs[j]
                     j += 1
-                    bit = 0
                     while bits != ti.u64(0):
-                        if bits & ti.u64(255) == ti.u64(0):  # a tile row without such pixels
-                            bits = bits >> ti.u64(TILE)
-                            bit += TILE
-                        else:
-                            if bits & ti.u64(1):
-                                y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
-                                self._pair_adjoint(s, il, h, cols, zn_hi, y, x, g_s, g_h, g_col)
-                            bits = bits >> ti.u64(1)
-                            bit += 1
-            self.screen.grad[f] = g_s
-            self.hom.grad[f] = g_h
-            self.inv_len2.grad[f] = ti.Vector.zero(float, 3)  # t is optimal: no gradient
+                        bits, dy, dx = self._next_pixel(bits)
+                        y, x = ty * TILE + dy, tx * TILE + dx
+                        self._pair_adjoint(rec, zn_hi, y, x, pairs[i], g)
+                        i += 1
+            self.screen.grad[f] = g[0]
+            self.line.grad[f] = g[1]
+            self.bary.grad[f] = g[2]
+            self.depth.grad[f] = g[3]
             for v in ti.static(range(3)):
-                colors.grad[faces[f][v]] += ti.Vector([g_col[v, ch] for ch in ti.static(range(3))])
+                colors.grad[faces[f][v]] += ti.Vector([g[4][v, ch] for ch in ti.static(range(3))])
 
     @ti.ad.grad_replaced
     def _blend(self, faces, colors):
         """Per-pixel sums over the pixel's candidates → silhouette and image."""
-        self._blend_forward(faces, colors)
+        self._blend_forward(faces, colors, *self._slots, self._pairs)
 
     @ti.ad.grad_for(_blend)
     def _blend_grad(self, faces, colors):
         self._pixel_adjoints()
-        self._face_adjoints(faces, colors, self._n_faces, self._slots[2])
+        self._face_adjoints(faces, colors, self._n_faces, *self._slots[2:], self._pairs)
 
     def forward(self, clip, faces, vertex_colors) -> None:
         """``silhouette`` and ``image`` for the candidates of the last ``select``;
