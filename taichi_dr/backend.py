@@ -6,8 +6,6 @@ before becomes invalid, so renderers must be rebuilt). ``precision`` sets Taichi
 float type, which every field of taichi_dr uses (``real()``).
 """
 
-from __future__ import annotations
-
 import taichi as ti
 
 from .errors import UserError
@@ -144,3 +142,16 @@ def write(field, value) -> None:
         field[None] = value.item()
     else:
         field.from_numpy(np.ascontiguousarray(value, dtype=field.to_numpy().dtype))
+
+
+@ti.kernel
+def _zero(fields: ti.template()):
+    for f in ti.static(fields):
+        for I in ti.grouped(f):
+            f[I] = ti.zero(f[I])
+
+
+def zero_grads(*fields) -> None:
+    """Set the gradients of ``fields`` to 0 in one kernel launch (a ``fill`` per field
+    costs a launch each; a stage's ``zero_grad`` runs every optimisation step)."""
+    _zero(tuple(f.grad for f in fields))

@@ -88,5 +88,4 @@ class Compositor:
         self._finish(layers)
 
     def zero_grad(self) -> None:
-        for f in (self.image, self.alpha, self.accum, self.transmittance):
-            f.grad.fill(0)
+        backend.zero_grads(self.image, self.alpha, self.accum, self.transmittance)

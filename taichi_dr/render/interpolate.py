@@ -140,5 +140,4 @@ class Interpolator:
         self._interpolate(values, faces, triangle_id, out)
 
     def zero_grad(self) -> None:
-        self.bary.grad.fill(0)
-        self.depth.grad.fill(0)
+        backend.zero_grads(self.bary, self.depth)

@@ -71,8 +71,7 @@ class Lights:
             f.from_numpy(a.astype(backend.np_real()))
 
     def zero_grad(self) -> None:
-        for f in self.fields:
-            f.grad.fill(0)
+        backend.zero_grads(*self.fields)
 
 
 @ti.func

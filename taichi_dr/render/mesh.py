@@ -54,5 +54,4 @@ class MeshBuffers:
         self.num_vertices, self.num_faces = V, F
 
     def zero_grad(self) -> None:
-        for f in (self.positions, self.normals, self.uvs, self.colors):
-            f.grad.fill(0)
+        backend.zero_grads(self.positions, self.normals, self.uvs, self.colors)

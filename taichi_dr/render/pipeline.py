@@ -412,8 +412,7 @@ class Renderer:
             *[s for s in (self.soft, self.vertex_shader) if s is not None],
         ):
             stage.zero_grad()
-        for f in (self.position, self.normal, self.color, self.uv, self.footprint):
-            f.grad.fill(0)
+        backend.zero_grads(self.position, self.normal, self.color, self.uv, self.footprint)
         if self.texture is not None:
             self.texture.zero_grad()
 

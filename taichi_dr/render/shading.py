@@ -68,8 +68,7 @@ class Material:
             getattr(self, name)[None] = value
 
     def zero_grad(self) -> None:
-        for name in self.names:
-            getattr(self, name).grad.fill(0)
+        backend.zero_grads(*(getattr(self, name) for name in self.names))
 
 
 @ti.func

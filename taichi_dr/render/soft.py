@@ -471,12 +471,14 @@ class SoftRasterizer:
         n_slots: ti.i32,
         mask: ti.types.ndarray(dtype=ti.u64, ndim=1),
         slot_pairs: ti.types.ndarray(dtype=ti.i32, ndim=1),
-    ):
-        """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order."""
+    ) -> ti.types.vector(2, ti.i32):
+        """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order.
+        Returns ``stats`` (pairs, truncated pixels)."""
         slot_pairs[0] = 0
         ti.loop_config(serialize=True)
         for j in range(n_slots):
             slot_pairs[j + 1] = slot_pairs[j] + ti.math.popcnt(mask[j])
+        return ti.Vector([self.stats[0], self.stats[1]])
 
     def select(self, clip, faces, n_faces: int) -> int:
         """Candidate faces per pixel (not differentiable). ``clip`` (V, 4) clip coordinates,
@@ -502,9 +504,8 @@ class SoftRasterizer:
         tile_slots, slot_face, mask, slot_pairs = self._slots
         self._bin_fill(n_faces, tile_slots, slot_face)
         self._select(tile_slots, slot_face, mask)
-        stats = self.stats.to_numpy()
+        stats = self._pair_offsets(total, mask, slot_pairs)
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self._pair_offsets(total, mask, slot_pairs)
         if self._pairs is None or self.num_pairs > self._pairs.shape[0]:
             n = _capacity(self.num_pairs)
             self._pairs = ti.ndarray(ti.types.vector(3, backend.real()), shape=n)
@@ -743,8 +744,7 @@ class SoftRasterizer:
         self._blend(faces, vertex_colors)
 
     def zero_grad(self) -> None:
-        self.silhouette.grad.fill(0)
-        self.image.grad.fill(0)
+        backend.zero_grads(self.silhouette, self.image)
 
 
 @ti.data_oriented

@@ -90,8 +90,7 @@ class Texture:
             self._downsample(level)
 
     def zero_grad(self) -> None:
-        self.texels.grad.fill(0)
-        self.pyramid.grad.fill(0)
+        backend.zero_grads(self.texels, self.pyramid)
 
     @ti.func
     def _texel(self, level: ti.i32, y: ti.i32, x: ti.i32):

@@ -196,5 +196,4 @@ class VertexStage:
         self._transform(mesh.positions, mesh.normals, mesh.num_vertices, stop)
 
     def zero_grad(self) -> None:
-        for f in (*self.parameters, *self.outputs, self.world, self.normal, self.clip):
-            f.grad.fill(0)
+        backend.zero_grads(*self.parameters, *self.outputs, self.world, self.normal, self.clip)
