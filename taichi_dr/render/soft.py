@@ -544,7 +544,7 @@ class SoftRasterizer:
         """The lowest set bit of a non-zero tile mask: (bits without it, row, column in
         the tile)."""
         low = bits & (~bits + ti.u64(1))
-        bit = 63 - ti.math.clz(low)
+        bit = ti.cast(63 - ti.math.clz(low), ti.i32)
         return bits ^ low, bit // TILE, bit % TILE
 
     @ti.kernel
