@@ -6,10 +6,10 @@
 Scene: an icosphere, Blinn-Phong, one directional light; loss = Σ image · w (random w).
 "fwd" is rasterize + shade; "fwd+bwd" adds the reverse pass, per row either to the vertex
 positions only (``grads=("positions",)``, what the peers compute) or to every parameter
-group (``grads="all"``: positions, colours, UVs, texture, material, lights, camera; mode
-"soft" always differentiates everything). Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``,
-``direct_projective``, gradients to vertex positions) and PyTorch3D (MeshRasterizer +
-SoftSilhouetteShader, faces_per_pixel = K); each prints "not installed" otherwise.
+group (``grads="all"``: positions, colours, UVs, texture, material, lights, camera).
+Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``, ``direct_projective``, gradients to
+vertex positions) and PyTorch3D (MeshRasterizer + SoftSilhouetteShader, faces_per_pixel =
+K); each prints "not installed" otherwise.
 """
 
 import argparse
@@ -175,8 +175,6 @@ def main(argv=None) -> int:
                     pytorch3d_peer(size, mesh, args.K, args.sigma).backward, args.repeats
                 )
             for mode, grads in [(m, g) for m in args.modes for g in ("positions", "all")]:
-                if mode == "soft" and grads == "positions":
-                    continue
                 ours.r.configure(mode=mode, grads=grads)
                 f = median_time(ours.forward, args.repeats)
                 b = median_time(ours.backward, args.repeats)

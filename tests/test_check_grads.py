@@ -31,13 +31,22 @@ def test_check_can_fail(scene):
 
 
 @pytest.mark.parametrize(
-    "groups", [("positions",), ("material", "lights"), ("texture", "camera")], ids="+".join
+    "mode,groups",
+    [
+        ("hard", ("positions",)),
+        ("hard", ("material", "lights")),
+        ("hard", ("texture", "camera")),
+        ("soft", ("positions",)),
+        ("soft", ("colors", "material", "lights", "camera")),
+    ],
+    ids=lambda v: "+".join(v) if isinstance(v, tuple) else v,
 )
-def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, groups):
+def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, mode, groups):
     """RenderSettings.grads: the chosen groups' gradients equal the all-groups ones (to
-    rounding), every other group's are exactly zero."""
+    rounding), every other group's are exactly zero (soft mode has no texture: its uvs and
+    texture gradients are zero either way)."""
     r = scene.r
-    r.configure(mode="hard", shading="blinn-phong")
+    r.configure(mode=mode, shading="blinn-phong")
     fields = {
         "positions": r.mesh.positions,
         "colors": r.mesh.colors,
@@ -58,7 +67,7 @@ def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, groups)
             else:
                 assert not got.any(), g
     finally:
-        r.configure(grads="all")
+        r.configure(mode="hard", grads="all")
 
 
 def test_antialias_gradients_reach_silhouette_vertices(scene):

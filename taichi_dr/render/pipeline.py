@@ -58,8 +58,9 @@ class RenderSettings:
     "uvs", "texture", "material", "lights", "camera" (camera and object pose); default
     "all". The others get zero gradients, and their reverse-mode atomics are compiled out:
     every pixel adds to each material and light parameter, so leaving out the groups you
-    do not fit makes hard-mode backward passes several times faster. (Mode "soft"
-    always differentiates everything.)"""
+    do not fit makes hard-mode backward passes several times faster (mode "soft" shades
+    at the vertices: there it skips the camera/pose Jacobian and the vertex shading's
+    backward for the groups left out)."""
 
     shading: str = "blinn-phong"
     mode: str = "hard"
@@ -324,10 +325,19 @@ class Renderer:
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
         soft = self.settings.mode == "soft"
         stops = self._stops()
-        self.vertex.forward(self.mesh, stop=() if soft else stops["vertex"])
+        self.vertex.forward(self.mesh, stop=stops["vertex"])
         if soft:
             self.vertex_shader.forward(
-                self.settings.shading, self.vertex, self.mesh, self.lights, self.material
+                self.settings.shading,
+                self.vertex,
+                self.mesh,
+                self.lights,
+                self.material,
+                stop=stops["geometry"]
+                + stops["colors"]
+                + stops["material"]
+                + stops["lights"]
+                + stops["eye"],
             )
             self.soft.forward(self.vertex.clip, self.mesh.faces, self.vertex_shader.colors)
             return

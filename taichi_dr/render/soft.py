@@ -477,7 +477,7 @@ class SoftRasterizer:
         slot_pairs[0] = 0
         ti.loop_config(serialize=True)
         for j in range(n_slots):
-            slot_pairs[j + 1] = slot_pairs[j] + ti.math.popcnt(mask[j])
+            slot_pairs[j + 1] = slot_pairs[j] + ti.cast(ti.math.popcnt(mask[j]), ti.i32)
         return ti.Vector([self.stats[0], self.stats[1]])
 
     def select(self, clip, faces, n_faces: int) -> int:
@@ -767,8 +767,11 @@ class VertexShader:
         lights: ti.template(),
         mat: ti.template(),
         n: ti.i32,
+        stop: ti.template(),
     ):
         for i in range(n):
+            for field in ti.static(stop):
+                ti.stop_grad(field)
             p = world[i]
             v = (eye[None] - p).normalized(1e-12)
             nrm = normal[i].normalized(1e-12)
@@ -781,9 +784,10 @@ class VertexShader:
                 out = surface_radiance(model, a, nrm, v, p, lights, mat)
             self.colors[i] = out
 
-    def forward(self, model: str, vertex, mesh, lights, material) -> None:
+    def forward(self, model: str, vertex, mesh, lights, material, stop=()) -> None:
         """Shade ``mesh.num_vertices`` vertices of a VertexStage ``vertex`` (world positions
-        and normals) with ``mesh.colors`` as albedo; ``model`` as in ``shading.MODELS``."""
+        and normals) with ``mesh.colors`` as albedo; ``model`` as in ``shading.MODELS``;
+        ``stop``: input fields that get no gradient."""
         if model not in MODELS:
             raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
         self._shade(
@@ -795,6 +799,7 @@ class VertexShader:
             lights,
             material,
             mesh.num_vertices,
+            stop,
         )
 
     def zero_grad(self) -> None:
