@@ -146,7 +146,7 @@ class SoftRasterizer:
         self.candidates = ti.field(ti.i32, shape=(H, W, K))
         self.candidate_depth = ti.field(real, shape=(H, W, K))
         self.count = ti.field(ti.i32, shape=shape)  # candidates kept (≤ K)
-        self.stats = ti.field(ti.i32, shape=2)  # number of pairs, truncated pixels
+        self.overflow = ti.field(ti.i32, shape=())  # pixels with more than K within reach
         # per-face records (differentiable functions of the clip coordinates, but ``along``
         # and ``depth_range``); q: isotropic screen point, p: NDC point
         self.screen = ti.Matrix.field(3, 2, real, shape=F, **backend.diff())  # vertex v
@@ -343,6 +343,12 @@ class SoftRasterizer:
             self.face_box[f] = box
 
     @ti.func
+    def _tile_box(self, t):
+        """Pixel rows y0..y1 and columns x0..x1 (inclusive) of tile t."""
+        y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
+        return y0, x0, ti.min(y0 + TILE, self.height) - 1, ti.min(x0 + TILE, self.width) - 1
+
+    @ti.func
     def _tiles(self, f):
         """Tile range (tx0, ty0, tx1, ty1) of face f's box; empty when tx0 > tx1."""
         b = self.face_box[f]
@@ -401,12 +407,10 @@ class SoftRasterizer:
         only computed for pixels with more than K faces within reach."""
         K, W, H = self.K, self.width, self.height
         r2 = self.params[3]
-        self.stats[0] = 0
-        self.stats[1] = 0
+        self.overflow[None] = 0
         ti.loop_config(block_dim=self.tile_block)
         for t in range(self.tiles_x * self.tiles_y):
-            y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
-            y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
+            y0, x0, y1, x1 = self._tile_box(t)
             for y in range(y0, y1 + 1):
                 for x in range(x0, x1 + 1):
                     self.count[y, x] = 0
@@ -452,18 +456,11 @@ class SoftRasterizer:
                                     self.candidate_depth[y, x, worst] = z
                                     bits |= bit
                 mask[slot] = bits
-            pairs = 0
             for y in range(y0, y1 + 1):
                 for x in range(x0, x1 + 1):
                     for k in range(self.count[y, x]):
                         self.candidates[y, x, k] = slot_face[self.candidates[y, x, k]]
-                    pairs += self.count[y, x]
-            truncated = 0
-            while full != ti.u64(0):
-                truncated += ti.cast(full & ti.u64(1), ti.i32)
-                full = full >> ti.u64(1)
-            self.stats[0] += pairs
-            self.stats[1] += truncated
+            self.overflow[None] += ti.cast(ti.math.popcnt(full), ti.i32)
 
     @ti.kernel
     def _pair_offsets(
@@ -473,12 +470,12 @@ class SoftRasterizer:
         slot_pairs: ti.types.ndarray(dtype=ti.i32, ndim=1),
     ) -> ti.types.vector(2, ti.i32):
         """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order.
-        Returns ``stats`` (pairs, truncated pixels)."""
+        Returns (pairs, truncated pixels)."""
         slot_pairs[0] = 0
         ti.loop_config(serialize=True)
         for j in range(n_slots):
             slot_pairs[j + 1] = slot_pairs[j] + ti.cast(ti.math.popcnt(mask[j]), ti.i32)
-        return ti.Vector([self.stats[0], self.stats[1]])
+        return ti.Vector([slot_pairs[n_slots], self.overflow[None]])
 
     def select(self, clip, faces, n_faces: int) -> int:
         """Candidate faces per pixel (not differentiable). ``clip`` (V, 4) clip coordinates,
@@ -564,8 +561,7 @@ class SoftRasterizer:
         W, H = self.width, self.height
         ti.loop_config(block_dim=self.tile_block)
         for t in range(self.tiles_x * self.tiles_y):
-            y0, x0 = t // self.tiles_x * TILE, t % self.tiles_x * TILE
-            y1, x1 = ti.min(y0 + TILE, H) - 1, ti.min(x0 + TILE, W) - 1
+            y0, x0, y1, x1 = self._tile_box(t)
             # The weights are summed shifted by m, the running maximum of ε and z (online
             # softmax: rescaled whenever m grows), started at a lower bound of the final m
             # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
