@@ -22,7 +22,7 @@ import taichi_dr
 from taichi_dr.camera import Camera
 from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.soft import SoftRasterizer
-from taichi_dr.render.vertex import VertexStage
+from taichi_dr.render.vertex import FieldVertexStage
 
 
 @ti.kernel
@@ -48,7 +48,7 @@ def main(argv=None):
     cam = Camera.look_at((0.0, 0.0, 3.0), fov=45, width=n, height=n, near=0.5, far=10.0)
     mb = MeshBuffers(mesh.num_vertices, mesh.num_faces)
     mb.upload(mesh, np.random.default_rng(0).random((mesh.num_vertices, 3)))
-    vs = VertexStage(mb.max_vertices)
+    vs = FieldVertexStage(mb.max_vertices)
     vs.set_camera(cam)
     soft = SoftRasterizer.for_camera(
         cam, mesh.num_faces, sigma=args.sigma, gamma=args.gamma, K=args.K

@@ -8,7 +8,7 @@ import taichi as ti
 from conftest import shared_renderer
 
 from taichi_dr import Camera
-from taichi_dr.render.raster import Rasterizer
+from taichi_dr.render.raster import FieldRasterizer
 from taichi_dr.scene import blob, icosphere, torus
 
 W, H = 40, 32
@@ -106,7 +106,7 @@ def test_no_cracks_no_double_coverage(n, serial_scan):
     c.from_numpy(clip)
     f = ti.Vector.field(3, ti.i32, shape=len(faces))
     f.from_numpy(faces)
-    rast = Rasterizer(w, h, len(faces), serial_scan=serial_scan)
+    rast = FieldRasterizer(w, h, len(faces), serial_scan=serial_scan)
     rast.forward(c, f, len(faces), count=True)
     counts = rast.fragments.to_numpy()
     assert counts.min() == 1 and counts.max() == 1, np.unique(counts, return_counts=True)

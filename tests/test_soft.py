@@ -12,7 +12,7 @@ from taichi_dr.render.lights import Lights
 from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
 from taichi_dr.render.soft import SoftRasterizer, VertexShader
-from taichi_dr.render.vertex import VertexStage
+from taichi_dr.render.vertex import FieldVertexStage
 
 
 def soft_reference(clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None):
@@ -170,7 +170,7 @@ def sphere():
     mesh = taichi_dr.icosphere(1)
     mb = MeshBuffers(mesh.num_vertices, mesh.num_faces)
     mb.upload(mesh, np.random.default_rng(7).random((mesh.num_vertices, 3)))
-    vs = VertexStage(mb.max_vertices)
+    vs = FieldVertexStage(mb.max_vertices)
     vs.set_camera(Camera.look_at(**SCENE_CAMERA))
     vs.forward(mb)
     return mesh, mb, vs

@@ -32,6 +32,13 @@ import taichi as ti
 
 from .. import backend
 
+
+def vector(n: int):
+    """The n-vector type of the float type in use: like ``ti.math.vec3``, it follows
+    ``ti.init(default_fp=...)`` even when built before (``float`` would be fixed at f32)."""
+    return ti.types.vector(n, ti.lang.impl.default_cfg().default_fp)
+
+
 Real = ti.types.ndarray(ndim=1)  # scalars of the float type in use
 Int = ti.types.ndarray(dtype=ti.i32, ndim=1)
 Vec2 = ti.types.ndarray(dtype=ti.math.vec2, ndim=1)

@@ -29,12 +29,12 @@ from .interpolate import Interpolator
 from .lights import Lights
 from .mesh import MeshBuffers
 from .nmr import NMR
-from .raster import Rasterizer
+from .raster import FieldRasterizer
 from .shading import MODELS, Material, Shader
 from .silhouette import Silhouettes, edge_neighbours
 from .soft import SoftRasterizer, VertexShader
 from .texture import Texture
-from .vertex import VertexStage
+from .vertex import FieldVertexStage
 
 MODES = ("hard", "antialias", "nmr", "soft")
 EDGE_MODES = ("antialias", "nmr")
@@ -140,8 +140,8 @@ class Renderer:
         W, H = camera.width, camera.height
         self.width, self.height = W, H
         self.mesh = MeshBuffers(max_vertices or mesh.num_vertices, max_faces or mesh.num_faces)
-        self.vertex = VertexStage(self.mesh.max_vertices)
-        self.raster = Rasterizer(W, H, self.mesh.max_faces)
+        self.vertex = FieldVertexStage(self.mesh.max_vertices)
+        self.raster = FieldRasterizer(W, H, self.mesh.max_faces)
         self.interp = Interpolator(W, H)
         real = backend.real()
         shape = (H, W)

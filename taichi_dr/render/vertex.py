@@ -23,45 +23,82 @@ import numpy as np
 import taichi as ti
 
 from .. import backend
+from . import arrays
+from .arrays import Real, Vec3, Vec4
 
 
 def axis_angle(r: np.ndarray) -> np.ndarray:
-    """Rodrigues' rotation matrix (3, 3); smooth at r = 0 and complex-step safe."""
-    theta = np.sqrt(r @ r + 1e-40)
+    """Rodrigues' rotation matrices (..., 3, 3) of axis-angle vectors r (..., 3); smooth
+    at r = 0 and complex-step safe."""
+    theta = np.sqrt(np.sum(r * r, axis=-1) + 1e-40)[..., None, None]
     half = theta / 2
     a = np.sin(theta) / theta
     b = 0.5 * (np.sin(half) / half) ** 2  # (1 − cos θ) / θ² without cancellation
-    K = np.array([[0, -r[2], r[1]], [r[2], 0, -r[0]], [-r[1], r[0], 0]], dtype=r.dtype)
+    K = np.zeros((*r.shape[:-1], 3, 3), dtype=r.dtype)
+    K[..., 0, 1], K[..., 0, 2], K[..., 1, 2] = -r[..., 2], r[..., 1], -r[..., 0]
+    K[..., 1, 0], K[..., 2, 0], K[..., 2, 1] = r[..., 2], -r[..., 1], r[..., 0]
     return np.eye(3) + a * K + b * (K @ K)
 
 
 def rigid(r: np.ndarray, t: np.ndarray) -> np.ndarray:
-    out = np.eye(4, dtype=np.result_type(r, t))
-    out[:3, :3] = axis_angle(r)
-    out[:3, 3] = t
+    """Rigid transforms (..., 4, 4): rotation by axis-angle r (..., 3), then translation t."""
+    out = np.zeros((*r.shape[:-1], 4, 4), dtype=np.result_type(r, t))
+    out[..., :3, :3] = axis_angle(r)
+    out[..., :3, 3] = t
+    out[..., 3, 3] = 1.0
     return out
 
 
-def matrices(theta: np.ndarray, model0, view0, proj0, fov0: float) -> np.ndarray:
-    """Parameters θ = (pose r, pose t, camera r, camera t, fov°) → the 44 numbers
-    (model (16), view_proj (16), normal matrix (9), eye (3))."""
-    M = rigid(theta[0:3], theta[3:6]) @ model0
-    V = rigid(theta[6:9], theta[9:12]) @ view0
-    h0, h = math.radians(fov0) / 2, theta[12] * (np.pi / 360.0)
-    P = proj0.astype(theta.dtype)
-    scale = np.cos(h) / np.sin(h) * math.tan(h0)
-    P[0, 0] *= scale
-    P[0, 1] *= scale
-    P[1, 1] *= scale
-    A = M[:3, :3]
-    cof = np.stack([np.cross(A[1], A[2]), np.cross(A[2], A[0]), np.cross(A[0], A[1])])
-    normal_matrix = cof / (A[0] @ cof[0])  # inverse transpose of A
-    eye = -(V[:3, :3].T @ V[:3, 3])
-    return np.concatenate([M.ravel(), (P @ V).ravel(), normal_matrix.ravel(), eye])
+def matrices(theta: np.ndarray, model0, view0, proj0, fov0) -> np.ndarray:
+    """Parameters θ (..., 13) = (pose r, pose t, camera r, camera t, fov°) → the 44 numbers
+    (..., 44): model (16), view_proj (16), normal matrix (9), eye (3). ``model0``,
+    ``view0``, ``proj0`` (..., 4, 4) and ``fov0`` (...) degrees are the camera's."""
+    M = rigid(theta[..., 0:3], theta[..., 3:6]) @ model0
+    V = rigid(theta[..., 6:9], theta[..., 9:12]) @ view0
+    h0, h = np.radians(fov0) / 2, theta[..., 12] * (np.pi / 360.0)
+    P = np.array(proj0, dtype=theta.dtype)
+    scale = (np.cos(h) / np.sin(h) * np.tan(h0))[..., None]
+    P[..., 0, :2] *= scale
+    P[..., 1, 1:2] *= scale
+    A = M[..., :3, :3]
+    cof = np.stack(
+        [
+            np.cross(A[..., 1, :], A[..., 2, :]),
+            np.cross(A[..., 2, :], A[..., 0, :]),
+            np.cross(A[..., 0, :], A[..., 1, :]),
+        ],
+        axis=-2,
+    )
+    det = np.sum(A[..., 0, :] * cof[..., 0, :], axis=-1)[..., None, None]
+    normal_matrix = cof / det  # inverse transpose of A
+    Vr = V[..., :3, :3]
+    eye = -np.einsum("...ji,...j->...i", Vr, V[..., :3, 3])
+    lead = theta.shape[:-1]
+    return np.concatenate(
+        [
+            M.reshape(*lead, 16),
+            (P @ V).reshape(*lead, 16),
+            normal_matrix.reshape(*lead, 9),
+            eye,
+        ],
+        axis=-1,
+    )
+
+
+def matrices_vjp(theta: np.ndarray, g: np.ndarray, *base) -> np.ndarray:
+    """gᵀ ∂matrices/∂θ (..., 13) by complex steps (exact Jacobian columns, all views at
+    once): the backward pass of :func:`matrices` for output gradients g (..., 44)."""
+    h = 1e-30
+    out = np.empty(theta.shape)
+    for i in range(theta.shape[-1]):
+        t = theta.astype(complex)
+        t[..., i] += 1j * h
+        out[..., i] = np.sum(g * (matrices(t, *base).imag / h), axis=-1)
+    return out
 
 
 @ti.data_oriented
-class VertexStage:
+class FieldVertexStage:
     def __init__(self, max_vertices: int):
         real = self.real = backend.real()
 
@@ -146,12 +183,7 @@ class VertexStage:
             return
         theta = self._theta()
         g = np.concatenate([f.grad.to_numpy().ravel() for f in self.outputs]).astype(np.float64)
-        h = 1e-30
-        grad = np.empty(len(theta))
-        for i in range(len(theta)):  # complex step: exact Jacobian columns
-            t = theta.astype(complex)
-            t[i] += 1j * h
-            grad[i] = g @ (matrices(t, *self._base).imag / h)
+        grad = matrices_vjp(theta, g, *self._base)
         k = 0
         for f in self.parameters:
             current = f.grad.to_numpy()
@@ -197,3 +229,163 @@ class VertexStage:
 
     def zero_grad(self) -> None:
         backend.zero_grads(*self.parameters, *self.outputs, self.world, self.normal, self.clip)
+
+
+# --------------------------------------------------------------------------- array version
+# Compile-once kernels over ndarrays (issue 13); see ``arrays`` for the layout.
+
+MATS = 41  # per view: model (16), view_proj (16), normal matrix (9), row-major
+
+
+@ti.kernel
+def _transform_vertices(
+    positions: Vec3,
+    normals: Vec3,
+    inputs_stride: ti.i32,
+    n_views: ti.i32,
+    n_vertices: ti.i32,
+    mats: Real,
+    world: Vec3,
+    normal: Vec3,
+    clip: Vec4,
+):
+    # Products written out by component: Taichi 1.7's reverse pass of ``@`` on local
+    # matrices loads uninitialised adjoints (garbage/NaN gradients).
+    for k in range(n_views * n_vertices):
+        b = k // n_vertices
+        v = k - b * n_vertices + b * inputs_stride
+        q, m = positions[v], normals[v]
+        A = ti.Vector([mats[MATS * b + j] for j in ti.static(range(MATS))])
+        w = ti.Vector(
+            [
+                A[4 * r] * q[0] + A[4 * r + 1] * q[1] + A[4 * r + 2] * q[2] + A[4 * r + 3]
+                for r in ti.static(range(3))
+            ]
+        )
+        world[k] = w
+        clip[k] = ti.Vector(
+            [
+                A[16 + 4 * r] * w[0] + A[17 + 4 * r] * w[1] + A[18 + 4 * r] * w[2] + A[19 + 4 * r]
+                for r in ti.static(range(4))
+            ]
+        )
+        nm = ti.Vector(
+            [
+                A[32 + 3 * r] * m[0] + A[33 + 3 * r] * m[1] + A[34 + 3 * r] * m[2]
+                for r in ti.static(range(3))
+            ]
+        )
+        normal[k] = nm / ti.sqrt(nm.dot(nm) + 1e-30)
+
+
+PARAMETERS = ("pose_rotation", "pose_translation", "camera_rotation", "camera_translation", "fov")
+
+
+class VertexStage:
+    """The vertex stage of a batch of B views: per view, an object pose, a camera pose
+    offset and a field of view (see the module docstring), and the transformed vertices.
+
+    Owns, with gradients: the parameters ``pose_rotation``, ``pose_translation``,
+    ``camera_rotation``, ``camera_translation`` (B,) vec3 and ``fov`` (B,) degrees; the
+    per-view matrices ``mats`` (B·41,) (model, view_proj, normal matrix, row-major) and
+    ``eye`` (B,) vec3 (camera position in world space); and the outputs ``world``,
+    ``normal`` (B·V,) vec3 and ``clip`` (B·V,) vec4. ``grad=False`` builds them without
+    gradients (forward only: their reverse-mode work is compiled out).
+    """
+
+    def __init__(self, grad: bool = True):
+        backend.ensure_init()
+        self.grad = grad
+        self.views = 0
+        self.capacity = 0  # vertices (all views) the outputs hold
+        self._base = None
+        self._written = None  # parameters the matrices were last built from
+
+    def set_cameras(self, cameras) -> None:
+        """Take M₀, V₀, P₀ from each camera (one per view) and reset the parameters."""
+        B = len(cameras)
+        fov = [math.degrees(2.0 * math.atan(1.0 / c.proj[1, 1])) for c in cameras]
+        self._base = (
+            np.stack([np.asarray(c.model, np.float64) for c in cameras]),
+            np.stack([np.asarray(c.view, np.float64) for c in cameras]),
+            np.stack([np.asarray(c.proj, np.float64) for c in cameras]),
+            np.asarray(fov),
+        )
+        if B != self.views:
+            self.views = B
+            vec = lambda: arrays.empty(B, 3, grad=self.grad)  # noqa: E731
+            self.pose_rotation, self.pose_translation = vec(), vec()
+            self.camera_rotation, self.camera_translation = vec(), vec()
+            self.fov = arrays.empty(B, grad=self.grad)
+            self.mats = arrays.empty(B * MATS, grad=self.grad)
+            self.eye = vec()
+            self.capacity = 0
+        self._written = None
+        for name in PARAMETERS[:4]:
+            getattr(self, name).fill(0.0)
+        self.fov.from_numpy(np.asarray(fov, dtype=backend.np_real()))
+
+    @property
+    def parameters(self) -> tuple:
+        return tuple(getattr(self, name) for name in PARAMETERS)
+
+    def _theta(self) -> np.ndarray:
+        """The parameters as (B, 13) float64."""
+        return np.concatenate(
+            [p.to_numpy().reshape(self.views, -1) for p in self.parameters], axis=1
+        ).astype(np.float64)
+
+    @ti.ad.grad_replaced
+    def update_matrices(self) -> None:
+        """Matrices from the current parameters (differentiable: see module docstring);
+        rebuilt only when the parameters or the cameras changed."""
+        theta = self._theta()
+        if theta.tobytes() != self._written:
+            out = matrices(theta, *self._base).astype(backend.np_real())
+            self.mats.from_numpy(np.ascontiguousarray(out[:, :MATS]).ravel())
+            self.eye.from_numpy(np.ascontiguousarray(out[:, MATS:]))
+            self._written = theta.tobytes()
+
+    @ti.ad.grad_for(update_matrices)
+    def _update_matrices_grad(self) -> None:
+        if not self.grad:
+            return
+        g = np.concatenate(
+            [self.mats.grad.to_numpy().reshape(self.views, MATS), self.eye.grad.to_numpy()], axis=1
+        )
+        grad = matrices_vjp(self._theta(), g.astype(np.float64), *self._base)
+        k = 0
+        for p in self.parameters:
+            n = 1 if p.to_numpy().ndim == 1 else 3
+            current = p.grad.to_numpy()
+            update = grad[:, k : k + n].reshape(current.shape)
+            p.grad.from_numpy((current + update).astype(backend.np_real()))
+            k += n
+
+    def forward(self, positions, normals, n_vertices: int, batched: bool = False) -> None:
+        """Build the matrices, then transform ``n_vertices`` vertices per view:
+        ``positions``, ``normals`` (V,) vec3 shared by the views, or (B·V,) when
+        ``batched``."""
+        n = self.views * n_vertices
+        if n > self.capacity:
+            self.capacity = n
+            self.world = arrays.empty(n, 3, grad=self.grad)
+            self.normal = arrays.empty(n, 3, grad=self.grad)
+            self.clip = arrays.empty(n, 4, grad=self.grad)
+        self.update_matrices()
+        _transform_vertices(
+            positions,
+            normals,
+            n_vertices if batched else 0,
+            self.views,
+            n_vertices,
+            self.mats,
+            self.world,
+            self.normal,
+            self.clip,
+        )
+
+    def zero_grad(self) -> None:
+        if self.grad:
+            for a in (*self.parameters, self.mats, self.eye, self.world, self.normal, self.clip):
+                a.grad.fill(0.0)
