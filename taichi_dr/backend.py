@@ -148,7 +148,7 @@ def write(field, value) -> None:
 def _zero(fields: ti.template()):
     for f in ti.static(fields):
         for I in ti.grouped(f):
-            f[I] = ti.zero(f[I])
+            f[I] = 0  # broadcast; ti.zero(f[I]) is f[I] · 0, which keeps NaN
 
 
 def zero_grads(*fields) -> None:

@@ -278,7 +278,7 @@ def _channel_kernel(channels: int):
         ):
             for i in range(tri.shape[0]):
                 t = tri[i]
-                v = ti.zero(out[i])
+                v = ti.Vector([0.0] * channels)  # not ti.zero(out[i]): that is out[i] · 0
                 if t >= 0:
                     v = _lerp(bary[i], values, (i // n) * stride, faces[t])
                 out[i] = v
@@ -300,11 +300,16 @@ def _stride(values, frame: Frame, n_vertices: int) -> int:
     )
 
 
-def barycentrics(clip, faces, triangle_id, frame: Frame, n_vertices: int, bary, depth) -> None:
+def barycentrics(
+    clip, faces, triangle_id, frame: Frame, n_vertices: int, bary, depth, backward=False
+) -> None:
     """Perspective-correct barycentrics ``bary`` (N,) vec3 and eye depth ``depth`` (N,)
     (inf where empty) of the N = B·H·W pixels of ``frame``, from ``triangle_id`` (N,) and
-    the clip coordinates ``clip`` (B·V,) vec4; differentiable in ``clip``."""
-    _barycentrics(clip, faces, triangle_id, n_vertices, frame.height, frame.width, bary, depth)
+    the clip coordinates ``clip`` (B·V,) vec4; differentiable in ``clip``.
+    ``backward=True`` runs the reverse pass instead (as every differentiable stage
+    function does): it adds ∂L/∂clip from the gradients of ``bary`` and ``depth``."""
+    kernel = _barycentrics.grad if backward else _barycentrics
+    kernel(clip, faces, triangle_id, n_vertices, frame.height, frame.width, bary, depth)
 
 
 def surface(clip, faces, triangle_id, frame: Frame, n_vertices: int, vertex, pixel) -> None:
@@ -345,11 +350,14 @@ def footprint(uvs, clip, faces, triangle_id, frame: Frame, n_vertices: int, out)
     )
 
 
-def interpolate(values, faces, triangle_id, bary, frame: Frame, n_vertices: int, out) -> None:
+def interpolate(
+    values, faces, triangle_id, bary, frame: Frame, n_vertices: int, out, backward=False
+) -> None:
     """``out[i] = Σ λ_k values[face_k]`` for C-vector ``values`` (V,) or (B·V,), zero where
     the pixel is empty; differentiable in ``values`` and ``bary``."""
     channels = values.shape[1] if len(values.shape) == 2 else values.n
-    _channel_kernel(channels)(
+    kernel = _channel_kernel(channels)
+    (kernel.grad if backward else kernel)(
         values,
         _stride(values, frame, n_vertices),
         faces,

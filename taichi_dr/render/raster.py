@@ -632,11 +632,13 @@ class Rasterizer:
         cull: str = "none",
         count: bool = False,
         peel: bool = False,
+        triangle_id=None,
     ) -> None:
         """Rasterize view b's faces ``faces[start:start + count]`` (``ranges`` (B,) ivec2)
         over its clip coordinates ``clip[b·V:(b + 1)·V]`` (V = ``n_vertices``) into a
         ``frame`` of B views. ``cull``: "none", "back" or "front". ``peel=True`` keeps only
-        fragments behind the previous call's result (the next depth-peeling layer)."""
+        fragments behind the previous call's result (the next depth-peeling layer).
+        ``triangle_id``: an int32 (B·H·W,) array to write the ids into (default: own)."""
         n_faces = faces.shape[0]
         n_items = frame.views * n_faces
         self._ensure(frame, n_items)
@@ -690,7 +692,7 @@ class Rasterizer:
                     bool(count),
                     bool(peel),
                 )
-        _resolve_keys(key, tri)
+        _resolve_keys(key, tri if triangle_id is None else triangle_id)
 
 
 def _capacity(n: int) -> int:
