@@ -1,8 +1,11 @@
 """Device copy of a :class:`~taichi_dr.scene.Mesh`: the per-vertex inputs of the pipeline.
 
-Owns ``positions`` (V, 3), ``normals`` (V, 3), ``uvs`` (V, 2), ``colors`` (V, 3) — all
-with gradients — and ``faces`` (F, 3) int32. Capacity is fixed at construction; a mesh
-with fewer elements uses the first ``num_vertices`` / ``num_faces`` slots.
+Owns Taichi ndarrays (compile-once kernels read them, see ``arrays``): ``positions``,
+``normals`` (V,) vec3 — or (B·V,), one copy per view, when instanced with per-view
+``positions`` — ``uvs`` (V,) vec2 and ``colors`` (V,) vec3, all with gradients; ``faces``
+(F,) ivec3 int32 and ``neighbours`` (F,) ivec3 (the face across each edge, −1 on a
+boundary; for silhouette edges). Buffers are allocated for the mesh uploaded, so a mesh of
+any size can follow any other (no recompilation).
 """
 
 import numpy as np
@@ -10,48 +13,57 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
+from . import arrays
+from .silhouette import edge_neighbours
 
 
-@ti.data_oriented
 class MeshBuffers:
-    def __init__(self, max_vertices: int, max_faces: int):
+    def __init__(self):
         backend.ensure_init()
-        real = backend.real()
-        V, F = max(int(max_vertices), 1), max(int(max_faces), 1)
-        self.max_vertices, self.max_faces = V, F
-        self.positions = ti.Vector.field(3, real, shape=V, **backend.diff())
-        self.normals = ti.Vector.field(3, real, shape=V, **backend.diff())
-        self.uvs = ti.Vector.field(2, real, shape=V, **backend.diff())
-        self.colors = ti.Vector.field(3, real, shape=V, **backend.diff())
-        self.faces = ti.Vector.field(3, ti.i32, shape=F)
         self.num_vertices = 0
         self.num_faces = 0
+        self.instances = 1  # copies of positions and normals (1: shared by every view)
         self.has_uvs = False
-
-    def _pad(self, a, n, width, fill=0.0):
-        out = np.full((n, width), fill, dtype=backend.np_real())
-        out[: len(a)] = a
-        return out
 
     def upload(self, mesh, colors=None) -> None:
         """Copy ``mesh`` (and optional per-vertex linear ``colors`` (V, 3)) to the device."""
         V, F = mesh.num_vertices, mesh.num_faces
-        if V > self.max_vertices or F > self.max_faces:
-            raise UserError(
-                f"mesh has {V} vertices / {F} faces, more than this renderer's "
-                f"{self.max_vertices} / {self.max_faces}; build the renderer for this mesh"
-            )
-        self.positions.from_numpy(self._pad(mesh.vertices, self.max_vertices, 3))
-        self.normals.from_numpy(self._pad(mesh.normals, self.max_vertices, 3))
+        cols = np.ones((V, 3)) if colors is None else np.asarray(colors, dtype=np.float64)
+        if cols.shape != (V, 3) or not np.all(np.isfinite(cols)):
+            raise UserError(f"vertex colors must be {V}x3 finite numbers, got shape {cols.shape}")
         self.has_uvs = mesh.uvs is not None
         uvs = mesh.uvs if self.has_uvs else np.zeros((V, 2))
-        self.uvs.from_numpy(self._pad(uvs, self.max_vertices, 2))
-        cols = np.ones((V, 3)) if colors is None else np.asarray(colors, dtype=np.float64)
-        self.colors.from_numpy(self._pad(cols, self.max_vertices, 3, 1.0))
-        faces = np.zeros((self.max_faces, 3), dtype=np.int32)
-        faces[:F] = mesh.faces
-        self.faces.from_numpy(faces)
-        self.num_vertices, self.num_faces = V, F
+        self.positions = arrays.from_numpy(mesh.vertices, grad=True)
+        self.normals = arrays.from_numpy(mesh.normals, grad=True)
+        self.uvs = arrays.from_numpy(uvs, grad=True)
+        self.colors = arrays.from_numpy(cols, grad=True)
+        self.faces = arrays.from_numpy(mesh.faces.astype(np.int32), dtype=ti.i32)
+        self.neighbours = arrays.from_numpy(
+            edge_neighbours(mesh.vertices, mesh.faces).reshape(-1, 3), dtype=ti.i32
+        )
+        self.num_vertices, self.num_faces, self.instances = V, F, 1
+
+    def set_positions(self, positions, normals=None) -> None:
+        """New vertex positions (V, 3), or (B, V, 3) for one copy per view (instances of
+        one topology), with optional normals of the same shape (default: recomputed,
+        area-weighted, on the host)."""
+        from ..scene import vertex_normals
+
+        p = np.asarray(positions, dtype=np.float64)
+        V = self.num_vertices
+        if p.shape[-2:] != (V, 3) or p.ndim not in (2, 3) or not np.all(np.isfinite(p)):
+            raise UserError(f"positions must be finite ({V}, 3) or (B, {V}, 3), got {p.shape}")
+        p = p.reshape(-1, V, 3)
+        faces = self.faces.to_numpy()
+        n = (
+            np.stack([vertex_normals(q, faces) for q in p])
+            if normals is None
+            else np.asarray(normals, dtype=np.float64).reshape(p.shape)
+        )
+        self.instances = len(p)
+        self.positions = arrays.from_numpy(p.reshape(-1, 3), grad=True)
+        self.normals = arrays.from_numpy(n.reshape(-1, 3), grad=True)
 
     def zero_grad(self) -> None:
-        backend.zero_grads(self.positions, self.normals, self.uvs, self.colors)
+        for a in (self.positions, self.normals, self.uvs, self.colors):
+            a.grad.fill(0)

@@ -1,17 +1,23 @@
 """The pipeline: vertex stage → clip + rasterize → interpolate → texture → shade → blend.
 
-``Renderer`` wires the stages together and owns them::
+``Renderer`` wires the stages together, owns them and the per-pixel buffers of a batch
+of B views (one camera each, one resolution)::
 
-    r = Renderer(mesh, camera, RenderSettings(shading="ggx"))
+    r = Renderer(mesh, camera, RenderSettings(shading="ggx"))     # or a list of cameras
     out = r.render()            # RenderResult of NumPy arrays
-    out.image                   # (H, W, 3) linear, row 0 at the top
+    out.image                   # (H, W, 3) linear, row 0 at the top; (B, H, W, 3) for a list
 
 For gradients, ``rasterize()`` runs visibility outside the tape and ``shade()`` runs the
 differentiable stages (from vertex positions, camera, material, lights and texels)::
 
     r.rasterize()
     with ti.ad.Tape(loss):
-        r.shade(); my_loss_kernel(r.image, loss)
+        r.shade(); losses.mse_loss(r.image, target, loss)
+
+Every stage is a compile-once array operation (``arrays``): a renderer of a new size, a
+new mesh or a second renderer compiles nothing. Like Taichi's fields under a tape, the
+renderer's gradients start from zero in each new ``ti.ad.Tape`` (the first ``shade()``
+inside a tape clears them); ``zero_grad()`` clears them by hand.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -23,18 +29,14 @@ from .. import backend
 from ..camera import Camera
 from ..errors import UserError
 from ..scene import Mesh
-from .antialias import Antialias
-from .blend import Compositor
-from .interpolate import Interpolator
-from .lights import Lights
+from . import arrays, blend, interpolate, shading
+from .arrays import Frame
+from .lights import PackedLights
 from .mesh import MeshBuffers
-from .nmr import NMR
-from .raster import FieldRasterizer
-from .shading import MODELS, Material, Shader
-from .silhouette import Silhouettes, edge_neighbours
-from .soft import SoftRasterizer, VertexShader
-from .texture import Texture
-from .vertex import FieldVertexStage
+from .raster import Rasterizer
+from .shading import MODELS, PackedMaterial
+from .texture import MipTexture
+from .vertex import VertexStage
 
 MODES = ("hard", "antialias", "nmr", "soft")
 EDGE_MODES = ("antialias", "nmr")
@@ -56,11 +58,9 @@ class RenderSettings:
     ``grads``: the parameter groups a backward pass differentiates, like PyTorch's
     ``requires_grad`` — any of "positions" (mesh positions and normals), "colors",
     "uvs", "texture", "material", "lights", "camera" (camera and object pose); default
-    "all". The others get zero gradients, and their reverse-mode atomics are compiled out:
+    "all". The others get zero gradients, and their reverse-mode work is compiled out:
     every pixel adds to each material and light parameter, so leaving out the groups you
-    do not fit makes hard-mode backward passes several times faster (mode "soft" shades
-    at the vertices: there it skips the camera/pose Jacobian and the vertex shading's
-    backward for the groups left out)."""
+    do not fit makes backward passes several times faster."""
 
     shading: str = "blinn-phong"
     mode: str = "hard"
@@ -100,11 +100,18 @@ class RenderSettings:
             )
         if int(self.layers) != self.layers or self.layers < 1:
             raise UserError(f"layers must be a positive integer, got {self.layers}")
+        bg = np.asarray(self.background, dtype=np.float64)
+        if bg.shape != (3,) or not np.all(np.isfinite(bg)):
+            raise UserError(f"background must be a finite RGB colour, got {self.background}")
+
+    def differentiates(self, group: str) -> bool:
+        return group in self.grads
 
 
 @dataclass
 class RenderResult:
-    """NumPy outputs, each (H, W[, C]) with row 0 at the top.
+    """NumPy outputs, each (H, W[, C]) — (B, H, W[, C]) for a batch of cameras — with
+    row 0 at the top.
 
     ``image`` linear RGB; ``alpha`` coverage; ``mask`` bool; ``triangle_id`` int32 (−1
     background); ``depth`` eye-space distance along −z (inf background); ``normal`` world
@@ -123,55 +130,78 @@ class RenderResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@ti.data_oriented
-class Renderer:
-    """Renders one mesh (of at most ``max_faces`` faces) for one camera resolution."""
+class _Pixels:
+    """The per-pixel buffers of one frame: each (B·H·W,) with a vector or scalar
+    element; the differentiable ones with gradients where the settings need them."""
 
-    def __init__(
-        self,
-        mesh: Mesh,
-        camera: Camera,
-        settings: RenderSettings | None = None,
-        max_vertices: int | None = None,
-        max_faces: int | None = None,
-    ):
+    def __init__(self, frame: Frame, geometry: bool, colors: bool, uvs: bool, layers: int):
+        n = frame.pixels
+        self.frame = frame
+        self.bary = arrays.empty(n, 3, grad=geometry)
+        self.depth = arrays.empty(n, grad=geometry)
+        self.position = arrays.empty(n, 3, grad=geometry)
+        self.normal = arrays.empty(n, 3, grad=geometry)
+        self.color = arrays.empty(n, 3, grad=geometry or colors)
+        self.uv = arrays.empty(n, 2, grad=geometry or uvs)
+        self.footprint = arrays.empty(n, grad=geometry or uvs)
+        self.shaded = arrays.empty(n, 3, grad=True)
+        self.image = arrays.empty(n, 3, grad=True)
+        self.alpha = arrays.empty(n, grad=True)
+        self.accum = arrays.empty(layers * n, 3) if layers > 1 else None
+        self.transmittance = arrays.empty(layers * n) if layers > 1 else None
+
+    def differentiable(self) -> list:
+        return [a for a in vars(self).values() if hasattr(a, "grad") and a.grad is not None]
+
+
+class Renderer:
+    """Renders one mesh for a batch of cameras of one resolution (see module docstring).
+
+    ``camera``: a :class:`Camera` (outputs (H, W, ...)) or a sequence of B cameras
+    (outputs (B, H, W, ...)). Parameters with gradients: ``mesh`` (positions, normals,
+    colors, uvs), ``texture.texels``, ``material``, ``lights`` and, per view, the pose
+    and camera offsets of ``vertex``. Per-pixel outputs are flat Taichi ndarrays of
+    B·H·W entries (``image``, ``alpha``, ``triangle_id``); :meth:`result` reshapes them.
+    """
+
+    def __init__(self, mesh: Mesh, camera, settings: RenderSettings | None = None):
         backend.ensure_init()
         self.settings = settings or RenderSettings()
-        W, H = camera.width, camera.height
-        self.width, self.height = W, H
-        self.mesh = MeshBuffers(max_vertices or mesh.num_vertices, max_faces or mesh.num_faces)
-        self.vertex = FieldVertexStage(self.mesh.max_vertices)
-        self.raster = FieldRasterizer(W, H, self.mesh.max_faces)
-        self.interp = Interpolator(W, H)
-        real = backend.real()
-        shape = (H, W)
-        self.position = ti.Vector.field(3, real, shape=shape, **backend.diff())
-        self.normal = ti.Vector.field(3, real, shape=shape, **backend.diff())
-        self.color = ti.Vector.field(3, real, shape=shape, **backend.diff())
-        self.uv = ti.Vector.field(2, real, shape=shape, **backend.diff())
-        self.footprint = ti.field(real, shape=shape, **backend.diff())
-        self.lights = Lights()
-        self.material = Material()
-        self.shader = Shader(W, H)
-        self.compositor = Compositor(W, H, self.settings.layers)
-        self.compositor.set_background(self.settings.background)
-        self.silhouettes = Silhouettes(W, H, self.mesh.max_faces)
-        self.antialias = Antialias(W, H)
-        self.nmr = NMR(W, H)
-        self.soft = None  # built on first use of mode="soft": it holds (H, W, K) buffers
-        self.vertex_shader = None
-        self.neighbours = ti.field(ti.i32, shape=(self.mesh.max_faces, 3))
+        self.mesh = MeshBuffers()
+        self.vertex = VertexStage(grad=self._geometry)
+        self.raster = Rasterizer()
+        self.material = PackedMaterial()
+        self.lights = PackedLights()
         self.texture = None
+        self.frame = None
+        self.pixels = None
+        self._plain: dict = {}  # grad-less twins of inputs whose group is not differentiated
+        self._tape = None
         self.set_mesh(mesh)
         self.set_camera(camera)
 
     # ------------------------------------------------------------------ inputs
+    @property
+    def _geometry(self) -> bool:
+        s = self.settings
+        return s.differentiates("positions") or s.differentiates("camera")
+
+    @property
+    def width(self) -> int:
+        return self.frame.width
+
+    @property
+    def height(self) -> int:
+        return self.frame.height
+
+    @property
+    def views(self) -> int:
+        return self.frame.views
+
     def set_mesh(self, mesh: Mesh, colors=None) -> None:
         """Upload geometry (and its texture, when it has one and UVs)."""
         self.mesh.upload(mesh, colors)
-        neighbours = np.full((self.mesh.max_faces, 3), -1, dtype=np.int32)
-        neighbours[: mesh.num_faces] = edge_neighbours(mesh.vertices, mesh.faces)
-        self.neighbours.from_numpy(neighbours)
+        self._ranges = None
         if mesh.texture is not None:
             if mesh.uvs is None:
                 raise UserError("mesh has a texture but no UVs; add UVs or drop the texture")
@@ -185,260 +215,286 @@ class Renderer:
         if image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"texture must be an RGB image (H, W, 3), got shape {image.shape}")
         h, w = image.shape[:2]
-        if self.texture is None or (self.texture.height, self.texture.width) != (h, w):
-            self.texture = Texture(h, w, self.settings.texture_filter, self.settings.texture_wrap)
+        t, s = self.texture, self.settings
+        if t is None or (t.height, t.width, t.filter, t.wrap) != (
+            h,
+            w,
+            s.texture_filter,
+            s.texture_wrap,
+        ):
+            self.texture = MipTexture(h, w, s.texture_filter, s.texture_wrap)
         self.texture.upload(image)
 
     def configure(self, **changes) -> None:
-        """Change settings (e.g. ``shading="ggx"``, ``cull="back"``) without rebuilding;
-        ``layers`` is fixed at construction."""
+        """Change settings (e.g. ``shading="ggx"``, ``cull="back"``, ``layers=3``)."""
         settings = replace(self.settings, **changes)
-        if settings.layers != self.settings.layers:
-            raise UserError("layers is fixed when the renderer is built; build a new one")
-        if settings.background != self.settings.background:
-            self.compositor.set_background(settings.background)
-        self.settings = settings
+        old, self.settings = self.settings, settings
+        if (settings.texture_filter, settings.texture_wrap) != (
+            old.texture_filter,
+            old.texture_wrap,
+        ) and self.texture is not None:
+            self.set_texture(self.texture.image())
+        if settings.grads != old.grads or settings.layers != old.layers:
+            self.pixels = None  # buffers with the gradients the new settings need
+            if self._geometry != self.vertex.grad:
+                self.vertex.set_grad(self._geometry)
 
-    def set_camera(self, camera: Camera) -> None:
-        if (camera.width, camera.height) != (self.width, self.height):
-            raise UserError(
-                f"camera is {camera.width}x{camera.height} but this renderer "
-                f"was built for {self.width}x{self.height}"
-            )
+    def set_camera(self, camera) -> None:
+        """One :class:`Camera`, or a sequence of cameras (one view each, one resolution);
+        resets the per-view pose and camera offsets."""
+        cameras = [camera] if isinstance(camera, Camera) else list(camera)
+        if not cameras or not all(isinstance(c, Camera) for c in cameras):
+            raise UserError("camera must be a Camera or a non-empty sequence of Cameras")
+        sizes = {(c.width, c.height) for c in cameras}
+        if len(sizes) > 1:
+            raise UserError(f"the cameras of one batch must share a resolution, got {sizes}")
+        (w, h) = sizes.pop()
+        self.single = isinstance(camera, Camera)
         self.camera = camera
-        self.vertex.set_camera(camera)
+        self.cameras = cameras
+        self.frame = Frame(len(cameras), h, w)
+        self.vertex.set_cameras(cameras)
+        if self.pixels is not None and self.pixels.frame != self.frame:
+            self.pixels = None
+        if self.lights.sets not in (1, len(cameras)):
+            self.lights = PackedLights()
+
+    def set_lights_per_view(self) -> None:
+        """One light set per view (``lights.set(view=b, ...)`` then changes view b's)."""
+        if self.lights.sets != self.views:
+            values = {n: self.lights.value(n) for n in self.lights.layout.names}
+            count = self.lights.count
+            self.lights = PackedLights(self.views, count=tuple(count), **values)
+
+    # ------------------------------------------------------------------ buffers
+    def _buffers(self) -> _Pixels:
+        s = self.settings
+        if self.pixels is None:
+            self.pixels = _Pixels(
+                self.frame,
+                self._geometry,
+                s.differentiates("colors"),
+                s.differentiates("uvs"),
+                s.layers,
+            )
+        return self.pixels
+
+    def _input(self, array, group: str):
+        """``array``, or a grad-less copy of it when ``group`` is not differentiated
+        (Taichi then compiles the kernel without that input's reverse-mode work)."""
+        if self.settings.differentiates(group):
+            return array
+        plain = self._plain.get(id(array))
+        if plain is None or plain[0] is not array:
+            copy = arrays.empty(array.shape[0], _channels(array), _dtype(array))
+            plain = self._plain[id(array)] = (array, copy)
+        plain[1].copy_from(array)
+        return plain[1]
+
+    def _face_ranges(self):
+        F = self.mesh.num_faces
+        if self._ranges is None or self._ranges[0] != (self.views, F):
+            spans = np.array([[0, F]] * self.views, np.int32)
+            self._ranges = ((self.views, F), arrays.from_numpy(spans, dtype=ti.i32))
+        return self._ranges[1]
 
     # ------------------------------------------------------------------ stages
-    def _stops(self) -> dict:
-        """Per kernel, the fields whose gradients ``settings.grads`` leaves out."""
-        g, m, v = self.settings.grads, self.mesh, self.vertex
-        geometry = "positions" in g or "camera" in g
-        return {
-            "vertex": (
-                (() if "positions" in g else (m.positions, m.normals))
-                + (() if "camera" in g else (v.model, v.view_proj, v.normal_matrix))
-            ),
-            "geometry": () if geometry else (v.clip, v.world, v.normal),
-            "colors": () if "colors" in g else (m.colors,),
-            "uvs": () if "uvs" in g else (m.uvs,),
-            # per-pixel attributes depend on the geometry through the barycentrics
-            "pixel": (
-                (() if geometry else (self.position, self.normal))
-                + (() if geometry or "colors" in g else (self.color,))
-                + (() if geometry or "uvs" in g else (self.uv, self.footprint))
-            ),
-            "texture": ()
-            if "texture" in g or self.texture is None
-            else (self.texture.texels, self.texture.pyramid),
-            "material": ()
-            if "material" in g
-            else tuple(getattr(self.material, n) for n in Material.names),
-            "lights": () if "lights" in g else self.lights.fields,
-            "eye": () if "camera" in g else (v.eye,),
-        }
-
     def rasterize(self, peel: bool = False, count: bool = False) -> None:
         """Visibility (not differentiable): fills ``raster.triangle_id`` and, for the
         edge-based modes, the silhouette edges between pixels."""
-        self.vertex.forward(self.mesh)
+        self._vertices()
         self.raster.forward(
             self.vertex.clip,
             self.mesh.faces,
-            self.mesh.num_faces,
+            self._face_ranges(),
+            self.frame,
+            self.mesh.num_vertices,
             self.settings.cull,
             count=count,
             peel=peel,
         )
-        if self.settings.mode == "soft":
-            self._soft().select(self.vertex.clip, self.mesh.faces, self.mesh.num_faces)
-        if self.settings.mode in EDGE_MODES:
-            self.interp.forward(self.vertex.clip, self.mesh.faces, self.raster.triangle_id)
-            self.silhouettes.forward(
-                self.raster.triangle_id,
-                self.interp.depth,
-                self.vertex.clip,
-                self.mesh.faces,
-                self.neighbours,
-                self.mesh.num_faces,
-            )
 
-    def _shade_layer(self, stops: dict) -> None:
-        m, tri = self.mesh, self.raster.triangle_id
-        attributes = (
-            (self.vertex.world, self.position),
-            (self.vertex.normal, self.normal),
-            (m.colors, self.color),
-            (m.uvs, self.uv),
+    def _vertices(self) -> None:
+        m = self.mesh
+        self.vertex.camera_grad = self.settings.differentiates("camera")
+        self.vertex.forward(
+            self._input(m.positions, "positions"),
+            self._input(m.normals, "positions"),
+            m.num_vertices,
+            batched=m.instances > 1,
         )
-        inputs = stops["geometry"] + stops["colors"] + stops["uvs"]
-        self.interp.forward(self.vertex.clip, m.faces, tri, attributes, stop=inputs)
+
+    def _shade_layer(self) -> None:
+        s, p, m = self.settings, self._buffers(), self.mesh
+        tri = self.raster.triangle_id
+        vertex = (
+            self.vertex.world,
+            self.vertex.normal,
+            self._input(m.colors, "colors"),
+            self._input(m.uvs, "uvs"),
+        )
+        pixel = (p.bary, p.depth, p.position, p.normal, p.color, p.uv)
+        interpolate.surface(
+            self.vertex.clip, m.faces, tri, self.frame, m.num_vertices, vertex, pixel
+        )
+        sampler = None
         if self.texture is not None:
-            self.interp.footprint(
-                m.uvs,
-                self.vertex.clip,
-                m.faces,
-                tri,
-                self.footprint,
-                stop=stops["uvs"] + stops["geometry"],
+            interpolate.footprint(
+                vertex[3], self.vertex.clip, m.faces, tri, self.frame, m.num_vertices, p.footprint
             )
-        self.shader.forward(
-            self.settings.shading,
+            sampler = self.texture.forward(grad=s.differentiates("texture"))
+        lights = self.lights
+        shading.shade(
+            s.shading,
+            self.frame,
             tri,
-            self.position,
-            self.normal,
-            self.color,
-            self.uv,
-            self.footprint,
-            self.texture,
-            self.vertex.eye,
-            self.lights,
-            self.material,
-            stop=stops["pixel"]
-            + stops["texture"]
-            + stops["material"]
-            + stops["lights"]
-            + stops["eye"],
+            p.position,
+            p.normal,
+            p.color,
+            p.uv,
+            p.footprint,
+            self._input(self.vertex.eye, "camera"),
+            self.material.array(s.differentiates("material")),
+            lights.array(s.differentiates("lights")),
+            lights.counts,
+            sampler,
+            p.shaded,
         )
 
-    def _soft(self) -> SoftRasterizer:
-        s = self.settings
-        c = self.camera
-        if self.soft is None or (self.soft.K, self.soft.near, self.soft.far) != (
-            s.faces_per_pixel,
-            c.near,
-            c.far,
-        ):
-            self.soft = SoftRasterizer(
-                self.width,
-                self.height,
-                self.mesh.max_faces,
-                K=s.faces_per_pixel,
-                near=self.camera.near,
-                far=self.camera.far,
-            )
-            self.vertex_shader = VertexShader(self.mesh.max_vertices)
-        self.soft.set(sigma=s.sigma, gamma=s.gamma, eps=s.eps, background=s.background)
-        return self.soft
+    def _start_tape(self) -> None:
+        """Clear the gradients at the first ``shade`` of each new ``ti.ad.Tape``."""
+        tape = ti.lang.impl.get_runtime().target_tape
+        if tape is not None and tape is not self._tape:
+            self._tape = tape
+            self.zero_grad()
 
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
-        soft = self.settings.mode == "soft"
-        stops = self._stops()
-        self.vertex.forward(self.mesh, stop=stops["vertex"])
-        if soft:
-            self.vertex_shader.forward(
-                self.settings.shading,
-                self.vertex,
-                self.mesh,
-                self.lights,
-                self.material,
-                stop=stops["geometry"]
-                + stops["colors"]
-                + stops["material"]
-                + stops["lights"]
-                + stops["eye"],
-            )
-            self.soft.forward(self.vertex.clip, self.mesh.faces, self.vertex_shader.colors)
-            return
-        if self.texture is not None:
-            self.texture.forward()
-        self._shade_layer(stops)
-        self.compositor.single(
-            self.shader.image,
+        self._start_tape()
+        self._vertices()
+        self._shade_layer()
+        p = self.pixels
+        blend.composite(
             self.raster.triangle_id,
-            self.material.opacity,
-            stop=stops["material"],
+            p.shaded,
+            self.material.array(self.settings.differentiates("material")),
+            self._background(),
+            p.image,
+            p.alpha,
         )
-        if self.settings.mode == "antialias":
-            self.antialias.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
-        elif self.settings.mode == "nmr":
-            self.nmr.forward(self.compositor.image, self.silhouettes.edges, self.vertex.clip)
+
+    def _background(self):
+        bg = np.asarray(self.settings.background, dtype=np.float64)
+        key = ("background", bg.tobytes())
+        if key not in self._plain:
+            self._plain = {k: v for k, v in self._plain.items() if k[0] != "background"}
+            self._plain[key] = arrays.from_numpy(bg[None])
+        return self._plain[key]
 
     @property
     def image(self):
-        """The final image field (H, W, 3), with gradients."""
-        mode = self.settings.mode
-        if mode == "soft":
-            return self.soft.image
-        return {"antialias": self.antialias.image, "nmr": self.nmr.image}.get(
-            mode, self.compositor.image
-        )
+        """The final image, (B·H·W,) vec3 Taichi ndarray with gradients."""
+        return self.pixels.image
 
     @property
     def alpha(self):
-        """Coverage (H, W), with gradients: the soft silhouette in mode "soft"."""
-        return self.soft.silhouette if self.settings.mode == "soft" else self.compositor.alpha
+        """Coverage (B·H·W,), with gradients."""
+        return self.pixels.alpha
+
+    @property
+    def triangle_id(self):
+        """(B·H·W,) int32 face index, −1 where empty."""
+        return self.raster.triangle_id
 
     def render(self) -> RenderResult:
         """Render all layers and return NumPy arrays (first-layer AOVs)."""
         self.rasterize()
         if self.settings.layers == 1:
             self.shade()
-            return self._result()
-        if self.texture is not None:
-            self.texture.forward()
-        self.compositor.begin()
+            return self.result()
+        p = self._buffers()
+        material = self.material.array(False)
         first = None
         for k in range(self.settings.layers):
             if k:
                 self.rasterize(peel=True)
-            self._shade_layer(self._stops())
-            self.compositor.add_layer(
-                k, self.shader.image, self.raster.triangle_id, self.material.opacity
+            self._shade_layer()
+            blend.composite_layer(
+                k, self.raster.triangle_id, p.shaded, material, p.accum, p.transmittance
             )
             if k == 0:
-                first = self._result(final=False)
-        self.compositor.finish(self.settings.layers)
-        first.image = self.compositor.image.to_numpy()
-        first.alpha = self.compositor.alpha.to_numpy()
+                first = self.result(final=False)
+        blend.composite_finish(
+            self.settings.layers,
+            p.accum,
+            p.transmittance,
+            self._background(),
+            p.image,
+            p.alpha,
+        )
+        first.image = self._shaped(self.image.to_numpy())
+        first.alpha = self._shaped(self.alpha.to_numpy())
         return first
 
-    def _result(self, final: bool = True) -> RenderResult:
-        tri = self.raster.triangle_id.to_numpy()
+    def _shaped(self, a: np.ndarray) -> np.ndarray:
+        """A flat (B·H·W, ...) array as (H, W, ...) for one camera, else (B, H, W, ...)."""
+        out = a.reshape(self.frame.shape(*a.shape[1:]))
+        return out[0] if self.single else out
+
+    def result(self, final: bool = True) -> RenderResult:
+        """The last rendering's outputs as NumPy arrays (see :class:`RenderResult`)."""
+        p = self.pixels
+        tri = self._shaped(self.raster.triangle_id.to_numpy())
         return RenderResult(
-            image=self.image.to_numpy() if final else None,
-            alpha=self.alpha.to_numpy() if final else None,
+            image=self._shaped(self.image.to_numpy()) if final else None,
+            alpha=self._shaped(self.alpha.to_numpy()) if final else None,
             mask=tri >= 0,
             triangle_id=tri,
-            depth=self.interp.depth.to_numpy(),
-            normal=self.normal.to_numpy(),
-            uv=self.uv.to_numpy(),
-            barycentric=self.interp.bary.to_numpy(),
+            depth=self._shaped(p.depth.to_numpy()),
+            normal=self._shaped(p.normal.to_numpy()),
+            uv=self._shaped(p.uv.to_numpy()),
+            barycentric=self._shaped(p.bary.to_numpy()),
         )
 
     def zero_grad(self) -> None:
-        """Clear the gradients of every stage (``ti.ad.Tape`` clears only what it tracks)."""
-        for stage in (
-            self.mesh,
-            self.vertex,
-            self.interp,
-            self.lights,
-            self.material,
-            self.shader,
-            self.compositor,
-            self.antialias,
-            self.nmr,
-            *[s for s in (self.soft, self.vertex_shader) if s is not None],
-        ):
-            stage.zero_grad()
-        backend.zero_grads(self.position, self.normal, self.color, self.uv, self.footprint)
+        """Clear the gradients of every stage."""
+        arrays_with_grad = [
+            self.mesh.positions,
+            self.mesh.normals,
+            self.mesh.colors,
+            self.mesh.uvs,
+            self.material.values,
+            self.lights.values,
+            *self.vertex.differentiable(),
+            *(self.pixels.differentiable() if self.pixels is not None else ()),
+        ]
         if self.texture is not None:
             self.texture.zero_grad()
+        for a in arrays_with_grad:
+            a.grad.fill(0)
+
+
+def _channels(a) -> int:
+    return getattr(a, "n", 0) if len(a.shape) == 1 else a.shape[1]
+
+
+def _dtype(a):
+    return a.dtype if not hasattr(a, "n") else a.element_type.dtype
 
 
 def render(
     mesh: Mesh,
-    camera: Camera,
+    camera,
     settings: RenderSettings | None = None,
     lights: dict | None = None,
     material: dict | None = None,
 ) -> RenderResult:
     """One-call rendering: build a renderer, set ``lights`` / ``material`` keyword dicts
-    (see ``Lights.set`` and ``Material.set``) and return NumPy outputs."""
+    (see ``PackedLights.set`` and ``PackedMaterial.set``) and return NumPy outputs."""
     r = Renderer(mesh, camera, settings)
     if lights is not None:
-        r.lights.set(**lights)
+        r.lights.reset(**lights)
     if material is not None:
-        r.material.set(**material)
+        r.material.reset(**material)
     return r.render()

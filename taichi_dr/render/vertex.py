@@ -295,7 +295,8 @@ class VertexStage:
 
     def __init__(self, grad: bool = True):
         backend.ensure_init()
-        self.grad = grad
+        self.grad = bool(grad)
+        self.camera_grad = True  # False: the backward leaves pose and camera alone
         self.views = 0
         self.capacity = 0  # vertices (all views) the outputs hold
         self._base = None
@@ -303,7 +304,6 @@ class VertexStage:
 
     def set_cameras(self, cameras) -> None:
         """Take M₀, V₀, P₀ from each camera (one per view) and reset the parameters."""
-        B = len(cameras)
         fov = [math.degrees(2.0 * math.atan(1.0 / c.proj[1, 1])) for c in cameras]
         self._base = (
             np.stack([np.asarray(c.model, np.float64) for c in cameras]),
@@ -311,19 +311,37 @@ class VertexStage:
             np.stack([np.asarray(c.proj, np.float64) for c in cameras]),
             np.asarray(fov),
         )
-        if B != self.views:
-            self.views = B
-            vec = lambda: arrays.empty(B, 3, grad=self.grad)  # noqa: E731
-            self.pose_rotation, self.pose_translation = vec(), vec()
-            self.camera_rotation, self.camera_translation = vec(), vec()
-            self.fov = arrays.empty(B, grad=self.grad)
-            self.mats = arrays.empty(B * MATS, grad=self.grad)
-            self.eye = vec()
-            self.capacity = 0
+        if len(cameras) != self.views:
+            self._allocate(len(cameras))
+        theta = np.zeros((self.views, 13))
+        theta[:, 12] = fov
+        self._write_theta(theta)
+
+    def _allocate(self, views: int) -> None:
+        B, self.views, self.capacity = views, views, 0
+        vec = lambda: arrays.empty(B, 3, grad=self.grad)  # noqa: E731
+        self.pose_rotation, self.pose_translation = vec(), vec()
+        self.camera_rotation, self.camera_translation = vec(), vec()
+        self.fov = arrays.empty(B, grad=self.grad)
+        self.mats = arrays.empty(B * MATS, grad=self.grad)
+        self.eye = vec()
+
+    def _write_theta(self, theta: np.ndarray) -> None:
+        k = 0
+        for p in self.parameters:
+            n = 1 if len(p.to_numpy().shape) == 1 else 3
+            p.from_numpy(theta[:, k : k + n].reshape(p.to_numpy().shape).astype(backend.np_real()))
+            k += n
         self._written = None
-        for name in PARAMETERS[:4]:
-            getattr(self, name).fill(0.0)
-        self.fov.from_numpy(np.asarray(fov, dtype=backend.np_real()))
+
+    def set_grad(self, grad: bool) -> None:
+        """Rebuild the arrays with (or without) gradients, keeping the parameters."""
+        if bool(grad) != self.grad:
+            self.grad = bool(grad)
+            if self.views:
+                theta = self._theta()
+                self._allocate(self.views)
+                self._write_theta(theta)
 
     @property
     def parameters(self) -> tuple:
@@ -348,7 +366,7 @@ class VertexStage:
 
     @ti.ad.grad_for(update_matrices)
     def _update_matrices_grad(self) -> None:
-        if not self.grad:
+        if not (self.grad and self.camera_grad):
             return
         g = np.concatenate(
             [self.mats.grad.to_numpy().reshape(self.views, MATS), self.eye.grad.to_numpy()], axis=1
@@ -385,7 +403,13 @@ class VertexStage:
             self.clip,
         )
 
+    def differentiable(self) -> list:
+        """The arrays that carry gradients."""
+        if not self.grad:
+            return []
+        outputs = [self.world, self.normal, self.clip] if self.capacity else []
+        return [*self.parameters, self.mats, self.eye, *outputs]
+
     def zero_grad(self) -> None:
-        if self.grad:
-            for a in (*self.parameters, self.mats, self.eye, self.world, self.normal, self.clip):
-                a.grad.fill(0.0)
+        for a in self.differentiable():
+            a.grad.fill(0.0)
