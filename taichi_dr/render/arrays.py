@@ -100,3 +100,9 @@ def pixel(i: ti.i32, height: ti.i32, width: ti.i32):
 def pixel_ndc(y: ti.i32, x: ti.i32, height: ti.i32, width: ti.i32):
     """NDC of the centre of pixel (row y, column x); rows grow downwards."""
     return ti.Vector([(x + 0.5) / width * 2.0 - 1.0, 1.0 - (y + 0.5) / height * 2.0])
+
+
+@ti.func
+def vec3_at(values: ti.template(), offset):
+    """The 3-vector ``values[offset : offset + 3]`` of a packed scalar array."""
+    return ti.Vector([values[offset], values[offset + 1], values[offset + 2]])
