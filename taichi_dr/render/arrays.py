@@ -106,3 +106,31 @@ def pixel_ndc(y: ti.i32, x: ti.i32, height: ti.i32, width: ti.i32):
 def vec3_at(values: ti.template(), offset):
     """The 3-vector ``values[offset : offset + 3]`` of a packed scalar array."""
     return ti.Vector([values[offset], values[offset + 1], values[offset + 2]])
+
+
+@ti.ad.grad_replaced
+def _untaped(fn, args) -> None:
+    fn(*args)
+
+
+@ti.ad.grad_for(_untaped)
+def _untaped_grad(fn, args) -> None:
+    """Nothing flows back through work done without gradients."""
+
+
+def untaped(fn, *args) -> None:
+    """Run ``fn(*args)`` with no gradient path through its kernels, inside a
+    ``ti.ad.Tape`` too: the tape would otherwise record them and run their reverse passes
+    (the reverse of a copy into, or a clear of, a gradient-less array is not a no-op)."""
+    _untaped(fn, args)
+
+
+def detach(src, dst) -> None:
+    """``dst`` ← ``src`` (same shape and type; ``dst`` without gradients): a copy that
+    no gradient flows back through."""
+    untaped(dst.copy_from, src)
+
+
+def clear_grads(*arrays) -> None:
+    """Set the gradients of ``arrays`` to zero (outside the tape's record)."""
+    untaped(lambda: [a.grad.fill(0) for a in arrays])

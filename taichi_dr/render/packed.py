@@ -145,7 +145,7 @@ class Packed:
             return self.values
         if self._plain is None:
             self._plain = arrays.empty(self.sets * self.layout.size)
-        self._plain.copy_from(self.values)
+        arrays.detach(self.values, self._plain)
         return self._plain
 
     def zero_grad(self) -> None:

@@ -288,7 +288,7 @@ class Renderer:
         if plain is None or plain[0] is not array:
             copy = arrays.empty(array.shape[0], _channels(array), _dtype(array))
             plain = self._plain[id(array)] = (array, copy)
-        plain[1].copy_from(array)
+        arrays.detach(array, plain[1])
         return plain[1]
 
     def _face_ranges(self):
@@ -470,9 +470,8 @@ class Renderer:
             *(self.pixels.differentiable() if self.pixels is not None else ()),
         ]
         if self.texture is not None:
-            self.texture.zero_grad()
-        for a in arrays_with_grad:
-            a.grad.fill(0)
+            arrays_with_grad += [a for a in (self.texture.texels, self.texture.pyramid) if a]
+        arrays.clear_grads(*arrays_with_grad)
 
 
 def _channels(a) -> int:

@@ -340,9 +340,9 @@ class MipTexture:
             if self._plain is None:
                 self._plain = arrays.empty(sampled.shape[0], 3)
             if self.pyramid is None:
-                self._plain.copy_from(self.texels)
+                arrays.detach(self.texels, self._plain)
             else:
-                build_pyramid(self.texels, self._plain, self.level_table)
+                arrays.untaped(build_pyramid, self.texels, self._plain, self.level_table)
             sampled = self._plain
         elif self.pyramid is not None:
             build_pyramid(self.texels, self.pyramid, self.level_table)
