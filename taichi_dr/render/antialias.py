@@ -67,31 +67,21 @@ class Antialias:
 
 # ------------------------------------------------------------------ array version (issue 13)
 @functools.cache
-def _kernel(n_channels: int, real):
-    """The antialiasing kernel for colours of ``n_channels`` components of type ``real``
-    (compiled once per channel count and float type)."""
+def _blend_kernel(n_channels: int, real):
+    """The edge blend for colours of ``n_channels`` components of type ``real`` (compiled
+    once per channel count and float type)."""
     Color = arrays.vectors(n_channels, real)
 
     @ti.kernel
     def blend(color: Color, edges: IVec3, clip: Vec4, height: ti.i32, width: ti.i32, out: Color):
-        # A gather: each pixel adds what the (up to) four pairs it belongs to move into it.
         for i in range(color.shape[0]):
-            _, y, x = arrays.pixel(i, height, width)
-            c = color[i]
-            moved = c * 0.0
-            for s in ti.static(range(4)):  # own right, own lower, left's right, upper's lower
-                d = ti.static(s % 2)
-                owner, exists = i, True
-                if ti.static(s == 2):
-                    owner, exists = i - 1, x > 0
-                if ti.static(s == 3):
-                    owner, exists = i - width, y > 0
-                if exists:
-                    p, q, alpha = pair_crossing(owner, d, edges, clip, height, width)
+            for d in ti.static(range(2)):
+                e = edges[2 * i + d]
+                if e[1] >= 0:
+                    p, q, alpha = pair_crossing(i, d, e, clip, height, width)
                     # alpha > ½: the front surface reaches into q; else q's reaches into p
-                    if p >= 0 and ti.select(alpha > 0.5, q, p) == i:
-                        moved += ti.abs(alpha - 0.5) * (color[p + q - i] - c)
-            out[i] = c + moved
+                    to = ti.select(alpha > 0.5, q, p)
+                    out[to] += ti.abs(alpha - 0.5) * (color[p + q - to] - color[to])
 
     return blend
 
@@ -99,15 +89,16 @@ def _kernel(n_channels: int, real):
 def antialias(color, edges, clip, frame, out) -> None:
     """``out`` = ``color`` with the silhouette edges of ``edges`` blended.
 
-    ``color`` and ``out`` (N,) vectors of any channel count C (Taichi vector ndarrays or
+    ``color`` and ``out``: (N,) vectors of any channel count C (Taichi vector ndarrays or
     (N, C) tensors) per pixel of ``frame`` (N = B·H·W); ``edges`` (2·N,) ivec3 from
     :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4, the clip
     coordinates the edges were found with. Differentiable (Taichi reverse mode, e.g. under
     ``ti.ad.Tape``) in ``color`` and ``clip``; an input without gradient storage gets none."""
     n = frame.pixels
     check_length(color, n, "color", "one per pixel")
-    check_length(out, n, "out", "one per pixel")
     check_length(edges, 2 * n, "edges", "two per pixel")
     if channels(out) != channels(color):
         raise UserError(f"out has {channels(out)} channels but color has {channels(color)}")
-    _kernel(channels(color), backend.real())(color, edges, clip, frame.height, frame.width, out)
+    arrays.copy(color, out)
+    blend = _blend_kernel(channels(color), backend.real())
+    blend(color, edges, clip, frame.height, frame.width, out)

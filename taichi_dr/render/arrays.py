@@ -25,6 +25,7 @@ The layout every stage follows:
   ``requires_grad``) gets none: its reverse-mode work is compiled out.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,28 @@ def check_length(array, n: int, name: str, what: str) -> None:
     """UserError unless ``array`` has ``n`` elements along its first axis."""
     if array.shape[0] != n:
         raise UserError(f"{name} has {array.shape[0]} entries but needs {n} ({what})")
+
+
+def copy(src, out, add: bool = False) -> None:
+    """``out`` = ``src`` (``add``: ``out`` += ``src``) for (n,) vectors of any channel
+    count; differentiable (Taichi reverse mode)."""
+    check_length(out, src.shape[0], "out", "one per source element")
+    _copy_kernel(channels(src), backend.real())(src, out, add)
+
+
+@functools.cache
+def _copy_kernel(n_channels: int, dtype):
+    Vectors = vectors(n_channels, dtype)
+
+    @ti.kernel
+    def copy(src: Vectors, out: Vectors, add: ti.template()):
+        for i in range(src.shape[0]):
+            if ti.static(add):
+                out[i] += src[i]
+            else:
+                out[i] = src[i]
+
+    return copy
 
 
 def _np_dtype(dtype):

@@ -99,18 +99,9 @@ class NMR:
 
 # ------------------------------------------------------------------ array version (issue 13)
 @functools.cache
-def _kernels(n_channels: int, real):
-    """NMR's kernels for colours of ``n_channels`` components of type ``real``."""
+def _edge_kernel(n_channels: int, real):
+    """NMR's edge gradient for colours of ``n_channels`` components of type ``real``."""
     Color = arrays.vectors(n_channels, real)
-
-    @ti.kernel
-    def accumulate(src: Color, dst: Color, add: ti.template()):
-        """dst = src (``add`` False) or dst += src."""
-        for i in range(src.shape[0]):
-            if ti.static(add):
-                dst[i] += src[i]
-            else:
-                dst[i] = src[i]
 
     @ti.kernel
     def edge_gradient(
@@ -124,8 +115,9 @@ def _kernels(n_channels: int, real):
     ):
         for i in range(color.shape[0]):
             for d in ti.static(range(2)):
-                p, q, alpha = pair_crossing(i, d, edges, clip, height, width)
-                if p >= 0:
+                e = edges[2 * i + d]
+                if e[1] >= 0:
+                    p, q, alpha = pair_crossing(i, d, e, clip, height, width)
                     step = color[p] - color[q]
                     slope = 0.0  # ∂L/∂alpha
                     cover = image_grad[q].dot(step)  # ΔL if q took p's colour
@@ -135,13 +127,12 @@ def _kernels(n_channels: int, real):
                     if uncover > 0.0:
                         slope += uncover / ti.max(alpha, MIN_DISTANCE)
                     if slope != 0.0:
-                        e = edges[2 * i + d]
                         _, y, x = arrays.pixel(i, height, width)
                         g0, g1 = crossing_grad(clip[e[1]], clip[e[2]], y, x, d, e[0], width, height)
                         clip_grad[e[1]] += slope * g0
                         clip_grad[e[2]] += slope * g1
 
-    return accumulate, edge_gradient
+    return edge_gradient
 
 
 def _check(color, edges, frame, image) -> int:
@@ -161,8 +152,8 @@ def nmr(color, edges, clip, frame, out) -> None:
     gradients of the Taichi ndarrays ``out``, ``color`` and ``clip`` (those without
     gradient storage are skipped). ``edges`` (2·N,) ivec3 from
     :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4."""
-    accumulate, _ = _kernels(_check(color, edges, frame, out), backend.real())
-    accumulate(color, out, False)
+    _check(color, edges, frame, out)
+    arrays.copy(color, out)
 
 
 @ti.ad.grad_for(nmr)
@@ -174,9 +165,9 @@ def nmr_backward(color, edges, clip, frame, out_grad, color_grad=None, clip_grad
     """NMR's backward pass: adds into ``color_grad`` (N,) (the image gradient
     ``out_grad`` passes straight through) and ``clip_grad`` (B·V,) vec4 (the edge
     gradients, see the module docstring). Either may be None (not wanted)."""
-    accumulate, edge_gradient = _kernels(_check(color, edges, frame, out_grad), backend.real())
+    edge_gradient = _edge_kernel(_check(color, edges, frame, out_grad), backend.real())
     if color_grad is not None:
-        accumulate(out_grad, color_grad, True)
+        arrays.copy(out_grad, color_grad, add=True)
     if clip_grad is not None:
         check_length(clip_grad, clip.shape[0], "clip_grad", "one per clip vertex")
         edge_gradient(color, out_grad, edges, clip, frame.height, frame.width, clip_grad)

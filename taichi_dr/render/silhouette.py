@@ -230,36 +230,32 @@ def _to_pixels_grad(c, g, width, height):
 @ti.kernel
 def _facing_bits(clip: Vec4, faces: IVec3, ranges: IVec2, n_vertices: ti.i32, bits: Int):
     n_faces = faces.shape[0]
-    for k in range(bits.shape[0]):
-        b = k // n_faces
-        f = k - b * n_faces
-        code = 0
-        if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
-            v = faces[f] + b * n_vertices
-            area = facing(
-                ti.cast(clip[v[0]], ti.f64),
-                ti.cast(clip[v[1]], ti.f64),
-                ti.cast(clip[v[2]], ti.f64),
-            )
-            code = ti.select(area > 0.0, FRONT, ti.select(area < 0.0, BACK, 0))
-        bits[k] = code
+    for f in range(n_faces):
+        for b in range(ranges.shape[0]):
+            code = 0
+            if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
+                v = faces[f] + b * n_vertices
+                c0 = ti.cast(clip[v[0]], ti.f64)
+                area = facing(c0, ti.cast(clip[v[1]], ti.f64), ti.cast(clip[v[2]], ti.f64))
+                code = ti.select(area > 0.0, FRONT, ti.select(area < 0.0, BACK, 0))
+            bits[b * n_faces + f] = code
 
 
 @ti.kernel
 def _silhouette_bits(neighbours: IVec3, ranges: IVec2, bits: Int):
     n_faces = neighbours.shape[0]
-    for k in range(bits.shape[0]):
-        b = k // n_faces
-        f = k - b * n_faces
-        if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
-            sign = bits[k] & (FRONT | BACK)
-            sil = 0
-            for e in ti.static(range(3)):
-                n = neighbours[f][e]
-                # a silhouette unless the neighbour faces the same way (areas of one sign)
-                if n < 0 or bits[b * n_faces + n] & sign == 0:
-                    sil |= 1 << e
-            ti.atomic_or(bits[k], sil)  # neighbours read only FRONT | BACK of this entry
+    for f in range(n_faces):
+        for b in range(ranges.shape[0]):
+            if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
+                k = b * n_faces + f
+                sign = bits[k] & (FRONT | BACK)
+                sil = 0
+                for e in ti.static(range(3)):
+                    n = neighbours[f][e]
+                    # a silhouette unless the neighbour faces the same way (areas of one sign)
+                    if n < 0 or bits[b * n_faces + n] & sign == 0:
+                        sil |= 1 << e
+                ti.atomic_or(bits[k], sil)  # neighbours read only FRONT | BACK of this entry
 
 
 @ti.func
@@ -303,63 +299,56 @@ def _detect(
     n_vertices: ti.i32,
     edges: IVec3,
 ):
-    n_faces = faces.shape[0]
-    for i in range(tri.shape[0]):
-        b, y, x = arrays.pixel(i, height, width)
+    n, n_faces = tri.shape[0], faces.shape[0]
+    for i in range(n):
+        out = ti.Matrix([[0, -1, -1], [0, -1, -1]])  # row d: the pair with the right / lower pixel
+        ta = tri[i]
+        right, below = ta, ta
+        if i + 1 < n:
+            right = tri[i + 1]
+        if i + width < n:
+            below = tri[i + width]
+        if right != ta or below != ta:  # the pixel's coordinates only where needed (divisions)
+            b, y, x = arrays.pixel(i, height, width)
+            for d in ti.static(range(2)):
+                tb = right if ti.static(d == 0) else below
+                has_pair = x + 1 < width if ti.static(d == 0) else y + 1 < height
+                if has_pair and tb != ta:
+                    j = i + 1 if ti.static(d == 0) else i + width
+                    front = 1
+                    if tb >= 0 and (ta < 0 or depth[j] < depth[i]):
+                        front = 0
+                    t = ta if front == 1 else tb
+                    base = b * n_vertices
+                    code = bits[b * n_faces + t] & SILHOUETTE
+                    e = _face_edge(code, faces[t] + base, y, x, d, front, clip, height, width)
+                    # The contour often belongs to a thin rim face that covers no pixel
+                    # centre: look one ring further, across T's edges.
+                    for k in ti.static(range(3)):
+                        nb = neighbours[t][k]
+                        if e[0] < 0 and nb >= 0:
+                            code = bits[b * n_faces + nb] & SILHOUETTE
+                            if code != 0:
+                                v = faces[nb] + base
+                                e = _face_edge(code, v, y, x, d, front, clip, height, width)
+                    if e[0] >= 0:
+                        out[d, 0], out[d, 1], out[d, 2] = front, e[0], e[1]
         for d in ti.static(range(2)):
-            out = ti.Vector([0, -1, -1])
-            j = i + 1 if ti.static(d == 0) else i + width
-            has_pair = x + 1 < width if ti.static(d == 0) else y + 1 < height
-            ta, tb = tri[i], -1
-            if has_pair:  # (Taichi's `and` does not short-circuit: j may be past the end)
-                tb = tri[j]
-            if has_pair and ta != tb:
-                front = 1
-                if tb >= 0 and (ta < 0 or depth[j] < depth[i]):
-                    front = 0
-                t = ta if front == 1 else tb
-                base = b * n_vertices
-                code = bits[b * n_faces + t] & SILHOUETTE
-                e = _face_edge(code, faces[t] + base, y, x, d, front, clip, height, width)
-                # The contour often belongs to a thin rim face that covers no pixel
-                # centre: look one ring further, across T's edges.
-                for k in ti.static(range(3)):
-                    n = neighbours[t][k]
-                    if e[0] < 0 and n >= 0:
-                        code = bits[b * n_faces + n] & SILHOUETTE
-                        if code != 0:
-                            e = _face_edge(
-                                code, faces[n] + base, y, x, d, front, clip, height, width
-                            )
-                if e[0] >= 0:
-                    out = ti.Vector([front, e[0], e[1]])
-            edges[2 * i + d] = out
+            edges[2 * i + d] = ti.Vector([out[d, 0], out[d, 1], out[d, 2]])
 
 
 @ti.func
 def pair_crossing(
-    i: ti.i32,
-    d: ti.template(),
-    edges: ti.template(),
-    clip: ti.template(),
-    height: ti.i32,
-    width: ti.i32,
+    i: ti.i32, d: ti.template(), e, clip: ti.template(), height: ti.i32, width: ti.i32
 ):
-    """The pair of pixel i and its right (d = 0) or lower (d = 1) neighbour, from its
-    ``edges`` entry: (p, q, alpha) with p the front triangle's pixel, q the other one and
-    alpha the crossing from p's centre towards q's (:func:`crossing`); p = −1 when no
-    silhouette edge crosses the pair."""
-    e = edges[2 * i + d]
-    p, q = -1, -1
-    alpha = 0.0
-    if e[1] >= 0:
-        _, y, x = arrays.pixel(i, height, width)
-        alpha = crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], width, height)
-        j = i + 1 if ti.static(d == 0) else i + width
-        p, q = i, j
-        if e[0] == 0:
-            p, q = j, i
-    return p, q, alpha
+    """The pair of pixel i and its right (d = 0) or lower (d = 1) neighbour, crossed by the
+    silhouette edge of its ``edges`` entry e (e[1] ≥ 0): (p, q, alpha) with p the front
+    triangle's pixel, q the other one and alpha the crossing from p's centre towards q's.
+    (Every local is assigned once: reverse mode then needs no stacks.)"""
+    _, y, x = arrays.pixel(i, height, width)
+    j = i + 1 if ti.static(d == 0) else i + width
+    p = ti.select(e[0] == 1, i, j)
+    return p, i + j - p, crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], width, height)
 
 
 def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edges) -> None:
