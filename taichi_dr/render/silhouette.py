@@ -319,18 +319,22 @@ def _detect(
                     if tb >= 0 and (ta < 0 or depth[j] < depth[i]):
                         front = 0
                     t = ta if front == 1 else tb
-                    base = b * n_vertices
-                    code = bits[b * n_faces + t] & SILHOUETTE
-                    e = _face_edge(code, faces[t] + base, y, x, d, front, clip, height, width)
-                    # The contour often belongs to a thin rim face that covers no pixel
-                    # centre: look one ring further, across T's edges.
-                    for k in ti.static(range(3)):
-                        nb = neighbours[t][k]
-                        if e[0] < 0 and nb >= 0:
-                            code = bits[b * n_faces + nb] & SILHOUETTE
+                    ring = neighbours[t]
+                    e = ti.Vector([-1, -1])
+                    # T first; the contour often belongs to a thin rim face that covers no
+                    # pixel centre: then look one ring further, across T's edges. (A runtime
+                    # loop: unrolled, the kernel took seconds to compile.)
+                    for c in range(4):
+                        f = t
+                        if c > 0:
+                            f = ti.select(c == 1, ring[0], ti.select(c == 2, ring[1], ring[2]))
+                        if f >= 0:
+                            code = bits[b * n_faces + f] & SILHOUETTE
                             if code != 0:
-                                v = faces[nb] + base
+                                v = faces[f] + b * n_vertices
                                 e = _face_edge(code, v, y, x, d, front, clip, height, width)
+                        if e[0] >= 0:
+                            break
                     if e[0] >= 0:
                         out[d, 0], out[d, 1], out[d, 2] = front, e[0], e[1]
         for d in ti.static(range(2)):
