@@ -354,7 +354,7 @@ def test_nmr_step_lowers_the_loss():
 
 def test_any_channel_count_and_torch_tensors(scene, rng):
     """C = 4 colours blend like C = 3 channel by channel; torch tensors give the same
-    results, and nmr_backward takes torch gradients explicitly."""
+    edges and images, and nmr_backward takes torch gradients explicitly."""
     torch = pytest.importorskip("torch")
     _, edges = scene.detect()
     n, frame = scene.frame.pixels, scene.frame
@@ -371,7 +371,12 @@ def test_any_channel_count_and_torch_tensors(scene, rng):
     antialias(arrays.from_numpy(rgba), edges_nd, clip_nd, frame, out)
     np.testing.assert_allclose(out.to_numpy(), expected, atol=1e-14)
     out_t = torch.empty(n, 4, dtype=torch.float64)
-    edges_t, clip_t = torch.from_numpy(edges), torch.from_numpy(scene.clip)
+    clip_t = torch.from_numpy(scene.clip)
+    edges_t = torch.empty(2 * n, 3, dtype=torch.int32)
+    bits_t = torch.empty(2 * len(scene.faces), dtype=torch.int32)
+    inputs = (scene.tri, scene.depth, scene.clip, scene.faces, scene.neighbours, scene.ranges)
+    detect(*map(torch.from_numpy, inputs), frame, bits_t, edges_t)
+    np.testing.assert_array_equal(edges_t.numpy(), edges)
     antialias(torch.from_numpy(rgba), edges_t, clip_t, frame, out_t)
     np.testing.assert_allclose(out_t.numpy(), expected, atol=1e-14)
 

@@ -359,9 +359,11 @@ def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edg
     """Find the silhouette edge between every pixel and its right and lower neighbour.
 
     Inputs: ``triangle_id`` (N,) int32 and ``depth`` (N,) (eye-space distance) per pixel
-    of ``frame`` (N = B·H·W); ``clip`` (B·V,) vec4 per view and vertex; ``faces`` (F,)
-    ivec3; ``neighbours`` (F,) ivec3 from :func:`edge_neighbours`; ``ranges`` (B,) ivec2
-    (first face, face count) per view. Outputs, allocated by the caller: ``bits`` (B·F,)
+    of ``frame`` (N = B·H·W; depth: any measure that grows away from the camera);
+    ``clip`` (B·V,) vec4 per view and vertex; ``faces`` (F,) ivec3; ``neighbours`` (F,)
+    ivec3 from :func:`edge_neighbours` (for several meshes concatenated into one: per
+    mesh, offset by its first face); ``ranges`` (B,) ivec2 (first face, face count) per
+    view. Outputs, allocated by the caller: ``bits`` (B·F,)
     int32 per (view, face) at b·F + f (bit k: edge k is a silhouette; FRONT / BACK: facing);
     ``edges`` (2·N,) ivec3 at 2·i + d for pixel i and its right (d = 0) or lower (d = 1)
     neighbour: (front, c0, c1), the crossing silhouette edge as indices into ``clip``
