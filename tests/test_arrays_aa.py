@@ -18,7 +18,7 @@ from taichi_dr import Camera
 from taichi_dr.ad import gradcheck
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
-from taichi_dr.render.antialias import antialias
+from taichi_dr.render.antialias import antialias, antialias_backward
 from taichi_dr.render.nmr import nmr, nmr_backward
 from taichi_dr.render.silhouette import crossing, crossing_grad, detect, edge_neighbours
 from taichi_dr.scene import blob, icosphere, torus
@@ -354,7 +354,8 @@ def test_nmr_step_lowers_the_loss():
 
 def test_any_channel_count_and_torch_tensors(scene, rng):
     """C = 4 colours blend like C = 3 channel by channel; torch tensors give the same
-    edges and images, and nmr_backward takes torch gradients explicitly."""
+    edges and images; antialias_backward fills the tensors' .grad, nmr_backward takes
+    torch gradients explicitly."""
     torch = pytest.importorskip("torch")
     _, edges = scene.detect()
     n, frame = scene.frame.pixels, scene.frame
@@ -381,6 +382,17 @@ def test_any_channel_count_and_torch_tensors(scene, rng):
     np.testing.assert_allclose(out_t.numpy(), expected, atol=1e-14)
 
     weights = rng.uniform(-1, 1, scene.color.shape)
+    _, color_grad, clip_grad = _run_tape("antialias", scene, edges, weights)
+    color_t = torch.tensor(scene.color, requires_grad=True)
+    clip_g = torch.tensor(scene.clip, requires_grad=True)
+    out_t = torch.zeros(n, 3, dtype=torch.float64, requires_grad=True)
+    antialias(color_t.detach(), edges_t, clip_t, frame, out_t.detach())
+    out_t.grad = torch.from_numpy(weights)
+    color_t.grad, clip_g.grad = torch.zeros_like(color_t), torch.zeros_like(clip_g)
+    antialias_backward(color_t, edges_t, clip_g, frame, out_t)
+    np.testing.assert_allclose(color_t.grad.numpy(), color_grad, atol=1e-14)
+    np.testing.assert_allclose(clip_g.grad.numpy(), clip_grad, atol=1e-12)
+
     _, color_grad, clip_grad = _run_tape("nmr", scene, edges, weights)
     color_grad_t = torch.zeros(n, 3, dtype=torch.float64)
     clip_grad_t = torch.zeros(len(scene.clip), 4, dtype=torch.float64)

@@ -102,3 +102,14 @@ def antialias(color, edges, clip, frame, out) -> None:
     arrays.copy(color, out)
     blend = _blend_kernel(channels(color), backend.real())
     blend(color, edges, clip, frame.height, frame.width, out)
+
+
+def antialias_backward(color, edges, clip, frame, out) -> None:
+    """The reverse pass of :func:`antialias` (same arguments) outside ``ti.ad.Tape``, e.g.
+    in a torch autograd Function: adds ``out.grad`` pulled back into ``color.grad`` and
+    ``clip.grad``. The arrays carry their gradients: Taichi ndarrays with gradients, or
+    torch tensors with ``requires_grad`` and ``.grad`` set; an input without gets none."""
+    blend = _blend_kernel(channels(color), backend.real())
+    blend.grad(color, edges, clip, frame.height, frame.width, out)
+    if color.grad is not None:
+        arrays.copy(out.grad, color.grad, add=True)  # the reverse of out = color
