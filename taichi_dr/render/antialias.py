@@ -12,10 +12,15 @@ Masking or compositing after antialiasing discards the edge blend and with it th
 visibility gradient. Owns ``image`` (H, W, 3) with gradients.
 """
 
+import functools
+
 import taichi as ti
 
 from .. import backend
-from .silhouette import crossing
+from ..errors import UserError
+from . import arrays
+from .arrays import IVec3, Vec4, channels, check_length
+from .silhouette import crossing, pair_crossing
 
 
 @ti.data_oriented
@@ -58,3 +63,53 @@ class Antialias:
 
     def zero_grad(self) -> None:
         self.image.grad.fill(0)
+
+
+# ------------------------------------------------------------------ array version (issue 13)
+@functools.cache
+def _blend_kernel(n_channels: int, real):
+    """The edge blend for colours of ``n_channels`` components of type ``real`` (compiled
+    once per channel count and float type)."""
+    Color = arrays.vectors(n_channels, real)
+
+    @ti.kernel
+    def blend(color: Color, edges: IVec3, clip: Vec4, height: ti.i32, width: ti.i32, out: Color):
+        for i in range(color.shape[0]):
+            for d in ti.static(range(2)):
+                e = edges[2 * i + d]
+                if e[1] >= 0:
+                    p, q, alpha = pair_crossing(i, d, e, clip, height, width)
+                    # alpha > ½: the front surface reaches into q; else q's reaches into p
+                    to = ti.select(alpha > 0.5, q, p)
+                    out[to] += ti.abs(alpha - 0.5) * (color[p + q - to] - color[to])
+
+    return blend
+
+
+def antialias(color, edges, clip, frame, out) -> None:
+    """``out`` = ``color`` with the silhouette edges of ``edges`` blended.
+
+    ``color`` and ``out``: (N,) vectors of any channel count C (Taichi vector ndarrays or
+    (N, C) tensors) per pixel of ``frame`` (N = B·H·W); ``edges`` (2·N,) ivec3 from
+    :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4, the clip
+    coordinates the edges were found with. Differentiable (Taichi reverse mode, e.g. under
+    ``ti.ad.Tape``) in ``color`` and ``clip``; an input without gradient storage gets none."""
+    n = frame.pixels
+    check_length(color, n, "color", "one per pixel")
+    check_length(edges, 2 * n, "edges", "two per pixel")
+    if channels(out) != channels(color):
+        raise UserError(f"out has {channels(out)} channels but color has {channels(color)}")
+    arrays.copy(color, out)
+    blend = _blend_kernel(channels(color), backend.real())
+    blend(color, edges, clip, frame.height, frame.width, out)
+
+
+def antialias_backward(color, edges, clip, frame, out) -> None:
+    """The reverse pass of :func:`antialias` (same arguments) outside ``ti.ad.Tape``, e.g.
+    in a torch autograd Function: adds ``out.grad`` pulled back into ``color.grad`` and
+    ``clip.grad``. The arrays carry their gradients: Taichi ndarrays with gradients, or
+    torch tensors with ``requires_grad`` and ``.grad`` set; an input without gets none."""
+    blend = _blend_kernel(channels(color), backend.real())
+    blend.grad(color, edges, clip, frame.height, frame.width, out)
+    if color.grad is not None:
+        arrays.copy(out.grad, color.grad, add=True)  # the reverse of out = color

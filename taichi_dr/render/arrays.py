@@ -25,12 +25,14 @@ The layout every stage follows:
   ``requires_grad``) gets none: its reverse-mode work is compiled out.
 """
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import taichi as ti
 
 from .. import backend
+from ..errors import UserError
 
 
 def vector(n: int):
@@ -83,6 +85,51 @@ def from_numpy(values, dtype=None, grad: bool = False):
     if len(values):
         out.from_numpy(np.ascontiguousarray(values, dtype=_np_dtype(dtype)))
     return out
+
+
+def vectors(channels: int, dtype=None):
+    """The argument type of a 1-D array of ``channels``-component vectors of ``dtype``
+    (default: the float type in use), for kernels built per channel count."""
+    dtype = backend.real() if dtype is None else dtype
+    return ti.types.ndarray(dtype=ti.types.vector(channels, dtype), ndim=1)
+
+
+def channels(array) -> int:
+    """The vector length C of an (n,) vector ndarray or an (n, C) tensor / NumPy array."""
+    n = getattr(array, "n", None)  # Taichi vector ndarray
+    if n is None and len(array.shape) == 2:
+        n = array.shape[1]
+    if n is None:
+        raise UserError(f"expected (n, C) vectors, got an array of shape {tuple(array.shape)}")
+    return int(n)
+
+
+def check_length(array, n: int, name: str, what: str) -> None:
+    """UserError unless ``array`` has ``n`` elements along its first axis."""
+    if array.shape[0] != n:
+        raise UserError(f"{name} has {array.shape[0]} entries but needs {n} ({what})")
+
+
+def copy(src, out, add: bool = False) -> None:
+    """``out`` = ``src`` (``add``: ``out`` += ``src``) for (n,) vectors of any channel
+    count; differentiable (Taichi reverse mode)."""
+    check_length(out, src.shape[0], "out", "one per source element")
+    _copy_kernel(channels(src), backend.real())(src, out, add)
+
+
+@functools.cache
+def _copy_kernel(n_channels: int, dtype):
+    Vectors = vectors(n_channels, dtype)
+
+    @ti.kernel
+    def copy(src: Vectors, out: Vectors, add: ti.template()):
+        for i in range(src.shape[0]):
+            if ti.static(add):
+                out[i] += src[i]
+            else:
+                out[i] = src[i]
+
+    return copy
 
 
 def _np_dtype(dtype):

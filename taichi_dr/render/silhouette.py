@@ -16,6 +16,10 @@ positions, so UV seams and other duplicated vertices are not mistaken for silhou
 import numpy as np
 import taichi as ti
 
+from ..errors import UserError
+from . import arrays
+from .arrays import Int, IVec2, IVec3, Real, Vec4, check_length
+
 
 def edge_neighbours(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F, 3) int32: the face across edge k = (v_k, v_{k+1}) of each face, −1 if the edge
@@ -183,3 +187,209 @@ class Silhouettes:
         self._facing(clip, faces, n_faces)
         self._classify(faces, neighbours, n_faces)
         self._detect(triangle_id, depth, clip, faces, neighbours)
+
+
+# ------------------------------------------------------------------ array version (issue 13)
+# Per (view b, face f), at b·F + f, ``bits`` holds: bit k (k < 3) set when edge k is a
+# silhouette in that view; FRONT or BACK: the sign of the face's screen area (neither: 0).
+SILHOUETTE, FRONT, BACK = 0b111, 0b1000, 0b10000
+
+
+@ti.func
+def crossing_grad(c0, c1, y: ti.i32, x: ti.i32, d: ti.template(), front: ti.i32, width, height):
+    """∂/∂c0 and ∂/∂c1 (clip vec4s) of :func:`crossing` (same arguments); hand-written
+    for adjoints that take gradient arrays explicitly (NMR)."""
+    p0 = to_pixels(c0, width, height)
+    p1 = to_pixels(c1, width, height)
+    axis = ti.static(d)
+    other = ti.static(1 - d)
+    line = ti.Vector([x + 0.5, y + 0.5])[other]
+    raw = p1[other] - p0[other]
+    clamped = ti.abs(raw) <= 1e-12
+    den = ti.select(clamped, 1e-12, raw)
+    s = (line - p0[other]) / den
+    sign = ti.select(front == 1, 1.0, -1.0)
+    run = p1[axis] - p0[axis]
+    g0 = ti.Vector([0.0, 0.0])  # ∂alpha/∂p0, ∂alpha/∂p1 (pixel coordinates)
+    g1 = ti.Vector([0.0, 0.0])
+    g0[axis] = sign * (1.0 - s)
+    g1[axis] = sign * s
+    g0[other] = sign * run * ti.select(clamped, -1.0 / den, (s - 1.0) / den)
+    g1[other] = sign * run * ti.select(clamped, 0.0, -s / den)
+    return _to_pixels_grad(c0, g0, width, height), _to_pixels_grad(c1, g1, width, height)
+
+
+@ti.func
+def _to_pixels_grad(c, g, width, height):
+    """The clip-space gradient of a scalar whose gradient w.r.t. ``to_pixels(c)`` is g."""
+    gx = g[0] * 0.5 * width / c[3]
+    gy = -g[1] * 0.5 * height / c[3]
+    return ti.Vector([gx, gy, 0.0, -(gx * c[0] + gy * c[1]) / c[3]])
+
+
+@ti.kernel
+def _facing_bits(clip: Vec4, faces: IVec3, ranges: IVec2, n_vertices: ti.i32, bits: Int):
+    n_faces = faces.shape[0]
+    for f in range(n_faces):
+        for b in range(ranges.shape[0]):
+            code = 0
+            if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
+                v = faces[f] + b * n_vertices
+                c0 = ti.cast(clip[v[0]], ti.f64)
+                area = facing(c0, ti.cast(clip[v[1]], ti.f64), ti.cast(clip[v[2]], ti.f64))
+                code = ti.select(area > 0.0, FRONT, ti.select(area < 0.0, BACK, 0))
+            bits[b * n_faces + f] = code
+
+
+@ti.kernel
+def _silhouette_bits(neighbours: IVec3, ranges: IVec2, bits: Int):
+    n_faces = neighbours.shape[0]
+    for f in range(n_faces):
+        for b in range(ranges.shape[0]):
+            if ranges[b][0] <= f and f < ranges[b][0] + ranges[b][1]:
+                k = b * n_faces + f
+                sign = bits[k] & (FRONT | BACK)
+                sil = 0
+                for e in ti.static(range(3)):
+                    n = neighbours[f][e]
+                    # a silhouette unless the neighbour faces the same way (areas of one sign)
+                    if n < 0 or bits[b * n_faces + n] & sign == 0:
+                        sil |= 1 << e
+                ti.atomic_or(bits[k], sil)  # neighbours read only FRONT | BACK of this entry
+
+
+@ti.func
+def _face_edge(
+    code: ti.i32,
+    v,
+    y: ti.i32,
+    x: ti.i32,
+    d: ti.template(),
+    front: ti.i32,
+    clip: ti.template(),
+    height: ti.i32,
+    width: ti.i32,
+):
+    """A silhouette edge (i0, i1) of the face with clip indices ``v`` and silhouette bits
+    ``code`` crossing the segment of pair (y, x, d) between 0 and 1, or (−1, −1)."""
+    out = ti.Vector([-1, -1])
+    for k in ti.static(range(3)):
+        i0, i1 = v[k], v[(k + 1) % 3]
+        if out[0] < 0 and (code >> k) & 1 == 1 and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
+            p0 = to_pixels(clip[i0], width, height)
+            p1 = to_pixels(clip[i1], width, height)
+            line = ti.Vector([x + 0.5, y + 0.5])[1 - d]
+            if (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and p0[1 - d] != p1[1 - d]:
+                a = crossing(clip[i0], clip[i1], y, x, d, front, width, height)
+                if 0.0 <= a and a <= 1.0:
+                    out = ti.Vector([i0, i1])
+    return out
+
+
+@ti.kernel
+def _detect(
+    tri: Int,
+    depth: Real,
+    clip: Vec4,
+    faces: IVec3,
+    neighbours: IVec3,
+    bits: Int,
+    height: ti.i32,
+    width: ti.i32,
+    n_vertices: ti.i32,
+    edges: IVec3,
+):
+    n, n_faces = tri.shape[0], faces.shape[0]
+    for i in range(n):
+        out = ti.Matrix([[0, -1, -1], [0, -1, -1]])  # row d: the pair with the right / lower pixel
+        ta = tri[i]
+        right, below = ta, ta
+        if i + 1 < n:
+            right = tri[i + 1]
+        if i + width < n:
+            below = tri[i + width]
+        if right != ta or below != ta:  # the pixel's coordinates only where needed (divisions)
+            b, y, x = arrays.pixel(i, height, width)
+            for d in ti.static(range(2)):
+                tb = right if ti.static(d == 0) else below
+                has_pair = x + 1 < width if ti.static(d == 0) else y + 1 < height
+                if has_pair and tb != ta:
+                    j = i + 1 if ti.static(d == 0) else i + width
+                    front = 1
+                    if tb >= 0 and (ta < 0 or depth[j] < depth[i]):
+                        front = 0
+                    t = ta if front == 1 else tb
+                    ring = neighbours[t]
+                    e = ti.Vector([-1, -1])
+                    # T first; the contour often belongs to a thin rim face that covers no
+                    # pixel centre: then look one ring further, across T's edges. (A runtime
+                    # loop: unrolled, the kernel took seconds to compile.)
+                    for c in range(4):
+                        f = t
+                        if c > 0:
+                            f = ti.select(c == 1, ring[0], ti.select(c == 2, ring[1], ring[2]))
+                        if f >= 0:
+                            code = bits[b * n_faces + f] & SILHOUETTE
+                            if code != 0:
+                                v = faces[f] + b * n_vertices
+                                e = _face_edge(code, v, y, x, d, front, clip, height, width)
+                        if e[0] >= 0:
+                            break
+                    if e[0] >= 0:
+                        out[d, 0], out[d, 1], out[d, 2] = front, e[0], e[1]
+        for d in ti.static(range(2)):
+            edges[2 * i + d] = ti.Vector([out[d, 0], out[d, 1], out[d, 2]])
+
+
+@ti.func
+def pair_crossing(
+    i: ti.i32, d: ti.template(), e, clip: ti.template(), height: ti.i32, width: ti.i32
+):
+    """The pair of pixel i and its right (d = 0) or lower (d = 1) neighbour, crossed by the
+    silhouette edge of its ``edges`` entry e (e[1] ≥ 0): (p, q, alpha) with p the front
+    triangle's pixel, q the other one and alpha the crossing from p's centre towards q's.
+    (Every local is assigned once: reverse mode then needs no stacks.)"""
+    _, y, x = arrays.pixel(i, height, width)
+    j = i + 1 if ti.static(d == 0) else i + width
+    p = ti.select(e[0] == 1, i, j)
+    return p, i + j - p, crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], width, height)
+
+
+def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edges) -> None:
+    """Find the silhouette edge between every pixel and its right and lower neighbour.
+
+    Inputs: ``triangle_id`` (N,) int32 and ``depth`` (N,) (eye-space distance) per pixel
+    of ``frame`` (N = B·H·W; depth: any measure that grows away from the camera);
+    ``clip`` (B·V,) vec4 per view and vertex; ``faces`` (F,) ivec3; ``neighbours`` (F,)
+    ivec3 from :func:`edge_neighbours` (for several meshes concatenated into one: per
+    mesh, offset by its first face); ``ranges`` (B,) ivec2 (first face, face count) per
+    view. Outputs, allocated by the caller: ``bits`` (B·F,)
+    int32 per (view, face) at b·F + f (bit k: edge k is a silhouette; FRONT / BACK: facing);
+    ``edges`` (2·N,) ivec3 at 2·i + d for pixel i and its right (d = 0) or lower (d = 1)
+    neighbour: (front, c0, c1), the crossing silhouette edge as indices into ``clip``
+    (c0 = −1 if none) and front = 1 when pixel i is the front triangle's pixel.
+    Not differentiable (run it outside the tape)."""
+    n, views, n_faces = frame.pixels, frame.views, faces.shape[0]
+    check_length(triangle_id, n, "triangle_id", "one per pixel")
+    check_length(depth, n, "depth", "one per pixel")
+    check_length(ranges, views, "ranges", "one per view")
+    check_length(neighbours, n_faces, "neighbours", "one per face")
+    check_length(bits, views * n_faces, "bits", "one per view and face")
+    check_length(edges, 2 * n, "edges", "two per pixel")
+    if clip.shape[0] % views:
+        raise UserError(f"clip has {clip.shape[0]} entries, not a multiple of {views} views")
+    n_vertices = clip.shape[0] // views
+    _facing_bits(clip, faces, ranges, n_vertices, bits)
+    _silhouette_bits(neighbours, ranges, bits)
+    _detect(
+        triangle_id,
+        depth,
+        clip,
+        faces,
+        neighbours,
+        bits,
+        frame.height,
+        frame.width,
+        n_vertices,
+        edges,
+    )
