@@ -117,10 +117,10 @@ def _vertex_colors(colors: ti.template(), batched: ti.template(), idx, b, vertic
 
 @ti.kernel
 def _blend_forward(
-    faces: IVec3,
-    ranges: IVec2,
     colors: Vec3,
     batched: ti.template(),
+    faces: IVec3,
+    ranges: IVec2,
     vertices: ti.i32,
     fmax: ti.i32,
     height: ti.i32,
@@ -290,14 +290,14 @@ def _pair_adjoint(
 @ti.kernel
 def _face_adjoints(
     clip: Vec4,
+    clip_grad: Vec4,
+    with_clip: ti.template(),
+    colors: Vec3,
+    colors_grad: Vec3,
+    with_colors: ti.template(),
+    batched: ti.template(),
     faces: IVec3,
     ranges: IVec2,
-    colors: Vec3,
-    batched: ti.template(),
-    clip_grad: Vec4,
-    colors_grad: Vec3,
-    with_clip: ti.template(),
-    with_colors: ti.template(),
     vertices: ti.i32,
     fmax: ti.i32,
     height: ti.i32,
@@ -402,31 +402,14 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     ``.grad`` (which the caller zeroes: a Tape clears only fields)."""
     _check_call(cand, clip, params, {"silhouette": silhouette, "image": image})
     batched = _colors_batched(colors, cand)
-    real, frame = backend.real(), cand.frame
-    records = (cand.screen, cand.line, cand.along, cand.bary, cand.depth, cand.depth_range)
-    size = (cand.vertices, cand.fmax, frame.height, frame.width)
-    write_face_records(clip, cand.faces, cand.ranges, *size, params, *records)
+    frame = cand.frame
+    write_face_records(clip, *cand.draws(), params, *cand.records())
     _blend_forward(
-        cand.faces,
-        cand.ranges,
-        colors,
-        batched,
-        *size,
-        *cand.tiles,
-        cand.n_tiles,
-        params,
-        *records,
-        cand.tile_start,
-        cand.tile_slots,
-        cand.slot_draw,
-        cand.mask,
-        cand.slot_pairs,
-        cand.pairs,
-        silhouette,
-        image,
-        cand._array("denominator", frame.pixels, real),
-        cand._array("zmax", frame.pixels, real),
-    )
+        colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
+        cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
+        cand.pairs, silhouette, image, cand.buffer("denominator", frame.pixels, backend.real()),
+        cand.buffer("zmax", frame.pixels, backend.real()),
+    )  # fmt: skip
 
 
 def blend_backward(
@@ -455,7 +438,7 @@ def blend_backward(
     if clip_grad is None and colors_grad is None:
         return
     frame = cand.frame
-    adjoint = cand._array("adjoint", frame.pixels, ti.types.vector(5, backend.real()))
+    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(5, backend.real()))
     _pixel_adjoints(
         frame.pixels,
         silhouette,
@@ -468,33 +451,12 @@ def blend_backward(
         adjoint,
     )
     _face_adjoints(
-        clip,
-        cand.faces,
-        cand.ranges,
-        colors,
-        batched,
-        clip if clip_grad is None else clip_grad,
-        colors if colors_grad is None else colors_grad,
-        clip_grad is not None,
-        colors_grad is not None,
-        cand.vertices,
-        cand.fmax,
-        frame.height,
-        frame.width,
-        cand.n_records,
-        params,
-        cand.screen,
-        cand.bary,
-        cand.depth,
-        cand.depth_range,
-        cand.box,
-        cand.slot_start,
-        cand.mask,
-        cand.slot_pairs,
-        cand.pairs,
-        cand.zmax,
-        adjoint,
-    )
+        clip, clip if clip_grad is None else clip_grad, clip_grad is not None,
+        colors, colors if colors_grad is None else colors_grad, colors_grad is not None,
+        batched, *cand.draws(), cand.n_records, params, cand.screen, cand.bary, cand.depth,
+        cand.depth_range, cand.box, cand.slot_start, cand.mask, cand.slot_pairs, cand.pairs,
+        cand.zmax, adjoint,
+    )  # fmt: skip
 
 
 @ti.ad.grad_for(blend)

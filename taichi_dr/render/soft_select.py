@@ -52,6 +52,9 @@ from .soft_faces import (
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 IVec4 = ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1)
+# the per-draw records of ``soft_faces`` and their element shapes
+RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
+           "depth_range": (2,)}  # fmt: skip
 U64 = ti.types.ndarray(dtype=ti.u64, ndim=1)
 
 
@@ -398,8 +401,9 @@ class SoftCandidates:
         self.num_pairs = 0
         self.truncated = 0
 
-    def _array(self, name: str, n: int, element):
-        """The work buffer ``name`` with at least n elements of ``element``."""
+    def buffer(self, name: str, n: int, element):
+        """The work buffer ``name`` (also this object's attribute ``name``) with at least
+        n elements of ``element``: re-allocated when shorter (no recompilation)."""
         a = self._arrays.get(name)
         if a is None or a.shape[0] < n:
             a = ti.ndarray(element, shape=_capacity(n))
@@ -407,82 +411,66 @@ class SoftCandidates:
         setattr(self, name, a)
         return a
 
+    def draws(self) -> tuple:
+        """The arguments that describe the draws of the last select: faces, ranges,
+        vertices per view V, F_max, H, W."""
+        return self.faces, self.ranges, self.vertices, self.fmax, *self.frame.shape()[1:]
+
+    def records(self) -> tuple:
+        """The per-draw record buffers (``soft_faces``)."""
+        return tuple(getattr(self, name) for name in RECORDS)
+
     def select(self, clip, faces, ranges, frame: Frame, params, K: int = 50) -> int:
         """Select each pixel's candidate faces (not differentiable) for the views of
-        ``frame``: ``clip`` (B·V,) vec4 clip coordinates, ``faces`` (F,) ivec3,
-        ``ranges`` (B,) ivec2 (start, count) of the faces each view draws, ``params``
-        from ``soft_faces.soft_params`` (σ and the cutoff set the reach). Returns the
-        number of (pixel, face) pairs."""
+        ``frame``: ``clip`` (B·V,) vec4 clip coordinates, ``faces`` (F,) ivec3 (indices
+        into a view's V vertices), ``ranges`` (B,) ivec2 (start, count) of the faces each
+        view draws, ``params`` from ``soft_faces.soft_params`` (σ and the cutoff set the
+        reach). Returns the number of (pixel, face) pairs."""
         if int(K) != K or K < 1:
             raise UserError(f"K (candidate faces per pixel) must be a positive integer, got {K}")
         if length(params) != NUM_PARAMS:
             raise UserError("params must come from soft_faces.soft_params()")
         vertices, fmax = check_faces(clip, faces, ranges, frame)
-        K = int(K)
         if frame.pixels * K > MAX_PAIRS:
             raise UserError(
                 f"{frame.views} views of {frame.width}x{frame.height} pixels x K={K} "
                 "candidates is too large; lower K, the batch or the resolution"
             )
         backend.ensure_init()
-        real, H, W = backend.real(), frame.height, frame.width
-        tiles_x, tiles_y = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
-        n_records, n_tiles = frame.views * fmax, frame.views * tiles_x * tiles_y
-        size = (vertices, fmax, H, W, params)
-        records = (
-            self._array("screen", n_records, ti.types.matrix(3, 2, real)),
-            self._array("line", n_records, ti.types.matrix(3, 3, real)),
-            self._array("along", n_records, ti.types.matrix(3, 3, real)),
-            self._array("bary", n_records, ti.types.matrix(3, 3, real)),
-            self._array("depth", n_records, ti.types.vector(3, real)),
-            self._array("depth_range", n_records, ti.types.vector(2, real)),
-        )
-        box = self._array("box", n_records, ti.types.vector(4, ti.i32))
-        write_face_records(clip, faces, ranges, *size, *records)
-        _face_boxes(clip, faces, ranges, *size, box)
-        tiling = (n_records, fmax, tiles_x, tiles_y, n_tiles)
-        slot_start = self._array("slot_start", n_records + 1, ti.i32)
-        tile_start = self._array("tile_start", n_tiles + 1, ti.i32)
-        n_slots = _bin_count(box, *tiling, slot_start, tile_start)
-        tile_fill = self._array("tile_fill", n_tiles, ti.i32)
-        tile_slots = self._array("tile_slots", n_slots, ti.i32)
-        slot_draw = self._array("slot_draw", n_slots, ti.i32)
-        _bin_fill(box, *tiling, slot_start, tile_start, tile_fill, tile_slots, slot_draw)
-        mask = self._array("mask", n_slots, ti.u64)
-        candidates = self._array("candidates", frame.pixels * K, ti.i32)
-        candidate_depth = self._array("candidate_depth", frame.pixels * K, real)
-        count = self._array("count", frame.pixels, ti.i32)
-        overflow = self._array("overflow", 1, ti.i32)
-        _select(
-            ranges,
-            fmax,
-            H,
-            W,
-            tiles_x,
-            tiles_y,
-            n_tiles,
-            K,
-            params,
-            box,
-            records[0],
-            records[1],
-            records[2],
-            records[3],
-            records[4],
-            tile_start,
-            tile_slots,
-            slot_draw,
-            mask,
-            candidates,
-            candidate_depth,
-            count,
-            overflow,
-        )
-        slot_pairs = self._array("slot_pairs", n_slots + 1, ti.i32)
-        stats = _pair_offsets(n_slots, mask, slot_pairs, overflow)
-        self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self._array("pairs", self.num_pairs, ti.types.vector(3, real))
+        real, H, W, K = backend.real(), frame.height, frame.width, int(K)
         self.frame, self.K, self.faces, self.ranges = frame, K, faces, ranges
-        self.vertices, self.fmax, self.tiles = vertices, fmax, (tiles_x, tiles_y)
-        self.n_records, self.n_tiles, self.n_slots = n_records, n_tiles, n_slots
+        self.vertices, self.fmax = vertices, fmax
+        self.tiles = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
+        self.n_records = frame.views * fmax
+        self.n_tiles = frame.views * self.tiles[0] * self.tiles[1]
+        for name, shape in RECORDS.items():
+            kind = ti.types.matrix if len(shape) == 2 else ti.types.vector
+            self.buffer(name, self.n_records, kind(*shape, real))
+        self.buffer("box", self.n_records, ti.types.vector(4, ti.i32))
+        write_face_records(clip, *self.draws(), params, *self.records())
+        _face_boxes(clip, *self.draws(), params, self.box)
+        tiling = (self.n_records, fmax, *self.tiles, self.n_tiles)
+        self.buffer("slot_start", self.n_records + 1, ti.i32)
+        self.buffer("tile_start", self.n_tiles + 1, ti.i32)
+        self.n_slots = _bin_count(self.box, *tiling, self.slot_start, self.tile_start)
+        for name in ("tile_fill", "tile_slots", "slot_draw"):
+            self.buffer(name, self.n_tiles if name == "tile_fill" else self.n_slots, ti.i32)
+        _bin_fill(
+            self.box, *tiling, self.slot_start, self.tile_start, self.tile_fill,
+            self.tile_slots, self.slot_draw,
+        )  # fmt: skip
+        self.buffer("mask", self.n_slots, ti.u64)
+        self.buffer("candidates", frame.pixels * K, ti.i32)
+        self.buffer("candidate_depth", frame.pixels * K, real)
+        self.buffer("count", frame.pixels, ti.i32)
+        self.buffer("overflow", 1, ti.i32)
+        _select(
+            ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
+            *self.records()[:5], self.tile_start, self.tile_slots, self.slot_draw, self.mask,
+            self.candidates, self.candidate_depth, self.count, self.overflow,
+        )  # fmt: skip
+        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
+        stats = _pair_offsets(self.n_slots, self.mask, self.slot_pairs, self.overflow)
+        self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
+        self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
         return self.num_pairs
