@@ -412,7 +412,7 @@ def lighting():
 
 def test_vertex_shading_matches_old_per_view(scene, lighting):
     """Two views (two eyes), shared albedo: each view equals the old per-vertex shader
-    with that view's eye (Blinn-Phong)."""
+    with that view's eye (Lambert; the point light makes it depend on positions)."""
     mb, vs, views = scene["mb"], scene["vs"], scene["views"]
     lights, material, stop = lighting
     old = VertexShader(mb.max_vertices)
@@ -423,18 +423,18 @@ def test_vertex_shading_matches_old_per_view(scene, lighting):
     out = arrays.empty(2 * n, 3)
     a = arrays.from_numpy
     args = (a(world), a(normal), a(scene["colors"]), a(eye), lights, material, out)
-    shade_vertices("blinn-phong", *args, stop=stop)
+    shade_vertices("lambert", *args, stop=stop)
     for b, cam in enumerate(CAMERAS):
         vs.set_camera(cam)
         vs.forward(mb)
-        old.forward("blinn-phong", vs, mb, lights, material)
+        old.forward("lambert", vs, mb, lights, material)
         expected = old.colors.to_numpy()[:n]
         assert np.abs(out.to_numpy()[b * n : (b + 1) * n] - expected).max() < 1e-12
 
 
 def test_vertex_shading_gradcheck(scene, lighting, rng):
     """Tape gradients of Σ w·colour w.r.t. world positions, normals and per-view albedo
-    against float64 central differences (Blinn-Phong, two views)."""
+    against float64 central differences (Lambert, two views)."""
     views, n = scene["views"], len(scene["colors"])
     lights, material, stop = lighting
     x0 = {
@@ -455,7 +455,7 @@ def test_vertex_shading_gradcheck(scene, lighting, rng):
 
     def run():
         args = (inputs["world"], inputs["normal"], inputs["albedo"], eye, lights, material)
-        shade_vertices("blinn-phong", *args, out, stop=stop)
+        shade_vertices("lambert", *args, out, stop=stop)
         total(out, w, loss)
 
     with ti.ad.Tape(loss):
