@@ -3,7 +3,8 @@
 The rasterizer reference implements the documented rules from scratch: near-plane
 clipping (intersections computed from the lower vertex index), snapping to 1/256 pixel,
 exact integer edge functions at pixel centres with the top-left rule, the nearest depth
-winning and ties going to the lower face id.
+winning and ties going to the lower face id. The soft rasterizer reference sums the
+documented Soft Rasterizer formulas over every face (no binning).
 """
 
 import math
@@ -133,3 +134,97 @@ def sample_texture(img, uv, mode, wrap, footprint=0.0):
     l1 = min(l0 + 1, len(levels) - 1)
     t = lod - l0
     return (1 - t) * bilinear(levels[l0], uv) + t * bilinear(levels[l1], uv)
+
+def soft_reference(
+    clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None, candidates=False
+):
+    """Float64 brute force over every face (no binning), written from the documented
+    formulas: keeps, per pixel, the K faces nearest in depth (ties: lower face id) among
+    those inside or within squared distance r2. Returns (silhouette, image, count), and
+    with ``candidates`` each pixel's set of kept face ids (a list, row-major)."""
+    m = min(W, H)
+    sx, sy = W / m, H / m
+    xs = (np.arange(W) + 0.5) / W * 2 - 1
+    ys = 1 - (np.arange(H) + 0.5) / H * 2
+    P = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)  # (H·W, 2) NDC, row-major
+    Q = P * [sx, sy]
+    per_face = []
+    for f, idx in enumerate(faces):
+        c = clip[idx]
+        if np.any(c[:, 3] <= 0) or np.any(c[:, 2] < -c[:, 3]) or np.all(c[:, 2] > c[:, 3]):
+            continue
+        s = c[:, :2] / c[:, 3:] * [sx, sy]
+        d2 = np.full(len(Q), np.inf)
+        cross = []
+        for k in range(3):
+            a, e = s[k], s[(k + 1) % 3] - s[k]
+            ee = e @ e
+            t = np.clip((Q - a) @ e / ee, 0, 1) if ee > 0 else np.zeros(len(Q))
+            r = Q - a - t[:, None] * e
+            d2 = np.minimum(d2, (r**2).sum(1))
+            cross.append(e[0] * (Q[:, 1] - a[1]) - e[1] * (Q[:, 0] - a[0]))
+        cross = np.stack(cross, 1)
+        inside = np.all(cross > 0, 1) | np.all(cross < 0, 1)
+        # homogeneous barycentrics u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v,
+        # expanded as u_v = A_v + B_v p_x + C_v p_y (the p_x p_y terms cancel)
+        i, j = [1, 2, 0], [2, 0, 1]
+        A = c[i, 0] * c[j, 1] - c[j, 0] * c[i, 1]
+        B = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
+        C = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
+        u = A + P[:, :1] * B + P[:, 1:] * C
+        u = np.where(u.sum(1, keepdims=True) < 0, -u, u).clip(0)
+        tot = u.sum(1, keepdims=True)
+        lam = np.where(tot > 0, u / np.where(tot > 0, tot, 1), 1 / 3)
+        z = lam @ c[:, 3]
+        per_face.append((f, d2, inside, lam, z))
+    n = len(Q)
+    log_t = np.zeros(n)
+    terms = [[] for _ in range(n)]
+    for f, d2, inside, lam, z in per_face:
+        for i in range(n):
+            if r2 is not None and not (inside[i] or d2[i] <= r2):
+                continue
+            terms[i].append((z[i], f, d2[i], inside[i], lam[i]))
+    sil = np.zeros(n)
+    img = np.zeros((n, 3))
+    count = np.zeros(n, np.int32)
+    kept = []
+    for i in range(n):
+        chosen = sorted(terms[i], key=lambda t: (t[0], t[1]))[:K]
+        count[i] = len(chosen)
+        kept.append({t[1] for t in chosen})
+        zn = [(far - t[0]) / (far - near) for t in chosen]
+        zm = max([eps] + zn)
+        wsum, csum, log_t = np.exp((eps - zm) / gamma), np.exp((eps - zm) / gamma) * bg, 0.0
+        for (_, f, d2, inside, lam), zni in zip(chosen, zn):
+            s = (d2 if inside else -d2) / sigma
+            D = 0.5 * (1 + np.tanh(s / 2))  # sigmoid without overflow
+            log_t -= np.logaddexp(0, s)  # log(1 − D)
+            w = D * np.exp((zni - zm) / gamma)
+            wsum += w
+            csum = csum + w * (lam @ colors[faces[f]])
+        sil[i] = 1 - np.exp(log_t)
+        img[i] = csum / wsum
+    out = sil.reshape(H, W), img.reshape(H, W, 3), count.reshape(H, W)
+    return (*out, kept) if candidates else out
+
+
+def soft_corner_cases(rng):
+    """Clip-space faces that exercise the corner cases: ordinary, overlapping at several
+    depths, zero-area (a repeated vertex, collinear), edge-on, crossing the near plane
+    (not drawn), beyond the far plane (not drawn)."""
+
+    def tri(pts):
+        return [np.array([x, y, z, w]) for x, y, z, w in pts]
+
+    verts = []
+    verts += tri([(-0.6, -0.5, 0.2, 1.0), (0.5, -0.4, 0.3, 1.2), (0.0, 0.6, 0.1, 0.9)])
+    verts += tri([(-0.2, -0.8, 0.5, 2.0), (0.9, 0.1, 0.6, 2.2), (-0.5, 0.7, 0.4, 1.8)])
+    verts += tri([(0.1, 0.1, 0.2, 1.0), (0.1, 0.1, 0.2, 1.0), (0.4, -0.2, 0.3, 1.1)])
+    verts += tri([(-0.8, -0.8, 0.2, 1.0), (-0.4, -0.4, 0.2, 1.0), (0.0, 0.0, 0.2, 1.0)])
+    verts += tri([(0.3, 0.5, 0.1, 1.0), (0.6, 0.8, 0.3, 2.0), (0.3, 0.5, 0.5, 1.0)])  # edge-on
+    verts += tri([(-0.3, 0.2, -2.0, 1.0), (0.3, 0.2, 0.5, 1.0), (0.0, 0.6, 0.5, 1.0)])
+    verts += tri([(-0.3, -0.2, 3.0, 1.0), (0.3, -0.2, 3.0, 1.0), (0.0, 0.3, 3.0, 1.0)])
+    clip = np.array(verts)
+    faces = np.arange(len(clip), dtype=np.int32).reshape(-1, 3)
+    return clip, faces, rng.random((len(clip), 3))

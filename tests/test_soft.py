@@ -4,6 +4,7 @@ float64 central-difference gradchecks, K truncation, degenerate faces, bad input
 import numpy as np
 import pytest
 import taichi as ti
+from reference import soft_corner_cases, soft_reference
 
 import taichi_dr
 from taichi_dr.camera import Camera
@@ -13,75 +14,6 @@ from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
 from taichi_dr.render.soft import SoftRasterizer, VertexShader
 from taichi_dr.render.vertex import FieldVertexStage
-
-
-def soft_reference(clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None):
-    """Float64 brute force over every face (no binning), written from the documented
-    formulas: keeps, per pixel, the K faces nearest in depth (ties: lower face id) among
-    those inside or within squared distance r2. Returns (silhouette, image, count)."""
-    m = min(W, H)
-    sx, sy = W / m, H / m
-    xs = (np.arange(W) + 0.5) / W * 2 - 1
-    ys = 1 - (np.arange(H) + 0.5) / H * 2
-    P = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)  # (H·W, 2) NDC, row-major
-    Q = P * [sx, sy]
-    per_face = []
-    for f, idx in enumerate(faces):
-        c = clip[idx]
-        if np.any(c[:, 3] <= 0) or np.any(c[:, 2] < -c[:, 3]) or np.all(c[:, 2] > c[:, 3]):
-            continue
-        s = c[:, :2] / c[:, 3:] * [sx, sy]
-        d2 = np.full(len(Q), np.inf)
-        cross = []
-        for k in range(3):
-            a, e = s[k], s[(k + 1) % 3] - s[k]
-            ee = e @ e
-            t = np.clip((Q - a) @ e / ee, 0, 1) if ee > 0 else np.zeros(len(Q))
-            r = Q - a - t[:, None] * e
-            d2 = np.minimum(d2, (r**2).sum(1))
-            cross.append(e[0] * (Q[:, 1] - a[1]) - e[1] * (Q[:, 0] - a[0]))
-        cross = np.stack(cross, 1)
-        inside = np.all(cross > 0, 1) | np.all(cross < 0, 1)
-        # homogeneous barycentrics u = a × b, a_v = x_v − p_x w_v, b_v = y_v − p_y w_v,
-        # expanded as u_v = A_v + B_v p_x + C_v p_y (the p_x p_y terms cancel)
-        i, j = [1, 2, 0], [2, 0, 1]
-        A = c[i, 0] * c[j, 1] - c[j, 0] * c[i, 1]
-        B = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
-        C = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
-        u = A + P[:, :1] * B + P[:, 1:] * C
-        u = np.where(u.sum(1, keepdims=True) < 0, -u, u).clip(0)
-        tot = u.sum(1, keepdims=True)
-        lam = np.where(tot > 0, u / np.where(tot > 0, tot, 1), 1 / 3)
-        z = lam @ c[:, 3]
-        per_face.append((f, d2, inside, lam, z))
-    n = len(Q)
-    log_t = np.zeros(n)
-    terms = [[] for _ in range(n)]
-    for f, d2, inside, lam, z in per_face:
-        for i in range(n):
-            if r2 is not None and not (inside[i] or d2[i] <= r2):
-                continue
-            terms[i].append((z[i], f, d2[i], inside[i], lam[i]))
-    sil = np.zeros(n)
-    img = np.zeros((n, 3))
-    count = np.zeros(n, np.int32)
-    for i in range(n):
-        chosen = sorted(terms[i], key=lambda t: (t[0], t[1]))[:K]
-        count[i] = len(chosen)
-        zn = [(far - t[0]) / (far - near) for t in chosen]
-        zm = max([eps] + zn)
-        wsum, csum, log_t = np.exp((eps - zm) / gamma), np.exp((eps - zm) / gamma) * bg, 0.0
-        for (_, f, d2, inside, lam), zni in zip(chosen, zn):
-            s = (d2 if inside else -d2) / sigma
-            D = 0.5 * (1 + np.tanh(s / 2))  # sigmoid without overflow
-            log_t -= np.logaddexp(0, s)  # log(1 − D)
-            w = D * np.exp((zni - zm) / gamma)
-            wsum += w
-            csum = csum + w * (lam @ colors[faces[f]])
-        sil[i] = 1 - np.exp(log_t)
-        img[i] = csum / wsum
-    return sil.reshape(H, W), img.reshape(H, W, 3), count.reshape(H, W)
-
 
 W, H = 24, 20  # non-square: distances use isotropic units
 SCENE_CAMERA = dict(eye=(0.3, 0.4, 3.0), fov=45, width=W, height=H, near=0.5, far=10.0)
@@ -116,27 +48,6 @@ def upload(shared, clip, faces, colors):
         pad[: len(a)] = a
         shared[name].from_numpy(pad)
     return shared["clip"], shared["faces"], shared["colors"]
-
-
-def extra_clip_scene(rng):
-    """Clip-space faces that exercise the corner cases: ordinary, overlapping at several
-    depths, zero-area (a repeated vertex, collinear), edge-on, crossing the near plane
-    (not drawn), beyond the far plane (not drawn)."""
-
-    def tri(pts):
-        return [np.array([x, y, z, w]) for x, y, z, w in pts]
-
-    verts = []
-    verts += tri([(-0.6, -0.5, 0.2, 1.0), (0.5, -0.4, 0.3, 1.2), (0.0, 0.6, 0.1, 0.9)])
-    verts += tri([(-0.2, -0.8, 0.5, 2.0), (0.9, 0.1, 0.6, 2.2), (-0.5, 0.7, 0.4, 1.8)])
-    verts += tri([(0.1, 0.1, 0.2, 1.0), (0.1, 0.1, 0.2, 1.0), (0.4, -0.2, 0.3, 1.1)])
-    verts += tri([(-0.8, -0.8, 0.2, 1.0), (-0.4, -0.4, 0.2, 1.0), (0.0, 0.0, 0.2, 1.0)])
-    verts += tri([(0.3, 0.5, 0.1, 1.0), (0.6, 0.8, 0.3, 2.0), (0.3, 0.5, 0.5, 1.0)])  # edge-on
-    verts += tri([(-0.3, 0.2, -2.0, 1.0), (0.3, 0.2, 0.5, 1.0), (0.0, 0.6, 0.5, 1.0)])
-    verts += tri([(-0.3, -0.2, 3.0, 1.0), (0.3, -0.2, 3.0, 1.0), (0.0, 0.3, 3.0, 1.0)])
-    clip = np.array(verts)
-    faces = np.arange(len(clip), dtype=np.int32).reshape(-1, 3)
-    return clip, faces, rng.random((len(clip), 3))
 
 
 def run_soft(shared, soft, clip, faces, colors):
@@ -180,7 +91,7 @@ def sphere():
 def test_forward_matches_bruteforce_reference(shared, sphere, rng, sigma, gamma):
     mesh, mb, vs = sphere
     clip_s = vs.clip.to_numpy()[: mesh.num_vertices]
-    clip_x, faces_x, col_x = extra_clip_scene(rng)
+    clip_x, faces_x, col_x = soft_corner_cases(rng)
     clip = np.concatenate([clip_s, clip_x])
     faces = np.concatenate([mesh.faces, faces_x + len(clip_s)]).astype(np.int32)
     colors = np.concatenate([mb.colors.to_numpy()[: mesh.num_vertices], col_x])
@@ -211,7 +122,7 @@ def test_k_truncation_keeps_nearest(shared, sphere):
 
 def test_empty_and_far_away_geometry(shared, rng):
     soft = make_soft(shared)
-    clip, faces, colors = extra_clip_scene(rng)
+    clip, faces, colors = soft_corner_cases(rng)
     sil, img, count = run_soft(shared, soft, clip, faces[-2:], colors)  # near-crossing + beyond far
     assert (count == 0).all() and (sil == 0).all()
     np.testing.assert_allclose(img, np.broadcast_to([0.2, 0.3, 0.4], img.shape))
@@ -280,7 +191,7 @@ def test_gradcheck_positions_and_colors(shared, sphere, rng, sigma, gamma, silho
 
 
 def test_degenerate_faces_give_finite_gradients(shared, rng):
-    clip, faces, colors = extra_clip_scene(rng)
+    clip, faces, colors = soft_corner_cases(rng)
     faces = faces[2:5]  # zero-area (repeated vertex), collinear, edge-on
     soft = make_soft(shared, sigma=1e-3, gamma=1e-4)
     cf, ff, colf = upload(shared, clip, faces, colors)
@@ -328,7 +239,7 @@ def test_bad_parameters_raise_user_error(kwargs):
 
 def test_bad_calls_raise_user_error(shared, rng):
     soft = SoftRasterizer(8, 8, 2)
-    clip, faces, colors = extra_clip_scene(rng)
+    clip, faces, colors = soft_corner_cases(rng)
     cf, ff, colf = upload(shared, clip, faces, colors)
     with pytest.raises(UserError, match="select"):
         soft.forward(cf, ff, colf)

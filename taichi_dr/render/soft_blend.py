@@ -1,0 +1,475 @@
+"""Soft rasterizer, part 3: the blend (Liu et al. 2019), differentiable in the clip
+coordinates and the vertex colours, with a hand-written backward pass.
+
+Array version (issue 13) of ``soft.SoftRasterizer.forward``. For pixel i and its
+candidate faces j (from ``soft_select``)::
+
+    D_ij = sigmoid(δ_ij d²_ij / σ)            δ = +1 inside the projected face, −1 outside
+    A_i  = 1 − Π_j (1 − D_ij)                  silhouette
+    C_i  = Σ_j w_ij C_ij + w_b C_b             colour
+    w_ij = D_ij e^{z_ij/γ} / (Σ_k D_ik e^{z_ik/γ} + e^{ε/γ}),   w_b = e^{ε/γ} / (same)
+
+with d, z_ij and the face records as in ``soft_faces``; C_ij interpolates per-vertex
+colours (shared (V,) or one set per view (B·V,); e.g. from
+``vertex_shading.shade_vertices``) with the clamped barycentrics.
+
+* Forward: the face records are recomputed from ``clip`` (a cheap per-face kernel), then
+  one thread per tile goes face by face over the pixels that kept each face (its slot's
+  mask). It multiplies the 1 − D and sums the softmax weights shifted by m_i, the
+  running maximum of ε and z_ij (online softmax; the blend does not depend on m, so it
+  is a constant for the gradient, and γ = 1e-4 never overflows), and stores each pair's
+  D, nearest boundary feature and signed distance (12 bytes in f32), numbered slot by
+  slot.
+* Backward: per-pixel adjoints of the three sums, then one thread per face over its
+  slots' masks: it reads the pair records (recomputing only the barycentrics of pairs
+  with a weight), sums the adjoints of the face's records in registers (d² = l² for the
+  nearest edge line, |q − s_v|² for a vertex) and takes them back to the clip
+  coordinates (``face_records_adjoint``); atomics only for the three vertices' clip
+  and colour gradients. Hand-written (registered with ``ti.ad.grad_replaced``), so no
+  exp sits in an AD inner loop (TAICHI_NOTES §6).
+
+Exact shortcuts, no approximation: a pair whose weight e^{(z − m)/γ} is exactly 0 for
+every z in its face's depth range (e.g. the far side of a closed mesh) skips the
+barycentrics and colour, and in the backward pass all work when the pixel's silhouette
+has no gradient. Degenerate faces (zero area, edge-on) are drawn as their edges:
+outside everywhere, finite gradients.
+"""
+
+import taichi as ti
+
+from .. import backend
+from ..errors import UserError
+from .arrays import Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4, pixel_ndc
+from .soft_faces import (
+    BACKGROUND,
+    EPS,
+    FAR,
+    INV_GAMMA,
+    INV_SIGMA,
+    INV_SPAN,
+    NUM_PARAMS,
+    Mat3,
+    Mat32,
+    barycentrics,
+    distance,
+    face_records_adjoint,
+    iso_scale,
+)
+from .soft_select import (
+    TILE,
+    U64,
+    IVec4,
+    SoftCandidates,
+    box_tiles,
+    length,
+    next_pixel,
+    tile_block,
+    tile_origin,
+    write_face_records,
+)
+
+EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
+Vec5 = ti.types.ndarray(dtype=ti.types.vector(5), ndim=1)  # of the float type in use
+
+
+@ti.func
+def _coverage(screen: ti.template(), line: ti.template(), along: ti.template(), q, inv_sigma):
+    """A face's records at isotropic screen point q: the 4 values of ``distance``, then
+    1 − D and D (stable sigmoids of ±d²/σ)."""
+    d2, inside, nearest, l_near = distance(screen, line, along, q)
+    arg = ti.select(inside, d2, -d2) * inv_sigma
+    e = ti.exp(-ti.abs(arg))
+    inv = 1.0 / (1.0 + e)
+    miss = ti.select(arg >= 0.0, e, 1.0) * inv
+    return d2, inside, nearest, l_near, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+
+
+@ti.func
+def _shading(bary: ti.template(), z: ti.template(), c: ti.template(), p, params: ti.template()):
+    """A face's ``bary`` and ``depth`` records and vertex colours ``c`` (rows) at NDC
+    point p: the 4 values of ``barycentrics``, the normalised depth (far − z)/(far −
+    near) and the colour."""
+    lam, u, total, sign = barycentrics(bary, p)
+    zn = (params[FAR] - lam.dot(z)) * params[INV_SPAN]
+    color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
+    return lam, u, total, sign, zn, color
+
+
+@ti.func
+def _weightless(zn_hi, m, inv_gamma):
+    """Whether e^{(z − m)/γ} is exactly 0 for every normalised depth z ≤ zn_hi."""
+    return (zn_hi - m) * inv_gamma < ti.static(EXP_ZERO[backend.precision()])
+
+
+@ti.func
+def _draw_vertices(faces: ti.template(), ranges: ti.template(), fmax, r):
+    """View b and vertex indices (in the view's set of V) of draw r."""
+    b = r // fmax
+    return b, faces[ranges[b][0] + r - b * fmax]
+
+
+@ti.func
+def _vertex_colors(colors: ti.template(), batched: ti.template(), idx, b, vertices):
+    """The colours (rows) of vertices idx of view b."""
+    base = b * vertices if ti.static(batched) else 0
+    return ti.Matrix.rows([colors[idx[0] + base], colors[idx[1] + base], colors[idx[2] + base]])
+
+
+@ti.kernel
+def _blend_forward(
+    colors: Vec3,
+    batched: ti.template(),
+    faces: IVec3,
+    ranges: IVec2,
+    vertices: ti.i32,
+    fmax: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    tiles_x: ti.i32,
+    tiles_y: ti.i32,
+    n_tiles: ti.i32,
+    params: Real,
+    screen: Mat32,
+    line: Mat3,
+    along: Mat3,
+    bary: Mat3,
+    depth: Vec3,
+    depth_range: Vec2,
+    tile_start: Int,
+    tile_slots: Int,
+    slot_draw: Int,
+    mask: U64,
+    slot_pairs: Int,
+    pairs: Vec3,
+    silhouette: Real,
+    image: Vec3,
+    denominator: Real,
+    zmax: Real,
+):
+    """One thread per tile, face by face over the pixels that kept the face (its slot's
+    mask). While summing, ``silhouette`` holds Π (1 − D), ``image`` Σ w C, and
+    ``denominator`` Σ w; each pair's (D, l, code) is stored for the backward pass."""
+    scale = iso_scale(height, width)
+    inv_sigma, inv_gamma, eps = params[INV_SIGMA], params[INV_GAMMA], params[EPS]
+    background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
+    ti.loop_config(block_dim=ti.static(tile_block()))
+    for t in range(n_tiles):
+        v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
+        y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
+        row0 = v * height
+        # The weights are summed shifted by m, the running maximum of ε and z (online
+        # softmax: rescaled whenever m grows), started at a lower bound of the final m
+        # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                zmax[(row0 + y) * width + x] = eps
+        for n in range(tile_start[t], tile_start[t + 1]):
+            slot = tile_slots[n]
+            lo = depth_range[slot_draw[slot]][0]
+            bits = mask[slot]
+            while bits != ti.u64(0):
+                bits, dy, dx = next_pixel(bits)
+                i = (row0 + y0 + dy) * width + x0 + dx
+                zmax[i] = ti.max(zmax[i], lo)
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                i = (row0 + y) * width + x
+                w = ti.exp((eps - zmax[i]) * inv_gamma)
+                silhouette[i] = 1.0  # Π (1 − D): 0 only where the silhouette is 1
+                image[i] = w * background
+                denominator[i] = w
+        for n in range(tile_start[t], tile_start[t + 1]):
+            slot = tile_slots[n]
+            r = slot_draw[slot]
+            s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
+            idx = _draw_vertices(faces, ranges, fmax, r)[1]
+            cols = _vertex_colors(colors, batched, idx, v, vertices)
+            zn_hi = depth_range[r][1]
+            k = slot_pairs[slot]
+            bits = mask[slot]
+            while bits != ti.u64(0):
+                bits, dy, dx = next_pixel(bits)
+                y, x = y0 + dy, x0 + dx
+                i = (row0 + y) * width + x
+                p = pixel_ndc(y, x, height, width)
+                q = p * scale
+                inside, nearest, l_near, miss, cov = _coverage(s, ln, al, q, inv_sigma)[1:]
+                silhouette[i] *= miss
+                m = zmax[i]
+                if not _weightless(zn_hi, m, inv_gamma):
+                    zn, color = _shading(ba, z, cols, p, params)[4:]
+                    if zn > m:
+                        rescale = ti.exp((m - zn) * inv_gamma)
+                        denominator[i] *= rescale
+                        image[i] *= rescale
+                        m = zn
+                        zmax[i] = m
+                    wk = cov * ti.exp((zn - m) * inv_gamma)
+                    denominator[i] += wk
+                    image[i] += wk * color
+                pairs[k] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
+                k += 1
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                i = (row0 + y) * width + x
+                silhouette[i] = 1.0 - silhouette[i]
+                image[i] /= denominator[i]
+
+
+@ti.kernel
+def _pixel_adjoints(
+    n: ti.i32,
+    silhouette: Real,
+    image: Vec3,
+    silhouette_grad: Real,
+    image_grad: Vec3,
+    with_silhouette: ti.template(),
+    with_image: ti.template(),
+    denominator: Real,
+    adjoint: Vec5,
+):
+    """Per pixel: ∂L/∂log Π(1 − D), ∂L/∂Σw and ∂L/∂Σ wC (3)."""
+    for i in range(n):
+        g_log_t, g_w = 0.0, 0.0
+        g_c = ti.Vector([0.0, 0.0, 0.0])
+        if ti.static(with_silhouette):
+            g_log_t = -silhouette_grad[i] * (1.0 - silhouette[i])
+        if ti.static(with_image):
+            g_c = image_grad[i] / denominator[i]
+            g_w = -g_c.dot(image[i])
+        adjoint[i] = ti.Vector([g_log_t, g_w, g_c[0], g_c[1], g_c[2]])
+
+
+@ti.func
+def _pair_adjoint(
+    rec: ti.template(), shaded, p, q, m, adj, pair, params: ti.template(), g: ti.template()
+):
+    """Adds the adjoints of the pair of a pixel (NDC p, isotropic q, softmax shift m,
+    pixel adjoint adj) and a face — records rec = (screen, bary, depth, vertex
+    colours), ``shaded`` unless its weight is exactly 0, the pair's stored (D, l, code)
+    ``pair`` — to the face's record adjoints g = (screen, line, bary, depth, vertex
+    colours)."""
+    s, b, z, cols = rec
+    inv_sigma, inv_gamma = params[INV_SIGMA], params[INV_GAMMA]
+    cov = pair[0]
+    g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
+    if shaded:
+        lam, u, total, sign, zn, color = _shading(b, z, cols, p, params)
+        factor = ti.exp((zn - m) * inv_gamma)
+        w = cov * factor
+        g_c = ti.Vector([adj[2], adj[3], adj[4]])
+        g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
+        g_color = w * g_c
+        g_arg += g_w * factor * cov * (1.0 - cov)
+        g_depth = -g_w * w * inv_gamma * params[INV_SPAN]
+        g_lam = g_depth * z + cols @ g_color
+        g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+        g_u = ti.select(u > 0.0, g_u, 0.0) * sign
+        for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
+            g[2][v, 0] += g_u[v]
+            g[2][v, 1] += g_u[v] * p[0]
+            g[2][v, 2] += g_u[v] * p[1]
+            g[3][v] += g_depth * lam[v]
+            for ch in ti.static(range(3)):
+                g[4][v, ch] += lam[v] * g_color[ch]
+    code = ti.cast(pair[2], ti.i32)
+    g_d2 = ti.select(code >= 8, g_arg, -g_arg) * inv_sigma
+    nearest = code & 7
+    # nearest edge k: d² = (a q_x + b q_y + c)²; nearest vertex v: d² = |q − s_v|²
+    for k in ti.static(range(3)):
+        gk = ti.select(nearest == k, 2.0 * g_d2 * pair[1], 0.0)
+        g[1][k, 0] += gk * q[0]
+        g[1][k, 1] += gk * q[1]
+        g[1][k, 2] += gk
+    for v in ti.static(range(3)):
+        gv = ti.select(nearest == 3 + v, 2.0 * g_d2, 0.0)
+        g[0][v, 0] -= gv * (q[0] - s[v, 0])
+        g[0][v, 1] -= gv * (q[1] - s[v, 1])
+
+
+@ti.kernel
+def _face_adjoints(
+    clip: Vec4,
+    clip_grad: Vec4,
+    with_clip: ti.template(),
+    colors: Vec3,
+    colors_grad: Vec3,
+    with_colors: ti.template(),
+    batched: ti.template(),
+    faces: IVec3,
+    ranges: IVec2,
+    vertices: ti.i32,
+    fmax: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    n_records: ti.i32,
+    params: Real,
+    screen: Mat32,
+    bary: Mat3,
+    depth: Vec3,
+    depth_range: Vec2,
+    box: IVec4,
+    slot_start: Int,
+    mask: U64,
+    slot_pairs: Int,
+    pairs: Vec3,
+    zmax: Real,
+    adjoint: Vec5,
+):
+    """One thread per face over the pixels that kept it (its slots' masks): sums the
+    pair adjoints into the face records' gradients, then adds the face's share to the
+    gradients of its vertices' clip coordinates and colours."""
+    scale = iso_scale(height, width)
+    ti.loop_config(block_dim=ti.static(tile_block() * 4))
+    for r in range(n_records):
+        if slot_start[r] < slot_start[r + 1]:
+            g = (
+                ti.Matrix.zero(float, 3, 2),  # screen
+                ti.Matrix.zero(float, 3, 3),  # line
+                ti.Matrix.zero(float, 3, 3),  # bary
+                ti.Vector.zero(float, 3),  # depth
+                ti.Matrix.zero(float, 3, 3),  # row v: vertex v's colour
+            )
+            b, idx = _draw_vertices(faces, ranges, fmax, r)
+            rec = (screen[r], bary[r], depth[r], _vertex_colors(colors, batched, idx, b, vertices))
+            zn_hi = depth_range[r][1]
+            tb = box_tiles(box[r])
+            j = slot_start[r]
+            row0 = b * height
+            for ty in range(tb[1], tb[3] + 1):
+                for tx in range(tb[0], tb[2] + 1):
+                    bits = mask[j]
+                    k = slot_pairs[j]
+                    j += 1
+                    while bits != ti.u64(0):
+                        bits, dy, dx = next_pixel(bits)
+                        y, x = ty * TILE + dy, tx * TILE + dx
+                        i = (row0 + y) * width + x
+                        adj = adjoint[i]
+                        m = zmax[i]
+                        shaded = not _weightless(zn_hi, m, params[INV_GAMMA])
+                        if shaded or adj[0] != 0.0:
+                            p = pixel_ndc(y, x, height, width)
+                            q = p * scale
+                            _pair_adjoint(rec, shaded, p, q, m, adj, pairs[k], params, g)
+                        k += 1
+            if ti.static(with_colors):
+                cidx = idx + (b * vertices if ti.static(batched) else 0)
+                for v in ti.static(range(3)):
+                    colors_grad[cidx[v]] += ti.Vector([g[4][v, ch] for ch in ti.static(range(3))])
+            if ti.static(with_clip):
+                vidx = idx + b * vertices
+                c = ti.Matrix.rows([clip[vidx[0]], clip[vidx[1]], clip[vidx[2]]])
+                g_clip = face_records_adjoint(c, scale, g[0], g[1], g[2], g[3])
+                for v in ti.static(range(3)):
+                    clip_grad[vidx[v]] += ti.Vector([g_clip[v, ch] for ch in ti.static(range(4))])
+
+
+def _colors_batched(colors, cand: SoftCandidates) -> bool:
+    """Whether ``colors`` holds one set per view (B·V) rather than one shared set (V)."""
+    n, views, vertices = length(colors), cand.frame.views, cand.vertices
+    if n not in (vertices, views * vertices):
+        raise UserError(
+            f"vertex colours have {n} entries; pass {vertices} (shared by the views) or "
+            f"{views * vertices} (one set per view)"
+        )
+    return n != vertices
+
+
+def _check_call(cand: SoftCandidates, clip, params, outputs) -> None:
+    if cand.frame is None:
+        raise UserError("call SoftCandidates.select() before the blend: it picks the faces")
+    if length(clip) != cand.frame.views * cand.vertices:
+        raise UserError(
+            f"clip has {length(clip)} vertices but select() saw "
+            f"{cand.frame.views * cand.vertices}; select again after changing the mesh"
+        )
+    if length(params) != NUM_PARAMS:
+        raise UserError("params must come from soft_faces.soft_params()")
+    for name, a in outputs.items():
+        if a is not None and length(a) != cand.frame.pixels:
+            raise UserError(
+                f"{name} has {length(a)} entries; the frame has {cand.frame.pixels} pixels"
+            )
+
+
+@ti.ad.grad_replaced
+def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None:
+    """Soft silhouette (B·H·W,) and image (B·H·W,) vec3 of the candidates selected by
+    ``cand`` (outputs allocated by the caller), differentiable in ``clip`` (B·V,) vec4
+    and ``colors`` (V,) or (B·V,) vec3; ``params`` from ``soft_faces.soft_params``.
+    Under ``ti.ad.Tape`` its backward is :func:`blend_backward` with the arrays'
+    ``.grad`` (which the caller zeroes: a Tape clears only fields)."""
+    _check_call(cand, clip, params, {"silhouette": silhouette, "image": image})
+    batched = _colors_batched(colors, cand)
+    frame = cand.frame
+    write_face_records(clip, *cand.draws(), params, *cand.records())
+    _blend_forward(
+        colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
+        cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
+        cand.pairs, silhouette, image, cand.buffer("denominator", frame.pixels, backend.real()),
+        cand.buffer("zmax", frame.pixels, backend.real()),
+    )  # fmt: skip
+
+
+def blend_backward(
+    cand: SoftCandidates,
+    clip,
+    colors,
+    params,
+    silhouette,
+    image,
+    silhouette_grad,
+    image_grad,
+    clip_grad=None,
+    colors_grad=None,
+) -> None:
+    """The backward pass of the last :func:`blend` with these arrays: adds ∂L/∂clip to
+    ``clip_grad`` (B·V,) vec4 and ∂L/∂colors to ``colors_grad`` (shaped as ``colors``)
+    from ``silhouette_grad`` (B·H·W,) and ``image_grad`` (B·H·W,) vec3 (None: no such
+    gradient; a gradient left out is not computed)."""
+    grads = {"silhouette_grad": silhouette_grad, "image_grad": image_grad}
+    _check_call(cand, clip, params, {"silhouette": silhouette, "image": image, **grads})
+    batched = _colors_batched(colors, cand)
+    if colors_grad is not None and length(colors_grad) != length(colors):
+        raise UserError(f"colors_grad has {length(colors_grad)} entries, colors {length(colors)}")
+    if clip_grad is not None and length(clip_grad) != length(clip):
+        raise UserError(f"clip_grad has {length(clip_grad)} entries, clip {length(clip)}")
+    if clip_grad is None and colors_grad is None:
+        return
+    frame = cand.frame
+    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(5, backend.real()))
+    _pixel_adjoints(
+        frame.pixels,
+        silhouette,
+        image,
+        silhouette if silhouette_grad is None else silhouette_grad,
+        image if image_grad is None else image_grad,
+        silhouette_grad is not None,
+        image_grad is not None,
+        cand.denominator,
+        adjoint,
+    )
+    _face_adjoints(
+        clip, clip if clip_grad is None else clip_grad, clip_grad is not None,
+        colors, colors if colors_grad is None else colors_grad, colors_grad is not None,
+        batched, *cand.draws(), cand.n_records, params, cand.screen, cand.bary, cand.depth,
+        cand.depth_range, cand.box, cand.slot_start, cand.mask, cand.slot_pairs, cand.pairs,
+        cand.zmax, adjoint,
+    )  # fmt: skip
+
+
+@ti.ad.grad_for(blend)
+def _blend_grad(cand, clip, colors, params, silhouette, image) -> None:
+    blend_backward(
+        cand,
+        clip,
+        colors,
+        params,
+        silhouette,
+        image,
+        silhouette.grad,
+        image.grad,
+        clip.grad,
+        colors.grad,
+    )

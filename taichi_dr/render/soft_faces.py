@@ -1,0 +1,216 @@
+"""Soft rasterizer, part 1: a face as the soft rasterizer sees it, and the parameters.
+
+Array version (issue 13) of the face records of ``soft.SoftRasterizer``, shared by
+candidate selection (``soft_select``) and the blend (``soft_blend``). The model (see
+``soft_blend``): pixel i and face j meet with coverage D_ij = sigmoid(±d²_ij/σ), d the
+distance from the pixel centre to the face's boundary in isotropic NDC units (the
+shorter image side spans 2), and a normalised depth z_ij = (far − w)/(far − near) from
+perspective-correct barycentrics clamped to the face.
+
+Per-face records turn each (pixel, face) pair into a few multiply-adds (q: isotropic
+screen point, p: NDC point, s_v: the face's screen vertices):
+
+* ``screen`` (3×2): s_v = (x/w, y/w) · scale, one row per vertex;
+* ``line`` (3×3): edge k (s_k → s_k+1) as a, b, c with a q_x + b q_y + c the signed
+  distance from q to the edge's line, positive on the face's inner side;
+* ``along`` (3×3): α, β, γ with t = α q_x + β q_y + γ the position of q's projection
+  along edge k (0 at s_k, 1 at s_k+1; −1 for a zero-length edge); not differentiated;
+* ``bary`` (3×3): A, B, C with u_v = A + B p_x + C p_y vertex v's homogeneous
+  barycentric (the p_x p_y terms of a × b cancel);
+* ``depth`` (3): each vertex's eye depth (clip w); ``depth_range`` (2): the normalised
+  depth's lower and upper bound over the face (not differentiated).
+
+``face_records`` computes them from the clip coordinates and ``face_records_adjoint``
+takes their gradients back to the clip coordinates (hand-written: the blend's backward
+pass sums the records' gradients in registers and calls it once per face).
+
+A vertex with w ≤ 0 is divided by 1 instead: selection never draws such faces.
+
+The parameters travel as one small real array (``soft_params``), so that changing σ,
+γ, ε, the cutoff, near/far or the background compiles nothing.
+"""
+
+import math
+
+import numpy as np
+import taichi as ti
+
+from ..camera import check_depth_range
+from ..errors import UserError
+from . import arrays
+
+# offsets into the parameter array of ``soft_params``
+INV_SIGMA, INV_GAMMA, EPS, RADIUS2, RADIUS, NEAR, FAR, INV_SPAN, BACKGROUND = range(9)
+NUM_PARAMS = BACKGROUND + 3
+
+SIGMA = 1e-4  # the default σ, as RenderSettings.sigma (PyTorch3D's fit-mesh tutorial)
+
+Mat32 = ti.types.ndarray(dtype=ti.types.matrix(3, 2), ndim=1)  # of the float type in use
+Mat3 = ti.types.ndarray(dtype=ti.math.mat3, ndim=1)
+
+
+def radius(sigma: float, cutoff: float) -> float:
+    """Distance (isotropic NDC units) beyond which D < ``cutoff`` outside a face."""
+    return math.sqrt(sigma * math.log(1.0 / cutoff - 1.0))
+
+
+def soft_params(
+    sigma: float = SIGMA,
+    gamma: float = 1e-4,
+    eps: float = 1e-3,
+    cutoff: float = 1e-4,
+    near: float = 0.1,
+    far: float = 100.0,
+    background=(0.0, 0.0, 0.0),
+):
+    """The soft rasterizer's parameters as a real ndarray of ``NUM_PARAMS``: ``sigma``
+    (σ, coverage sharpness, isotropic NDC units²), ``gamma`` (γ, depth softmax
+    temperature), ``eps`` (ε, background depth), ``cutoff`` (coverage below which a face
+    is not a candidate), ``near``/``far`` (the depth range normalised to [0, 1], shared by
+    every view of a batch) and ``background`` (RGB). Offsets: the module's constants."""
+    for name, value in (("sigma", sigma), ("gamma", gamma)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be a positive number, got {value}")
+    if not math.isfinite(eps):
+        raise UserError(f"eps must be a finite number, got {eps}")
+    if not (0.0 < cutoff < 0.5):
+        raise UserError(f"cutoff must be in (0, 0.5), got {cutoff}")
+    check_depth_range(near, far)
+    bg = np.asarray(background, dtype=np.float64)
+    if bg.shape != (3,) or not np.all(np.isfinite(bg)):
+        raise UserError(f"background must be a finite RGB colour, got {background}")
+    r = radius(sigma, cutoff)
+    values = [1.0 / sigma, 1.0 / gamma, eps, r * r, r, near, far, 1.0 / (far - near), *bg]
+    return arrays.from_numpy(np.array(values))
+
+
+@ti.func
+def iso_scale(height: ti.i32, width: ti.i32):
+    """NDC → isotropic screen units (the shorter image side spans 2)."""
+    m = ti.min(width, height)
+    return ti.Vector([width / m, height / m])
+
+
+@ti.func
+def face_records(c: ti.template(), scale, far, inv_span):
+    """Records of the face with clip coordinates c (3 rows of 4): (screen, line, along,
+    bary, depth, depth_range)."""
+    w = ti.Vector([ti.select(c[k, 3] > 0.0, c[k, 3], 1.0) for k in ti.static(range(3))])
+    s = ti.Matrix(
+        [[c[k, 0] / w[k] * scale[0], c[k, 1] / w[k] * scale[1]] for k in ti.static(range(3))]
+    )
+    area = (s[1, :] - s[0, :]).cross(s[2, :] - s[0, :])
+    orient = ti.select(area < 0.0, -1.0, 1.0)
+    line = ti.Matrix.zero(float, 3, 3)
+    along = ti.Matrix.zero(float, 3, 3)
+    bary = ti.Matrix.zero(float, 3, 3)
+    for k in ti.static(range(3)):
+        i, j = ti.static((k + 1) % 3, (k + 2) % 3)
+        e = s[i, :] - s[k, :]
+        ee = e.dot(e)
+        ok = ee > 0.0
+        inv_len = orient / ti.sqrt(ti.select(ok, ee, 1.0))
+        a, b = -e[1] * inv_len, e[0] * inv_len
+        line[k, 0] = a
+        line[k, 1] = b
+        line[k, 2] = -(a * s[k, 0] + b * s[k, 1])
+        inv_len2 = ti.select(ok, 1.0 / ti.select(ok, ee, 1.0), 0.0)
+        along[k, 0] = e[0] * inv_len2
+        along[k, 1] = e[1] * inv_len2
+        along[k, 2] = ti.select(ok, -e.dot(s[k, :]) * inv_len2, -1.0)
+        # u_k = a_i b_j − a_j b_i with a_v = x_v − p_x w_v, b_v = y_v − p_y w_v
+        bary[k, 0] = c[i, 0] * c[j, 1] - c[j, 0] * c[i, 1]
+        bary[k, 1] = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
+        bary[k, 2] = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
+    depth = ti.Vector([c[0, 3], c[1, 3], c[2, 3]])
+    w_lo = ti.min(c[0, 3], c[1, 3], c[2, 3])  # z interpolates w with convex weights
+    w_hi = ti.max(c[0, 3], c[1, 3], c[2, 3])
+    depth_range = ti.Vector([(far - w_hi) * inv_span, (far - w_lo) * inv_span])
+    return s, line, along, bary, depth, depth_range
+
+
+@ti.func
+def face_records_adjoint(c, scale, g_screen, g_line, g_bary, g_depth):
+    """The gradient (3 rows of 4) of c, the clip coordinates of ``face_records``, from
+    the gradients of its screen, line, bary and depth records."""
+    w = ti.Vector([ti.select(c[k, 3] > 0.0, c[k, 3], 1.0) for k in ti.static(range(3))])
+    s = ti.Matrix(
+        [[c[k, 0] / w[k] * scale[0], c[k, 1] / w[k] * scale[1]] for k in ti.static(range(3))]
+    )
+    area = (s[1, :] - s[0, :]).cross(s[2, :] - s[0, :])
+    orient = ti.select(area < 0.0, -1.0, 1.0)
+    g_s = g_screen  # a copy (ti.func arguments are values)
+    g = ti.Matrix.zero(float, 3, 4)
+    for k in ti.static(range(3)):
+        i, j = ti.static((k + 1) % 3, (k + 2) % 3)
+        e = s[i, :] - s[k, :]
+        ee = e.dot(e)
+        ok = ee > 0.0
+        inv_len = orient / ti.sqrt(ti.select(ok, ee, 1.0))
+        a, b = -e[1] * inv_len, e[0] * inv_len
+        # c_k = −(a s_k,x + b s_k,y)
+        g_a = g_line[k, 0] - g_line[k, 2] * s[k, 0]
+        g_b = g_line[k, 1] - g_line[k, 2] * s[k, 1]
+        g_s[k, 0] -= g_line[k, 2] * a
+        g_s[k, 1] -= g_line[k, 2] * b
+        # (a, b) = (−e_y, e_x) · orient / |e|
+        g_e = inv_len * ti.Vector([g_b, -g_a])
+        g_e -= ti.select(ok, (a * g_a + b * g_b) / ti.select(ok, ee, 1.0), 0.0) * e
+        g_s[i, 0] += g_e[0]
+        g_s[i, 1] += g_e[1]
+        g_s[k, 0] -= g_e[0]
+        g_s[k, 1] -= g_e[1]
+        # bary row k: A = x_i y_j − x_j y_i, B = w_j y_i − w_i y_j, C = x_j w_i − x_i w_j
+        gA, gB, gC = g_bary[k, 0], g_bary[k, 1], g_bary[k, 2]
+        g[i, 0] += gA * c[j, 1] - gC * c[j, 3]
+        g[i, 1] += gB * c[j, 3] - gA * c[j, 0]
+        g[i, 3] += gC * c[j, 0] - gB * c[j, 1]
+        g[j, 0] += gC * c[i, 3] - gA * c[i, 1]
+        g[j, 1] += gA * c[i, 0] - gB * c[i, 3]
+        g[j, 3] += gB * c[i, 1] - gC * c[i, 0]
+        g[k, 3] += g_depth[k]
+    for k in ti.static(range(3)):  # s_k = (x_k, y_k) / w_k · scale
+        g[k, 0] += g_s[k, 0] * scale[0] / w[k]
+        g[k, 1] += g_s[k, 1] * scale[1] / w[k]
+        g_w = -(g_s[k, 0] * s[k, 0] + g_s[k, 1] * s[k, 1]) / w[k]
+        g[k, 3] += ti.select(c[k, 3] > 0.0, g_w, 0.0)
+    return g
+
+
+@ti.func
+def distance(screen: ti.template(), line: ti.template(), along: ti.template(), q):
+    """A face's records at isotropic screen point q: (d², inside, nearest, l) — squared
+    distance to the face's boundary, whether q is strictly inside, which boundary
+    feature is nearest (edge k: k; vertex v: 3 + v) and, for an edge, q's signed distance
+    l to its line (d² = l²). Only select, no min/max."""
+    dx, dy = q[0] - screen[0, 0], q[1] - screen[0, 1]
+    d2, nearest, l_near = dx * dx + dy * dy, 3, 0.0
+    for v in ti.static(range(1, 3)):
+        dx, dy = q[0] - screen[v, 0], q[1] - screen[v, 1]
+        dv = dx * dx + dy * dy
+        closer = dv < d2
+        d2 = ti.select(closer, dv, d2)
+        nearest = ti.select(closer, 3 + v, nearest)
+    inside = True
+    for k in ti.static(range(3)):
+        lk = line[k, 0] * q[0] + line[k, 1] * q[1] + line[k, 2]
+        t = along[k, 0] * q[0] + along[k, 1] * q[1] + along[k, 2]
+        inside = inside & (lk > 0.0)
+        closer = (t >= 0.0) & (t <= 1.0) & (lk * lk < d2)
+        d2 = ti.select(closer, lk * lk, d2)
+        nearest = ti.select(closer, k, nearest)
+        l_near = ti.select(closer, lk, l_near)
+    return d2, inside, nearest, l_near
+
+
+@ti.func
+def barycentrics(bary: ti.template(), p):
+    """A face's ``bary`` record at NDC point p: (λ, u, Σu, sign) — perspective-correct
+    barycentrics λ clamped to the face, from u = max(sign · u_plane, 0), sign making
+    Σ u_plane ≥ 0 (λ = 1/3 when u = 0)."""
+    u = ti.Vector([bary[v, 0] + bary[v, 1] * p[0] + bary[v, 2] * p[1] for v in ti.static(range(3))])
+    sign = ti.select(u.sum() < 0.0, -1.0, 1.0)
+    u = ti.select(sign * u > 0.0, sign * u, 0.0)
+    total = u.sum()
+    lam = ti.select(total > 0.0, u * (1.0 / ti.select(total > 0.0, total, 1.0)), 1.0 / 3.0)
+    return lam, u, total, sign

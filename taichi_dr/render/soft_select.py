@@ -1,0 +1,476 @@
+"""Soft rasterizer, part 2: candidate selection (not differentiable), and the work buffers.
+
+Array version (issue 13) of ``soft.SoftRasterizer.select``, for a batch of views.
+:class:`SoftCandidates` owns every work buffer of the soft rasterizer and grows them
+when a batch needs more (allocation only: the kernels compile once per arch and float
+type); the blend (``soft_blend``) borrows them.
+
+``select`` keeps, for each pixel, the K faces nearest in depth among those inside or
+within the cutoff distance r = sqrt(σ ln(1/cutoff − 1)) of the pixel centre (so that
+D ≥ cutoff), in two steps that are O(pairs + faces), with one thread per tile, face or
+pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
+
+* Binning: each (view, face) *draw* gets its screen box dilated by r; every 8×8-pixel
+  tile under the box gives a *slot* (draw, tile), numbered draw by draw (so in face
+  order within a view); a serial prefix sum lists each tile's slots in that order.
+* One thread per tile then goes face by face over its slots: each pixel keeps the first
+  K faces within reach and, once more than K are (the pixel *overflows*; depths are only
+  computed then), replaces its farthest one (ties: the higher face id) by a nearer face.
+  Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
+  face; pairs are numbered slot by slot in mask-bit order (``slot_pairs``), which is how
+  the blend finds each pair's record.
+
+Layout (``arrays``): views b = 0..B−1 of H × W pixels, pixel index i = (b·H + y)·W + x;
+clip (B·V,) vec4; faces (F,) ivec3; ranges (B,) ivec2 = (start, count) per view. Draw
+r = b·F_max + j is face ranges[b].start + j of view b (F_max: the largest count). Faces
+with a vertex on the camera side of the near plane (z < −w) or entirely beyond the far
+plane are not drawn (no clipping in this mode).
+"""
+
+import math
+
+import numpy as np
+import taichi as ti
+
+from .. import backend
+from ..errors import UserError
+from .arrays import Frame, Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4, pixel_ndc
+from .soft_faces import (
+    FAR,
+    INV_SPAN,
+    NUM_PARAMS,
+    RADIUS,
+    RADIUS2,
+    Mat3,
+    Mat32,
+    barycentrics,
+    distance,
+    face_records,
+    iso_scale,
+)
+
+TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
+MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
+IVec4 = ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1)
+# the per-draw records of ``soft_faces`` and their element shapes
+RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
+           "depth_range": (2,)}  # fmt: skip
+U64 = ti.types.ndarray(dtype=ti.u64, ndim=1)
+
+
+def tile_block() -> int:
+    """Tiles per parallel task: small on CPUs (2 threads), larger on GPUs."""
+    return 16 if backend.current_arch() == "cpu" else 64
+
+
+@ti.func
+def tile_origin(t: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32):
+    """View, first row and first column of tile t (numbered view by view, row by row)."""
+    per_view = tiles_x * tiles_y
+    b = t // per_view
+    local = t - b * per_view
+    ty = local // tiles_x
+    return b, ty * TILE, (local - ty * tiles_x) * TILE
+
+
+@ti.func
+def box_tiles(box):
+    """Tile range (tx0, ty0, tx1, ty1) of a pixel box (x0, y0, x1, y1); empty when
+    tx0 > tx1."""
+    t = ti.Vector([box[0] // TILE, box[1] // TILE, box[2] // TILE, box[3] // TILE])
+    return ti.select(box[0] <= box[2] and box[1] <= box[3], t, ti.Vector([0, 0, -1, -1]))
+
+
+@ti.func
+def next_pixel(bits):
+    """The lowest set bit of a non-zero tile mask: (bits without it, row, column in the
+    tile)."""
+    low = bits & (~bits + ti.u64(1))
+    bit = ti.cast(63 - ti.math.clz(low), ti.i32)
+    return bits ^ low, bit // TILE, bit % TILE
+
+
+@ti.kernel
+def write_face_records(
+    clip: Vec4,
+    faces: IVec3,
+    ranges: IVec2,
+    vertices: ti.i32,
+    fmax: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    params: Real,
+    screen: Mat32,
+    line: Mat3,
+    along: Mat3,
+    bary: Mat3,
+    depth: Vec3,
+    depth_range: Vec2,
+):
+    """The records (``soft_faces``) of every draw."""
+    scale = iso_scale(height, width)
+    for r in range(ranges.shape[0] * fmax):
+        b = r // fmax
+        j = r - b * fmax
+        if j < ranges[b][1]:
+            idx = faces[ranges[b][0] + j] + b * vertices
+            c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
+            rec = face_records(c, scale, params[FAR], params[INV_SPAN])
+            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
+
+
+@ti.kernel
+def _face_boxes(
+    clip: Vec4,
+    faces: IVec3,
+    ranges: IVec2,
+    vertices: ti.i32,
+    fmax: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    params: Real,
+    box: IVec4,
+):
+    """Each draw's pixel box (x0, y0, x1, y1), inclusive, dilated by r; empty
+    (0, 0, −1, −1) for faces that are not drawn."""
+    r_px = params[RADIUS] * ti.min(width, height) / 2
+    size = ti.Vector([width, height])
+    for r in range(ranges.shape[0] * fmax):
+        b = r // fmax
+        j = r - b * fmax
+        out = ti.Vector([0, 0, -1, -1])
+        if j < ranges[b][1]:
+            idx = faces[ranges[b][0] + j] + b * vertices
+            ok = True
+            beyond = 0
+            lo = ti.Vector([math.inf, math.inf])
+            hi = -lo
+            for k in ti.static(range(3)):
+                c = clip[idx[k]]
+                ok = ok and c[3] > 0.0 and c[2] >= -c[3]
+                beyond += ti.cast(c[2] > c[3], ti.i32)
+                if c[3] > 0.0:
+                    q = ti.Vector(
+                        [(c[0] / c[3] * 0.5 + 0.5) * width, (0.5 - c[1] / c[3] * 0.5) * height]
+                    )
+                    lo, hi = ti.min(lo, q), ti.max(hi, q)
+            if ok and beyond < 3:
+                # pixels whose centre x + 0.5 lies in [lo − r, hi + r]
+                a = ti.ceil(ti.max(lo - r_px - 0.5, -1.0))
+                e = ti.floor(ti.min(hi + r_px - 0.5, size))
+                out = ti.Vector(
+                    [
+                        ti.max(ti.cast(a[0], ti.i32), 0),
+                        ti.max(ti.cast(a[1], ti.i32), 0),
+                        ti.min(ti.cast(e[0], ti.i32), width - 1),
+                        ti.min(ti.cast(e[1], ti.i32), height - 1),
+                    ]
+                )
+        box[r] = out
+
+
+@ti.kernel
+def _bin_count(
+    box: IVec4,
+    n_records: ti.i32,
+    fmax: ti.i32,
+    tiles_x: ti.i32,
+    tiles_y: ti.i32,
+    n_tiles: ti.i32,
+    slot_start: Int,
+    tile_start: Int,
+) -> ti.i32:
+    """Slots: one per (draw, tile under its box), numbered draw by draw. Returns the
+    number of slots; ``tile_start`` gets each tile's first entry in ``tile_slots``."""
+    for t in range(n_tiles + 1):
+        tile_start[t] = 0
+    slot_start[0] = 0
+    ti.loop_config(serialize=True)
+    for r in range(n_records):
+        first = r // fmax * tiles_x * tiles_y  # the view's first tile
+        b = box_tiles(box[r])
+        slot_start[r + 1] = slot_start[r] + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
+        for ty in range(b[1], b[3] + 1):
+            for tx in range(b[0], b[2] + 1):
+                tile_start[first + ty * tiles_x + tx + 1] += 1
+    ti.loop_config(serialize=True)
+    for t in range(n_tiles):
+        tile_start[t + 1] += tile_start[t]
+    return slot_start[n_records]
+
+
+@ti.kernel
+def _bin_fill(
+    box: IVec4,
+    n_records: ti.i32,
+    fmax: ti.i32,
+    tiles_x: ti.i32,
+    tiles_y: ti.i32,
+    n_tiles: ti.i32,
+    slot_start: Int,
+    tile_start: Int,
+    tile_fill: Int,
+    tile_slots: Int,
+    slot_draw: Int,
+):
+    for t in range(n_tiles):
+        tile_fill[t] = tile_start[t]
+    ti.loop_config(serialize=True)  # slots stay in ascending draw order in every tile
+    for r in range(n_records):
+        first = r // fmax * tiles_x * tiles_y
+        b = box_tiles(box[r])
+        j = slot_start[r]
+        for ty in range(b[1], b[3] + 1):
+            for tx in range(b[0], b[2] + 1):
+                t = first + ty * tiles_x + tx
+                tile_slots[tile_fill[t]] = j
+                slot_draw[j] = r
+                tile_fill[t] += 1
+                j += 1
+
+
+@ti.func
+def _depth(bary: ti.template(), depth: ti.template(), r, p):
+    """Eye-space depth of draw r at NDC point p (clamped barycentrics)."""
+    return barycentrics(bary[r], p)[0].dot(depth[r])
+
+
+@ti.kernel
+def _select(
+    ranges: IVec2,
+    fmax: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    tiles_x: ti.i32,
+    tiles_y: ti.i32,
+    n_tiles: ti.i32,
+    K: ti.i32,
+    params: Real,
+    box: IVec4,
+    screen: Mat32,
+    line: Mat3,
+    along: Mat3,
+    bary: Mat3,
+    depth: Vec3,
+    tile_start: Int,
+    tile_slots: Int,
+    slot_draw: Int,
+    mask: U64,
+    candidates: Int,
+    candidate_depth: Real,
+    count: Int,
+    overflow: Int,
+):
+    """One thread per tile (it owns its pixels and its slots' masks), face by face:
+    each pixel keeps the K nearest faces within reach, as slots first, then face ids;
+    bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
+    only computed for pixels with more than K faces within reach."""
+    scale = iso_scale(height, width)
+    r2 = params[RADIUS2]
+    overflow[0] = 0
+    ti.loop_config(block_dim=ti.static(tile_block()))
+    for t in range(n_tiles):
+        v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
+        y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                count[(v * height + y) * width + x] = 0
+        full = ti.u64(0)  # pixels that had more than K faces within reach
+        for n in range(tile_start[t], tile_start[t + 1]):
+            slot = tile_slots[n]
+            r = slot_draw[slot]
+            b = box[r]
+            s, ln, al = screen[r], line[r], along[r]
+            bits = ti.u64(0)
+            for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
+                for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
+                    p = pixel_ndc(y, x, height, width)
+                    d2, inside = distance(s, ln, al, p * scale)[:2]
+                    if inside or d2 <= r2:
+                        i = (v * height + y) * width + x
+                        bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
+                        m = count[i]
+                        if m < K:
+                            candidates[i * K + m] = slot
+                            count[i] = m + 1
+                            bits |= bit
+                        else:
+                            if full & bit == ti.u64(0):  # first overflow: depths of the K
+                                full |= bit
+                                for k in range(K):
+                                    g = slot_draw[candidates[i * K + k]]
+                                    candidate_depth[i * K + k] = _depth(bary, depth, g, p)
+                            # replace the farthest (ties: the higher slot = face id)
+                            worst = 0
+                            for k in range(1, K):
+                                zk = candidate_depth[i * K + k]
+                                zw = candidate_depth[i * K + worst]
+                                if zk > zw or (
+                                    zk == zw and candidates[i * K + k] > candidates[i * K + worst]
+                                ):
+                                    worst = k
+                            z = _depth(bary, depth, r, p)
+                            if z < candidate_depth[i * K + worst]:
+                                evicted = candidates[i * K + worst]
+                                mask[evicted] = mask[evicted] & ~bit
+                                candidates[i * K + worst] = slot
+                                candidate_depth[i * K + worst] = z
+                                bits |= bit
+            mask[slot] = bits
+        start = ranges[v][0] - v * fmax  # face id = draw + start
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                i = (v * height + y) * width + x
+                for k in range(count[i]):
+                    candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
+        overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
+
+
+@ti.kernel
+def _pair_offsets(n_slots: ti.i32, mask: U64, slot_pairs: Int, overflow: Int) -> ti.types.vector(
+    2, ti.i32
+):
+    """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order.
+    Returns (pairs, overflowing pixels)."""
+    slot_pairs[0] = 0
+    ti.loop_config(serialize=True)
+    for j in range(n_slots):
+        slot_pairs[j + 1] = slot_pairs[j] + ti.cast(ti.math.popcnt(mask[j]), ti.i32)
+    return ti.Vector([slot_pairs[n_slots], overflow[0]])
+
+
+def _capacity(n: int) -> int:
+    """Buffer length for n items: a power of two, at least 1024 (grown, never shrunk)."""
+    return max(1 << max(n - 1, 1).bit_length(), 1024)
+
+
+def host(array) -> np.ndarray:
+    """A NumPy copy of a Taichi ndarray, torch tensor or array-like."""
+    if isinstance(array, ti.Ndarray):
+        return array.to_numpy()
+    if hasattr(array, "detach"):  # torch
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def length(array) -> int:
+    """Number of elements along the first axis (vector elements count once)."""
+    return int(array.shape[0])
+
+
+def check_faces(clip, faces, ranges, frame: Frame) -> tuple[int, int]:
+    """Validate a batch's clip coordinates, faces and face ranges against ``frame``;
+    returns (vertices per view V, the largest face count F_max). Reads ``ranges``."""
+    r = host(ranges).reshape(-1, 2).astype(np.int64)
+    views = len(r)
+    if views != frame.views or views < 1:
+        raise UserError(
+            f"ranges has {views} views but the frame has {frame.views}; pass one "
+            "(start, count) per view"
+        )
+    n_faces = length(faces)
+    if (r < 0).any() or (r.sum(1) > n_faces).any():
+        raise UserError(
+            f"face ranges must lie within the {n_faces} faces, got {r.tolist()}; "
+            "each view's (start, count) needs 0 ≤ start and start + count ≤ F"
+        )
+    if length(clip) % views:
+        raise UserError(
+            f"clip has {length(clip)} vertices, not a multiple of the {views} views; "
+            "pass (B·V, 4) clip coordinates"
+        )
+    return length(clip) // views, int(r[:, 1].max())
+
+
+class SoftCandidates:
+    """The candidate faces of each pixel of a batch of views, and every work buffer of
+    the soft rasterizer (grown on demand, never shrunk).
+
+    After :meth:`select`: ``candidates`` (B·H·W·K,) int32 — pixel i's candidate face
+    ids at i·K + k for k < ``count[i]``, (B·H·W,) int32; ``num_pairs`` (Σ count) and
+    ``truncated`` (pixels where more than K faces were within reach: the farthest were
+    dropped — raise K if that matters). The blend (``soft_blend``) reads the slot
+    masks, writes each pair's record and the per-pixel softmax state, and its backward
+    pass reads them back: one ``SoftCandidates`` serves one forward/backward at a time.
+    """
+
+    def __init__(self):
+        self._arrays = {}
+        self.frame = None
+        self.K = 0
+        self.num_pairs = 0
+        self.truncated = 0
+
+    def buffer(self, name: str, n: int, element):
+        """The work buffer ``name`` (also this object's attribute ``name``) with at least
+        n elements of ``element``: re-allocated when shorter (no recompilation)."""
+        a = self._arrays.get(name)
+        if a is None or a.shape[0] < n:
+            a = ti.ndarray(element, shape=_capacity(n))
+            self._arrays[name] = a
+        setattr(self, name, a)
+        return a
+
+    def draws(self) -> tuple:
+        """The arguments that describe the draws of the last select: faces, ranges,
+        vertices per view V, F_max, H, W."""
+        return self.faces, self.ranges, self.vertices, self.fmax, *self.frame.shape()[1:]
+
+    def records(self) -> tuple:
+        """The per-draw record buffers (``soft_faces``)."""
+        return tuple(getattr(self, name) for name in RECORDS)
+
+    def select(self, clip, faces, ranges, frame: Frame, params, K: int = 50) -> int:
+        """Select each pixel's candidate faces (not differentiable) for the views of
+        ``frame``: ``clip`` (B·V,) vec4 clip coordinates, ``faces`` (F,) ivec3 (indices
+        into a view's V vertices), ``ranges`` (B,) ivec2 (start, count) of the faces each
+        view draws, ``params`` from ``soft_faces.soft_params`` (σ and the cutoff set the
+        reach). Returns the number of (pixel, face) pairs."""
+        if int(K) != K or K < 1:
+            raise UserError(f"K (candidate faces per pixel) must be a positive integer, got {K}")
+        if length(params) != NUM_PARAMS:
+            raise UserError("params must come from soft_faces.soft_params()")
+        vertices, fmax = check_faces(clip, faces, ranges, frame)
+        if frame.pixels * K > MAX_PAIRS:
+            raise UserError(
+                f"{frame.views} views of {frame.width}x{frame.height} pixels x K={K} "
+                "candidates is too large; lower K, the batch or the resolution"
+            )
+        backend.ensure_init()
+        real, H, W, K = backend.real(), frame.height, frame.width, int(K)
+        self.frame, self.K, self.faces, self.ranges = frame, K, faces, ranges
+        self.vertices, self.fmax = vertices, fmax
+        self.tiles = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
+        self.n_records = frame.views * fmax
+        self.n_tiles = frame.views * self.tiles[0] * self.tiles[1]
+        for name, shape in RECORDS.items():
+            kind = ti.types.matrix if len(shape) == 2 else ti.types.vector
+            self.buffer(name, self.n_records, kind(*shape, real))
+        self.buffer("box", self.n_records, ti.types.vector(4, ti.i32))
+        write_face_records(clip, *self.draws(), params, *self.records())
+        _face_boxes(clip, *self.draws(), params, self.box)
+        tiling = (self.n_records, fmax, *self.tiles, self.n_tiles)
+        self.buffer("slot_start", self.n_records + 1, ti.i32)
+        self.buffer("tile_start", self.n_tiles + 1, ti.i32)
+        self.n_slots = _bin_count(self.box, *tiling, self.slot_start, self.tile_start)
+        for name in ("tile_fill", "tile_slots", "slot_draw"):
+            self.buffer(name, self.n_tiles if name == "tile_fill" else self.n_slots, ti.i32)
+        _bin_fill(
+            self.box, *tiling, self.slot_start, self.tile_start, self.tile_fill,
+            self.tile_slots, self.slot_draw,
+        )  # fmt: skip
+        self.buffer("mask", self.n_slots, ti.u64)
+        self.buffer("candidates", frame.pixels * K, ti.i32)
+        self.buffer("candidate_depth", frame.pixels * K, real)
+        self.buffer("count", frame.pixels, ti.i32)
+        self.buffer("overflow", 1, ti.i32)
+        _select(
+            ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
+            *self.records()[:5], self.tile_start, self.tile_slots, self.slot_draw, self.mask,
+            self.candidates, self.candidate_depth, self.count, self.overflow,
+        )  # fmt: skip
+        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
+        stats = _pair_offsets(self.n_slots, self.mask, self.slot_pairs, self.overflow)
+        self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
+        self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
+        return self.num_pairs

@@ -1,0 +1,478 @@
+"""Soft rasterizer as compile-once array operations (issue 13): selection and blend
+against the old ``SoftRasterizer`` (same images, candidates and gradients) and the
+float64 brute-force reference, batches of two different views, float64
+central-difference gradchecks of the new ops, per-vertex shading."""
+
+import numpy as np
+import pytest
+import taichi as ti
+from reference import soft_corner_cases, soft_reference
+
+import taichi_dr
+from taichi_dr.ad.gradcheck import gradcheck
+from taichi_dr.camera import Camera
+from taichi_dr.errors import UserError
+from taichi_dr.render import arrays
+from taichi_dr.render.lights import Lights
+from taichi_dr.render.mesh import MeshBuffers
+from taichi_dr.render.shading import Material
+from taichi_dr.render.soft import SoftRasterizer, VertexShader
+from taichi_dr.render.soft_blend import blend, blend_backward
+from taichi_dr.render.soft_faces import radius, soft_params
+from taichi_dr.render.soft_select import SoftCandidates
+from taichi_dr.render.vertex import VertexStage
+from taichi_dr.render.vertex_shading import shade_vertices
+
+W, H = 24, 20  # non-square: distances use isotropic units
+NEAR, FAR, BG = 0.5, 10.0, (0.2, 0.3, 0.4)
+CAMERAS = [
+    Camera.look_at(eye=(0.3, 0.4, 3.0), fov=45, width=W, height=H, near=NEAR, far=FAR),
+    Camera.look_at(eye=(-1.4, 0.9, 2.2), fov=55, width=W, height=H, near=NEAR, far=FAR),
+]
+CAPACITY = 128  # vertices and faces of the old rasterizer's input fields
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A sphere seen by both cameras (clip, world, normal, eye per camera), its
+    faces and vertex colours, and the corner-case faces of ``soft_corner_cases``."""
+    mesh = taichi_dr.icosphere(1)
+    mb = MeshBuffers(mesh.num_vertices, mesh.num_faces)
+    mb.upload(mesh, np.random.default_rng(7).random((mesh.num_vertices, 3)))
+    vs = VertexStage(mb.max_vertices)
+    views = []
+    for cam in CAMERAS:
+        vs.set_camera(cam)
+        vs.forward(mb)
+        n = mesh.num_vertices
+        views.append({k: getattr(vs, k).to_numpy()[:n] for k in ("clip", "world", "normal")})
+        views[-1]["eye"] = vs.eye.to_numpy()
+    corner = soft_corner_cases(np.random.default_rng(3))
+    colors = mb.colors.to_numpy()[: mesh.num_vertices]
+    return {"faces": mesh.faces.astype(np.int32), "colors": colors, "views": views,
+            "corner": corner, "mb": mb, "vs": vs}  # fmt: skip
+
+
+@ti.kernel
+def _old_loss(
+    sil: ti.template(),
+    img: ti.template(),
+    a: ti.types.ndarray(),
+    b: ti.types.ndarray(),
+    loss: ti.template(),
+):
+    for y, x in sil:
+        loss[None] += a[y, x] * sil[y, x] + (
+            b[y, x, 0] * img[y, x][0] + b[y, x, 1] * img[y, x][1] + b[y, x, 2] * img[y, x][2]
+        )
+
+
+@pytest.fixture(scope="module")
+def old():
+    """One old rasterizer and its input fields (its kernels compile per instance)."""
+    return {
+        "soft": SoftRasterizer.for_camera(CAMERAS[0], CAPACITY, K=CAPACITY, background=BG),
+        "clip": ti.Vector.field(4, ti.f64, shape=CAPACITY, needs_grad=True),
+        "faces": ti.Vector.field(3, ti.i32, shape=CAPACITY),
+        "colors": ti.Vector.field(3, ti.f64, shape=CAPACITY, needs_grad=True),
+        "loss": ti.field(ti.f64, shape=(), needs_grad=True),
+    }
+
+
+def old_render(old, clip, faces, colors, sigma, gamma, wa, wb):
+    """The old rasterizer's outputs and Tape gradients of Σ wa·silhouette + Σ wb·image."""
+    soft = old["soft"]
+    soft.set(sigma=sigma, gamma=gamma)
+    for name, a in (("clip", clip), ("faces", faces), ("colors", colors)):
+        pad = np.zeros((CAPACITY, a.shape[1]), a.dtype)
+        pad[: len(a)] = a
+        old[name].from_numpy(pad)
+    soft.select(old["clip"], old["faces"], len(faces))
+    old["clip"].grad.fill(0)
+    old["colors"].grad.fill(0)
+    with ti.ad.Tape(old["loss"]):
+        soft.forward(old["clip"], old["faces"], old["colors"])
+        _old_loss(soft.silhouette, soft.image, wa, wb, old["loss"])
+    n = len(clip)
+    count = soft.count.to_numpy()
+    return {
+        "silhouette": soft.silhouette.to_numpy(),
+        "image": soft.image.to_numpy(),
+        "count": count,
+        "candidates": soft.candidates.to_numpy(),
+        "truncated": soft.truncated,
+        "clip_grad": old["clip"].grad.to_numpy()[:n],
+        "colors_grad": old["colors"].grad.to_numpy()[: len(colors)],
+    }
+
+
+def new_render(clip, faces, ranges, colors, sigma, gamma, wa, wb, K=CAPACITY, cand=None):
+    """The new ops' outputs (shaped per view) and the explicit backward's gradients of
+    Σ wa·silhouette + Σ wb·image."""
+    B = len(ranges)
+    frame = arrays.Frame(B, H, W)
+    params = soft_params(sigma=sigma, gamma=gamma, near=NEAR, far=FAR, background=BG)
+    clip_a, colors_a = arrays.from_numpy(clip), arrays.from_numpy(colors)
+    faces_a = arrays.from_numpy(faces, dtype=ti.i32)
+    cand = cand or SoftCandidates()
+    cand.select(clip_a, faces_a, arrays.from_numpy(ranges, dtype=ti.i32), frame, params, K=K)
+    sil, img = arrays.empty(frame.pixels), arrays.empty(frame.pixels, 3)
+    blend(cand, clip_a, colors_a, params, sil, img)
+    g_clip, g_colors = arrays.from_numpy(0 * clip), arrays.from_numpy(0 * colors)
+    g_sil, g_img = arrays.from_numpy(wa.reshape(-1)), arrays.from_numpy(wb.reshape(-1, 3))
+    blend_backward(cand, clip_a, colors_a, params, sil, img, g_sil, g_img, g_clip, g_colors)
+    n = frame.pixels
+    return {
+        "silhouette": sil.to_numpy().reshape(B, H, W),
+        "image": img.to_numpy().reshape(B, H, W, 3),
+        "count": cand.count.to_numpy()[:n].reshape(B, H, W),
+        "candidates": cand.candidates.to_numpy()[: n * K].reshape(B, H, W, K),
+        "truncated": cand.truncated,
+        "clip_grad": g_clip.to_numpy(),
+        "colors_grad": g_colors.to_numpy(),
+    }
+
+
+def sphere_and_corners(scene, view=0):
+    """One clip array with the sphere (as seen by camera ``view``) and the corner cases."""
+    clip_x, faces_x, colors_x = scene["corner"]
+    n = len(scene["colors"])
+    clip = np.concatenate([scene["views"][view]["clip"], clip_x])
+    faces = np.concatenate([scene["faces"], faces_x + n]).astype(np.int32)
+    return clip, faces, np.concatenate([scene["colors"], colors_x])
+
+
+def weights(rng, B=1, silhouette=1.0):
+    return silhouette * rng.standard_normal((B, H, W)), rng.standard_normal((B, H, W, 3))
+
+
+def assert_same(new, ref, b=0, first=0):
+    """View b of a new render equals the old single-view render ``ref`` (of the faces
+    from ``first`` on)."""
+    assert np.abs(new["silhouette"][b] - ref["silhouette"]).max() < 1e-12
+    assert np.abs(new["image"][b] - ref["image"]).max() < 1e-12
+    np.testing.assert_array_equal(new["count"][b], ref["count"])
+    kept = np.arange(CAPACITY) < ref["count"][..., None]
+    np.testing.assert_array_equal(new["candidates"][b][kept], ref["candidates"][kept] + first)
+
+
+def assert_close(g, g_ref):
+    assert np.abs(g_ref).max() > 1e-3  # not vacuous
+    assert np.abs(g - g_ref).max() <= 1e-10 * np.abs(g_ref).max()
+
+
+@pytest.mark.parametrize("sigma,gamma", [(1e-3, 1e-2), (1e-4, 1e-4)])
+def test_matches_old_and_reference(scene, old, rng, sigma, gamma):
+    clip, faces, colors = sphere_and_corners(scene)
+    wa, wb = weights(rng)
+    ranges = np.array([[0, len(faces)]])
+    new = new_render(clip, faces, ranges, colors, sigma, gamma, wa, wb)
+    ref = old_render(old, clip, faces, colors, sigma, gamma, wa[0], wb[0])
+    assert_same(new, ref)
+    assert new["truncated"] == ref["truncated"] == 0
+    assert_close(new["clip_grad"], ref["clip_grad"])
+    assert_close(new["colors_grad"], ref["colors_grad"])
+    sil, img, count = soft_reference(
+        clip, faces, colors, W, H, sigma, gamma, 1e-3, NEAR, FAR, np.array(BG),
+        r2=radius(sigma, 1e-4) ** 2,
+    )  # fmt: skip
+    np.testing.assert_array_equal(new["count"][0], count)
+    assert np.abs(new["silhouette"][0] - sil).max() < 1e-10
+    assert np.abs(new["image"][0] - img).max() < 1e-9
+    assert 0.99 < sil.max() <= 1.0 and sil.min() == 0.0  # covered and empty pixels exist
+
+
+def test_k_truncation_keeps_the_nearest(scene, rng):
+    clip, faces, colors = scene["views"][0]["clip"], scene["faces"], scene["colors"]
+    wa, wb = weights(rng)
+    new = new_render(clip, faces, np.array([[0, len(faces)]]), colors, 1e-3, 1e-2, wa, wb, K=3)
+    sil, img, count, kept = soft_reference(
+        clip, faces, colors, W, H, 1e-3, 1e-2, 1e-3, NEAR, FAR, np.array(BG), K=3,
+        r2=radius(1e-3, 1e-4) ** 2, candidates=True,
+    )  # fmt: skip
+    assert new["truncated"] > 0 and count.max() == 3
+    np.testing.assert_array_equal(new["count"][0], count)
+    cand = new["candidates"][0].reshape(H * W, 3)
+    assert [set(c[:n]) for c, n in zip(cand, count.ravel())] == kept
+    assert np.abs(new["silhouette"][0] - sil).max() < 1e-10
+    assert np.abs(new["image"][0] - img).max() < 1e-9
+
+
+def test_two_instanced_views_each_equal_a_single_view(scene, old, rng):
+    """Instanced mode: both views draw all faces of their own clip coordinates; shared
+    colours get the sum of both views' gradients."""
+    faces, colors = scene["faces"], scene["colors"]
+    clips = [v["clip"] for v in scene["views"]]
+    wa, wb = weights(rng, B=2)
+    ranges = np.array([[0, len(faces)]] * 2)
+    new = new_render(np.concatenate(clips), faces, ranges, colors, 1e-3, 1e-2, wa, wb)
+    refs = [old_render(old, clips[b], faces, colors, 1e-3, 1e-2, wa[b], wb[b]) for b in range(2)]
+    assert np.abs(new["silhouette"][0] - new["silhouette"][1]).max() > 0.5  # views differ
+    V = len(colors)
+    for b, ref in enumerate(refs):
+        assert_same(new, ref, b)
+        assert_close(new["clip_grad"][b * V : (b + 1) * V], ref["clip_grad"])
+    assert_close(new["colors_grad"], refs[0]["colors_grad"] + refs[1]["colors_grad"])
+
+
+def test_two_views_of_different_meshes_with_their_own_colours(scene, old, rng):
+    """Concatenated mode: view 0 draws the sphere, view 1 the corner-case faces (face
+    ranges), each with its own clip coordinates and vertex colours."""
+    clip0, faces, colors = sphere_and_corners(scene, view=0)
+    clip1 = sphere_and_corners(scene, view=1)[0]
+    colors1 = rng.random(colors.shape)
+    nf = len(scene["faces"])
+    ranges = np.array([[0, nf], [nf, len(faces) - nf]])
+    wa, wb = weights(rng, B=2)
+    new = new_render(
+        np.concatenate([clip0, clip1]), faces, ranges, np.concatenate([colors, colors1]),
+        1e-3, 1e-2, wa, wb,
+    )  # fmt: skip
+    refs = [
+        old_render(old, clip0, faces[:nf], colors, 1e-3, 1e-2, wa[0], wb[0]),
+        old_render(old, clip1, faces[nf:], colors1, 1e-3, 1e-2, wa[1], wb[1]),
+    ]
+    V = len(colors)
+    for b, ref in enumerate(refs):
+        assert_same(new, ref, b, first=ranges[b][0])
+        assert_close(new["clip_grad"][b * V : (b + 1) * V], ref["clip_grad"])
+        assert_close(new["colors_grad"][b * V : (b + 1) * V], ref["colors_grad"])
+
+
+class SoftLoss:
+    """L = Σ wa·silhouette + Σ wb·image of the new ops for a batch, candidates fixed at
+    the start point; evaluates L and its gradient (explicit backward) at a point."""
+
+    def __init__(self, clip, faces, ranges, colors, sigma, gamma, K, rng, silhouette=1.0):
+        B = len(ranges)
+        self.frame = arrays.Frame(B, H, W)
+        self.params = soft_params(sigma=sigma, gamma=gamma, near=NEAR, far=FAR, background=BG)
+        self.clip, self.colors = arrays.from_numpy(clip), arrays.from_numpy(colors)
+        self.cand = SoftCandidates()
+        faces_a, ranges_a = (arrays.from_numpy(a, dtype=ti.i32) for a in (faces, ranges))
+        self.cand.select(self.clip, faces_a, ranges_a, self.frame, self.params, K=K)
+        self.sil = arrays.empty(self.frame.pixels)
+        self.img = arrays.empty(self.frame.pixels, 3)
+        self.wa, self.wb = weights(rng, B, silhouette)
+
+    def __call__(self, clip, colors):
+        self.clip.from_numpy(clip)
+        self.colors.from_numpy(colors)
+        blend(self.cand, self.clip, self.colors, self.params, self.sil, self.img)
+        sil, img = self.sil.to_numpy(), self.img.to_numpy()
+        return float((self.wa.ravel() * sil).sum() + (self.wb.reshape(-1, 3) * img).sum())
+
+    def gradient(self, clip, colors):
+        self(clip, colors)
+        g_clip, g_colors = arrays.from_numpy(0 * clip), arrays.from_numpy(0 * colors)
+        g_sil = arrays.from_numpy(self.wa.ravel())
+        g_img = arrays.from_numpy(self.wb.reshape(-1, 3))
+        args = (self.cand, self.clip, self.colors, self.params, self.sil, self.img)
+        blend_backward(*args, g_sil, g_img, g_clip, g_colors)
+        return g_clip.to_numpy(), g_colors.to_numpy()
+
+
+@pytest.mark.parametrize(
+    "sigma,gamma,K,silhouette,batched",
+    [
+        (1e-3, 1e-2, 50, 1.0, False),
+        (1e-2, 1e-3, 50, 1.0, True),
+        (1e-3, 2e-4, 50, 0.0, False),  # image loss only: pairs with weight exactly 0 skipped
+        (1e-3, 1e-2, 3, 1.0, True),  # K truncation
+    ],
+)
+def test_gradcheck_clip_and_colors(scene, rng, sigma, gamma, K, silhouette, batched):
+    """The explicit backward pass against float64 central differences of the forward
+    (two views, a subset of the clip and colour coordinates)."""
+    faces, colors = scene["faces"], scene["colors"]
+    clip = np.concatenate([v["clip"] for v in scene["views"]])
+    if batched:
+        colors = np.concatenate([colors, rng.random(colors.shape)])
+    ranges = np.array([[0, len(faces)]] * 2)
+    f = SoftLoss(clip, faces, ranges, colors, sigma, gamma, K, rng, silhouette)
+    assert (f.cand.truncated > 0) == (K == 3)
+    g_clip, g_colors = f.gradient(clip, colors)
+    for name, x0, g in (("clip", clip, g_clip), ("colors", colors, g_colors)):
+        rows = np.arange(0, len(x0), 5 if name == "clip" else 9)
+
+        def f_rows(x, name=name, rows=rows):
+            clip_x, colors_x = clip.copy(), colors.copy()
+            (clip_x if name == "clip" else colors_x)[rows] = x
+            return f(clip_x, colors_x)
+
+        result = gradcheck(f_rows, lambda _, g=g, rows=rows: g[rows], x0[rows])
+        assert result.ok, (name, result)
+        assert np.abs(g[rows]).max() > 1e-3  # the check is not vacuous
+
+
+def test_tape_calls_the_backward(scene, rng):
+    """Under ti.ad.Tape the blend's gradients equal the explicit backward's."""
+    faces, colors = scene["faces"], scene["colors"]
+    clip = np.concatenate([v["clip"] for v in scene["views"]])
+    ranges = np.array([[0, len(faces)]] * 2)
+    f = SoftLoss(clip, faces, ranges, colors, 1e-3, 1e-2, 50, rng)
+    g_clip, g_colors = f.gradient(clip, colors)
+    clip_a = arrays.from_numpy(clip, grad=True)
+    colors_a = arrays.from_numpy(colors, grad=True)
+    sil, img = arrays.empty(f.frame.pixels, grad=True), arrays.empty(f.frame.pixels, 3, grad=True)
+    wa, wb = arrays.from_numpy(f.wa.ravel()), arrays.from_numpy(f.wb.reshape(-1, 3))
+    loss = ti.ndarray(ti.f64, shape=(), needs_grad=True)
+
+    @ti.kernel
+    def total(
+        sil: arrays.Real,
+        img: arrays.Vec3,
+        wa: arrays.Real,
+        wb: arrays.Vec3,
+        loss: ti.types.ndarray(),
+    ):
+        for i in range(sil.shape[0]):
+            loss[None] += wa[i] * sil[i] + wb[i].dot(img[i])
+
+    with ti.ad.Tape(loss):
+        blend(f.cand, clip_a, colors_a, f.params, sil, img)
+        total(sil, img, wa, wb, loss)
+    assert abs(loss.to_numpy() - f(clip, colors)) < 1e-12
+    assert_close(clip_a.grad.to_numpy(), g_clip)
+    assert_close(colors_a.grad.to_numpy(), g_colors)
+
+
+def test_only_the_gradients_asked_for(scene, rng):
+    """A gradient passed as None is not computed; the others are unchanged."""
+    faces, colors = scene["faces"], scene["colors"]
+    clip = scene["views"][0]["clip"]
+    f = SoftLoss(clip, faces, np.array([[0, len(faces)]]), colors, 1e-3, 1e-2, 50, rng)
+    g_clip = f.gradient(clip, colors)[0]
+    only = arrays.from_numpy(0 * clip)
+    g_sil = arrays.from_numpy(f.wa.ravel())
+    g_img = arrays.from_numpy(f.wb.reshape(-1, 3))
+    blend_backward(f.cand, f.clip, f.colors, f.params, f.sil, f.img, g_sil, g_img, only)
+    assert_close(only.to_numpy(), g_clip)
+
+
+def test_empty_views_far_geometry_and_degenerate_faces(scene, rng):
+    """A view with no faces, one with only faces that are not drawn (crossing the near
+    plane, beyond the far plane) and one with degenerate faces (outside everywhere)."""
+    clip, faces, colors = scene["corner"]
+    ranges = np.array([[0, 0], [5, 2], [2, 3]])
+    B = len(ranges)
+    f = SoftLoss(np.tile(clip, (B, 1)), faces, ranges, colors, 1e-3, 1e-4, 50, rng)
+    g_clip, g_colors = f.gradient(np.tile(clip, (B, 1)), colors)
+    sil, img = f.sil.to_numpy().reshape(B, H, W), f.img.to_numpy().reshape(B, H, W, 3)
+    count = f.cand.count.to_numpy()[: B * H * W].reshape(B, H, W)
+    assert (count[:2] == 0).all() and (sil[:2] == 0).all() and count[2].max() > 0
+    np.testing.assert_allclose(img[:2], np.broadcast_to(BG, (2, H, W, 3)))
+    assert np.isfinite(g_clip).all() and np.isfinite(g_colors).all()
+    assert sil[2].max() <= 0.5 + 1e-12  # outside everywhere
+    ref_sil, ref_img, _ = soft_reference(
+        clip, faces[2:5], colors, W, H, 1e-3, 1e-4, 1e-3, NEAR, FAR, np.array(BG),
+        r2=radius(1e-3, 1e-4) ** 2,
+    )  # fmt: skip
+    assert np.abs(sil[2] - ref_sil).max() < 1e-10 and np.abs(img[2] - ref_img).max() < 1e-9
+
+
+def test_bad_input_raises_user_error(scene):
+    clip = arrays.from_numpy(scene["views"][0]["clip"])
+    faces = arrays.from_numpy(scene["faces"], dtype=ti.i32)
+    colors = arrays.from_numpy(scene["colors"])
+    F = len(scene["faces"])
+    frame, params = arrays.Frame(1, H, W), soft_params()
+    for kwargs in ({"sigma": 0.0}, {"gamma": -1.0}, {"cutoff": 0.7}, {"eps": float("inf")},
+                   {"background": (1.0, 2.0)}, {"near": 0.0}):  # fmt: skip
+        with pytest.raises(UserError):
+            soft_params(**kwargs)
+    cand = SoftCandidates()
+    sil, img = arrays.empty(frame.pixels), arrays.empty(frame.pixels, 3)
+    with pytest.raises(UserError, match="select"):
+        blend(cand, clip, colors, params, sil, img)
+
+    def ranges(r):
+        return arrays.from_numpy(np.array(r).reshape(-1, 2), dtype=ti.i32)
+
+    for r, match in (([0, F + 1], "within"), ([-1, 2], "within"), ([[0, F], [0, F]], "views")):
+        with pytest.raises(UserError, match=match):
+            cand.select(clip, faces, ranges(r), frame, params)
+    with pytest.raises(UserError, match="K"):
+        cand.select(clip, faces, ranges([0, F]), frame, params, K=0)
+    cand.select(clip, faces, ranges([0, F]), frame, params)
+    with pytest.raises(UserError, match="colours"):
+        blend(cand, clip, arrays.empty(5, 3), params, sil, img)
+    with pytest.raises(UserError, match="pixels"):
+        blend(cand, clip, colors, params, sil, arrays.empty(7, 3))
+
+
+@pytest.fixture(scope="module")
+def lighting():
+    """Lights (a directional and a point light) and a material shared by the vertex
+    shading tests, and the fields that get no gradient (the kernel compiles per pair)."""
+    lights, material = Lights(), Material()
+    lights.set(directional=(((0.3, 0.6, 1.0), (0.9, 0.8, 0.7)),), point=(((1, 2, 2), (3, 3, 3)),))
+    return lights, material, lights.fields + (material.base_color,)
+
+
+def test_vertex_shading_matches_old_per_view(scene, lighting):
+    """Two views (two eyes), shared albedo: each view equals the old per-vertex shader
+    with that view's eye (Lambert; the point light makes it depend on positions)."""
+    mb, vs, views = scene["mb"], scene["vs"], scene["views"]
+    lights, material, stop = lighting
+    old = VertexShader(mb.max_vertices)
+    n = len(scene["colors"])
+    world = np.concatenate([v["world"] for v in views])
+    normal = np.concatenate([v["normal"] for v in views])
+    eye = np.stack([v["eye"] for v in views])
+    out = arrays.empty(2 * n, 3)
+    a = arrays.from_numpy
+    args = (a(world), a(normal), a(scene["colors"]), a(eye), lights, material, out)
+    shade_vertices("lambert", *args, stop=stop)
+    for b, cam in enumerate(CAMERAS):
+        vs.set_camera(cam)
+        vs.forward(mb)
+        old.forward("lambert", vs, mb, lights, material)
+        expected = old.colors.to_numpy()[:n]
+        assert np.abs(out.to_numpy()[b * n : (b + 1) * n] - expected).max() < 1e-12
+
+
+def test_vertex_shading_gradcheck(scene, lighting, rng):
+    """Tape gradients of Σ w·colour w.r.t. world positions, normals and per-view albedo
+    against float64 central differences (Lambert, two views)."""
+    views, n = scene["views"], len(scene["colors"])
+    lights, material, stop = lighting
+    x0 = {
+        "world": np.concatenate([v["world"] for v in views]),
+        "normal": np.concatenate([v["normal"] for v in views]),
+        "albedo": rng.random((2 * n, 3)),
+    }
+    inputs = {k: arrays.from_numpy(v, grad=True) for k, v in x0.items()}
+    eye = arrays.from_numpy(np.stack([v["eye"] for v in views]))
+    out = arrays.empty(2 * n, 3, grad=True)
+    w = arrays.from_numpy(rng.standard_normal((2 * n, 3)))
+    loss = ti.ndarray(ti.f64, shape=(), needs_grad=True)
+
+    @ti.kernel
+    def total(out: arrays.Vec3, w: arrays.Vec3, loss: ti.types.ndarray()):
+        for i in range(out.shape[0]):
+            loss[None] += w[i].dot(out[i])
+
+    def run():
+        args = (inputs["world"], inputs["normal"], inputs["albedo"], eye, lights, material)
+        shade_vertices("lambert", *args, out, stop=stop)
+        total(out, w, loss)
+
+    with ti.ad.Tape(loss):
+        run()
+    for name, x in x0.items():
+        g = inputs[name].grad.to_numpy()
+        rows = np.arange(0, 2 * n, 7)
+
+        def f(v, name=name, x=x, rows=rows):
+            y = x.copy()
+            y[rows] = v
+            inputs[name].from_numpy(y)
+            loss.fill(0)
+            run()
+            inputs[name].from_numpy(x)
+            return float(loss.to_numpy())
+
+        result = gradcheck(f, lambda _, g=g, rows=rows: g[rows], x[rows])
+        assert result.ok, (name, result)
+        assert np.abs(g[rows]).max() > 1e-2
