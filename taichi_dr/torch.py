@@ -1,24 +1,26 @@
-"""PyTorch bridge (optional extra ``torch``): rendering as a differentiable torch function.
+"""PyTorch ops (optional extra ``torch``): the pipeline's stages as composable autograd
+functions on tensors, and the whole renderer as one.
 
-``render(renderer, positions=p, colors=c, roughness=r, ...)`` copies the given tensors
-into the renderer's fields, rasterizes and shades, and returns the image (H, W, 3), row 0
-at the top, in the renderer's float type on the first input's device. Its backward pass
-re-uploads the saved inputs, rasterizes again and runs the renderer's reverse pass on
-``L = Σ grad_output ⊙ image`` under ``ti.ad.Tape`` (dL/dθ = grad_output · ∂image/∂θ), then
-returns each input's gradient in that input's dtype and device. Everything not passed
-(lights, material, camera...) keeps the renderer's current value, in both passes.
+Stage ops — tensors (B, ...) in and out, on their device, without copies (CPU tensors;
+CUDA tensors when Taichi runs on cuda, ``taichi_dr.init("cuda")``), each backward running
+only its own stage's reverse pass, so your own torch code can sit between any two:
 
-Inputs (shapes; V = the mesh's vertex count): ``positions``, ``normals``, ``colors`` (V, 3),
-``uvs`` (V, 2), ``texture`` (h, w, 3) of the renderer's texture, material ``base_color``
-(3,), ``specular``, ``shininess``, ``roughness``, ``metallic``, ``opacity`` (), lights
-``ambient`` (3,), ``dir_direction``, ``dir_color``, ``point_position``, ``point_color``
-(4, 3), ``sh`` (9, 3), and pose / camera ``pose_rotation``, ``pose_translation``,
-``camera_rotation``, ``camera_translation`` (3,), ``fov`` () in degrees (see ``vertex``).
-Visibility has no gradient in "hard" mode; use ``mode="antialias"`` for silhouettes.
+* :func:`rasterize` (clip (B, V, 4), faces) → :class:`Fragments` (triangle ids, and
+  barycentrics and depth that carry gradients to the clip coordinates);
+* :func:`interpolate` (vertex attributes (V, C) or (B, V, C)) → (B, H, W, C);
+* :func:`texture` (an (h, w, 3) image sampled at uv) → (B, H, W, 3);
+* :func:`shade` (position, normal, albedo per pixel; packed material and lights, see
+  :func:`material` and :func:`lights`) → (B, H, W, 3);
+* :func:`antialias` (any image (B, H, W, C) over the fragments) → visibility gradients to
+  the clip coordinates at silhouette edges (nvdiffrast-style);
+* :func:`soft_rasterize` (clip, faces, vertex colours) → soft image and silhouette.
+
+:func:`render` runs a :class:`~taichi_dr.render.pipeline.Renderer` as one differentiable
+function of named tensors (positions, colours, texture, material, lights, pose...).
+Gradients are checked with ``torch.autograd.gradcheck`` in float64 (tests/test_torch*).
 """
 
 import warnings
-import weakref
 from typing import NamedTuple
 
 import numpy as np
@@ -27,9 +29,16 @@ import taichi as ti
 from . import backend
 from .camera import check_resolution
 from .errors import UserError
+from .render import arrays, raster, shading, silhouette, soft_blend
 from .render import interpolate as interpolation
-from .render import raster
+from .render import texture as texturing
+from .render.antialias import antialias as _antialias
+from .render.antialias import antialias_backward
 from .render.arrays import Frame
+from .render.lights import LIGHT_LAYOUT, LIGHTS_SIZE, PackedLights
+from .render.shading import MATERIAL_LAYOUT, MATERIAL_SIZE, MODELS, PackedMaterial
+from .render.soft_faces import soft_params
+from .render.soft_select import SoftCandidates
 
 try:
     import torch
@@ -37,133 +46,6 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
     raise ImportError(
         "taichi_dr.torch needs PyTorch; install it with: pip install 'taichi-dr[torch]'"
     ) from e
-
-PER_VERTEX = ("positions", "normals", "colors", "uvs")
-MATERIAL = ("base_color", "specular", "shininess", "roughness", "metallic", "opacity")
-LIGHTS = ("ambient", "dir_direction", "dir_color", "point_position", "point_color", "sh")
-VIEW = ("pose_rotation", "pose_translation", "camera_rotation", "camera_translation", "fov")
-INPUTS = (*PER_VERTEX, "texture", *MATERIAL, *LIGHTS, *VIEW)
-
-
-def _target(renderer, name: str):
-    """(field, rows): the renderer field of input ``name``; ``rows`` = leading rows used
-    (None: the whole field)."""
-    if name in PER_VERTEX:
-        return getattr(renderer.mesh, name), renderer.mesh.num_vertices
-    if name == "texture":
-        if renderer.texture is None:
-            raise UserError("the renderer has no texture; give it one (set_texture) first")
-        return renderer.texture.texels, None
-    owner = renderer.material if name in MATERIAL else renderer.lights
-    if name in VIEW:
-        owner = renderer.vertex
-    return getattr(owner, name), None
-
-
-def _shape(field, rows) -> tuple:
-    shape = tuple(field.shape)
-    if rows is not None:
-        shape = (rows, *shape[1:])
-    if hasattr(field, "n"):
-        shape += (field.n,) if field.ndim == 1 else (field.n, field.m)
-    return shape
-
-
-def _upload(renderer, names, tensors) -> None:
-    for name, t in zip(names, tensors):
-        field, rows = _target(renderer, name)
-        value = t.detach().cpu().numpy().astype(np.float64)
-        if not np.all(np.isfinite(value)):
-            raise UserError(f"input {name} contains NaN or inf; pass finite values")
-        if rows is not None:
-            full = field.to_numpy().astype(np.float64)
-            full[:rows] = value
-            value = full
-        backend.write(field, value)
-
-
-def _gradient(renderer, name: str, like: "torch.Tensor") -> "torch.Tensor":
-    field, rows = _target(renderer, name)
-    g = field.grad.to_numpy()
-    if rows is not None:
-        g = g[:rows]
-    return torch.from_numpy(np.ascontiguousarray(g)).to(device=like.device, dtype=like.dtype)
-
-
-@ti.kernel
-def _contract(image: ti.template(), weights: ti.template(), loss: ti.template()):
-    for y, x in image:
-        loss[None] += (image[y, x] * weights[y, x]).sum()
-
-
-@ti.data_oriented
-class _Cotangent:
-    """grad_output as a field (H, W, 3) and the scalar L = Σ grad_output ⊙ image."""
-
-    def __init__(self, renderer):
-        real = backend.real()
-        self.weights = ti.Vector.field(3, real, shape=(renderer.height, renderer.width))
-        self.loss = ti.field(real, shape=(), needs_grad=True)
-
-
-_COTANGENTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-class _Render(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, renderer, names, *tensors):
-        _upload(renderer, names, tensors)
-        renderer.rasterize()
-        renderer.shade()
-        ctx.renderer, ctx.names = renderer, names
-        ctx.save_for_backward(*tensors)
-        image = torch.from_numpy(renderer.image.to_numpy())
-        return image.to(device=tensors[0].device)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        r, names, tensors = ctx.renderer, ctx.names, ctx.saved_tensors
-        backend.require_autodiff()
-        c = _COTANGENTS.get(r)
-        if c is None:
-            c = _COTANGENTS[r] = _Cotangent(r)
-        _upload(r, names, tensors)  # the renderer may have rendered other inputs since
-        c.weights.from_numpy(grad_output.detach().cpu().numpy().astype(backend.np_real()))
-        r.rasterize()
-        c.loss[None] = 0.0
-        with ti.ad.Tape(c.loss):
-            r.shade()
-            _contract(r.image, c.weights, c.loss)
-        grads = [
-            _gradient(r, name, t) if ctx.needs_input_grad[2 + i] else None
-            for i, (name, t) in enumerate(zip(names, tensors))
-        ]
-        return (None, None, *grads)
-
-
-def render(renderer, **inputs) -> "torch.Tensor":
-    """The renderer's image (H, W, 3) as a differentiable function of the named tensor
-    ``inputs`` (see the module docstring for names and shapes)."""
-    if not inputs:
-        raise UserError(f"pass at least one input tensor; choose from {', '.join(INPUTS)}")
-    names = tuple(inputs)
-    tensors = []
-    for name in names:
-        if name not in INPUTS:
-            raise UserError(f"unknown input {name!r}; choose from {', '.join(INPUTS)}")
-        t = inputs[name]
-        if not isinstance(t, torch.Tensor):
-            raise UserError(f"input {name} must be a torch.Tensor, got {type(t).__name__}")
-        expected = _shape(*_target(renderer, name))
-        if tuple(t.shape) != expected:
-            raise UserError(f"input {name} must have shape {expected}, got {tuple(t.shape)}")
-        tensors.append(t)
-    return _Render.apply(renderer, names, *tensors)
-
-
-# --------------------------------------------------------------------------- stage ops
-# Each op is a torch.autograd.Function over the compile-once array kernels: tensors go to
-# the kernels without copies, and each backward runs only its own stage's reverse pass.
 
 
 class Fragments(NamedTuple):
@@ -360,3 +242,436 @@ def interpolate(attributes, fragments: Fragments, faces) -> "torch.Tensor":
         values, faces, tri.reshape(-1), bary.reshape(-1, 3).to(values.dtype), frame, V
     )
     return out.reshape(B, H, W, -1)
+
+
+def _per_pixel(t, name: str, frame: Frame, channels: int) -> "torch.Tensor":
+    t = _real(t, name)
+    if tuple(t.shape) != frame.shape(channels):
+        raise UserError(f"{name} must have shape {frame.shape(channels)}, got {tuple(t.shape)}")
+    return t.reshape(frame.pixels, channels)
+
+
+def _frame_of(fragments: Fragments) -> Frame:
+    if not isinstance(fragments, Fragments):
+        raise UserError("pass the Fragments that rasterize() returned")
+    return Frame(*fragments.triangle_id.shape)
+
+
+# --------------------------------------------------------------------------- texture
+
+
+class _Texture(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, texels, uv, footprint, height, width, filter, wrap):
+        levels = texturing.mip_levels(height, width, filter)
+        level_array = torch.tensor(levels, dtype=torch.int32, device=texels.device)
+        size = int(levels[-1, 0] + levels[-1, 1] * levels[-1, 2])
+        pyramid = texels.new_empty((size, 3))
+        texturing.build_pyramid(texels.detach(), pyramid, levels)
+        out = uv.new_empty((uv.shape[0], 3))
+        sampler = texturing.Sampler(pyramid, level_array, filter, wrap)
+        texturing.lookup(sampler, uv.detach(), footprint.detach(), out)
+        ctx.save_for_backward(texels, uv, footprint, pyramid, level_array)
+        ctx.levels, ctx.modes = levels, (filter, wrap)
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        texels, uv, footprint, pyramid, level_array = ctx.saved_tensors
+        t, u, f, pyr = (
+            _with_grad(texels),
+            _with_grad(uv),
+            _with_grad(footprint),
+            _with_grad(pyramid),
+        )
+        out = _with_grad(uv.new_empty((uv.shape[0], 3)), g_out)
+        texturing.lookup(texturing.Sampler(pyr, level_array, *ctx.modes), u, f, out, backward=True)
+        texturing.build_pyramid(t, pyr, ctx.levels, backward=True)
+        return t.grad, u.grad, f.grad, None, None, None, None
+
+
+def texture(image, uv, footprint=None, filter: str = "bilinear", wrap: str = "repeat"):
+    """``image`` (h, w, 3) (row 0 at the top; powers of two for "trilinear") sampled at
+    ``uv`` (..., 2) (OpenGL: v up) → (..., 3); ``footprint`` (...) = a pixel's size in uv
+    units picks the mip level of "trilinear" (e.g. from ``rasterize``'s neighbours; default
+    0: level 0). ``filter``: nearest, bilinear, trilinear; ``wrap``: repeat, clamp.
+    Differentiable in the image, uv and footprint."""
+    img = _real(image, "image")
+    if img.dim() != 3 or img.shape[2] != 3:
+        raise UserError(f"image must have shape (h, w, 3), got {tuple(img.shape)}")
+    h, w = img.shape[:2]
+    texturing.check_texture(h, w, filter, wrap)
+    uv = _real(uv, "uv")
+    if uv.shape[-1] != 2:
+        raise UserError(f"uv must have shape (..., 2), got {tuple(uv.shape)}")
+    lead = uv.shape[:-1]
+    fp = (
+        torch.zeros(lead, dtype=uv.dtype, device=uv.device)
+        if footprint is None
+        else _real(footprint, "footprint")
+    )
+    if tuple(fp.shape) != tuple(lead):
+        raise UserError(f"footprint must have shape {tuple(lead)}, got {tuple(fp.shape)}")
+    _same_device(img, uv, fp)
+    out = _Texture.apply(
+        img.reshape(h * w, 3), uv.reshape(-1, 2), fp.reshape(-1), h, w, filter, wrap
+    )
+    return out.reshape(*lead, 3)
+
+
+# --------------------------------------------------------------------------- shading
+
+
+def material(**values) -> "torch.Tensor":
+    """A packed material tensor (MATERIAL_SIZE,) for :func:`shade` from the names of
+    :class:`~taichi_dr.render.shading.PackedMaterial` (defaults for the rest), float64 or
+    float32 as the backend; set ``requires_grad`` on it to differentiate."""
+    m = PackedMaterial(**values)
+    return torch.tensor(m.values.to_numpy())
+
+
+def lights(views: int = 1, **values) -> tuple:
+    """Packed lights for :func:`shade`: (values (LIGHTS_SIZE,) or (views, LIGHTS_SIZE),
+    counts (2,) or (views, 2) int32), from the keywords of
+    :class:`~taichi_dr.render.lights.PackedLights` (``directional``, ``point``, ``sh``...)."""
+    L = PackedLights(views, **values)
+    shape = (LIGHTS_SIZE,) if views == 1 else (views, LIGHTS_SIZE)
+    counts = L.counts.to_numpy().reshape(-1, 2)
+    return (
+        torch.tensor(L.values.to_numpy()).reshape(shape),
+        torch.tensor(counts[0] if views == 1 else counts, dtype=torch.int32),
+    )
+
+
+class _Shade(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, model, frame, tri, position, normal, albedo, eye, mat, light_values, counts):
+        out = position.new_empty((frame.pixels, 3))
+        d = [a.detach() for a in (position, normal, albedo, eye, mat, light_values)]
+        shading.shade(
+            model, frame, tri, d[0], d[1], d[2], None, None, d[3], d[4], d[5], counts, None, out
+        )
+        ctx.save_for_backward(tri, position, normal, albedo, eye, mat, light_values, counts)
+        ctx.model, ctx.frame = model, frame
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        tri, *inputs, counts = ctx.saved_tensors
+        p, n, a, e, m, L = (_with_grad(t) for t in inputs)
+        out = _with_grad(p.new_empty((ctx.frame.pixels, 3)), g_out)
+        shading.shade(
+            ctx.model,
+            ctx.frame,
+            tri,
+            p,
+            n,
+            a,
+            None,
+            None,
+            e,
+            m,
+            L,
+            counts,
+            None,
+            out,
+            backward=True,
+        )
+        return (None, None, None, p.grad, n.grad, a.grad, e.grad, m.grad, L.grad, None)
+
+
+def shade(fragments, position, normal, albedo, eye, material, lights, model="blinn-phong"):
+    """Shade every covered pixel of ``fragments`` → (B, H, W, 3) linear radiance (0 where
+    empty), with the renderer's models (see ``shading``; two-sided): per pixel world
+    ``position``, ``normal`` and ``albedo`` (B, H, W, 3) (e.g. from :func:`interpolate`
+    and :func:`texture`), ``eye`` (B, 3) camera positions, ``material`` (MATERIAL_SIZE,)
+    from :func:`material` and ``lights`` = (values, counts) from :func:`lights`.
+    Differentiable in every float input."""
+    if model not in MODELS:
+        raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
+    frame = _frame_of(fragments)
+    tensors = [
+        _per_pixel(t, k, frame, 3)
+        for k, t in (("position", position), ("normal", normal), ("albedo", albedo))
+    ]
+    e = _real(eye, "eye").reshape(-1, 3)
+    if len(e) != frame.views:
+        raise UserError(f"eye must have shape ({frame.views}, 3), got {tuple(eye.shape)}")
+    m = _real(material, "material").reshape(-1)
+    if len(m) != MATERIAL_SIZE:
+        raise UserError(
+            f"material must be a packed ({MATERIAL_SIZE},) tensor: see taichi_dr.torch.material"
+        )
+    values, counts = lights
+    L = _real(values, "lights").reshape(-1)
+    if len(L) not in (LIGHTS_SIZE, frame.views * LIGHTS_SIZE):
+        raise UserError("lights must be (values, counts) from taichi_dr.torch.lights")
+    counts = _index(torch.as_tensor(counts).reshape(-1, 2), "light counts", 2).reshape(-1)
+    tri = fragments.triangle_id.reshape(-1)
+    _same_device(tri, e, m, L, *tensors)
+    out = _Shade.apply(model, frame, tri, *tensors, e, m, L, counts.to(tri.device))
+    return out.reshape(frame.shape(3))
+
+
+# --------------------------------------------------------------------------- antialias
+
+
+def topology(faces, positions=None) -> "torch.Tensor":
+    """The face across each edge (F, 3) int32 (−1 on a boundary), for :func:`antialias`:
+    faces that share vertex indices — or, with ``positions`` (V, 3), vertices at the same
+    place (meshes with UV seams) — are neighbours. Compute it once per mesh."""
+    f = _index(faces, "faces", 3)
+    verts = (
+        np.arange(int(f.max()) + 1 if len(f) else 0)[:, None]
+        if positions is None
+        else (torch.as_tensor(positions).detach().cpu().numpy())
+    )
+    return torch.tensor(silhouette.edge_neighbours(verts, f.cpu().numpy()), dtype=torch.int32)
+
+
+class _Antialias(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, color, clip, edges, frame):
+        out = torch.empty_like(color)
+        _antialias(color.detach(), edges, clip.detach(), frame, out)
+        ctx.save_for_backward(color, clip, edges)
+        ctx.frame = frame
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        color, clip, edges = ctx.saved_tensors
+        c, k = _with_grad(color), _with_grad(clip)
+        out = _with_grad(torch.empty_like(color), g_out)
+        antialias_backward(c, edges, k, ctx.frame, out)
+        return c.grad, k.grad, None, None
+
+
+def antialias(color, fragments: Fragments, clip, faces, topology=None) -> "torch.Tensor":
+    """``color`` (B, H, W, C) with the silhouette edges of ``fragments`` blended by their
+    coverage (nvdiffrast-style analytic antialiasing): the image barely changes, and its
+    gradient reaches the clip coordinates (B, V, 4) of silhouette vertices. ``topology``
+    from :func:`topology` (default: computed from ``faces`` by vertex index, each call).
+    Use it last: masking or compositing after it drops the visibility gradient."""
+    frame = _frame_of(fragments)
+    col = _real(color, "color")
+    if tuple(col.shape[:3]) != frame.shape() or col.dim() != 4:
+        raise UserError(f"color must have shape {frame.shape('C')}, got {tuple(col.shape)}")
+    C = col.shape[3]
+    k = _real(clip, "clip")
+    k = k[None] if k.dim() == 2 else k
+    if k.dim() != 3 or k.shape[0] != frame.views or k.shape[2] != 4:
+        raise UserError(f"clip must have shape ({frame.views}, V, 4), got {tuple(clip.shape)}")
+    faces = _index(faces, "faces", 3).to(col.device)
+    neighbours = _index(
+        topology if topology is not None else globals()["topology"](faces), "topology", 3
+    )
+    if len(neighbours) != len(faces):
+        raise UserError(f"topology has {len(neighbours)} rows for {len(faces)} faces")
+    _same_device(col, k, faces, fragments.triangle_id)
+    flat = k.reshape(-1, 4)
+    n = frame.pixels
+    edges = torch.empty((2 * n, 3), dtype=torch.int32, device=col.device)
+    bits = torch.empty(frame.views * len(faces), dtype=torch.int32, device=col.device)
+    ranges = torch.tensor([[0, len(faces)]] * frame.views, dtype=torch.int32, device=col.device)
+    depth = torch.nan_to_num(fragments.depth.detach(), posinf=0.0).reshape(-1)
+    silhouette.detect(
+        fragments.triangle_id.reshape(-1),
+        depth,
+        flat.detach(),
+        faces,
+        neighbours.to(col.device),
+        ranges,
+        frame,
+        bits,
+        edges,
+    )
+    out = _Antialias.apply(col.reshape(n, C), flat, edges, frame)
+    return out.reshape(col.shape)
+
+
+# --------------------------------------------------------------------------- soft
+
+
+class _Soft(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, clip, colors, candidates, params):
+        n = candidates.frame.pixels
+        sil, image = clip.new_empty(n), clip.new_empty((n, 3))
+        soft_blend.blend(candidates, clip.detach(), colors.detach(), params, sil, image)
+        ctx.save_for_backward(clip, colors, sil, image)
+        ctx.candidates, ctx.params = candidates, params
+        return image, sil
+
+    @staticmethod
+    def backward(ctx, g_image, g_sil):
+        clip, colors, sil, image = ctx.saved_tensors
+        g_clip = torch.zeros_like(clip) if ctx.needs_input_grad[0] else None
+        g_colors = torch.zeros_like(colors) if ctx.needs_input_grad[1] else None
+        soft_blend.blend_backward(
+            ctx.candidates, clip, colors, ctx.params, sil, image,
+            g_sil.contiguous(), g_image.contiguous(), g_clip, g_colors,
+        )  # fmt: skip
+        return g_clip, g_colors, None, None
+
+
+def soft_rasterize(
+    clip, faces, colors, resolution, sigma=1e-4, gamma=1e-4, eps=1e-3, faces_per_pixel=50,
+    near=0.1, far=100.0, background=(0.0, 0.0, 0.0), ranges=None,
+) -> tuple:  # fmt: skip
+    """Soft Rasterizer (Liu et al. 2019; see ``soft_blend``) of B views: ``clip`` (B, V, 4)
+    or (V, 4), ``faces`` (F, 3), vertex ``colors`` (V, 3) or (B, V, 3) (shade them
+    yourself), ``resolution`` (H, W) → (image (B, H, W, 3), silhouette (B, H, W)),
+    differentiable in clip and colors. ``near``/``far``: the camera's planes (depths are
+    normalised by them); ``faces_per_pixel``: K candidates."""
+    k = _real(clip, "clip")
+    k = k[None] if k.dim() == 2 else k
+    if k.dim() != 3 or k.shape[2] != 4 or k.shape[0] == 0:
+        raise UserError(f"clip must have shape (B, V, 4) or (V, 4), got {tuple(clip.shape)}")
+    B, V = k.shape[:2]
+    col = _real(colors, "colors")
+    if col.dim() == 3:
+        col = col.reshape(-1, 3)
+    if tuple(col.shape) not in ((V, 3), (B * V, 3)):
+        raise UserError(
+            f"colors must have shape ({V}, 3) or ({B}, {V}, 3), got {tuple(colors.shape)}"
+        )
+    faces = _index(faces, "faces", 3).to(k.device)
+    H, W = (int(x) for x in resolution)
+    check_resolution(W, H)
+    ranges = torch.tensor([[0, len(faces)]] * B, dtype=torch.int32) if ranges is None else ranges
+    ranges = _index(ranges, "ranges", 2).to(k.device)
+    _same_device(k, col, faces)
+    frame = Frame(B, H, W)
+    params = soft_params(sigma, gamma, eps, near=near, far=far, background=background)
+    candidates = SoftCandidates()
+    flat = k.reshape(-1, 4)
+    candidates.select(flat.detach(), faces, ranges, frame, params, faces_per_pixel)
+    image, sil = _Soft.apply(flat, col, candidates, params)
+    return image.reshape(B, H, W, 3), sil.reshape(B, H, W)
+
+
+# --------------------------------------------------------------------------- the renderer
+
+PER_VERTEX = ("positions", "normals", "colors", "uvs")
+VIEW = ("pose_rotation", "pose_translation", "camera_rotation", "camera_translation", "fov")
+INPUTS = (*PER_VERTEX, "texture", *MATERIAL_LAYOUT.names, *LIGHT_LAYOUT.names, *VIEW)
+
+
+def _slot(renderer, name: str) -> tuple:
+    """(array, shape of the tensor, packed layout span or None) of input ``name``."""
+    r = renderer
+    if name in PER_VERTEX:
+        a = getattr(r.mesh, name)
+        rows = a.shape[0]
+        return a, (rows, 2 if name == "uvs" else 3), None
+    if name == "texture":
+        if r.texture is None:
+            raise UserError("the renderer has no texture; give it one (set_texture) first")
+        return r.texture.texels, (r.texture.height, r.texture.width, 3), None
+    if name in VIEW:
+        lead = () if r.single else (r.views,)
+        return getattr(r.vertex, name), lead + (() if name == "fov" else (3,)), None
+    packed, layout = (
+        (r.material, MATERIAL_LAYOUT) if name in MATERIAL_LAYOUT.names else (r.lights, LIGHT_LAYOUT)
+    )
+    lead = () if packed.sets == 1 else (packed.sets,)
+    return packed.values, lead + layout.shapes[name], (layout, name, packed.sets)
+
+
+def _write(renderer, name, t) -> None:
+    a, shape, packed = _slot(renderer, name)
+    value = t.detach().cpu().numpy().astype(backend.np_real())
+    if packed is None:
+        a.from_numpy(value.reshape(a.to_numpy().shape))
+        return
+    layout, name, sets = packed
+    host = a.to_numpy().reshape(sets, layout.size)
+    host[:, layout.span(name)] = value.reshape(sets, -1)
+    a.from_numpy(host.ravel())
+
+
+def _read_grad(renderer, name, like) -> "torch.Tensor":
+    a, shape, packed = _slot(renderer, name)
+    g = a.grad.to_numpy()
+    if packed is not None:
+        layout, name, sets = packed
+        g = g.reshape(sets, layout.size)[:, layout.span(name)]
+    return torch.from_numpy(np.ascontiguousarray(g.reshape(shape))).to(like)
+
+
+class _Render(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, renderer, names, *tensors):
+        r = renderer
+        for name, t in zip(names, tensors):
+            _write(r, name, t)
+        r.rasterize()
+        tape = ti.ad.Tape(loss=_seed())  # records the shading for the backward pass
+        tape.__enter__()
+        try:
+            r.shade()
+        finally:
+            ti.lang.impl.get_runtime().target_tape = None
+        ctx.renderer, ctx.names, ctx.tape, ctx.generation = r, names, tape, r.generation
+        ctx.save_for_backward(*tensors)
+        return torch.from_numpy(r.result().image).to(tensors[0].device)
+
+    @staticmethod
+    def backward(ctx, g_image):
+        r, tape = ctx.renderer, ctx.tape
+        backend.require_autodiff()
+        if r.generation != ctx.generation:  # the renderer rendered something else since
+            _Render.forward(ctx, r, ctx.names, *ctx.saved_tensors)
+            tape = ctx.tape
+        g = g_image.detach().cpu().numpy().astype(backend.np_real())
+        r.image.grad.from_numpy(g.reshape(r.image.grad.to_numpy().shape))
+        tape.grad()
+        grads = [
+            _read_grad(r, name, t) if ctx.needs_input_grad[2 + i] else None
+            for i, (name, t) in enumerate(zip(ctx.names, ctx.saved_tensors))
+        ]
+        return (None, None, *grads)
+
+
+_SEEDS: dict = {}
+
+
+def _seed():
+    """A 0-d array the recording tape seeds (the image gradient comes from torch)."""
+    key = (id(ti.lang.impl.get_runtime().prog), backend.precision())
+    if key not in _SEEDS:
+        _SEEDS.clear()
+        _SEEDS[key] = arrays.empty(1, grad=True)
+    return _SEEDS[key]
+
+
+def render(renderer, **inputs) -> "torch.Tensor":
+    """The renderer's image — (H, W, 3), or (B, H, W, 3) for a batch of cameras — as a
+    differentiable function of the named tensors ``inputs``: ``positions``, ``normals``,
+    ``colors`` (V, 3), ``uvs`` (V, 2), ``texture`` (h, w, 3); material ``base_color``
+    (3,), ``specular``, ``shininess``, ``roughness``, ``metallic``, ``opacity`` (); lights
+    ``ambient`` (3,), ``dir_direction``, ``dir_color``, ``point_position``,
+    ``point_color`` (4, 3), ``sh`` (9, 3) (a leading (B,) axis with per-view lights);
+    pose / camera ``pose_rotation``, ``pose_translation``, ``camera_rotation``,
+    ``camera_translation`` (3,) and ``fov`` () degrees ((B, ...) for a batch). Inputs
+    are copied into the renderer (everything not passed keeps its value); the backward
+    pass replays the recorded shading (visibility is not differentiated in mode "hard":
+    use "antialias" for silhouettes)."""
+    if not inputs:
+        raise UserError(f"pass at least one input tensor; choose from {', '.join(INPUTS)}")
+    names = tuple(inputs)
+    tensors = []
+    for name in names:
+        if name not in INPUTS:
+            raise UserError(f"unknown input {name!r}; choose from {', '.join(INPUTS)}")
+        t = inputs[name]
+        if not isinstance(t, torch.Tensor):
+            raise UserError(f"input {name} must be a torch.Tensor, got {type(t).__name__}")
+        expected = _slot(renderer, name)[1]
+        if tuple(t.shape) != tuple(expected):
+            raise UserError(f"input {name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise UserError(f"input {name} contains NaN or inf; pass finite values")
+        tensors.append(t)
+    return _Render.apply(renderer, names, *tensors)

@@ -29,14 +29,18 @@ from .. import backend
 from ..camera import Camera
 from ..errors import UserError
 from ..scene import Mesh
-from . import arrays, blend, interpolate, shading
+from . import arrays, blend, interpolate, nmr, shading, silhouette, soft_blend
+from .antialias import antialias
 from .arrays import Frame
 from .lights import PackedLights
 from .mesh import MeshBuffers
 from .raster import Rasterizer
 from .shading import MODELS, PackedMaterial
+from .soft_faces import soft_params
+from .soft_select import SoftCandidates
 from .texture import MipTexture
 from .vertex import VertexStage
+from .vertex_shading import shade_vertices
 
 MODES = ("hard", "antialias", "nmr", "soft")
 EDGE_MODES = ("antialias", "nmr")
@@ -149,6 +153,25 @@ class _Pixels:
         self.alpha = arrays.empty(n, grad=True)
         self.accum = arrays.empty(layers * n, 3) if layers > 1 else None
         self.transmittance = arrays.empty(layers * n) if layers > 1 else None
+        self.edges = None  # mode antialias / nmr: silhouette edges, (2·N,) ivec3
+        self.final = None  # their output image
+        self.silhouette = None  # mode soft: coverage
+
+    def edge_buffers(self, faces: int):
+        """Silhouette edges of each pixel pair and the (view, face) classification."""
+        n, views = self.frame.pixels, self.frame.views
+        if self.edges is None or self.face_bits.shape[0] != views * faces:
+            self.edges = arrays.empty(2 * n, 3, ti.i32)
+            self.face_bits = arrays.empty(views * faces, dtype=ti.i32)
+            self.final = arrays.empty(n, 3, grad=True)
+        return self.edges, self.face_bits
+
+    def soft_buffers(self):
+        if self.silhouette is None:
+            n = self.frame.pixels
+            self.silhouette = arrays.empty(n, grad=True)
+            self.final = arrays.empty(n, 3, grad=True)
+        return self.silhouette, self.final
 
     def differentiable(self) -> list:
         return [a for a in vars(self).values() if hasattr(a, "grad") and a.grad is not None]
@@ -175,8 +198,11 @@ class Renderer:
         self.texture = None
         self.frame = None
         self.pixels = None
+        self.candidates = None  # mode soft: each pixel's candidate faces
+        self.vertex_colors = None  # mode soft: shaded vertices (B·V,) vec3
         self._plain: dict = {}  # grad-less twins of inputs whose group is not differentiated
         self._tape = None
+        self.generation = 0  # shade() calls so far (the torch bridge checks its replay)
         self.set_mesh(mesh)
         self.set_camera(camera)
 
@@ -313,6 +339,40 @@ class Renderer:
             count=count,
             peel=peel,
         )
+        mode = self.settings.mode
+        if mode in EDGE_MODES:
+            p = self._buffers()
+            m = self.mesh
+            interpolate.barycentrics(
+                self.vertex.clip, m.faces, self.triangle_id, self.frame, m.num_vertices,
+                p.bary, p.depth,
+            )  # fmt: skip
+            edges, bits = p.edge_buffers(m.num_faces)
+            silhouette.detect(
+                self.triangle_id, p.depth, self.vertex.clip, m.faces, m.neighbours,
+                self._face_ranges(), self.frame, bits, edges,
+            )  # fmt: skip
+        elif mode == "soft":
+            if self.candidates is None:
+                self.candidates = SoftCandidates()
+            self.candidates.select(
+                self.vertex.clip,
+                self.mesh.faces,
+                self._face_ranges(),
+                self.frame,
+                self._soft_params(),
+                self.settings.faces_per_pixel,
+            )
+
+    def _soft_params(self):
+        s, c = self.settings, self.cameras[0]
+        key = (s.sigma, s.gamma, s.eps, c.near, c.far, s.background)
+        if getattr(self, "_soft_key", None) != key:
+            self._soft_key = key
+            self._soft = soft_params(
+                s.sigma, s.gamma, s.eps, near=c.near, far=c.far, background=s.background
+            )
+        return self._soft
 
     def _vertices(self) -> None:
         m = self.mesh
@@ -372,17 +432,48 @@ class Renderer:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
         self._start_tape()
+        self.generation += 1
         self._vertices()
+        s, p = self.settings, self._buffers()
+        if s.mode == "soft":
+            self._shade_soft()
+            return
         self._shade_layer()
-        p = self.pixels
         blend.composite(
             self.raster.triangle_id,
             p.shaded,
-            self.material.array(self.settings.differentiates("material")),
+            self.material.array(s.differentiates("material")),
             self._background(),
             p.image,
             p.alpha,
         )
+        if s.mode == "antialias":
+            antialias(p.image, p.edges, self.vertex.clip, self.frame, p.final)
+        elif s.mode == "nmr":
+            nmr.nmr(p.image, p.edges, self.vertex.clip, self.frame, p.final)
+
+    def _shade_soft(self) -> None:
+        """Shade at the vertices, then blend the candidates softly."""
+        s, m, p = self.settings, self.mesh, self.pixels
+        n = self.views * m.num_vertices
+        if self.vertex_colors is None or self.vertex_colors.shape[0] != n:
+            self.vertex_colors = arrays.empty(n, 3, grad=True)
+        shade_vertices(
+            s.shading,
+            self.vertex.world,
+            self.vertex.normal,
+            self._input(m.colors, "colors"),
+            self._input(self.vertex.eye, "camera"),
+            self.material.array(s.differentiates("material")),
+            self.lights.array(s.differentiates("lights")),
+            self.lights.counts,
+            self.vertex_colors,
+        )
+        silhouette_, image = p.soft_buffers()
+        soft_blend.blend(
+            self.candidates, self.vertex.clip, self.vertex_colors, self._soft_params(),
+            silhouette_, image,
+        )  # fmt: skip
 
     def _background(self):
         bg = np.asarray(self.settings.background, dtype=np.float64)
@@ -395,12 +486,14 @@ class Renderer:
     @property
     def image(self):
         """The final image, (B·H·W,) vec3 Taichi ndarray with gradients."""
-        return self.pixels.image
+        mode = self.settings.mode
+        return self.pixels.final if mode in ("soft", *EDGE_MODES) else self.pixels.image
 
     @property
     def alpha(self):
-        """Coverage (B·H·W,), with gradients."""
-        return self.pixels.alpha
+        """Coverage (B·H·W,), with gradients: the soft silhouette in mode "soft"."""
+        p = self.pixels
+        return p.silhouette if self.settings.mode == "soft" else p.alpha
 
     @property
     def triangle_id(self):
@@ -468,6 +561,7 @@ class Renderer:
             self.lights.values,
             *self.vertex.differentiable(),
             *(self.pixels.differentiable() if self.pixels is not None else ()),
+            *([self.vertex_colors] if self.vertex_colors is not None else []),
         ]
         if self.texture is not None:
             arrays_with_grad += [a for a in (self.texture.texels, self.texture.pyramid) if a]
