@@ -9,6 +9,7 @@ the finite differences, so it checks the visibility gradient too (on configurati
 from topology changes).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import taichi as ti
 from . import backend
 from .camera import Camera
 from .errors import UserError
+from .render import arrays
 from .render.pipeline import Renderer
 from .scene import textured_sphere
 
@@ -43,9 +45,43 @@ HEADER = f"{'op':<12} {'parameter':<20} {'max abs err':>12} {'max rel err':>12} 
 
 
 @ti.kernel
-def _weighted_sum(image: ti.template(), weights: ti.template(), loss: ti.template()):
-    for y, x in image:
-        loss[None] += (image[y, x] * weights[y, x]).sum()
+def _weighted_sum(image: arrays.Vec3, weights: arrays.Vec3, loss: ti.types.ndarray()):
+    for i in range(image.shape[0]):
+        loss[None] += (image[i] * weights[i]).sum()
+
+
+@dataclass
+class Parameter:
+    """A renderer parameter for a check: read its value, write it, read its gradient
+    (arrays as NumPy)."""
+
+    get: Callable
+    set: Callable
+    grad: Callable
+
+
+def array_parameter(a) -> Parameter:
+    """A parameter that is a whole Taichi ndarray (e.g. ``r.mesh.positions``)."""
+    return Parameter(
+        a.to_numpy, lambda x: a.from_numpy(x.astype(backend.np_real())), lambda: a.grad.to_numpy()
+    )
+
+
+def packed_parameter(packed, name: str) -> Parameter:
+    """Parameter ``name`` of a packed material or light array (written without the
+    setters' validation: finite differences may step a zero colour below 0)."""
+    span = packed.layout.span(name)
+
+    def put(x):
+        host = packed.values.to_numpy()
+        host[span] = np.asarray(x).ravel()
+        packed.values.from_numpy(host)
+
+    return Parameter(
+        lambda: packed.values.to_numpy()[span].copy(),
+        put,
+        lambda: packed.values.grad.to_numpy()[span],
+    )
 
 
 class Scene:
@@ -64,7 +100,7 @@ class Scene:
         self.r = Renderer(self.mesh, cam)
         colors = rng.uniform(0.5, 1.0, (self.mesh.num_vertices, 3))
         self.r.set_mesh(self.mesh, colors)
-        self.r.lights.set(
+        self.r.lights.reset(
             ambient=(0.1, 0.1, 0.1),
             directional=[((0.4, 0.6, 1.0), (0.8, 0.8, 0.7)), ((-0.7, 0.2, 0.5), (0.3, 0.2, 0.4))],
             point=[((1.0, 1.2, 1.5), (2.0, 2.0, 2.0))],
@@ -73,10 +109,9 @@ class Scene:
         self.r.material.set(
             base_color=(0.9, 0.7, 0.5), specular=0.5, shininess=12.0, roughness=0.5, metallic=0.3
         )
-        real = backend.real()
-        self.weights = ti.Vector.field(3, real, shape=(self.size, self.size))
-        self.weights.from_numpy(rng.uniform(-1, 1, (self.size, self.size, 3)))
-        self.loss = ti.field(real, shape=(), needs_grad=True)
+        weights = rng.uniform(-1, 1, (self.size * self.size, 3))
+        self.weights = arrays.from_numpy(weights)
+        self.loss = ti.ndarray(backend.real(), shape=(), needs_grad=True)
         self.rng = rng
 
     def value(self, rasterize: bool) -> float:
@@ -87,21 +122,21 @@ class Scene:
         _weighted_sum(self.r.image, self.weights, self.loss)
         return float(self.loss[None])
 
-    def gradient(self, field) -> np.ndarray:
+    def gradient(self, parameter: Parameter) -> np.ndarray:
         self.r.rasterize()
-        self.r.zero_grad()
         with ti.ad.Tape(self.loss):
             self.r.shade()
             _weighted_sum(self.r.image, self.weights, self.loss)
-        return field.grad.to_numpy().astype(np.float64)
+        return parameter.grad().astype(np.float64)
 
 
 def compare(
-    scene: Scene, op: str, name: str, field, rasterize: bool, n: int = 6, h: float = 1e-6
-) -> CheckResult:
-    """Tape gradient of ``field`` vs central differences on ``n`` sampled entries."""
-    base = field.to_numpy().astype(np.float64)
-    grad = scene.gradient(field).reshape(-1)
+    scene: Scene, op: str, name: str, parameter: Parameter, rasterize: bool, n: int = 6,
+    h: float = 1e-6,
+) -> CheckResult:  # fmt: skip
+    """Tape gradient of ``parameter`` vs central differences on ``n`` sampled entries."""
+    base = parameter.get().astype(np.float64)
+    grad = scene.gradient(parameter).reshape(-1)
     flat = base.reshape(-1)
     count = min(n, flat.size)
     top = np.argsort(-np.abs(grad))[: (count + 1) // 2]
@@ -113,94 +148,61 @@ def compare(
         for step in (h, -h):
             x = flat.copy()
             x[i] += step
-            backend.write(field, x.reshape(base.shape))
+            parameter.set(x.reshape(base.shape))
             values.append(scene.value(rasterize))
         fd[j] = (values[0] - values[1]) / (2 * h)
-    backend.write(field, base)
+    parameter.set(base)
     err = np.abs(grad[pick] - fd)
     rel = err.max() / max(np.abs(fd).max(), 1e-8)
     return CheckResult(op, name, float(err.max()), float(rel), bool(rel <= RTOL))
 
 
 def _cases(scene: Scene):
-    """(op, shading, mode, [(parameter name, field)])."""
+    """(op, shading, mode, [(parameter name, Parameter)])."""
     r = scene.r
-    m, L, v = r.material, r.lights, r.vertex
+    mesh, v = r.mesh, r.vertex
+    vertex = {
+        n: array_parameter(getattr(mesh, n)) for n in ("positions", "normals", "colors", "uvs")
+    }
+    view = {
+        n: array_parameter(getattr(v, n))
+        for n in (
+            "camera_rotation",
+            "camera_translation",
+            "fov",
+            "pose_rotation",
+            "pose_translation",
+        )
+    }
+    m = {n: packed_parameter(r.material, n) for n in r.material.layout.names}
+    L = {n: packed_parameter(r.lights, n) for n in r.lights.layout.names}
+    pick = lambda d, *names: [(n, d[n]) for n in names]  # noqa: E731
     return [
         (
             "interpolate",
             "blinn-phong",
             "hard",
-            [
-                ("positions", r.mesh.positions),
-                ("normals", r.mesh.normals),
-                ("colors", r.mesh.colors),
-                ("uvs", r.mesh.uvs),
-            ],
+            pick(vertex, "positions", "normals", "colors", "uvs"),
         ),
-        ("texture", "lambert", "hard", [("texels", r.texture.texels)]),
-        (
-            "phong",
-            "phong",
-            "hard",
-            [("base_color", m.base_color), ("specular", m.specular), ("shininess", m.shininess)],
-        ),
-        ("blinn-phong", "blinn-phong", "hard", [("shininess", m.shininess)]),
-        (
-            "ggx",
-            "ggx",
-            "hard",
-            [("roughness", m.roughness), ("metallic", m.metallic), ("specular", m.specular)],
-        ),
-        (
-            "lights",
-            "ggx",
-            "hard",
-            [
-                ("ambient", L.ambient),
-                ("dir_direction", L.dir_direction),
-                ("dir_color", L.dir_color),
-                ("point_position", L.point_position),
-                ("point_color", L.point_color),
-                ("sh", L.sh),
-            ],
-        ),
+        ("texture", "lambert", "hard", [("texels", array_parameter(r.texture.texels))]),
+        ("phong", "phong", "hard", pick(m, "base_color", "specular", "shininess")),
+        ("blinn-phong", "blinn-phong", "hard", pick(m, "shininess")),
+        ("ggx", "ggx", "hard", pick(m, "roughness", "metallic", "specular")),
+        ("lights", "ggx", "hard", pick(L, *L)),
         (
             "camera",
             "blinn-phong",
             "hard",
-            [
-                ("camera_rotation", v.camera_rotation),
-                ("camera_translation", v.camera_translation),
-                ("fov", v.fov),
-            ],
+            pick(view, "camera_rotation", "camera_translation", "fov"),
         ),
-        (
-            "pose",
-            "blinn-phong",
-            "hard",
-            [("pose_rotation", v.pose_rotation), ("pose_translation", v.pose_translation)],
-        ),
+        ("pose", "blinn-phong", "hard", pick(view, "pose_rotation", "pose_translation")),
         (
             "antialias",
             "blinn-phong",
             "antialias",
-            [
-                ("positions", r.mesh.positions),
-                ("camera_translation", v.camera_translation),
-                ("base_color", m.base_color),
-            ],
+            pick(vertex, "positions") + pick(view, "camera_translation") + pick(m, "base_color"),
         ),
-        (
-            "soft",
-            "lambert",
-            "soft",
-            [
-                ("positions", r.mesh.positions),
-                ("colors", r.mesh.colors),
-                ("dir_direction", L.dir_direction),
-            ],
-        ),
+        ("soft", "lambert", "soft", pick(vertex, "positions", "colors") + pick(L, "dir_direction")),
     ]
 
 
@@ -229,8 +231,8 @@ def run_checks(op: str | None = None, seed: int = 0, scene: Scene | None = None)
         if op is not None and name != op:
             continue
         scene.r.configure(shading=shading, mode=mode)
-        for pname, field in params:
-            results.append(compare(scene, name, pname, field, rasterize=mode == "antialias"))
+        for pname, parameter in params:
+            results.append(compare(scene, name, pname, parameter, rasterize=mode == "antialias"))
     if op in (None, "nmr"):
         results.extend(nmr_downhill(scene))
     scene.r.configure(mode="hard")
@@ -238,9 +240,9 @@ def run_checks(op: str | None = None, seed: int = 0, scene: Scene | None = None)
 
 
 @ti.kernel
-def _squared_error(image: ti.template(), target: ti.template(), loss: ti.template()):
-    for y, x in image:
-        loss[None] += (image[y, x] - target[y, x]).norm_sqr()
+def _squared_error(image: arrays.Vec3, target: arrays.Vec3, loss: ti.types.ndarray()):
+    for i in range(image.shape[0]):
+        loss[None] += (image[i] - target[i]).norm_sqr()
 
 
 def nmr_downhill(
@@ -255,11 +257,11 @@ def nmr_downhill(
     before."""
     r, v = scene.r, scene.r.vertex
     r.configure(shading="unlit", mode=mode)  # flat colour: only visibility gradients
-    target = ti.Vector.field(3, backend.real(), shape=(scene.size, scene.size))
+    target = arrays.empty(scene.size * scene.size, 3)
     results = []
 
     def loss_at(t):
-        backend.write(v.pose_translation, np.asarray(t))
+        v.pose_translation.from_numpy(np.asarray(t, dtype=backend.np_real()).reshape(1, 3))
         r.rasterize()
         r.shade()
         scene.loss[None] = 0.0
@@ -273,7 +275,7 @@ def nmr_downhill(
         with ti.ad.Tape(scene.loss):
             r.shade()
             _squared_error(r.image, target, scene.loss)
-        g = v.pose_translation.grad.to_numpy()
+        g = v.pose_translation.grad.to_numpy()[0]
         after = loss_at(direction * 0.02 * g / max(np.linalg.norm(g), 1e-30))
         results.append(
             CheckResult(
@@ -284,5 +286,5 @@ def nmr_downhill(
                 bool(after < before),
             )
         )
-    backend.write(v.pose_translation, np.zeros(3))
+    v.pose_translation.fill(0.0)
     return results

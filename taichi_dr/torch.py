@@ -35,8 +35,8 @@ from .render import texture as texturing
 from .render.antialias import antialias as _antialias
 from .render.antialias import antialias_backward
 from .render.arrays import Frame
-from .render.lights import LIGHT_LAYOUT, LIGHTS_SIZE, PackedLights
-from .render.shading import MATERIAL_LAYOUT, MATERIAL_SIZE, MODELS, PackedMaterial
+from .render.lights import LIGHT_LAYOUT, LIGHTS_SIZE, Lights
+from .render.shading import MATERIAL_LAYOUT, MATERIAL_SIZE, MODELS, Material
 from .render.soft_faces import soft_params
 from .render.soft_select import SoftCandidates
 
@@ -324,17 +324,17 @@ def texture(image, uv, footprint=None, filter: str = "bilinear", wrap: str = "re
 
 def material(**values) -> "torch.Tensor":
     """A packed material tensor (MATERIAL_SIZE,) for :func:`shade` from the names of
-    :class:`~taichi_dr.render.shading.PackedMaterial` (defaults for the rest), float64 or
+    :class:`~taichi_dr.render.shading.Material` (defaults for the rest), float64 or
     float32 as the backend; set ``requires_grad`` on it to differentiate."""
-    m = PackedMaterial(**values)
+    m = Material(**values)
     return torch.tensor(m.values.to_numpy())
 
 
 def lights(views: int = 1, **values) -> tuple:
     """Packed lights for :func:`shade`: (values (LIGHTS_SIZE,) or (views, LIGHTS_SIZE),
     counts (2,) or (views, 2) int32), from the keywords of
-    :class:`~taichi_dr.render.lights.PackedLights` (``directional``, ``point``, ``sh``...)."""
-    L = PackedLights(views, **values)
+    :class:`~taichi_dr.render.lights.Lights` (``directional``, ``point``, ``sh``...)."""
+    L = Lights(views, **values)
     shape = (LIGHTS_SIZE,) if views == 1 else (views, LIGHTS_SIZE)
     counts = L.counts.to_numpy().reshape(-1, 2)
     return (

@@ -20,52 +20,9 @@ from .. import backend
 from ..errors import UserError
 from . import arrays
 from .arrays import IVec3, Vec4, channels, check_length
-from .silhouette import crossing, pair_crossing
+from .silhouette import pair_crossing
 
 
-@ti.data_oriented
-class Antialias:
-    def __init__(self, width: int, height: int):
-        self.width, self.height = int(width), int(height)
-        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), **backend.diff())
-
-    @ti.kernel
-    def _copy(self, color: ti.template()):
-        for y, x in self.image:
-            self.image[y, x] = color[y, x]
-
-    @ti.kernel
-    def _blend(self, color: ti.template(), edges: ti.template(), clip: ti.template()):
-        for y, x in ti.ndrange(self.height, self.width):
-            for d in ti.static(range(2)):
-                e = edges[y, x, d]
-                if e[1] >= 0:
-                    yq, xq = y + d, x + 1 - d
-                    alpha = crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], self.width, self.height)
-                    # P: the front triangle's pixel, Q: the other
-                    c0, c1 = color[y, x], color[yq, xq]
-                    if e[0] == 1:
-                        if alpha > 0.5:  # the front triangle covers part of Q
-                            self.image[yq, xq] += (alpha - 0.5) * (c0 - c1)
-                        else:  # Q's surface covers part of P
-                            self.image[y, x] += (0.5 - alpha) * (c1 - c0)
-                    else:
-                        if alpha > 0.5:
-                            self.image[y, x] += (alpha - 0.5) * (c1 - c0)
-                        else:
-                            self.image[yq, xq] += (0.5 - alpha) * (c0 - c1)
-
-    def forward(self, color, edges, clip) -> None:
-        """``image`` = ``color`` (H, W, 3) with the silhouette edges of ``edges``
-        (from :class:`~taichi_dr.render.silhouette.Silhouettes`) blended."""
-        self._copy(color)
-        self._blend(color, edges, clip)
-
-    def zero_grad(self) -> None:
-        self.image.grad.fill(0)
-
-
-# ------------------------------------------------------------------ array version (issue 13)
 @functools.cache
 def _blend_kernel(n_channels: int, real):
     """The edge blend for colours of ``n_channels`` components of type ``real`` (compiled

@@ -7,23 +7,18 @@ coordinates, works for triangles crossing the near plane (no clipped geometry ne
 and gives the eye-space depth Σ λᵢ wᵢ. Only visibility (the triangle id) comes from the
 non-differentiable rasterizer.
 
-Owns ``bary`` (H, W, 3) and ``depth`` (H, W; eye-space distance along −z, inf where
-empty); both carry gradients. ``interpolate(values, out)`` fills any per-vertex field
-(V, C) into a per-pixel field (H, W, C).
+Functions over flat arrays (see ``arrays``): :func:`barycentrics` (and eye depth, inf
+where empty), :func:`surface` (the renderer's pass: barycentrics, depth, world position,
+normal, colour and uv at once), :func:`footprint` (a pixel's size in uv units, for mip
+selection) and :func:`interpolate` (any C-vector attribute). Each takes
+``backward=True`` for its reverse pass where it is used outside a tape.
 """
 
 import taichi as ti
 
-from .. import backend
 from ..errors import UserError
 from . import arrays
 from .arrays import Frame, Int, IVec3, Real, Vec2, Vec3, Vec4
-
-
-@ti.func
-def pixel_ndc(y: ti.i32, x: ti.i32, width: ti.i32, height: ti.i32):
-    """NDC of the centre of pixel (row y, column x); rows grow downwards."""
-    return ti.Vector([(x + 0.5) / width * 2.0 - 1.0, 1.0 - (y + 0.5) / height * 2.0])
 
 
 @ti.func
@@ -37,117 +32,6 @@ def perspective_barycentrics(
     s = lam[0] + lam[1] + lam[2]
     s = ti.select(ti.abs(s) > 1e-30, s, 1e-30)  # edge-on triangle: finite, not NaN
     return lam / s
-
-
-@ti.data_oriented
-class Interpolator:
-    def __init__(self, width: int, height: int):
-        real = backend.real()
-        self.width, self.height = int(width), int(height)
-        shape = (self.height, self.width)
-        self.bary = ti.Vector.field(3, real, shape=shape, **backend.diff())
-        self.depth = ti.field(real, shape=shape, **backend.diff())
-
-    @ti.kernel
-    def _barycentrics(
-        self,
-        clip: ti.template(),
-        faces: ti.template(),
-        tri: ti.template(),
-        values: ti.template(),
-        outs: ti.template(),
-        stop: ti.template(),
-    ):
-        for y, x in self.depth:
-            for field in ti.static(stop):
-                ti.stop_grad(field)
-            t = tri[y, x]
-            lam = ti.Vector([0.0, 0.0, 0.0])
-            depth = ti.math.inf
-            f = ti.Vector([0, 0, 0])
-            if t >= 0:
-                f = faces[t]
-                c0, c1, c2 = clip[f[0]], clip[f[1]], clip[f[2]]
-                lam = perspective_barycentrics(c0, c1, c2, pixel_ndc(y, x, self.width, self.height))
-                depth = lam[0] * c0[3] + lam[1] * c1[3] + lam[2] * c2[3]
-            self.bary[y, x] = lam
-            self.depth[y, x] = depth
-            for k in ti.static(range(len(values))):
-                v = ti.zero(outs[k][y, x])
-                if t >= 0:
-                    v = (
-                        lam[0] * values[k][f[0]]
-                        + lam[1] * values[k][f[1]]
-                        + lam[2] * values[k][f[2]]
-                    )
-                outs[k][y, x] = v
-
-    @ti.kernel
-    def _interpolate(
-        self, values: ti.template(), faces: ti.template(), tri: ti.template(), out: ti.template()
-    ):
-        for y, x in out:
-            t = tri[y, x]
-            v = ti.zero(out[y, x])
-            if t >= 0:
-                f = faces[t]
-                lam = self.bary[y, x]
-                v = lam[0] * values[f[0]] + lam[1] * values[f[1]] + lam[2] * values[f[2]]
-            out[y, x] = v
-
-    @ti.kernel
-    def _footprint(
-        self,
-        uvs: ti.template(),
-        clip: ti.template(),
-        faces: ti.template(),
-        tri: ti.template(),
-        out: ti.template(),
-        stop: ti.template(),
-    ):
-        for y, x in out:
-            for field in ti.static(stop):
-                ti.stop_grad(field)
-            t = tri[y, x]
-            size = 0.0
-            if t >= 0:
-                f = faces[t]
-                c0, c1, c2 = clip[f[0]], clip[f[1]], clip[f[2]]
-                u0, u1, u2 = uvs[f[0]], uvs[f[1]], uvs[f[2]]
-                p = pixel_ndc(y, x, self.width, self.height)
-                step = ti.Vector([2.0 / self.width, -2.0 / self.height])
-                la = perspective_barycentrics(c0, c1, c2, p)
-                lx = perspective_barycentrics(c0, c1, c2, p + ti.Vector([step[0], 0.0]))
-                ly = perspective_barycentrics(c0, c1, c2, p + ti.Vector([0.0, step[1]]))
-                uv = la[0] * u0 + la[1] * u1 + la[2] * u2
-                dx = lx[0] * u0 + lx[1] * u1 + lx[2] * u2 - uv
-                dy = ly[0] * u0 + ly[1] * u1 + ly[2] * u2 - uv
-                size = ti.sqrt(ti.max(dx.norm_sqr(), dy.norm_sqr()) + 1e-30)  # finite grad at 0
-            out[y, x] = size
-
-    def footprint(self, uvs, clip, faces, triangle_id, out, stop=()) -> None:
-        """``out[y, x]`` = uv distance to the next pixel along x or y (the larger), on the
-        same triangle's plane — the texture footprint of the pixel for mip selection."""
-        self._footprint(uvs, clip, faces, triangle_id, out, stop)
-
-    def forward(self, clip, faces, triangle_id, attributes=(), stop=()) -> None:
-        """Barycentrics and depth for every covered pixel of ``triangle_id`` (H, W), and in
-        the same pass ``interpolate`` for each ``(values, out)`` pair of ``attributes``.
-        ``stop``: input fields that get no gradient (their reverse pass is compiled out)."""
-        values = tuple(v for v, _ in attributes)
-        outs = tuple(o for _, o in attributes)
-        self._barycentrics(clip, faces, triangle_id, values, outs, stop)
-
-    def interpolate(self, values, faces, triangle_id, out) -> None:
-        """``out[y, x] = Σ λᵢ values[face[i]]``; zero where the pixel is empty."""
-        self._interpolate(values, faces, triangle_id, out)
-
-    def zero_grad(self) -> None:
-        backend.zero_grads(self.bary, self.depth)
-
-
-# --------------------------------------------------------------------------- array version
-# Compile-once kernels over ndarrays (issue 13); see ``arrays`` for the layout.
 
 
 @ti.func

@@ -11,69 +11,12 @@ SH basis order (l, m) = (0,0), (1,−1), (1,0), (1,1), (2,−2), (2,−1), (2,0)
 import numpy as np
 import taichi as ti
 
-from .. import backend
 from ..errors import UserError
 from . import arrays
 from .packed import Layout, Packed
 
 MAX_DIRECTIONAL = 4
 MAX_POINT = 4
-
-
-@ti.data_oriented
-class Lights:
-    def __init__(self):
-        real = backend.real()
-        self.ambient = ti.Vector.field(3, real, shape=(), **backend.diff())
-        self.dir_direction = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, **backend.diff())
-        self.dir_color = ti.Vector.field(3, real, shape=MAX_DIRECTIONAL, **backend.diff())
-        self.point_position = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
-        self.point_color = ti.Vector.field(3, real, shape=MAX_POINT, **backend.diff())
-        self.sh = ti.Vector.field(3, real, shape=9, **backend.diff())
-        self.count = ti.field(ti.i32, shape=2)  # directional and point lights in use
-        self.fields = (
-            self.ambient,
-            self.dir_direction,
-            self.dir_color,
-            self.point_position,
-            self.point_color,
-            self.sh,
-        )
-        self.set()
-
-    def set(
-        self,
-        ambient=(0.1, 0.1, 0.1),
-        directional=(((0.3, 0.6, 1.0), (0.9, 0.9, 0.9)),),
-        point=(),
-        sh=None,
-    ) -> None:
-        """``directional``: sequence of (direction, color); ``point``: (position, color);
-        ``sh``: (9, 3) coefficients or None. Unused slots are zero and skipped."""
-        if len(directional) > MAX_DIRECTIONAL or len(point) > MAX_POINT:
-            raise UserError(f"at most {MAX_DIRECTIONAL} directional and {MAX_POINT} point lights")
-        d = np.zeros((2, MAX_DIRECTIONAL, 3))
-        d[0, :, 2] = 1.0
-        for i, (direction, color) in enumerate(directional):
-            v = np.asarray(direction, dtype=np.float64)
-            if not np.all(np.isfinite(v)) or np.linalg.norm(v) == 0:
-                raise UserError(
-                    f"light direction must be a finite non-zero vector, got {direction}"
-                )
-            d[0, i], d[1, i] = v / np.linalg.norm(v), color
-        p = np.zeros((2, MAX_POINT, 3))
-        for i, (position, color) in enumerate(point):
-            p[0, i], p[1, i] = position, color
-        s = np.zeros((9, 3)) if sh is None else np.asarray(sh, dtype=np.float64).reshape(9, 3)
-        arrays = (np.asarray(ambient, dtype=np.float64).reshape(3), d[0], d[1], p[0], p[1], s)
-        self.count.from_numpy(np.array([len(directional), len(point)], dtype=np.int32))
-        for f, a in zip(self.fields, arrays):
-            if not np.all(np.isfinite(a)):
-                raise UserError("light parameters contain NaN or inf; pass finite numbers")
-            f.from_numpy(a.astype(backend.np_real()))
-
-    def zero_grad(self) -> None:
-        backend.zero_grads(*self.fields)
 
 
 @ti.func
@@ -97,18 +40,6 @@ def sh_basis(n):
     )
 
 
-@ti.func
-def sh_irradiance(sh: ti.template(), n: ti.template()):
-    """Irradiance / π for unit normal n from order-2 SH radiance (Ramamoorthi–Hanrahan)."""
-    w = sh_basis(n)
-    out = ti.Vector([0.0, 0.0, 0.0])
-    for k in ti.static(range(9)):
-        out += w[k] * sh[k]
-    return out
-
-
-# ---------------------------------------------------------------- array version (issue 13)
-
 LIGHT_LAYOUT = Layout(
     ("ambient", (3,)),
     ("dir_direction", (MAX_DIRECTIONAL, 3)),
@@ -126,7 +57,7 @@ AMBIENT, DIR_DIRECTION, DIR_COLOR, POINT_POSITION, POINT_COLOR, SH = (
 _COLOURS = ("ambient", "dir_color", "point_color")
 
 
-class PackedLights(Packed):
+class Lights(Packed):
     """Lights as packed arrays, one set shared by every view or one per view (``views``).
 
     ``values``: ``views · LIGHTS_SIZE`` reals with gradients (``LIGHT_LAYOUT``);

@@ -22,82 +22,11 @@ from .. import backend
 from ..errors import UserError
 from . import arrays
 from .arrays import IVec3, Vec4, channels, check_length
-from .silhouette import crossing, crossing_grad, pair_crossing
+from .silhouette import crossing_grad, pair_crossing
 
 MIN_DISTANCE = 0.05  # pixels: bounds the slope of an edge sitting on a pixel centre
 
 
-@ti.data_oriented
-class NMR:
-    def __init__(self, width: int, height: int):
-        real = backend.real()
-        self.width, self.height = int(width), int(height)
-        self.image = ti.Vector.field(3, real, shape=(height, width), **backend.diff())
-        self.slope = ti.field(real, shape=(height, width, 2))  # ∂L/∂alpha per pair
-        self.surrogate = ti.field(real, shape=(), needs_grad=True)
-
-    @ti.kernel
-    def _copy(self, color: ti.template()):
-        for y, x in self.image:
-            self.image[y, x] = color[y, x]
-
-    @ti.kernel
-    def _pass_colour_gradient(self, color: ti.template()):
-        for y, x in self.image:
-            color.grad[y, x] += self.image.grad[y, x]
-
-    @ti.kernel
-    def _slopes(self, color: ti.template(), edges: ti.template(), clip: ti.template()):
-        for y, x in ti.ndrange(self.height, self.width):
-            for d in ti.static(range(2)):
-                e = edges[y, x, d]
-                g = 0.0
-                if e[1] >= 0:
-                    yq, xq = y + d, x + 1 - d
-                    alpha = crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], self.width, self.height)
-                    cp, cq = color[y, x], color[yq, xq]
-                    gp, gq = self.image.grad[y, x], self.image.grad[yq, xq]
-                    if e[0] == 0:
-                        cp, cq, gp, gq = cq, cp, gq, gp
-                    cover = gq.dot(cp - cq)  # ΔL if Q took P's colour
-                    if cover < 0.0:
-                        g += cover / ti.max(1.0 - alpha, MIN_DISTANCE)
-                    uncover = gp.dot(cp - cq)  # −ΔL if P took Q's colour
-                    if uncover > 0.0:
-                        g += uncover / ti.max(alpha, MIN_DISTANCE)
-                self.slope[y, x, d] = g
-
-    @ti.kernel
-    def _surrogate(self, edges: ti.template(), clip: ti.template()):
-        """Σ slope · alpha(clip): its gradient is the chain rule through the crossings."""
-        for y, x, d in ti.ndrange(self.height, self.width, 2):
-            e = edges[y, x, d]
-            if e[1] >= 0:
-                a = 0.0
-                if d == 0:
-                    a = crossing(clip[e[1]], clip[e[2]], y, x, 0, e[0], self.width, self.height)
-                else:
-                    a = crossing(clip[e[1]], clip[e[2]], y, x, 1, e[0], self.width, self.height)
-                self.surrogate[None] += self.slope[y, x, d] * a
-
-    @ti.ad.grad_replaced
-    def forward(self, color, edges, clip) -> None:
-        """``image`` = ``color``; the backward pass is NMR's (see module docstring)."""
-        self._copy(color)
-
-    @ti.ad.grad_for(forward)
-    def _backward(self, color, edges, clip) -> None:
-        self._pass_colour_gradient(color)
-        self._slopes(color, edges, clip)
-        self.surrogate[None] = 0.0
-        self.surrogate.grad[None] = 1.0
-        self._surrogate.grad(edges, clip)
-
-    def zero_grad(self) -> None:
-        self.image.grad.fill(0)
-
-
-# ------------------------------------------------------------------ array version (issue 13)
 @functools.cache
 def _edge_kernel(n_channels: int, real):
     """NMR's edge gradient for colours of ``n_channels`` components of type ``real``."""

@@ -32,13 +32,13 @@ from ..scene import Mesh
 from . import arrays, blend, interpolate, nmr, shading, silhouette, soft_blend
 from .antialias import antialias
 from .arrays import Frame
-from .lights import PackedLights
+from .lights import Lights
 from .mesh import MeshBuffers
 from .raster import Rasterizer
-from .shading import MODELS, PackedMaterial
+from .shading import MODELS, Material
 from .soft_faces import soft_params
 from .soft_select import SoftCandidates
-from .texture import MipTexture
+from .texture import Texture
 from .vertex import VertexStage
 from .vertex_shading import shade_vertices
 
@@ -193,8 +193,8 @@ class Renderer:
         self.mesh = MeshBuffers()
         self.vertex = VertexStage(grad=self._geometry)
         self.raster = Rasterizer()
-        self.material = PackedMaterial()
-        self.lights = PackedLights()
+        self.material = Material()
+        self.lights = Lights()
         self.texture = None
         self.frame = None
         self.pixels = None
@@ -248,7 +248,7 @@ class Renderer:
             s.texture_filter,
             s.texture_wrap,
         ):
-            self.texture = MipTexture(h, w, s.texture_filter, s.texture_wrap)
+            self.texture = Texture(h, w, s.texture_filter, s.texture_wrap)
         self.texture.upload(image)
 
     def configure(self, **changes) -> None:
@@ -283,14 +283,14 @@ class Renderer:
         if self.pixels is not None and self.pixels.frame != self.frame:
             self.pixels = None
         if self.lights.sets not in (1, len(cameras)):
-            self.lights = PackedLights()
+            self.lights = Lights()
 
     def set_lights_per_view(self) -> None:
         """One light set per view (``lights.set(view=b, ...)`` then changes view b's)."""
         if self.lights.sets != self.views:
             values = {n: self.lights.value(n) for n in self.lights.layout.names}
             count = self.lights.count
-            self.lights = PackedLights(self.views, count=tuple(count), **values)
+            self.lights = Lights(self.views, count=tuple(count), **values)
 
     # ------------------------------------------------------------------ buffers
     def _buffers(self) -> _Pixels:
@@ -584,7 +584,7 @@ def render(
     material: dict | None = None,
 ) -> RenderResult:
     """One-call rendering: build a renderer, set ``lights`` / ``material`` keyword dicts
-    (see ``PackedLights.set`` and ``PackedMaterial.set``) and return NumPy outputs."""
+    (see ``Lights.set`` and ``Material.set``) and return NumPy outputs."""
     r = Renderer(mesh, camera, settings)
     if lights is not None:
         r.lights.reset(**lights)

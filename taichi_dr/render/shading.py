@@ -22,7 +22,6 @@ import math
 import numpy as np
 import taichi as ti
 
-from .. import backend
 from ..errors import UserError
 from . import arrays
 from .arrays import Int, IVec3, Real, Vec2, Vec3
@@ -36,55 +35,12 @@ from .lights import (
     POINT_COLOR,
     POINT_POSITION,
     SH,
-    sh_irradiance,
     sh_irradiance_at,
 )
 from .packed import Layout, Packed
 from .texture import FILTERS, WRAPS, Sampler, sample
 
 MODELS = {"lambert": 0, "phong": 1, "blinn-phong": 2, "ggx": 3, "normals": 4, "unlit": 5}
-
-
-@ti.data_oriented
-class Material:
-    """Uniform material parameters (fields with gradients)."""
-
-    names = ("base_color", "specular", "shininess", "roughness", "metallic", "opacity")
-
-    def __init__(self):
-        real = backend.real()
-        self.base_color = ti.Vector.field(3, real, shape=(), **backend.diff())
-        self.specular = ti.field(real, shape=(), **backend.diff())
-        self.shininess = ti.field(real, shape=(), **backend.diff())
-        self.roughness = ti.field(real, shape=(), **backend.diff())
-        self.metallic = ti.field(real, shape=(), **backend.diff())
-        self.opacity = ti.field(real, shape=(), **backend.diff())
-        self.set()
-
-    def set(
-        self,
-        base_color=(0.8, 0.8, 0.8),
-        specular=0.5,
-        shininess=32.0,
-        roughness=0.5,
-        metallic=0.0,
-        opacity=1.0,
-    ) -> None:
-        values = dict(
-            base_color=base_color,
-            specular=specular,
-            shininess=shininess,
-            roughness=roughness,
-            metallic=metallic,
-            opacity=opacity,
-        )
-        for name, value in values.items():
-            if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-                raise UserError(f"material {name} must be finite, got {value}")
-            getattr(self, name)[None] = value
-
-    def zero_grad(self) -> None:
-        backend.zero_grads(*(getattr(self, name) for name in self.names))
 
 
 @ti.func
@@ -127,126 +83,6 @@ def reflected(
     return out
 
 
-@ti.func
-def surface_radiance(
-    model: ti.template(), albedo, n, v, p, lights: ti.template(), mat: ti.template()
-):
-    """Radiance leaving point p with unit normal n towards unit view direction v (shared by
-    the per-pixel ``Shader`` and the per-vertex shading of the soft rasterizer)."""
-    c = albedo * (lights.ambient[None] + sh_irradiance(lights.sh, n))
-    ks = mat.specular[None]
-    shin = mat.shininess[None]
-    rough = mat.roughness[None]
-    metal = mat.metallic[None]
-    f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
-    for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
-        # lights beyond the number set are skipped (a runtime branch: no recompilation)
-        used = (
-            lights.count[0] > i
-            if ti.static(i < MAX_DIRECTIONAL)
-            else (lights.count[1] > i - MAX_DIRECTIONAL)
-        )
-        if used:
-            l = ti.Vector([0.0, 0.0, 1.0])
-            light = ti.Vector([0.0, 0.0, 0.0])
-            if ti.static(i < MAX_DIRECTIONAL):
-                l = lights.dir_direction[i].normalized(1e-12)
-                light = lights.dir_color[i]
-            else:
-                d = lights.point_position[i - MAX_DIRECTIONAL] - p
-                dist2 = ti.max(d.dot(d), 1e-12)
-                l = d / ti.sqrt(dist2)
-                light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
-            c += light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
-    return c
-
-
-@ti.data_oriented
-class Shader:
-    """Owns ``image`` (H, W, 3) linear radiance, with gradients."""
-
-    def __init__(self, width: int, height: int):
-        self.width, self.height = int(width), int(height)
-        self.image = ti.Vector.field(3, backend.real(), shape=(height, width), **backend.diff())
-
-    @ti.kernel
-    def _shade(
-        self,
-        model: ti.template(),
-        tri: ti.template(),
-        position: ti.template(),
-        normal: ti.template(),
-        color: ti.template(),
-        uv: ti.template(),
-        footprint: ti.template(),
-        textured: ti.template(),
-        texture: ti.template(),
-        eye: ti.template(),
-        lights: ti.template(),
-        mat: ti.template(),
-        stop: ti.template(),
-    ):
-        for y, x in self.image:
-            for field in ti.static(stop):
-                ti.stop_grad(field)
-            out = ti.Vector([0.0, 0.0, 0.0])
-            if tri[y, x] >= 0:
-                p = position[y, x]
-                v = (eye[None] - p).normalized(1e-12)
-                n0 = normal[y, x].normalized(1e-12)
-                n = n0 * ti.select(n0.dot(v) < 0.0, -1.0, 1.0)  # two-sided
-                albedo = mat.base_color[None] * color[y, x]
-                if ti.static(textured):
-                    albedo *= texture.sample(uv[y, x], footprint[y, x])
-                if ti.static(model == MODELS["normals"]):
-                    out = n * 0.5 + 0.5
-                elif ti.static(model == MODELS["unlit"]):
-                    out = albedo
-                else:
-                    out = surface_radiance(model, albedo, n, v, p, lights, mat)
-            self.image[y, x] = out
-
-    def forward(
-        self,
-        model: str,
-        tri,
-        position,
-        normal,
-        color,
-        uv,
-        footprint,
-        texture,
-        eye,
-        lights,
-        material,
-        stop=(),
-    ) -> None:
-        """Shade every covered pixel; ``stop``: input fields that get no gradient."""
-        if model not in MODELS:
-            raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
-        textured = texture is not None
-        self._shade(
-            MODELS[model],
-            tri,
-            position,
-            normal,
-            color,
-            uv,
-            footprint,
-            textured,
-            texture if textured else 0,
-            eye,
-            lights,
-            material,
-            stop,
-        )
-
-    def zero_grad(self) -> None:
-        self.image.grad.fill(0)
-
-
-# ---------------------------------------------------------------- array version (issue 13)
-
 MATERIAL_LAYOUT = Layout(
     ("base_color", (3,)),
     ("specular", ()),
@@ -264,7 +100,7 @@ BASE_COLOR, SPECULAR, SHININESS, ROUGHNESS, METALLIC, OPACITY = (
 _UNIT = ("roughness", "metallic", "opacity")
 
 
-class PackedMaterial(Packed):
+class Material(Packed):
     """The uniform material as one packed array ``values`` (``MATERIAL_SIZE`` reals, with
     gradients; layout ``MATERIAL_LAYOUT``). Parameters: ``base_color`` (3,) ≥ 0 (a scalar
     means grey), ``specular`` ≥ 0 (Phong ks; GGX F0 = 0.08·specular for dielectrics),

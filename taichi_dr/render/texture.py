@@ -47,105 +47,6 @@ def check_texture(height: int, width: int, filter: str, wrap: str) -> None:
         )
 
 
-@ti.data_oriented
-class Texture:
-    """An RGB texture of ``height`` × ``width`` texels (powers of two when mipmapped)."""
-
-    def __init__(self, height: int, width: int, filter: str = "bilinear", wrap: str = "repeat"):
-        check_texture(height, width, filter, wrap)
-        real = backend.real()
-        self.height, self.width, self.filter, self.wrap = int(height), int(width), filter, wrap
-        self.levels = 1 + int(math.log2(max(height, width))) if filter == "trilinear" else 1
-        sizes = [(max(height >> k, 1), max(width >> k, 1)) for k in range(self.levels)]
-        offsets = np.cumsum([0] + [h for h, _ in sizes])
-        self.level_info = ti.Vector.field(3, ti.i32, shape=self.levels)  # row offset, h, w
-        self.level_info.from_numpy(
-            np.array([[offsets[k], *sizes[k]] for k in range(self.levels)], dtype=np.int32)
-        )
-        self._sizes, self._offsets = sizes, offsets
-        self.texels = ti.Vector.field(3, real, shape=(height, width), **backend.diff())
-        self.pyramid = ti.Vector.field(3, real, shape=(int(offsets[-1]), width), **backend.diff())
-
-    def upload(self, image: np.ndarray) -> None:
-        """Set level 0 from a linear float image (H, W, 3), row 0 at the top."""
-        image = np.asarray(image, dtype=np.float64)
-        if image.shape != (self.height, self.width, 3):
-            raise UserError(f"texture must be {self.height}x{self.width}x3, got {image.shape}")
-        self.texels.from_numpy(image.astype(backend.np_real()))
-
-    @ti.kernel
-    def _copy_base(self):
-        for y, x in self.texels:
-            self.pyramid[y, x] = self.texels[y, x]
-
-    @ti.kernel
-    def _downsample(self, level: ti.i32):
-        for y, x in ti.ndrange(self._sizes[0][0], self.width):
-            src, dst = self.level_info[level - 1], self.level_info[level]
-            if y < dst[1] and x < dst[2]:
-                y0, x0 = ti.min(2 * y, src[1] - 1), ti.min(2 * x, src[2] - 1)
-                y1, x1 = ti.min(2 * y + 1, src[1] - 1), ti.min(2 * x + 1, src[2] - 1)
-                self.pyramid[dst[0] + y, x] = 0.25 * (
-                    self.pyramid[src[0] + y0, x0]
-                    + self.pyramid[src[0] + y0, x1]
-                    + self.pyramid[src[0] + y1, x0]
-                    + self.pyramid[src[0] + y1, x1]
-                )
-
-    def forward(self) -> None:
-        """Rebuild the pyramid from ``texels`` (call after changing them)."""
-        self._copy_base()
-        for level in range(1, self.levels):
-            self._downsample(level)
-
-    def zero_grad(self) -> None:
-        backend.zero_grads(self.texels, self.pyramid)
-
-    @ti.func
-    def _texel(self, level: ti.i32, y: ti.i32, x: ti.i32):
-        info = self.level_info[level]
-        if ti.static(self.wrap == "repeat"):
-            y, x = y % info[1], x % info[2]  # Taichi's % is non-negative for positive divisor
-        else:
-            y, x = ti.min(ti.max(y, 0), info[1] - 1), ti.min(ti.max(x, 0), info[2] - 1)
-        return self.pyramid[info[0] + y, x]
-
-    @ti.func
-    def _bilinear(self, level: ti.i32, uv: ti.template()):
-        info = self.level_info[level]
-        tx = uv[0] * info[2] - 0.5
-        ty = (1.0 - uv[1]) * info[1] - 0.5
-        ix, iy = _floor(tx), _floor(ty)
-        fx, fy = tx - ix, ty - iy
-        return (1 - fy) * (
-            (1 - fx) * self._texel(level, iy, ix) + fx * self._texel(level, iy, ix + 1)
-        ) + fy * (
-            (1 - fx) * self._texel(level, iy + 1, ix) + fx * self._texel(level, iy + 1, ix + 1)
-        )
-
-    @ti.func
-    def sample(self, uv: ti.template(), footprint: ti.template()):
-        """Colour at ``uv``; ``footprint`` = texture-space size of one pixel in uv units
-        (max of |∂uv/∂x|, |∂uv/∂y|), used by the trilinear filter to pick the level."""
-        out = ti.Vector([0.0, 0.0, 0.0])
-        if ti.static(self.filter == "nearest"):
-            iy = _floor((1.0 - uv[1]) * self.height)
-            ix = _floor(uv[0] * self.width)
-            out = self._texel(0, iy, ix)
-        elif ti.static(self.filter == "bilinear"):
-            out = self._bilinear(0, uv)
-        else:
-            texels = footprint * ti.max(self.height, self.width)
-            lod = ti.log(ti.max(texels, 1.0)) / ti.log(2.0)
-            lod = ti.min(lod, self.levels - 1.0)
-            l0 = _floor(lod)
-            l1 = ti.min(l0 + 1, self.levels - 1)
-            t = lod - l0
-            out = (1.0 - t) * self._bilinear(l0, uv) + t * self._bilinear(l1, uv)
-        return out
-
-
-# ---------------------------------------------------------------- array version (issue 13)
 # A texture is a flat array of RGB texels: level k of the pyramid occupies
 # ``texels[offset_k : offset_k + h_k · w_k]``, row-major, row 0 at the top; ``levels``
 # (L,) ivec3 holds (offset_k, h_k, w_k). Level 0 alone (L = 1) for nearest and bilinear.
@@ -299,7 +200,7 @@ def _statics(sampler: Sampler) -> tuple:
     return FILTERS.index(sampler.filter), WRAPS.index(sampler.wrap)
 
 
-class MipTexture:
+class Texture:
     """An RGB texture of ``height`` × ``width`` texels (powers of two when mipmapped) as
     flat arrays: ``texels`` (h·w,) vec3 with gradients (level 0, row 0 at the top), and
     for "trilinear" the ``pyramid`` of every level, rebuilt by ``forward``."""
