@@ -44,26 +44,13 @@ def gradcheck_scene():
     return Scene(seed=3)
 
 
-_RENDERERS = {}
-
-
 def shared_renderer(mesh, camera, **settings):
-    """One Renderer per resolution for the whole session (Taichi compiles the kernels of
-    each renderer instance once; sharing keeps the suite fast). Capacity: 6,000 faces."""
-    from taichi_dr.render.pipeline import Renderer
+    """A renderer with the tests' default settings (the kernels compile once per process
+    for every renderer, so a new one costs nothing)."""
+    from taichi_dr.render.pipeline import Renderer, RenderSettings
 
-    key = (camera.width, camera.height)
-    if key not in _RENDERERS:
-        _RENDERERS[key] = Renderer(mesh, camera, max_vertices=6000, max_faces=6000)
-    r = _RENDERERS[key]
-    r.configure(
-        **{"shading": "blinn-phong", "cull": "none", "background": (0.0, 0.0, 0.0), **settings}
-    )
-    r.set_mesh(mesh)
-    r.set_camera(camera)
-    r.lights.set()
-    r.material.set()
-    return r
+    defaults = {"shading": "blinn-phong", "cull": "none", "background": (0.0, 0.0, 0.0)}
+    return Renderer(mesh, camera, RenderSettings(**{**defaults, **settings}))
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,7 @@ def sample_texture(img, uv, mode, wrap, footprint=0.0):
     t = lod - l0
     return (1 - t) * bilinear(levels[l0], uv) + t * bilinear(levels[l1], uv)
 
+
 def soft_reference(
     clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None, candidates=False
 ):

@@ -4,7 +4,7 @@ command's cases), plus no NaN/inf on degenerate scenes and one-line errors."""
 import numpy as np
 import pytest
 
-from taichi_dr.checks import OPS, RTOL, compare, run_checks
+from taichi_dr.checks import OPS, RTOL, array_parameter, compare, packed_parameter, run_checks
 from taichi_dr.cli import main
 
 
@@ -26,7 +26,8 @@ def test_op_gradients_match_central_differences(scene, op):
 def test_check_can_fail(scene):
     """The comparison is not vacuous: a finite difference with a far too large step
     (30° of field of view) disagrees with the tape and is reported as a failure."""
-    bad = compare(scene, "probe", "fov", scene.r.vertex.fov, False, h=30.0)  # huge step
+    fov = array_parameter(scene.r.vertex.fov)
+    bad = compare(scene, "probe", "fov", fov, False, h=30.0)  # huge step
     assert not bad.ok
 
 
@@ -48,13 +49,13 @@ def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, mode, g
     r = scene.r
     r.configure(mode=mode, shading="blinn-phong")
     fields = {
-        "positions": r.mesh.positions,
-        "colors": r.mesh.colors,
-        "uvs": r.mesh.uvs,
-        "texture": r.texture.texels,
-        "material": r.material.shininess,
-        "lights": r.lights.sh,
-        "camera": r.vertex.camera_translation,
+        "positions": array_parameter(r.mesh.positions),
+        "colors": array_parameter(r.mesh.colors),
+        "uvs": array_parameter(r.mesh.uvs),
+        "texture": array_parameter(r.texture.texels),
+        "material": packed_parameter(r.material, "shininess"),
+        "lights": packed_parameter(r.lights, "sh"),
+        "camera": array_parameter(r.vertex.camera_translation),
     }
     full = {g: scene.gradient(f) for g, f in fields.items()}
     r.configure(grads=groups)
@@ -73,12 +74,13 @@ def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, mode, g
 def test_antialias_gradients_reach_silhouette_vertices(scene):
     r = scene.r
     r.configure(mode="antialias")
-    g = scene.gradient(r.mesh.positions)
-    edges = r.silhouettes.edges.to_numpy()
+    positions = array_parameter(r.mesh.positions)
+    g = scene.gradient(positions)
+    edges = r.pixels.edges.to_numpy()
     silhouette_vertices = np.unique(edges[..., 1:][edges[..., 1] >= 0])
     assert len(silhouette_vertices) > 0
     r.configure(mode="hard")
-    g_hard = scene.gradient(r.mesh.positions)
+    g_hard = scene.gradient(positions)
     moved = np.abs(g - g_hard).sum(1)
     assert (moved[silhouette_vertices] > 1e-6).all()
 
@@ -95,15 +97,15 @@ def test_degenerate_scene_gives_finite_gradients(scene):
             r.configure(mode=mode)
             for translation in ((0, 0, 0), (0, 0, 2.1), (0, 0, 2.6)):  # inside, at near
                 r.mesh.positions.from_numpy(bad)
-                r.vertex.set_camera(r.camera)
-                r.vertex.camera_translation[None] = translation
-                g = scene.gradient(r.mesh.positions)
+                r.set_camera(r.camera)
+                r.vertex.camera_translation.from_numpy(np.array([translation], float))
+                g = scene.gradient(array_parameter(r.mesh.positions))
                 assert np.isfinite(g).all()
                 assert np.isfinite(r.image.to_numpy()).all()
                 assert np.isfinite(r.vertex.camera_translation.grad.to_numpy()).all()
     finally:
         r.mesh.positions.from_numpy(pos)
-        r.vertex.set_camera(r.camera)
+        r.set_camera(r.camera)
         r.configure(mode="hard")
 
 

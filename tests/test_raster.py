@@ -8,7 +8,9 @@ import taichi as ti
 from conftest import shared_renderer
 
 from taichi_dr import Camera
-from taichi_dr.render.raster import FieldRasterizer
+from taichi_dr.render import arrays
+from taichi_dr.render.arrays import Frame
+from taichi_dr.render.raster import Rasterizer
 from taichi_dr.scene import blob, icosphere, torus
 
 W, H = 40, 32
@@ -21,14 +23,13 @@ def _renderer(mesh, eye, center=(0, 0, 0), fov=50.0, near=0.1, cull="none"):
 
 def _check_against_reference(r, cull="none"):
     r.rasterize(count=True)
-    nv, nf = r.mesh.num_vertices, r.mesh.num_faces
-    clip = r.vertex.clip.to_numpy()[:nv]
-    faces = r.mesh.faces.to_numpy()[:nf]
+    clip = r.vertex.clip.to_numpy()
+    faces = r.mesh.faces.to_numpy()
     tid, count, _ = reference.rasterize(clip, faces, r.width, r.height, cull)
-    got = r.raster.triangle_id.to_numpy()
+    got = r.triangle_id.to_numpy().reshape(r.height, r.width)
     assert (got >= 0).any(), "scene should cover some pixels"
     np.testing.assert_array_equal(got, tid)
-    np.testing.assert_array_equal(r.raster.fragments.to_numpy(), count)
+    np.testing.assert_array_equal(r.raster.fragments.to_numpy().reshape(r.height, r.width), count)
     return got
 
 
@@ -64,9 +65,8 @@ def test_near_plane_clipping_keeps_crossing_triangles():
     # camera inside a large sphere: every visible triangle crosses or lies near the near plane
     mesh = icosphere(2, radius=1.0)
     r = _renderer(mesh, (0.0, 0.0, 0.95), center=(0.0, 0.0, -1.0), fov=120.0, near=0.8)
-    clip = r.vertex
     r.rasterize()
-    c = clip.clip.to_numpy()[: mesh.num_vertices]
+    c = r.vertex.clip.to_numpy()
     f = mesh.faces
     d = c[f][..., 2] + c[f][..., 3]
     crossing = np.nonzero((d.min(1) < 0) & (d.max(1) >= 0))[0]
@@ -102,17 +102,17 @@ def test_no_cracks_no_double_coverage(n, serial_scan):
     """serial_scan=False: the GPU's atomic work-list allocation, exercised on the CPU."""
     w, h = 22, 22  # grid pitch of 1 pixel for n = 22 → every edge through pixel centres
     clip, faces = _grid_quad(n, w, h)
-    c = ti.Vector.field(4, ti.f64, shape=len(clip))
-    c.from_numpy(clip)
-    f = ti.Vector.field(3, ti.i32, shape=len(faces))
-    f.from_numpy(faces)
-    rast = FieldRasterizer(w, h, len(faces), serial_scan=serial_scan)
-    rast.forward(c, f, len(faces), count=True)
-    counts = rast.fragments.to_numpy()
+    rast = Rasterizer(serial_scan=serial_scan)
+    ranges = arrays.from_numpy(np.array([[0, len(faces)]], np.int32), dtype=ti.i32)
+    faces_array = arrays.from_numpy(faces, dtype=ti.i32)
+    rast.forward(
+        arrays.from_numpy(clip), faces_array, ranges, Frame(1, h, w), len(clip), count=True
+    )
+    counts = rast.fragments.to_numpy().reshape(h, w)
     assert counts.min() == 1 and counts.max() == 1, np.unique(counts, return_counts=True)
     # and the reference rasterizer agrees on the owner of every pixel
     tid, _, _ = reference.rasterize(clip, faces, w, h)
-    np.testing.assert_array_equal(rast.triangle_id.to_numpy(), tid)
+    np.testing.assert_array_equal(rast.triangle_id.to_numpy().reshape(h, w), tid)
 
 
 def test_depth_and_perspective_correct_interpolation():
@@ -136,8 +136,8 @@ def test_depth_and_perspective_correct_interpolation():
     hit = eye + t[:, None] * d
     eye_z = -(cam.view @ np.c_[hit, np.ones(len(hit))].T)[2]
     np.testing.assert_allclose(out.depth[ys, xs], eye_z, rtol=1e-9)
-    r.interp.interpolate(r.vertex.world, r.mesh.faces, r.raster.triangle_id, r.position)
-    np.testing.assert_allclose(r.position.to_numpy()[ys, xs], hit, atol=1e-9)
+    position = r.pixels.position.to_numpy().reshape(H, W, 3)
+    np.testing.assert_allclose(position[ys, xs], hit, atol=1e-9)
     assert np.isinf(out.depth[~out.mask]).all()
     assert (out.triangle_id[~out.mask] == -1).all()
 

@@ -5,14 +5,14 @@ import math
 
 import numpy as np
 import pytest
-import taichi as ti
 from conftest import shared_renderer
 from reference import sample_texture
 
 from taichi_dr import Camera
 from taichi_dr.errors import UserError
+from taichi_dr.render import arrays
 from taichi_dr.render.pipeline import Renderer, RenderSettings
-from taichi_dr.render.texture import Texture
+from taichi_dr.render.texture import Texture, lookup
 from taichi_dr.scene import Mesh
 
 EYE = np.array([0.3, 0.2, 2.0])
@@ -29,7 +29,7 @@ def _plane_renderer(shading):
     mesh = Mesh(verts, np.array([[0, 1, 2], [0, 2, 3]]), normals=n / np.linalg.norm(n[0]))
     cam = Camera.look_at(EYE, (0, 0, 0), (0, 1, 0), 50.0, 12, 10, 0.5, 10.0)
     r = shared_renderer(mesh, cam, shading=shading)
-    r.lights.set(ambient=AMBIENT, directional=DIRS, point=POINTS, sh=SH)
+    r.lights.reset(ambient=AMBIENT, directional=DIRS, point=POINTS, sh=SH)
     r.material.set(**MAT)
     return r
 
@@ -93,7 +93,7 @@ def test_shading_models_closed_form(model):
     out = r.render()
     assert out.mask.all()
     n = np.array([0.1, 0.2, 1.0]) / np.linalg.norm([0.1, 0.2, 1.0])
-    pos = r.position.to_numpy()
+    pos = r.pixels.position.to_numpy().reshape(10, 12, 3)
     for y, x in [(0, 0), (4, 6), (9, 11), (5, 2)]:
         np.testing.assert_allclose(out.image[y, x], _expected(model, pos[y, x], n), rtol=1e-9)
     assert np.allclose(out.normal, n)
@@ -134,28 +134,18 @@ def test_background_and_transparency_layers():
     np.testing.assert_allclose(out.alpha, 0.5)
 
 
-@ti.kernel
-def _sample_kernel(tex: ti.template(), uv: ti.template(), fp: ti.template(), out: ti.template()):
-    for i in uv:
-        out[i] = tex.sample(uv[i], fp[i])
-
-
 @pytest.mark.parametrize("mode", ["nearest", "bilinear", "trilinear"])
 @pytest.mark.parametrize("wrap", ["repeat", "clamp"])
 def test_texture_sampling_matches_numpy(mode, wrap, rng):
     img = rng.uniform(0, 1, (8, 16, 3))
     tex = Texture(8, 16, mode, wrap)
     tex.upload(img)
-    tex.forward()
+    sampler = tex.forward()
     n = 64
     uvs = rng.uniform(-0.7, 1.7, (n, 2))
     fps = rng.uniform(0, 0.5, n)
-    uv_f = ti.Vector.field(2, ti.f64, shape=n)
-    fp_f = ti.field(ti.f64, shape=n)
-    out = ti.Vector.field(3, ti.f64, shape=n)
-    uv_f.from_numpy(uvs)
-    fp_f.from_numpy(fps)
-    _sample_kernel(tex, uv_f, fp_f, out)
+    out = arrays.empty(n, 3)
+    lookup(sampler, arrays.from_numpy(uvs), arrays.from_numpy(fps), out)
     got = out.to_numpy()
     want = np.array([sample_texture(img, uvs[i], mode, wrap, fps[i]) for i in range(n)])
     np.testing.assert_allclose(got, want, atol=1e-12)

@@ -573,7 +573,7 @@ def _channels(a) -> int:
 
 
 def _dtype(a):
-    return a.dtype if not hasattr(a, "n") else a.element_type.dtype
+    return a.dtype
 
 
 def render(

@@ -154,8 +154,9 @@ class VertexStage:
     ``camera_rotation``, ``camera_translation`` (B,) vec3 and ``fov`` (B,) degrees; the
     per-view matrices ``mats`` (B·41,) (model, view_proj, normal matrix, row-major) and
     ``eye`` (B,) vec3 (camera position in world space); and the outputs ``world``,
-    ``normal`` (B·V,) vec3 and ``clip`` (B·V,) vec4. ``grad=False`` builds them without
-    gradients (forward only: their reverse-mode work is compiled out).
+    ``normal`` (B·V,) vec3 and ``clip`` (B·V,) vec4. ``grad=False`` builds the matrices
+    and outputs without gradients (their reverse-mode work is compiled out); the
+    parameters always have them and stay the same arrays.
     """
 
     def __init__(self, grad: bool = True):
@@ -183,13 +184,20 @@ class VertexStage:
         self._write_theta(theta)
 
     def _allocate(self, views: int) -> None:
-        B, self.views, self.capacity = views, views, 0
-        vec = lambda: arrays.empty(B, 3, grad=self.grad)  # noqa: E731
+        """The per-view parameters (always with gradients: they are the user's handles)
+        and matrices."""
+        B, self.views = views, views
+        vec = lambda: arrays.empty(B, 3, grad=True)  # noqa: E731
         self.pose_rotation, self.pose_translation = vec(), vec()
         self.camera_rotation, self.camera_translation = vec(), vec()
-        self.fov = arrays.empty(B, grad=self.grad)
-        self.mats = arrays.empty(B * MATS, grad=self.grad)
-        self.eye = vec()
+        self.fov = arrays.empty(B, grad=True)
+        self._allocate_matrices()
+
+    def _allocate_matrices(self) -> None:
+        self.mats = arrays.empty(self.views * MATS, grad=self.grad)
+        self.eye = arrays.empty(self.views, 3, grad=self.grad)
+        self.capacity = 0
+        self._written = None
 
     def _write_theta(self, theta: np.ndarray) -> None:
         k = 0
@@ -200,13 +208,12 @@ class VertexStage:
         self._written = None
 
     def set_grad(self, grad: bool) -> None:
-        """Rebuild the arrays with (or without) gradients, keeping the parameters."""
+        """Rebuild the matrices and outputs with (or without) gradients; the parameters
+        stay (their gradients are zero when the outputs have none)."""
         if bool(grad) != self.grad:
             self.grad = bool(grad)
             if self.views:
-                theta = self._theta()
-                self._allocate(self.views)
-                self._write_theta(theta)
+                self._allocate_matrices()
 
     @property
     def parameters(self) -> tuple:
@@ -271,7 +278,7 @@ class VertexStage:
     def differentiable(self) -> list:
         """The arrays that carry gradients."""
         if not self.grad:
-            return []
+            return list(self.parameters)
         outputs = [self.world, self.normal, self.clip] if self.capacity else []
         return [*self.parameters, self.mats, self.eye, *outputs]
 
