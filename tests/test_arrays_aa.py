@@ -151,6 +151,7 @@ def old():
             view[name + "_clip_grad"] = clip.grad.to_numpy()[:nv]
         views.append(view)
         v0, f0 = v0 + nv, f0 + nf
+    r.configure(mode="hard")  # the renderer is shared with other test files
     return views
 
 
