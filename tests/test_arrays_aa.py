@@ -151,6 +151,7 @@ def old():
             view[name + "_clip_grad"] = clip.grad.to_numpy()[:nv]
         views.append(view)
         v0, f0 = v0 + nv, f0 + nf
+    r.configure(mode="hard")  # the renderer is shared with other test files
     return views
 
 
@@ -412,7 +413,7 @@ def test_bad_input(scene):
     edges = arrays.from_numpy(edges, ti.i32)
     with pytest.raises(UserError, match="edges has 10 entries but needs"):
         antialias(color, arrays.empty(10, 3, dtype=ti.i32), clip, frame, arrays.empty(n, 3))
-    with pytest.raises(UserError, match="out has 4 channels but color has 3"):
+    with pytest.raises(UserError, match="image has 4 channels but color has 3"):
         antialias(color, edges, clip, frame, arrays.empty(n, 4))
     with pytest.raises(UserError, match=r"expected \(n, C\) vectors"):
         nmr(arrays.empty(n), edges, clip, frame, arrays.empty(n))

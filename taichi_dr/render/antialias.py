@@ -17,10 +17,9 @@ import functools
 import taichi as ti
 
 from .. import backend
-from ..errors import UserError
 from . import arrays
-from .arrays import IVec3, Vec4, channels, check_length
-from .silhouette import pair_crossing
+from .arrays import IVec3, Vec4, channels
+from .silhouette import check_pair_inputs, pair_crossing
 
 
 @functools.cache
@@ -51,13 +50,8 @@ def antialias(color, edges, clip, frame, out) -> None:
     :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4, the clip
     coordinates the edges were found with. Differentiable (Taichi reverse mode, e.g. under
     ``ti.ad.Tape``) in ``color`` and ``clip``; an input without gradient storage gets none."""
-    n = frame.pixels
-    check_length(color, n, "color", "one per pixel")
-    check_length(edges, 2 * n, "edges", "two per pixel")
-    if channels(out) != channels(color):
-        raise UserError(f"out has {channels(out)} channels but color has {channels(color)}")
+    blend = _blend_kernel(check_pair_inputs(color, edges, frame, out), backend.real())
     arrays.copy(color, out)
-    blend = _blend_kernel(channels(color), backend.real())
     blend(color, edges, clip, frame.height, frame.width, out)
 
 

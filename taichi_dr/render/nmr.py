@@ -19,10 +19,9 @@ import functools
 import taichi as ti
 
 from .. import backend
-from ..errors import UserError
 from . import arrays
-from .arrays import IVec3, Vec4, channels, check_length
-from .silhouette import crossing_grad, pair_crossing
+from .arrays import IVec3, Vec4, check_length
+from .silhouette import check_pair_inputs, crossing_grad, pair_crossing
 
 MIN_DISTANCE = 0.05  # pixels: bounds the slope of an edge sitting on a pixel centre
 
@@ -64,16 +63,6 @@ def _edge_kernel(n_channels: int, real):
     return edge_gradient
 
 
-def _check(color, edges, frame, image) -> int:
-    n = frame.pixels
-    check_length(color, n, "color", "one per pixel")
-    check_length(image, n, "image", "one per pixel")
-    check_length(edges, 2 * n, "edges", "two per pixel")
-    if channels(image) != channels(color):
-        raise UserError(f"image has {channels(image)} channels but color has {channels(color)}")
-    return channels(color)
-
-
 @ti.ad.grad_replaced
 def nmr(color, edges, clip, frame, out) -> None:
     """``out`` = ``color`` ((N,) vectors of any channel count, N = B·H·W pixels of
@@ -81,7 +70,7 @@ def nmr(color, edges, clip, frame, out) -> None:
     gradients of the Taichi ndarrays ``out``, ``color`` and ``clip`` (those without
     gradient storage are skipped). ``edges`` (2·N,) ivec3 from
     :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4."""
-    _check(color, edges, frame, out)
+    check_pair_inputs(color, edges, frame, out)
     arrays.copy(color, out)
 
 
@@ -94,7 +83,7 @@ def nmr_backward(color, edges, clip, frame, out_grad, color_grad=None, clip_grad
     """NMR's backward pass: adds into ``color_grad`` (N,) (the image gradient
     ``out_grad`` passes straight through) and ``clip_grad`` (B·V,) vec4 (the edge
     gradients, see the module docstring). Either may be None (not wanted)."""
-    edge_gradient = _edge_kernel(_check(color, edges, frame, out_grad), backend.real())
+    edge_gradient = _edge_kernel(check_pair_inputs(color, edges, frame, out_grad), backend.real())
     if color_grad is not None:
         arrays.copy(out_grad, color_grad, add=True)
     if clip_grad is not None:

@@ -18,7 +18,7 @@ import taichi as ti
 
 from ..errors import UserError
 from . import arrays
-from .arrays import Int, IVec2, IVec3, Real, Vec4, check_length
+from .arrays import Int, IVec2, IVec3, Real, Vec4, channels, check_length
 
 
 def edge_neighbours(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -248,6 +248,18 @@ def pair_crossing(
     j = i + 1 if ti.static(d == 0) else i + width
     p = ti.select(e[0] == 1, i, j)
     return p, i + j - p, crossing(clip[e[1]], clip[e[2]], y, x, d, e[0], width, height)
+
+
+def check_pair_inputs(color, edges, frame, image) -> int:
+    """Validate the arrays of an op over the pixel pairs (antialias, nmr): ``color`` and
+    ``image`` (N,) vectors of one channel count, ``edges`` (2·N,); returns the count."""
+    n = frame.pixels
+    check_length(color, n, "color", "one per pixel")
+    check_length(image, n, "image", "one per pixel")
+    check_length(edges, 2 * n, "edges", "two per pixel")
+    if channels(image) != channels(color):
+        raise UserError(f"image has {channels(image)} channels but color has {channels(color)}")
+    return channels(color)
 
 
 def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edges) -> None:
