@@ -172,6 +172,17 @@ def untaped(fn, *args) -> None:
     _untaped(fn, args)
 
 
+def new_tape(owner) -> bool:
+    """Whether a ``ti.ad.Tape`` is recording that ``owner`` has not seen yet (it then
+    remembers it). Owners of ndarray parameters clear their gradients at the first use in
+    each tape, as the tape itself does for fields."""
+    tape = ti.lang.impl.get_runtime().target_tape
+    if tape is None or getattr(owner, "_tape", None) is tape:
+        return False
+    owner._tape = tape
+    return True
+
+
 def detach(src, dst) -> None:
     """``dst`` ← ``src`` (same shape and type; ``dst`` without gradients): a copy that
     no gradient flows back through."""

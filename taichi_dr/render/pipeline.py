@@ -201,7 +201,6 @@ class Renderer:
         self.candidates = None  # mode soft: each pixel's candidate faces
         self.vertex_colors = None  # mode soft: shaded vertices (B·V,) vec3
         self._plain: dict = {}  # grad-less twins of inputs whose group is not differentiated
-        self._tape = None
         self.generation = 0  # shade() calls so far (the torch bridge checks its replay)
         self.set_mesh(mesh)
         self.set_camera(camera)
@@ -421,17 +420,12 @@ class Renderer:
             p.shaded,
         )
 
-    def _start_tape(self) -> None:
-        """Clear the gradients at the first ``shade`` of each new ``ti.ad.Tape``."""
-        tape = ti.lang.impl.get_runtime().target_tape
-        if tape is not None and tape is not self._tape:
-            self._tape = tape
-            self.zero_grad()
 
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""
-        self._start_tape()
+        if arrays.new_tape(self):  # the first shade of a tape starts from zero gradients
+            self.zero_grad()
         self.generation += 1
         self._vertices()
         s, p = self.settings, self._buffers()
