@@ -608,7 +608,7 @@ class _Render(torch.autograd.Function):
             _write(r, name, t)
         r.rasterize()
         tape = ti.ad.Tape(loss=_seed())  # records the shading for the backward pass
-        tape.__enter__()
+        tape.__enter__()  # (never exited: the backward replays ``tape.calls`` itself)
         try:
             r.shade()
         finally:
@@ -624,9 +624,12 @@ class _Render(torch.autograd.Function):
         if r.generation != ctx.generation:  # the renderer rendered something else since
             _Render.forward(ctx, r, ctx.names, *ctx.saved_tensors)
             tape = ctx.tape
+        r.zero_grad()  # a backward may run more than once (gradcheck does)
         g = g_image.detach().cpu().numpy().astype(backend.np_real())
         r.image.grad.from_numpy(g.reshape(r.image.grad.to_numpy().shape))
-        tape.grad()
+        for func, args in reversed(tape.calls):  # the recorded shading, in reverse
+            if hasattr(func, "grad"):
+                func.grad(*args)
         grads = [
             _read_grad(r, name, t) if ctx.needs_input_grad[2 + i] else None
             for i, (name, t) in enumerate(zip(ctx.names, ctx.saved_tensors))

@@ -12,8 +12,9 @@ from taichi_dr import UserError  # noqa: E402
 from taichi_dr.torch import render  # noqa: E402
 
 
-def _tensor(field, rows=None):
-    a = field.to_numpy()
+def _tensor(a, rows=None):
+    """A leaf tensor holding ``a``: an ndarray's values, or a value as it is."""
+    a = a.to_numpy() if hasattr(a, "to_numpy") else np.asarray(a)
     a = a[:rows] if rows is not None else a
     return torch.tensor(a, dtype=torch.float64, requires_grad=True)
 
@@ -26,13 +27,12 @@ def r(gradcheck_scene):
         "colors": r.mesh.colors.to_numpy(),
         "texels": r.texture.texels.to_numpy(),
     }
+    material = {n: r.material.value(n) for n in r.material.layout.names}
     yield r
     r.mesh.positions.from_numpy(saved["positions"])
     r.mesh.colors.from_numpy(saved["colors"])
     r.texture.texels.from_numpy(saved["texels"])
-    r.material.set(
-        base_color=(0.9, 0.7, 0.5), specular=0.5, shininess=12.0, roughness=0.5, metallic=0.3
-    )
+    r.material.set(**material)
     r.configure(mode="hard", shading="blinn-phong")
 
 
@@ -65,7 +65,7 @@ def test_gradcheck_geometry_colors_texture(r, mode):
         r,
         positions=_tensor(r.mesh.positions, V),
         colors=_tensor(r.mesh.colors, V),
-        texture=_tensor(r.texture.texels),
+        texture=_tensor(r.texture.image()),
     )
 
 
@@ -78,7 +78,7 @@ def test_gradcheck_material_and_lights(r):
         roughness=_tensor(m.roughness),
         metallic=_tensor(m.metallic),
         dir_direction=_tensor(L.dir_direction),
-        pose_translation=_tensor(r.vertex.pose_translation),
+        pose_translation=_tensor(r.vertex.pose_translation.to_numpy()[0]),
     )
 
 
@@ -87,13 +87,13 @@ def test_gradcheck_can_fail(r, monkeypatch):
     in slow mode, one backward per output: hence a small crop of the image.)"""
     import taichi_dr.torch as tdt
 
-    exact = tdt._gradient
-    monkeypatch.setattr(tdt, "_gradient", lambda *args: exact(*args) * 1.001)
+    exact = tdt._read_grad
+    monkeypatch.setattr(tdt, "_read_grad", lambda *args: exact(*args) * 1.001)
     r.configure(mode="hard", shading="blinn-phong")
     with pytest.raises(RuntimeError, match="Jacobian mismatch"):
         torch.autograd.gradcheck(
             lambda b: render(r, base_color=b)[10:14, 10:14],
-            (_tensor(r.material.base_color),),
+            (_tensor(r.material.value("base_color")),),
             eps=1e-6,
             atol=1e-7,
             rtol=1e-5,
