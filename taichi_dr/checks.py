@@ -261,7 +261,7 @@ def nmr_downhill(
     results = []
 
     def loss_at(t):
-        v.pose_translation.from_numpy(np.asarray(t, dtype=backend.np_real()).reshape(1, 3))
+        v.params.set(pose_translation=np.asarray(t, dtype=np.float64))
         r.rasterize()
         r.shade()
         scene.loss[None] = 0.0
@@ -275,7 +275,7 @@ def nmr_downhill(
         with ti.ad.Tape(scene.loss):
             r.shade()
             _squared_error(r.image, target, scene.loss)
-        g = v.pose_translation.grad.to_numpy()[0]
+        g = v.params.grad("pose_translation")
         after = loss_at(direction * 0.02 * g / max(np.linalg.norm(g), 1e-30))
         results.append(
             CheckResult(
@@ -286,5 +286,5 @@ def nmr_downhill(
                 bool(after < before),
             )
         )
-    v.pose_translation.fill(0.0)
+    v.params.set(pose_translation=np.zeros(3))
     return results

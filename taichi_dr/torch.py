@@ -39,6 +39,7 @@ from .render.lights import LIGHT_LAYOUT, LIGHTS_SIZE, Lights
 from .render.shading import MATERIAL_LAYOUT, MATERIAL_SIZE, MODELS, Material
 from .render.soft_faces import soft_params
 from .render.soft_select import SoftCandidates
+from .render.vertex import VIEW_LAYOUT
 
 try:
     import torch
@@ -554,7 +555,7 @@ def soft_rasterize(
 # --------------------------------------------------------------------------- the renderer
 
 PER_VERTEX = ("positions", "normals", "colors", "uvs")
-VIEW = ("pose_rotation", "pose_translation", "camera_rotation", "camera_translation", "fov")
+VIEW = VIEW_LAYOUT.names
 INPUTS = (*PER_VERTEX, "texture", *MATERIAL_LAYOUT.names, *LIGHT_LAYOUT.names, *VIEW)
 
 
@@ -570,11 +571,10 @@ def _slot(renderer, name: str) -> tuple:
             raise UserError("the renderer has no texture; give it one (set_texture) first")
         return r.texture.texels, (r.texture.height, r.texture.width, 3), None
     if name in VIEW:
-        lead = () if r.single else (r.views,)
-        return getattr(r.vertex, name), lead + (() if name == "fov" else (3,)), None
-    packed, layout = (
-        (r.material, MATERIAL_LAYOUT) if name in MATERIAL_LAYOUT.names else (r.lights, LIGHT_LAYOUT)
-    )
+        packed = r.vertex.params
+    else:
+        packed = r.material if name in MATERIAL_LAYOUT.names else r.lights
+    layout = packed.layout
     lead = () if packed.sets == 1 else (packed.sets,)
     return packed.values, lead + layout.shapes[name], (layout, name, packed.sets)
 

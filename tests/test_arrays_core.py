@@ -104,7 +104,8 @@ def test_vertex_stage_gradients(scene, rng):
     vs.set_cameras(cams)
     pos = arrays.from_numpy(mesh.vertices, grad=True)
     nrm = arrays.from_numpy(mesh.normals, grad=True)
-    vs.pose_rotation.from_numpy(np.array([[0.1, 0.2, 0.3], [0.0, 0.0, 0.5]]))
+    vs.params.set(view=0, pose_rotation=(0.1, 0.2, 0.3))
+    vs.params.set(view=1, pose_rotation=(0.0, 0.0, 0.5))
     vs.forward(pos, nrm, V)
     np.testing.assert_allclose(vs.clip.to_numpy()[V:], _clip_posed(mesh, cams[1], (0, 0, 0.5)))
     weights = arrays.from_numpy(rng.normal(size=(2 * V, 4)))
@@ -131,7 +132,7 @@ def test_vertex_stage_gradients(scene, rng):
             value()
         return target.grad.to_numpy()
 
-    for target, rows in ((vs.pose_rotation, 2), (vs.camera_translation, 2), (vs.fov, 2), (pos, 4)):
+    for target, rows in ((vs.params.values, 26), (pos, 4)):  # every view parameter
         base = target.to_numpy()
 
         def f(x, target=target, base=base, rows=rows):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import taichi as ti
 from reference import soft_corner_cases, soft_reference
+from taichi_dr.render.soft import SoftRasterizer, VertexShader
 
 import taichi_dr
 from taichi_dr.ad.gradcheck import gradcheck
@@ -16,7 +17,6 @@ from taichi_dr.render import arrays
 from taichi_dr.render.lights import Lights
 from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
-from taichi_dr.render.soft import SoftRasterizer, VertexShader
 from taichi_dr.render.soft_blend import blend, blend_backward
 from taichi_dr.render.soft_faces import radius, soft_params
 from taichi_dr.render.soft_select import SoftCandidates

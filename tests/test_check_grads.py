@@ -26,7 +26,7 @@ def test_op_gradients_match_central_differences(scene, op):
 def test_check_can_fail(scene):
     """The comparison is not vacuous: a finite difference with a far too large step
     (30° of field of view) disagrees with the tape and is reported as a failure."""
-    fov = array_parameter(scene.r.vertex.fov)
+    fov = packed_parameter(scene.r.vertex.params, "fov")
     bad = compare(scene, "probe", "fov", fov, False, h=30.0)  # huge step
     assert not bad.ok
 
@@ -55,7 +55,7 @@ def test_grads_setting_keeps_chosen_gradients_and_zeroes_the_rest(scene, mode, g
         "texture": array_parameter(r.texture.texels),
         "material": packed_parameter(r.material, "shininess"),
         "lights": packed_parameter(r.lights, "sh"),
-        "camera": array_parameter(r.vertex.camera_translation),
+        "camera": packed_parameter(r.vertex.params, "camera_translation"),
     }
     full = {g: scene.gradient(f) for g, f in fields.items()}
     r.configure(grads=groups)
@@ -98,11 +98,11 @@ def test_degenerate_scene_gives_finite_gradients(scene):
             for translation in ((0, 0, 0), (0, 0, 2.1), (0, 0, 2.6)):  # inside, at near
                 r.mesh.positions.from_numpy(bad)
                 r.set_camera(r.camera)
-                r.vertex.camera_translation.from_numpy(np.array([translation], float))
+                r.vertex.params.set(camera_translation=translation)
                 g = scene.gradient(array_parameter(r.mesh.positions))
                 assert np.isfinite(g).all()
                 assert np.isfinite(r.image.to_numpy()).all()
-                assert np.isfinite(r.vertex.camera_translation.grad.to_numpy()).all()
+                assert np.isfinite(r.vertex.params.grad("camera_translation")).all()
     finally:
         r.mesh.positions.from_numpy(pos)
         r.set_camera(r.camera)

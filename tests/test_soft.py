@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import taichi as ti
 from reference import soft_corner_cases, soft_reference
+from taichi_dr.render.soft import SoftRasterizer, VertexShader
 
 import taichi_dr
 from taichi_dr.camera import Camera
@@ -12,7 +13,6 @@ from taichi_dr.errors import UserError
 from taichi_dr.render.lights import Lights
 from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
-from taichi_dr.render.soft import SoftRasterizer, VertexShader
 from taichi_dr.render.vertex import FieldVertexStage
 
 W, H = 24, 20  # non-square: distances use isotropic units

@@ -78,7 +78,7 @@ def test_gradcheck_material_and_lights(r):
         roughness=_tensor(m.roughness),
         metallic=_tensor(m.metallic),
         dir_direction=_tensor(L.dir_direction),
-        pose_translation=_tensor(r.vertex.pose_translation.to_numpy()[0]),
+        pose_translation=_tensor(r.vertex.params.value("pose_translation")),
     )
 
 

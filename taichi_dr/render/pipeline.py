@@ -420,7 +420,6 @@ class Renderer:
             p.shaded,
         )
 
-
     def shade(self) -> None:
         """The differentiable part for the current visibility: vertex stage, texture
         pyramid, interpolation, shading, compositing into ``image`` (one layer)."""

@@ -27,6 +27,7 @@ import taichi as ti
 from .. import backend
 from . import arrays
 from .arrays import Real, Vec3, Vec4
+from .packed import Layout, Packed
 
 
 def axis_angle(r: np.ndarray) -> np.ndarray:
@@ -143,20 +144,36 @@ def _transform_vertices(
         normal[k] = nm / ti.sqrt(nm.dot(nm) + 1e-30)
 
 
-PARAMETERS = ("pose_rotation", "pose_translation", "camera_rotation", "camera_translation", "fov")
+VIEW_LAYOUT = Layout(
+    ("pose_rotation", (3,)),
+    ("pose_translation", (3,)),
+    ("camera_rotation", (3,)),
+    ("camera_translation", (3,)),
+    ("fov", ()),
+)
+"""One view's parameters θ: 13 reals (pose r, pose t, camera r, camera t, fov°)."""
+
+
+class ViewParameters(Packed):
+    """The per-view parameters of a batch (one set per view, see ``packed``): object pose
+    ``pose_rotation`` (axis-angle, radians) and ``pose_translation``, camera offsets
+    ``camera_rotation`` and ``camera_translation`` (eye space), ``fov`` (degrees)."""
+
+    layout = VIEW_LAYOUT
+    defaults = dict(fov=45.0)
+    kind = "view parameter"
 
 
 class VertexStage:
     """The vertex stage of a batch of B views: per view, an object pose, a camera pose
     offset and a field of view (see the module docstring), and the transformed vertices.
 
-    Owns, with gradients: the parameters ``pose_rotation``, ``pose_translation``,
-    ``camera_rotation``, ``camera_translation`` (B,) vec3 and ``fov`` (B,) degrees; the
+    Owns ``params`` (:class:`ViewParameters`, one set per view, with gradients: reset to
+    identity and the camera's fov by ``set_cameras``, the same array afterwards); the
     per-view matrices ``mats`` (B·41,) (model, view_proj, normal matrix, row-major) and
     ``eye`` (B,) vec3 (camera position in world space); and the outputs ``world``,
     ``normal`` (B·V,) vec3 and ``clip`` (B·V,) vec4. ``grad=False`` builds the matrices
-    and outputs without gradients (their reverse-mode work is compiled out); the
-    parameters always have them and stay the same arrays.
+    and outputs without gradients (their reverse-mode work is compiled out).
     """
 
     def __init__(self, grad: bool = True):
@@ -165,6 +182,7 @@ class VertexStage:
         self.camera_grad = True  # False: the backward leaves pose and camera alone
         self.views = 0
         self.capacity = 0  # vertices (all views) the outputs hold
+        self.params = None
         self._base = None
         self._written = None  # parameters the matrices were last built from
 
@@ -178,33 +196,18 @@ class VertexStage:
             np.asarray(fov),
         )
         if len(cameras) != self.views:
-            self._allocate(len(cameras))
-        theta = np.zeros((self.views, 13))
-        theta[:, 12] = fov
-        self._write_theta(theta)
+            self.views = len(cameras)
+            self.params = ViewParameters(self.views)
+            self._allocate()
+        self.params.reset()
+        for b, f in enumerate(fov):
+            self.params.set(view=b, fov=f)
+        self._written = None
 
-    def _allocate(self, views: int) -> None:
-        """The per-view parameters (always with gradients: they are the user's handles)
-        and matrices."""
-        B, self.views = views, views
-        vec = lambda: arrays.empty(B, 3, grad=True)  # noqa: E731
-        self.pose_rotation, self.pose_translation = vec(), vec()
-        self.camera_rotation, self.camera_translation = vec(), vec()
-        self.fov = arrays.empty(B, grad=True)
-        self._allocate_matrices()
-
-    def _allocate_matrices(self) -> None:
+    def _allocate(self) -> None:
         self.mats = arrays.empty(self.views * MATS, grad=self.grad)
         self.eye = arrays.empty(self.views, 3, grad=self.grad)
         self.capacity = 0
-        self._written = None
-
-    def _write_theta(self, theta: np.ndarray) -> None:
-        k = 0
-        for p in self.parameters:
-            n = 1 if len(p.to_numpy().shape) == 1 else 3
-            p.from_numpy(theta[:, k : k + n].reshape(p.to_numpy().shape).astype(backend.np_real()))
-            k += n
         self._written = None
 
     def set_grad(self, grad: bool) -> None:
@@ -213,17 +216,11 @@ class VertexStage:
         if bool(grad) != self.grad:
             self.grad = bool(grad)
             if self.views:
-                self._allocate_matrices()
-
-    @property
-    def parameters(self) -> tuple:
-        return tuple(getattr(self, name) for name in PARAMETERS)
+                self._allocate()
 
     def _theta(self) -> np.ndarray:
         """The parameters as (B, 13) float64."""
-        return np.concatenate(
-            [p.to_numpy().reshape(self.views, -1) for p in self.parameters], axis=1
-        ).astype(np.float64)
+        return self.params.values.to_numpy().reshape(self.views, -1).astype(np.float64)
 
     @ti.ad.grad_replaced
     def update_matrices(self) -> None:
@@ -244,13 +241,8 @@ class VertexStage:
             [self.mats.grad.to_numpy().reshape(self.views, MATS), self.eye.grad.to_numpy()], axis=1
         )
         grad = matrices_vjp(self._theta(), g.astype(np.float64), *self._base)
-        k = 0
-        for p in self.parameters:
-            n = 1 if p.to_numpy().ndim == 1 else 3
-            current = p.grad.to_numpy()
-            update = grad[:, k : k + n].reshape(current.shape)
-            p.grad.from_numpy((current + update).astype(backend.np_real()))
-            k += n
+        values = self.params.values
+        values.grad.from_numpy((values.grad.to_numpy() + grad.ravel()).astype(backend.np_real()))
 
     def forward(self, positions, normals, n_vertices: int, batched: bool = False) -> None:
         """Build the matrices, then transform ``n_vertices`` vertices per view:
@@ -278,10 +270,9 @@ class VertexStage:
     def differentiable(self) -> list:
         """The arrays that carry gradients."""
         if not self.grad:
-            return list(self.parameters)
+            return [self.params.values]
         outputs = [self.world, self.normal, self.clip] if self.capacity else []
-        return [*self.parameters, self.mats, self.eye, *outputs]
+        return [self.params.values, self.mats, self.eye, *outputs]
 
     def zero_grad(self) -> None:
-        for a in self.differentiable():
-            a.grad.fill(0.0)
+        arrays.clear_grads(*self.differentiable())
