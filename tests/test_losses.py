@@ -176,6 +176,27 @@ def test_image_loss_compiles_once_for_every_size(rng):
     assert counts[1] == counts[0] == counts[2]  # the first size compiled (if new), no other
 
 
+def test_copy_field_bridges_fields_to_losses(rng):
+    """A field (the simulator's, the field-based stages') reaches the array losses through
+    arrays.copy_field, gradients included, also on a second Tape."""
+    from taichi_dr.render import arrays
+
+    a, b = rng.uniform(0, 1, (3, 4, 3)), rng.uniform(0, 1, (3, 4, 3))
+    field = ti.Vector.field(3, ti.f64, shape=(3, 4), needs_grad=True)
+    field.from_numpy(a)
+    flat = arrays.empty(12, 3, grad=True)
+    loss = losses.loss_array()
+    for _ in range(2):
+        field.grad.fill(0.0)
+        with ti.ad.Tape(loss=loss):
+            arrays.copy_field(field, flat)
+            losses.mse_loss(flat, b, loss)
+        assert loss[None] == pytest.approx(((a - b) ** 2).mean(), rel=1e-12)
+        np.testing.assert_allclose(field.grad.to_numpy(), 2 * (a - b) / a.size, rtol=1e-12)
+    with pytest.raises(UserError, match="copy_field"):
+        arrays.copy_field(field, arrays.empty(12))
+
+
 @pytest.mark.parametrize(
     "call, words",
     [

@@ -31,6 +31,7 @@ import numpy as np
 import taichi as ti
 
 from .. import backend
+from ..errors import UserError
 
 
 def vector(n: int):
@@ -100,3 +101,29 @@ def pixel(i: ti.i32, height: ti.i32, width: ti.i32):
 def pixel_ndc(y: ti.i32, x: ti.i32, height: ti.i32, width: ti.i32):
     """NDC of the centre of pixel (row y, column x); rows grow downwards."""
     return ti.Vector([(x + 0.5) / width * 2.0 - 1.0, 1.0 - (y + 0.5) / height * 2.0])
+
+
+@ti.kernel
+def _copy_field(field: ti.template(), out: ti.types.ndarray()):
+    for I in ti.grouped(field):
+        k = I[0]
+        for d in ti.static(range(1, len(field.shape))):
+            k = k * field.shape[d] + I[d]
+        out[k] = field[I]
+
+
+def copy_field(field, out) -> None:
+    """Copy a Taichi field into the flat ndarray ``out`` (row-major order, elements kept:
+    an (H, W) vec3 field fills an (H·W,) vec3 array). A kernel, so under ``ti.ad.Tape``
+    gradients flow from ``out.grad`` back into ``field.grad``: the bridge from field-based
+    code (the simulator, the field-based stages) to the array losses."""
+    element = ()
+    if isinstance(field, ti.MatrixField):
+        element = (field.n,) if field.m == 1 else (field.n, field.m)
+    n = int(np.prod(field.shape))
+    if tuple(out.shape) != (n,) or tuple(getattr(out, "element_shape", ())) != element:
+        raise UserError(
+            f"copy_field: a field of shape {tuple(field.shape)} with elements {element} needs a "
+            f"flat ndarray ({n},) with those elements, got shape {tuple(out.shape)}"
+        )
+    _copy_field(field, out)
