@@ -26,6 +26,7 @@ import taichi as ti
 from . import backend, losses, optim
 from .camera import Camera
 from .errors import UserError
+from .render import arrays
 from .render.lights import MAX_DIRECTIONAL, MAX_POINT
 from .render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
 from .scene import Mesh
@@ -260,9 +261,14 @@ class Fit:
         r.configure(grads=grad_groups(p.name for p in problem.params))
         real = backend.real()
         H, W = r.height, r.width
-        self.loss = losses.loss_field()
+        self.loss = losses.loss_array()
+        # Bridge (issue 13) until the renderer's outputs are arrays: the losses read flat
+        # ndarray copies of the renderer's fields, made by differentiable copy kernels.
+        self.image_array = arrays.empty(H * W, 3, grad=True)
+        self.target_array = arrays.empty(H * W, 3)
+        self.alpha_array = arrays.empty(H * W, grad=True)
+        self.positions_array = arrays.empty(r.mesh.positions.shape[0], 3, grad=True)
         self.target = ti.Vector.field(3, real, shape=(H, W))
-        self.target_alpha = ti.field(real, shape=(H, W))
         self.blurred_target = ti.Vector.field(3, real, shape=(H, W))
         self.blur = GaussianBlur(W, H) if problem.blur_sigma > 0 else None
         self.iou = losses.SoftIoULoss() if r.settings.mode == "soft" else None
@@ -302,7 +308,7 @@ class Fit:
         out = []
         if "mesh.positions" not in self.masters:
             return out
-        args = (r.mesh.positions, r.mesh.faces, r.mesh.num_vertices, r.mesh.num_faces)
+        args = (self.positions_array, r.mesh.faces, r.mesh.num_vertices, r.mesh.num_faces)
         kinds = {
             "laplacian": losses.LaplacianLoss,
             "normal": losses.NormalConsistencyLoss,
@@ -374,9 +380,9 @@ class Fit:
                 self.blur.forward(self.target)
                 self.blurred_target.copy_from(self.blur.out)
                 target = self.blurred_target
-            if self.iou is not None:
-                self.target_alpha.from_numpy(view.alpha.astype(backend.np_real()))
-            with ti.ad.Tape(self.loss):
+            arrays.copy_field(target, self.target_array)
+            ti.ad.clear_all_gradients()  # a Tape with an array loss clears no field gradient
+            with ti.ad.Tape(loss=self.loss):
                 if p.recompute_normals:
                     vertex_normals(r.mesh)
                 r.shade()
@@ -384,10 +390,14 @@ class Fit:
                 if sigma > 0:
                     self.blur.forward(r.image)
                     image = self.blur.out
-                losses.mse_loss(image, target, self.loss, weight=1.0 / n)
+                arrays.copy_field(image, self.image_array)
+                losses.mse_loss(self.image_array, self.target_array, self.loss, weight=1.0 / n)
                 if self.iou is not None:
-                    self.iou(r.alpha, self.target_alpha, self.loss, weight=p.silhouette_weight / n)
-                if k == 0:
+                    arrays.copy_field(r.alpha, self.alpha_array)
+                    alpha = view.alpha.astype(backend.np_real())
+                    self.iou(self.alpha_array, alpha, self.loss, p.silhouette_weight / n)
+                if k == 0 and self.regularizers:
+                    arrays.copy_field(r.mesh.positions, self.positions_array)
                     for reg, weight in self.regularizers:
                         reg(self.loss, weight)
             total += self.loss[None]
@@ -432,31 +442,24 @@ class Fit:
         if self.adam is not None:
             out.append(("adam", self.adam))
         if self.large_steps is not None:
-            out.append(("large_steps", self.large_steps.adam))
+            out.append(("large_steps", self.large_steps))
         return out
 
     def get(self) -> dict:
         out = {f"param/{n}": m.to_numpy() for n, m in self.masters.items()}
-        for prefix, adam in self._optimizers():
-            out[f"{prefix}/steps"] = np.array(adam.steps)
-            for k, (m, v) in enumerate(adam.moments):
-                out[f"{prefix}/m{k}"], out[f"{prefix}/v{k}"] = m.to_numpy(), v.to_numpy()
-        if self.large_steps is not None:
-            out["large_steps/u"] = self.large_steps.u.to_numpy()
+        for prefix, opt in self._optimizers():
+            out.update({f"{prefix}/{k}": a for k, a in opt.state_dict().items()})
         return out
 
-    def set(self, arrays: dict) -> None:
+    def set(self, state: dict) -> None:
         try:
             for n, m in self.masters.items():
-                backend.write(m, _same_shape(arrays[f"param/{n}"], m))
-            for prefix, adam in self._optimizers():
-                adam.steps = int(arrays[f"{prefix}/steps"])
-                for k, (m, v) in enumerate(adam.moments):
-                    backend.write(m, _same_shape(arrays[f"{prefix}/m{k}"], m))
-                    backend.write(v, _same_shape(arrays[f"{prefix}/v{k}"], v))
-            if self.large_steps is not None:
-                u = self.large_steps.u
-                backend.write(u, _same_shape(arrays["large_steps/u"], u))
+                backend.write(m, _same_shape(state[f"param/{n}"], m))
+            for prefix, opt in self._optimizers():
+                start = f"{prefix}/"
+                opt.load_state_dict(
+                    {k[len(start) :]: a for k, a in state.items() if k.startswith(start)}
+                )
         except KeyError as exc:
             raise UserError(
                 f"--resume: the checkpoint lacks {exc.args[0]!r}; it was written with other "

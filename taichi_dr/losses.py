@@ -1,23 +1,34 @@
-"""Image losses and mesh regularizers that *add* into a 0-d loss field.
+"""Image losses and mesh regularizers that *add* into a 0-d loss array.
 
-Every loss here is a Taichi kernel (or a short chain of them) that accumulates
-``loss[None] += weight * value`` so several terms can share one loss field inside
-``ti.ad.Tape(loss)`` together with the renderer's kernels (the Tape zeroes the loss on
-entry; outside a Tape, zero it yourself). Nothing goes through Python per element.
+Every loss here is a compile-once Taichi kernel (or a short chain of them) over
+``ti.types.ndarray`` arguments that accumulates ``loss[None] += weight * value``, so
+several terms can share one loss (:func:`loss_array`) inside ``ti.ad.Tape(loss=loss)``
+together with the renderer's kernels. The Tape zeroes the loss on entry and seeds its
+gradient, but it does not clear the gradients of other arrays: they accumulate, so zero
+them before each Tape (``optimizer.zero_grad()``). Outside a Tape, zero the loss yourself
+(``loss.fill(0)``). Nothing goes through Python per element.
 
-Image losses take fields of the same shape: a vector field ``(H, W)`` with C components
-(the renderer's images), or a scalar field ``(H, W)`` or ``(H, W, C)``.
+Arrays are Taichi ndarrays, NumPy arrays or torch tensors (CPU tensors; CUDA tensors when
+Taichi runs on cuda), passed to the kernels without copies. A kernel compiles once per
+array layout (element type and number of axes) and then serves every size. Gradients
+reach every input that carries them: a Taichi ndarray with ``needs_grad``, a torch tensor
+with ``requires_grad`` (into its ``.grad``).
+
+Image losses take a prediction and a target holding the same number of values (elements
+× components), e.g. the renderer's flat (B·H·W,) vec3 image and a (B, H, W, 3) array:
+values correspond in row-major order, so reshaped views line up. An optional mask holds
+one weight per pixel (the C values of a pixel share one weight, C ≤ 4) or one per value.
 
 * :func:`image_loss` — ``kind="l2"`` (mean squared error) or ``"l1"`` (mean absolute
-  error): ``weight / (H·W·C) · Σ_pixels m_p Σ_c ρ(pred − target)``, i.e. the mean over all
-  pixels and channels like ``torch.nn.functional.mse_loss``. An optional mask ``m`` (H, W)
-  weighs pixels without changing the normaliser. L1's gradient at a zero residual is 0.
+  error): ``weight / S · Σ_values m · ρ(pred − target)`` over all S values, i.e. the mean
+  over all pixels and channels like ``torch.nn.functional.mse_loss``. The mask m weighs
+  values without changing the normaliser. L1's gradient at a zero residual is 0.
 * :class:`SoftIoULoss` — ``weight · (1 − Σ a·b / (Σ (a + b − a·b) + eps))`` for soft
   silhouettes a, b in [0, 1] (Soft Rasterizer's IoU loss).
 
-Mesh regularizers borrow the renderer's ``positions`` (V,) 3-vector field and a face list
-(fixed topology, read once at construction; fields may have more capacity than the
-``num_vertices`` / ``num_faces`` in use). All are means, as in PyTorch3D:
+Mesh regularizers borrow a ``positions`` array ((V,) vec3 ndarray, or a (V, 3) tensor)
+and read a face list once (fixed topology; ``num_vertices`` / ``num_faces`` may use only
+the first entries). All are means, as in PyTorch3D:
 
 * :class:`LaplacianLoss` — ``mean_i ||δ_i||²`` with ``δ_i = Σ_j w_ij x_j / Σ_j w_ij − x_i``
   over the neighbours j of i: ``"uniform"`` weights w_ij = 1, ``"cotangent"`` weights
@@ -34,31 +45,95 @@ import taichi as ti
 
 from . import backend
 from .errors import UserError
+from .render import arrays
+from .render.arrays import IVec2, IVec3, Real, Vec3
 
+Array = ti.types.ndarray()  # any element type and number of axes: one compile per layout
+IVec4 = ti.types.ndarray(dtype=ti.math.ivec4, ndim=1)
 _EPS = 1e-12  # guards divisions by a vanishing area or normal length
 
 
-def loss_field():
-    """A new 0-d loss field (``backend.real()``, ``needs_grad=True``)."""
-    return ti.field(backend.real(), shape=(), needs_grad=True)
+def loss_array():
+    """A new 0-d loss array (``backend.real()``, with a gradient), zero."""
+    backend.ensure_init()
+    return ti.ndarray(backend.real(), shape=(), needs_grad=True)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _is_field(f) -> bool:
-    return isinstance(f, (ti.ScalarField, ti.MatrixField))
+def _is_torch(a) -> bool:
+    return type(a).__module__.startswith("torch")
 
 
-def _describe(f) -> str:
-    n = f"{f.n}-vector " if isinstance(f, ti.MatrixField) else "scalar "
-    return f"{n}field of shape {tuple(f.shape)}"
+def _element_shape(a) -> tuple:
+    """The shape of one element of a Taichi ndarray or field (``()`` for scalars and for
+    NumPy arrays and tensors, whose elements are scalars)."""
+    if isinstance(a, ti.MatrixField):
+        return (a.n,) if a.m == 1 else (a.n, a.m)
+    return tuple(getattr(a, "element_shape", ())) if isinstance(a, ti.Ndarray) else ()
+
+
+def _is_float(a) -> bool:
+    if _is_torch(a):
+        return a.is_floating_point()
+    return a.dtype in (ti.f32, ti.f64, np.float32, np.float64)
+
+
+def _describe(a) -> str:
+    if isinstance(a, (ti.Ndarray, ti.Field)):
+        e = _element_shape(a)
+        element = f"{e[0]}-vectors" if len(e) == 1 else "matrices" if e else "scalars"
+        kind = "ndarray" if isinstance(a, ti.Ndarray) else "field"
+        return f"Taichi {kind} {tuple(a.shape)} of {element} ({a.dtype})"
+    if _is_torch(a) or isinstance(a, np.ndarray):
+        kind = "torch tensor" if _is_torch(a) else "NumPy array"
+        return f"{kind} {tuple(a.shape)} ({a.dtype})"
+    return type(a).__name__
+
+
+def _count(a) -> int:
+    """Number of values: elements × components."""
+    return math.prod(a.shape) * math.prod(_element_shape(a))
+
+
+def _array(a, what: str, flat: bool = False):
+    """``a`` checked for the kernels: a Taichi ndarray of scalars or vectors, a float NumPy
+    array or a float torch tensor on Taichi's device. ``flat``: NumPy arrays and torch
+    tensors without gradient become 1-D views (fewer kernel layouts, no index arithmetic)."""
+    if not (isinstance(a, (ti.Ndarray, np.ndarray)) or _is_torch(a)):
+        raise UserError(
+            f"{what} must be a Taichi ndarray, NumPy array or torch tensor, got {_describe(a)}"
+        )
+    if not _is_float(a) or len(_element_shape(a)) > 1:
+        raise UserError(f"{what} is a {_describe(a)}; pass float scalars or vectors")
+    if isinstance(a, ti.Ndarray):
+        return a
+    if _is_torch(a):
+        on_cuda = backend.current_arch() == "cuda"
+        if a.is_cuda != on_cuda:
+            raise UserError(
+                f"{what} is on {a.device} but Taichi runs on {backend.current_arch()}; "
+                f"move it with .to({'cuda' if on_cuda else 'cpu'})"
+            )
+        if a.requires_grad:  # gradients go into a.grad: no copy, no view
+            if not a.is_contiguous():
+                raise UserError(f"{what} is not contiguous; pass tensor.contiguous()")
+            return a
+        return a.detach().contiguous().view(-1) if flat else a.detach().contiguous()
+    a = np.ascontiguousarray(a)
+    return a.reshape(-1) if flat else a
+
+
+def _layout(a) -> tuple:
+    return tuple(a.shape), _element_shape(a)
 
 
 def _check_loss(loss) -> None:
-    if not isinstance(loss, ti.ScalarField) or tuple(loss.shape) != ():
+    ok = isinstance(loss, ti.Ndarray) or _is_torch(loss)
+    if not ok or tuple(loss.shape) != () or not _is_float(loss):
         raise UserError(
-            "the loss must be a 0-d scalar field; allocate it with taichi_dr.losses.loss_field()"
+            "the loss must be a 0-d float array; allocate it with taichi_dr.losses.loss_array()"
         )
 
 
@@ -72,83 +147,127 @@ def _check_weight(weight) -> float:
     return w
 
 
-def _check_images(pred, target, what: str) -> None:
-    for name, f in (("prediction", pred), ("target", target)):
-        if not _is_field(f):
-            raise UserError(f"{what}: the {name} must be a Taichi field, got {type(f).__name__}")
-    same = type(pred) is type(target) and tuple(pred.shape) == tuple(target.shape)
-    if same and isinstance(pred, ti.MatrixField):
-        same = (pred.n, pred.m) == (target.n, target.m)
-    if not same:
+def _image_pair(pred, target, what: str):
+    """The prediction and target checked to hold the same number of values; returns them
+    (NumPy arrays and tensors without gradient as flat views) and whether they share one
+    layout (then the kernel reads them by the same index)."""
+    pred = _array(pred, f"{what}: the prediction", flat=True)
+    target = _array(target, f"{what}: the target", flat=True)
+    if _count(pred) != _count(target):
         raise UserError(
-            f"{what}: images have different shapes (prediction {_describe(pred)}, target "
-            f"{_describe(target)}); render the prediction at the target's resolution and channels"
+            f"{what}: the prediction ({_describe(pred)}, {_count(pred)} values) and the "
+            f"target ({_describe(target)}, {_count(target)} values) differ in size; render "
+            "the prediction at the target's resolution, views and channels"
         )
-    if len(pred.shape) not in (2, 3) or (isinstance(pred, ti.MatrixField) and len(pred.shape) != 2):
-        raise UserError(
-            f"{what}: expected an (H, W) image field, got a {_describe(pred)}; "
-            "pass (H, W) scalar/vector fields or an (H, W, C) scalar field"
-        )
+    return pred, target, _layout(pred) == _layout(target)
 
 
-def _count(f) -> int:
-    n = int(np.prod(f.shape))
-    if isinstance(f, ti.MatrixField):
-        n *= f.n * f.m
-    return n
+# --------------------------------------------------------------------------- array access
+
+
+def _width(a) -> int:
+    """Components per element of array ``a`` inside a kernel (1 for scalars)."""
+    return math.prod(a.element_shape())
+
+
+@ti.func
+def _component(a: ti.template(), I, c: ti.template()):
+    """Component ``c`` of element ``I`` of ``a`` (the element itself for scalars)."""
+    e = a[I]
+    if ti.static(_width(a) == 1):
+        return e
+    else:
+        return e[c]
+
+
+@ti.func
+def _value(a: ti.template(), k):
+    """Value number ``k`` of ``a`` in row-major order (element components unrolled)."""
+    C = ti.static(_width(a))
+    n = ti.static(len(a.shape))
+    p = k // C
+    I = ti.Vector([0] * n)
+    for d in ti.static(range(n - 1, 0, -1)):
+        I[d] = p % a.shape[d]
+        p = p // a.shape[d]
+    I[0] = p
+    e = a[I]
+    if ti.static(C == 1):
+        return e
+    else:
+        return e[k % C]
+
+
+@ti.func
+def _first_value(a: ti.template(), I):
+    """Row-major number of the first value of element ``I`` of ``a``."""
+    k = I[0]
+    for d in ti.static(range(1, len(a.shape))):
+        k = k * a.shape[d] + I[d]
+    return k * ti.static(_width(a))
+
+
+@ti.func
+def _matching(b: ti.template(), I, k, c: ti.template(), same: ti.template()):
+    """The value of ``b`` matching component ``c`` of element ``I`` (value number ``k``)
+    of the array being looped over: by index when both share a layout, else by number."""
+    v = 0.0
+    if ti.static(same):
+        v = _component(b, I, c)
+    else:
+        v = _value(b, k)
+    return v
 
 
 # --------------------------------------------------------------------------- image losses
 
 
-@ti.func
-def _rho(d, l1: ti.template()):
-    if ti.static(l1):
-        return ti.abs(d)
-    else:
-        return d * d
-
-
 @ti.kernel
 def _image_residual(
-    pred: ti.template(),
-    target: ti.template(),
-    mask: ti.template(),
-    loss: ti.template(),
+    pred: Array,
+    target: Array,
+    mask: Array,
+    loss: Array,
     scale: float,
     l1: ti.template(),
-    masked: ti.template(),
+    same: ti.template(),
+    per_weight: ti.template(),
 ):
+    # per_weight: values per mask entry (0: no mask)
     for I in ti.grouped(pred):
-        m = 1.0
-        if ti.static(masked):
-            m = mask[I[0], I[1]]
-        r = _rho(pred[I] - target[I], l1)
-        if ti.static(isinstance(pred, ti.MatrixField)):
-            loss[None] += scale * m * r.sum()
-        else:
-            loss[None] += scale * m * r
+        k = _first_value(pred, I)
+        total = 0.0
+        for c in ti.static(range(_width(pred))):
+            d = _component(pred, I, c) - _matching(target, I, k + c, c, same)
+            r = ti.abs(d) if ti.static(l1) else d * d
+            if ti.static(per_weight):
+                r *= _value(mask, (k + c) // per_weight)
+            total += r
+        loss[None] += scale * total
 
 
 def image_loss(pred, target, loss, kind: str = "l2", mask=None, weight: float = 1.0) -> None:
-    """Add ``weight ·`` mean over pixels and channels of ``|pred − target|²`` (``"l2"``) or
-    ``|pred − target|`` (``"l1"``) to ``loss``; ``mask`` (H, W) scalar weighs each pixel."""
+    """Add ``weight ·`` the mean over all values of ``|pred − target|²`` (``"l2"``) or
+    ``|pred − target|`` (``"l1"``) to ``loss``; ``mask`` weighs pixels (or values)."""
     if kind not in ("l1", "l2"):
         raise UserError(f"unknown image loss {kind!r}; choose 'l1' or 'l2'")
-    _check_images(pred, target, f"{kind} loss")
+    what = f"{kind} loss"
+    pred, target, same = _image_pair(pred, target, what)
     _check_loss(loss)
     w = _check_weight(weight)
+    n = _count(pred)
+    per_weight = 0
     if mask is not None:
-        H, W = pred.shape[:2]
-        if not isinstance(mask, ti.ScalarField) or tuple(mask.shape) != (H, W):
-            got = _describe(mask) if _is_field(mask) else type(mask).__name__
+        mask = _array(mask, f"{what}: the mask", flat=True)
+        m = _count(mask)
+        per_weight = n // m if m and n % m == 0 else 0
+        if not 1 <= per_weight <= 4 or _element_shape(mask):
             raise UserError(
-                f"{kind} loss: the mask must be a scalar field of shape ({H}, {W}), got {got}"
+                f"{what}: the mask ({_describe(mask)}) must hold scalars, one per pixel or "
+                f"per value of the prediction ({_describe(pred)}, {n} values)"
             )
-    scale = w / _count(pred)
-    _image_residual(
-        pred, target, pred if mask is None else mask, loss, scale, kind == "l1", mask is not None
-    )
+    _image_residual(pred, target, pred if mask is None else mask, loss, w / n,
+                    kind == "l1", same, per_weight)  # fmt: skip
 
 
 def l1_loss(pred, target, loss, mask=None, weight: float = 1.0) -> None:
@@ -161,46 +280,47 @@ def mse_loss(pred, target, loss, mask=None, weight: float = 1.0) -> None:
     image_loss(pred, target, loss, "l2", mask, weight)
 
 
-@ti.data_oriented
+@ti.kernel
+def _clear(a: Array):
+    for I in ti.grouped(a):
+        a[I] = 0.0  # recorded on a Tape, its reverse pass zeroes a's gradient
+
+
+@ti.kernel
+def _sum_overlap(a: Array, b: Array, sums: Real, same: ti.template()):
+    for I in ti.grouped(a):
+        x, y = a[I], _matching(b, I, _first_value(a, I), 0, same)
+        sums[0] += x * y
+        sums[1] += x + y - x * y
+
+
+@ti.kernel
+def _add_ratio(sums: Real, loss: Array, weight: float, eps: float):
+    for _ in range(1):
+        loss[None] += weight * (1.0 - sums[0] / (sums[1] + eps))
+
+
 class SoftIoULoss:
     """``weight · (1 − Σ a·b / (Σ (a + b − a·b) + eps))`` over all pixels of two soft
-    silhouettes (scalar fields (H, W), values in [0, 1]). Owns the two sums (0-d fields
-    with gradients); call it at most once per Tape (the sums are overwritten each call)."""
+    silhouettes (scalar values in [0, 1], e.g. the renderer's alpha). Owns the two sums
+    (an array with gradients); call it at most once per Tape (they are overwritten)."""
 
     def __init__(self, eps: float = 1e-6):
-        backend.ensure_init()
         self.eps = float(eps)
-        self.intersection = ti.field(backend.real(), shape=(), needs_grad=True)
-        self.union = ti.field(backend.real(), shape=(), needs_grad=True)
-
-    @ti.kernel
-    def _clear_sums(self):
-        self.intersection[None] = 0.0
-        self.union[None] = 0.0
-
-    @ti.kernel
-    def _sum_overlap(self, a: ti.template(), b: ti.template()):
-        for I in ti.grouped(a):
-            ab = a[I] * b[I]
-            self.intersection[None] += ab
-            self.union[None] += a[I] + b[I] - ab
-
-    @ti.kernel
-    def _add_ratio(self, loss: ti.template(), weight: float, eps: float):
-        loss[None] += weight * (1.0 - self.intersection[None] / (self.union[None] + eps))
+        self.sums = arrays.empty(2, grad=True)  # Σ a·b, Σ (a + b − a·b)
 
     def forward(self, pred, target, loss, weight: float = 1.0) -> None:
-        _check_images(pred, target, "soft IoU loss")
-        if not isinstance(pred, ti.ScalarField):
+        pred, target, same = _image_pair(pred, target, "soft IoU loss")
+        if _element_shape(pred) or _element_shape(target):
             raise UserError(
-                f"soft IoU loss: silhouettes must be scalar fields, got a {_describe(pred)}; "
-                "pass the renderer's alpha/coverage field"
+                f"soft IoU loss: silhouettes must hold scalars, got a {_describe(pred)} and a "
+                f"{_describe(target)}; pass the renderer's alpha"
             )
         _check_loss(loss)
         w = _check_weight(weight)
-        self._clear_sums()
-        self._sum_overlap(pred, target)
-        self._add_ratio(loss, w, self.eps)
+        _clear(self.sums)
+        _sum_overlap(pred, target, self.sums, same)
+        _add_ratio(self.sums, loss, w, self.eps)
 
     __call__ = forward
 
@@ -209,18 +329,25 @@ class SoftIoULoss:
 
 
 def mesh_topology(positions, faces, num_vertices=None, num_faces=None):
-    """Validate a (V,) 3-vector ``positions`` field and a face list (an (F, 3) int field or
-    array) of which the first ``num_vertices`` / ``num_faces`` are used (default: all).
-    Returns ``(num_vertices, faces)`` with ``faces`` an (num_faces, 3) int64 array."""
-    if not isinstance(positions, ti.MatrixField) or positions.n != 3 or len(positions.shape) != 1:
-        got = _describe(positions) if _is_field(positions) else type(positions).__name__
-        raise UserError(f"positions must be a (V,) 3-vector field, got {got}")
-    V = positions.shape[0] if num_vertices is None else int(num_vertices)
-    if not 0 < V <= positions.shape[0]:
+    """Validate ``positions`` (a (V,) vec3 Taichi ndarray or field, or a (V, 3) float
+    array) and a face list ((F, 3) ints, or an (F,) ivec3 ndarray/field) of which the
+    first ``num_vertices`` / ``num_faces`` are used (default: all). Returns
+    ``(num_vertices, faces)`` with ``faces`` an (num_faces, 3) int64 array."""
+    shape = tuple(getattr(positions, "shape", ()))
+    if isinstance(positions, (ti.Ndarray, ti.Field)):
+        ok = len(shape) == 1 and _element_shape(positions) == (3,)
+    else:
+        ok = len(shape) == 2 and shape[1] == 3
+    if not ok:
         raise UserError(
-            f"num_vertices is {num_vertices} but positions hold {positions.shape[0]}; fix the count"
+            f"positions must be a (V,) 3-vector array or (V, 3) values, got {_describe(positions)}"
         )
-    f = faces.to_numpy() if _is_field(faces) else np.asarray(faces)
+    V = shape[0] if num_vertices is None else int(num_vertices)
+    if not 0 < V <= shape[0]:
+        raise UserError(
+            f"num_vertices is {num_vertices} but positions hold {shape[0]}; fix the count"
+        )
+    f = faces.to_numpy() if hasattr(faces, "to_numpy") else np.asarray(faces)
     if f.ndim != 2 or f.shape[1] != 3:
         raise UserError(f"faces have shape {f.shape}; expected (F, 3) vertex indices")
     n = len(f) if num_faces is None else int(num_faces)
@@ -263,89 +390,105 @@ def _face_pairs(faces: np.ndarray) -> np.ndarray:
     return np.array(rows, dtype=np.int32).reshape(-1, 4)
 
 
-@ti.data_oriented
+# --------------------------------------------------------------------------- mesh kernels
+
+
+@ti.kernel
+def _gather_uniform(positions: Vec3, edges: IVec2, weight_sum: Real, weighted: Vec3):
+    for k in range(edges.shape[0]):
+        i, j = edges[k][0], edges[k][1]
+        weight_sum[i] += 1.0
+        weight_sum[j] += 1.0
+        weighted[i] += positions[j]
+        weighted[j] += positions[i]
+
+
+@ti.kernel
+def _gather_cotangent(positions: Vec3, tris: IVec3, weight_sum: Real, weighted: Vec3):
+    for f in range(tris.shape[0]):
+        for c in ti.static(range(3)):
+            o, i, j = tris[f][c], tris[f][(c + 1) % 3], tris[f][(c + 2) % 3]
+            a = positions[i] - positions[o]
+            b = positions[j] - positions[o]
+            w = a.dot(b) / ti.max(a.cross(b).norm(), _EPS)
+            weight_sum[i] += w
+            weight_sum[j] += w
+            weighted[i] += w * positions[j]
+            weighted[j] += w * positions[i]
+
+
+@ti.kernel
+def _add_laplacian(positions: Vec3, weight_sum: Real, weighted: Vec3, loss: Array, scale: float):
+    for i in range(weight_sum.shape[0]):
+        s = weight_sum[i]
+        valid = ti.abs(s) > _EPS
+        inv = ti.select(valid, 1.0 / ti.select(valid, s, 1.0), 0.0)
+        d = weighted[i] * inv - positions[i]
+        loss[None] += scale * ti.select(valid, 1.0, 0.0) * d.norm_sqr()
+
+
+@ti.kernel
+def _add_edges(positions: Vec3, edges: IVec2, loss: Array, scale: float, target: float):
+    for k in range(edges.shape[0]):
+        d = positions[edges[k][0]] - positions[edges[k][1]]
+        r = d.norm_sqr()  # target 0: |e|², no sqrt (its gradient is singular at 0)
+        if target != 0.0:
+            r = (d.norm() - target) ** 2
+        loss[None] += scale * r
+
+
+@ti.kernel
+def _add_pairs(positions: Vec3, pairs: IVec4, loss: Array, scale: float):
+    for k in range(pairs.shape[0]):
+        q = pairs[k]
+        x0 = positions[q[0]]
+        e = positions[q[1]] - x0
+        n0 = e.cross(positions[q[2]] - x0)
+        n1 = (positions[q[3]] - x0).cross(e)
+        length = ti.sqrt(ti.max(n0.norm_sqr() * n1.norm_sqr(), _EPS * _EPS))
+        loss[None] += scale * (1.0 - n0.dot(n1) / length)
+
+
 class _MeshRegularizer:
-    """Common construction: validated counts and the face list as a NumPy array."""
+    """Common construction: validated counts, the face list as a NumPy array, and index
+    rows as int32 vector ndarrays."""
 
     def __init__(self, positions, faces, num_vertices=None, num_faces=None):
         backend.ensure_init()
         V, f = mesh_topology(positions, faces, num_vertices, num_faces)
-        self.positions, self.num_vertices, self.faces_np = positions, V, f
+        self.positions = _array(positions, "positions")
+        self.num_vertices, self.faces_np = V, f
 
-    def _index_field(self, rows: np.ndarray):
-        field = ti.Vector.field(rows.shape[1], ti.i32, shape=max(len(rows), 1))
-        if len(rows):
-            field.from_numpy(rows.astype(np.int32))
-        return field
+    @staticmethod
+    def _rows(rows: np.ndarray):
+        return arrays.from_numpy(rows.astype(np.int32), dtype=ti.i32)
 
 
 class LaplacianLoss(_MeshRegularizer):
     """``mean_i ||Σ_j w_ij x_j / Σ_j w_ij − x_i||²`` over the ``num_vertices`` vertices
     (``kind="uniform"``: w = 1; ``"cotangent"``: w = cot α + cot β of the current mesh).
-    Vertices without neighbours (or with Σ w = 0) contribute 0."""
+    Vertices without neighbours (or with Σ w = 0) contribute 0. Owns the sums Σ w and
+    Σ w x (arrays with gradients); call it at most once per Tape."""
 
     def __init__(self, positions, faces, num_vertices=None, num_faces=None, kind="uniform"):
         if kind not in ("uniform", "cotangent"):
             raise UserError(f"unknown Laplacian {kind!r}; choose 'uniform' or 'cotangent'")
         super().__init__(positions, faces, num_vertices, num_faces)
         self.kind = kind
-        real = backend.real()
         V = self.num_vertices
-        self.weight_sum = ti.field(real, shape=V, needs_grad=True)
-        self.weighted = ti.Vector.field(3, real, shape=V, needs_grad=True)
-        if kind == "uniform":
-            e = unique_edges(self.faces_np)
-            self.edges = self._index_field(e)
-            self.num_edges = len(e)
-        else:
-            self.tris = self._index_field(self.faces_np)
-
-    @ti.kernel
-    def _clear_sums(self):
-        for i in self.weight_sum:
-            self.weight_sum[i] = 0.0
-            self.weighted[i] = ti.Vector.zero(self.weighted.dtype, 3)
-
-    @ti.kernel
-    def _gather_uniform(self, n: ti.i32):
-        for k in range(n):
-            i, j = self.edges[k][0], self.edges[k][1]
-            self.weight_sum[i] += 1.0
-            self.weight_sum[j] += 1.0
-            self.weighted[i] += self.positions[j]
-            self.weighted[j] += self.positions[i]
-
-    @ti.kernel
-    def _gather_cotangent(self, n: ti.i32):
-        for f in range(n):
-            for c in ti.static(range(3)):
-                o, i, j = self.tris[f][c], self.tris[f][(c + 1) % 3], self.tris[f][(c + 2) % 3]
-                a = self.positions[i] - self.positions[o]
-                b = self.positions[j] - self.positions[o]
-                w = a.dot(b) / ti.max(a.cross(b).norm(), _EPS)
-                self.weight_sum[i] += w
-                self.weight_sum[j] += w
-                self.weighted[i] += w * self.positions[j]
-                self.weighted[j] += w * self.positions[i]
-
-    @ti.kernel
-    def _add_energy(self, loss: ti.template(), scale: float):
-        for i in self.weight_sum:
-            s = self.weight_sum[i]
-            valid = ti.abs(s) > _EPS
-            inv = ti.select(valid, 1.0 / ti.select(valid, s, 1.0), 0.0)
-            d = self.weighted[i] * inv - self.positions[i]
-            loss[None] += scale * ti.select(valid, 1.0, 0.0) * d.norm_sqr()
+        self.weight_sum = arrays.empty(V, grad=True)
+        self.weighted = arrays.empty(V, 3, grad=True)
+        rows = unique_edges(self.faces_np) if kind == "uniform" else self.faces_np
+        self.rows = self._rows(rows)
 
     def forward(self, loss, weight: float = 1.0) -> None:
         _check_loss(loss)
         w = _check_weight(weight)
-        self._clear_sums()  # a kernel, not Field.fill: Taichi cannot differentiate fill
-        if self.kind == "uniform":
-            self._gather_uniform(self.num_edges)
-        else:
-            self._gather_cotangent(len(self.faces_np))
-        self._add_energy(loss, w / self.num_vertices)
+        _clear(self.weight_sum)  # a kernel, so that its reverse pass clears the gradient
+        _clear(self.weighted)
+        gather = _gather_uniform if self.kind == "uniform" else _gather_cotangent
+        gather(self.positions, self.rows, self.weight_sum, self.weighted)
+        _add_laplacian(self.positions, self.weight_sum, self.weighted, loss, w / self.num_vertices)
 
     __call__ = forward
 
@@ -359,21 +502,12 @@ class EdgeLengthLoss(_MeshRegularizer):
         if not (math.isfinite(self.target_length) and self.target_length >= 0):
             raise UserError(f"target_length is {target_length}; give a finite length ≥ 0")
         e = unique_edges(self.faces_np)
-        self.edges, self.num_edges = self._index_field(e), len(e)
-
-    @ti.kernel
-    def _add_edges(self, loss: ti.template(), n: ti.i32, scale: float, target: float):
-        for k in range(n):
-            d = self.positions[self.edges[k][0]] - self.positions[self.edges[k][1]]
-            r = d.norm_sqr()  # target 0: |e|², no sqrt (its gradient is singular at 0)
-            if target != 0.0:
-                r = (d.norm() - target) ** 2
-            loss[None] += scale * r
+        self.edges, self.num_edges = self._rows(e), len(e)
 
     def forward(self, loss, weight: float = 1.0) -> None:
         _check_loss(loss)
         w = _check_weight(weight)
-        self._add_edges(loss, self.num_edges, w / self.num_edges, self.target_length)
+        _add_edges(self.positions, self.edges, loss, w / self.num_edges, self.target_length)
 
     __call__ = forward
 
@@ -385,23 +519,12 @@ class NormalConsistencyLoss(_MeshRegularizer):
     def __init__(self, positions, faces, num_vertices=None, num_faces=None):
         super().__init__(positions, faces, num_vertices, num_faces)
         p = _face_pairs(self.faces_np)
-        self.pairs, self.num_pairs = self._index_field(p), len(p)
-
-    @ti.kernel
-    def _add_pairs(self, loss: ti.template(), n: ti.i32, scale: float):
-        for k in range(n):
-            q = self.pairs[k]
-            x0 = self.positions[q[0]]
-            e = self.positions[q[1]] - x0
-            n0 = e.cross(self.positions[q[2]] - x0)
-            n1 = (self.positions[q[3]] - x0).cross(e)
-            length = ti.sqrt(ti.max(n0.norm_sqr() * n1.norm_sqr(), _EPS * _EPS))
-            loss[None] += scale * (1.0 - n0.dot(n1) / length)
+        self.pairs, self.num_pairs = self._rows(p), len(p)
 
     def forward(self, loss, weight: float = 1.0) -> None:
         _check_loss(loss)
         w = _check_weight(weight)
         if self.num_pairs:
-            self._add_pairs(loss, self.num_pairs, w / self.num_pairs)
+            _add_pairs(self.positions, self.pairs, loss, w / self.num_pairs)
 
     __call__ = forward

@@ -1,11 +1,15 @@
-"""Optimizers that update Taichi fields in place with kernels, and learning-rate schedules.
+"""Optimizers that update Taichi ndarrays or fields in place with kernels, and
+learning-rate schedules.
 
-``params`` is a field, or a list whose entries are a field, a ``(field, lr)`` pair or a
-``{"params": field_or_list, "lr": lr}`` group (like torch's param groups); entries without
-their own rate use ``lr`` (a number, or a list with one rate per entry). Fields need
-``needs_grad=True``; :meth:`step` reads ``field.grad`` (fill it with ``ti.ad.Tape``),
-:meth:`zero_grad` clears it. Before each update the parameters and gradients are checked
-for NaN/inf (one reduction kernel each) and a :class:`UserError` names the culprit.
+``params`` is a parameter, or a list whose entries are a parameter, a ``(param, lr)`` pair
+or a ``{"params": param_or_list, "lr": lr, "name": name}`` group (like torch's param
+groups; ``lr`` and ``name`` optional); entries without their own rate use ``lr`` (a
+number, or a list with one rate per entry). A parameter is a Taichi ndarray
+(``needs_grad=True``; the renderer's arrays) or a Taichi field (``needs_grad=True``).
+:meth:`step` reads its gradient (``.grad``, filled by ``ti.ad.Tape`` or ``kernel.grad``),
+:meth:`zero_grad` clears it — ndarray gradients accumulate over Tapes, so call it before
+each one. Before each update the parameters and gradients are checked for NaN/inf (one
+reduction kernel per parameter) and a :class:`UserError` names the culprit.
 
 * :class:`SGD` — ``b ← μ b + g;  x ← x − η_t b`` (torch's SGD without dampening).
 * :class:`Adam` — torch's Adam: ``m ← β1 m + (1−β1) g;  v ← β2 v + (1−β2) g²;
@@ -17,6 +21,12 @@ for NaN/inf (one reduction kernel each) and a :class:`UserError` names the culpr
 The rate at step t (0-based) is ``η_t = lr · schedule(t)``, with a schedule from
 :class:`Constant`, :class:`ExponentialDecay`, :class:`CosineDecay`, :class:`StepDecay` or
 any callable ``t -> factor``.
+
+Every optimizer's state (for checkpoints) is ``state_dict()``: a flat dict of NumPy
+arrays, ``"steps"`` (0-d) and per parameter k its buffers ``"m/k"``, ``"v/k"`` (Adam),
+``"buffer/k"`` (SGD), plus ``"u"`` for LargeSteps; ``load_state_dict`` checks and
+restores it. The kernels compile once per parameter layout (ndarrays of any size share
+them; fields compile per field, as Taichi does for ``ti.template()`` arguments).
 """
 
 import math
@@ -29,6 +39,7 @@ import taichi as ti
 from . import backend
 from .errors import UserError
 from .losses import mesh_topology, unique_edges
+from .render import arrays
 
 # --------------------------------------------------------------------------- schedules
 
@@ -83,7 +94,11 @@ class CosineDecay:
         return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-# --------------------------------------------------------------------------- kernels
+# --------------------------------------------------------------------------- update math
+
+# Each update exists once, as a ti.func on one entry (a scalar or a vector), and is run by
+# two thin kernels: one over ndarrays (compiled once per layout) and one over fields.
+Array = ti.types.ndarray()
 
 
 @ti.func
@@ -94,62 +109,173 @@ def _total(x, vector: ti.template()):
         return x
 
 
-@ti.kernel
-def _count_nonfinite(x: ti.template(), out: ti.template(), big: float):
-    for I in ti.grouped(x):
-        finite = ti.abs(x[I]) <= big  # false for NaN and ±inf
-        out[None] += _total(1 - finite, ti.static(isinstance(x, ti.MatrixField)))
+@ti.func
+def _largest(x, vector: ti.template()):
+    if ti.static(vector):
+        return x.max()
+    else:
+        return x
 
 
-@ti.kernel
-def _sgd_update(x: ti.template(), buf: ti.template(), lr: float, momentum: float):
-    for I in ti.grouped(x):
-        buf[I] = momentum * buf[I] + x.grad[I]
-        x[I] -= lr * buf[I]
+@ti.func
+def _nonfinite(x, big, vector: ti.template()):
+    """Number of NaN/±inf components of entry ``x``."""
+    finite = ti.abs(x) <= big  # false for NaN and ±inf
+    return _total(1 - finite, vector)
 
 
-@ti.kernel
-def _adam_moments(
-    x: ti.template(), m: ti.template(), v: ti.template(), b1: float, b2: float, vmax: ti.template()
+@ti.func
+def _sgd(x, g, b, lr, momentum):
+    b = momentum * b + g
+    return x - lr * b, b
+
+
+@ti.func
+def _adam_moments(g, m, v, b1, b2):
+    return b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+
+
+@ti.func
+def _adam_update(x, m, v, step, c2, eps):
+    """``x − step · m / (sqrt(v / c2) + eps)``; ``v`` is the entry's own second moment or
+    (uniform Adam) the parameter's largest."""
+    return x - step * m / (ti.sqrt(v / c2) + eps)
+
+
+# Adam's passes: "both" (moments and update in one pass), "moments" (returns the largest
+# second moment: uniform Adam's first pass), "update" (with that maximum: its second pass).
+
+
+@ti.func
+def _adam_entry(
+    x, g, m, v, b1, b2, step, c2, eps, vmax, stage: ti.template(), vector: ti.template()
 ):
-    for I in ti.grouped(x):
-        g = x.grad[I]
-        m[I] = b1 * m[I] + (1 - b1) * g
-        v[I] = b2 * v[I] + (1 - b2) * g * g
-        if ti.static(isinstance(x, ti.MatrixField)):
-            ti.atomic_max(vmax[None], v[I].max())
-        else:
-            ti.atomic_max(vmax[None], v[I])
+    largest = 0.0
+    if ti.static(stage != "update"):
+        m, v = _adam_moments(g, m, v, b1, b2)
+        largest = _largest(v, vector)
+    if ti.static(stage == "both"):
+        x = _adam_update(x, m, v, step, c2, eps)
+    if ti.static(stage == "update"):
+        x = _adam_update(x, m, vmax, step, c2, eps)
+    return x, m, v, largest
 
 
 @ti.kernel
-def _adam_apply(
-    x: ti.template(),
-    m: ti.template(),
-    v: ti.template(),
+def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> ti.types.vector(
+    2, ti.i32
+):
+    bad_x, bad_g = 0, 0
+    for I in ti.grouped(x):
+        bad_x += _nonfinite(x[I], big, vector)
+        bad_g += _nonfinite(g[I], big, vector)
+    return ti.Vector([bad_x, bad_g])
+
+
+@ti.kernel
+def _nonfinite_fields(
+    x: ti.template(), g: ti.template(), big: float, vector: ti.template()
+) -> ti.types.vector(2, ti.i32):
+    bad_x, bad_g = 0, 0
+    for I in ti.grouped(x):
+        bad_x += _nonfinite(x[I], big, vector)
+        bad_g += _nonfinite(g[I], big, vector)
+    return ti.Vector([bad_x, bad_g])
+
+
+@ti.kernel
+def _sgd_arrays(x: Array, g: Array, b: Array, lr: float, momentum: float):
+    for I in ti.grouped(x):
+        x[I], b[I] = _sgd(x[I], g[I], b[I], lr, momentum)
+
+
+@ti.kernel
+def _sgd_fields(x: ti.template(), g: ti.template(), b: ti.template(), lr: float, momentum: float):
+    for I in ti.grouped(x):
+        x[I], b[I] = _sgd(x[I], g[I], b[I], lr, momentum)
+
+
+@ti.kernel
+def _adam_arrays(
+    x: Array,
+    g: Array,
+    m: Array,
+    v: Array,
+    b1: float,
+    b2: float,
     step: float,
     c2: float,
     eps: float,
-    uniform: ti.template(),
-    vmax: ti.template(),
-):
+    vmax: float,
+    stage: ti.template(),
+    vector: ti.template(),
+) -> float:
+    largest = 0.0
     for I in ti.grouped(x):
-        if ti.static(uniform):
-            x[I] -= step * m[I] / (ti.sqrt(vmax[None] / c2) + eps)
-        else:
-            x[I] -= step * m[I] / (ti.sqrt(v[I] / c2) + eps)
+        x[I], m[I], v[I], top = _adam_entry(
+            x[I], g[I], m[I], v[I], b1, b2, step, c2, eps, vmax, stage, vector
+        )
+        ti.atomic_max(largest, top)
+    return largest
 
 
-# --------------------------------------------------------------------------- optimizers
+@ti.kernel
+def _adam_fields(
+    x: ti.template(),
+    g: ti.template(),
+    m: ti.template(),
+    v: ti.template(),
+    b1: float,
+    b2: float,
+    step: float,
+    c2: float,
+    eps: float,
+    vmax: float,
+    stage: ti.template(),
+    vector: ti.template(),
+) -> float:
+    largest = 0.0
+    for I in ti.grouped(x):
+        x[I], m[I], v[I], top = _adam_entry(
+            x[I], g[I], m[I], v[I], b1, b2, step, c2, eps, vmax, stage, vector
+        )
+        ti.atomic_max(largest, top)
+    return largest
 
 
-def _zeros_like(f):
-    """A zero field with the shape, element type and dtype of ``f``."""
-    if not isinstance(f, ti.MatrixField):
-        return ti.field(f.dtype, shape=f.shape)
-    if f.m == 1:
-        return ti.Vector.field(f.n, f.dtype, shape=f.shape)
-    return ti.Matrix.field(f.n, f.m, f.dtype, shape=f.shape)
+# --------------------------------------------------------------------------- parameters
+
+
+def _is_field(x) -> bool:
+    return isinstance(x, (ti.ScalarField, ti.MatrixField))
+
+
+def _is_vector(x) -> bool:
+    return isinstance(x, ti.MatrixField) or bool(getattr(x, "element_shape", ()))
+
+
+def _kernel(x, on_arrays, on_fields):
+    return on_fields if _is_field(x) else on_arrays
+
+
+def _zeros_like(x):
+    """A zero ndarray or field with the shape and element type of ``x``."""
+    if isinstance(x, ti.Ndarray):
+        e = tuple(getattr(x, "element_shape", ()))
+        element = ti.types.vector(e[0], x.dtype) if len(e) == 1 else x.dtype
+        element = ti.types.matrix(*e, x.dtype) if len(e) == 2 else element
+        return ti.ndarray(element, x.shape)
+    if not isinstance(x, ti.MatrixField):
+        return ti.field(x.dtype, shape=x.shape)
+    if x.m == 1:
+        return ti.Vector.field(x.n, x.dtype, shape=x.shape)
+    return ti.Matrix.field(x.n, x.m, x.dtype, shape=x.shape)
+
+
+def _has_grad(x) -> bool:
+    if _is_field(x):
+        return x.snode.ptr.has_adjoint()
+    return x.grad is not None
 
 
 def _check_lr(lr, where: str) -> float:
@@ -163,70 +289,76 @@ def _check_lr(lr, where: str) -> float:
 
 
 def _param_groups(params, lr) -> list:
-    """[(field, lr)] from the accepted forms of ``params`` (see the module docstring)."""
-    entries = [params] if isinstance(params, (ti.ScalarField, ti.MatrixField)) else list(params)
+    """[(param, lr, name)] from the accepted forms of ``params`` (see the module docstring)."""
+    single = isinstance(params, ti.Ndarray) or _is_field(params)
+    entries = [params] if single else list(params)
     if not entries:
-        raise UserError("the optimizer got no parameters; pass a list of fields")
+        raise UserError("the optimizer got no parameters; pass a list of ndarrays or fields")
     rates = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(entries)
     if len(rates) != len(entries):
         raise UserError(
             f"got {len(rates)} learning rates for {len(entries)} parameters; give one each"
         )
     out = []
-    for k, (entry, rate) in enumerate(zip(entries, rates)):
+    for entry, rate in zip(entries, rates):
+        name = None
         if isinstance(entry, dict):
-            fields, rate = entry.get("params"), entry.get("lr", rate)
-            fields = [fields] if not isinstance(fields, (list, tuple)) else fields
+            xs, rate, name = entry.get("params"), entry.get("lr", rate), entry.get("name")
+            xs = [xs] if not isinstance(xs, (list, tuple)) else xs
         elif isinstance(entry, tuple):
-            fields, rate = [entry[0]], entry[1]
+            xs, rate = [entry[0]], entry[1]
         else:
-            fields = [entry]
-        for f in fields:
-            if not isinstance(f, (ti.ScalarField, ti.MatrixField)):
+            xs = [entry]
+        for x in xs:
+            k = len(out)
+            label = f"parameter {k}" if name is None else f"parameter {name!r}"
+            if not (isinstance(x, ti.Ndarray) or _is_field(x)):
                 raise UserError(
-                    f"parameter {k} is a {type(f).__name__}, not a Taichi field; "
-                    "pass fields allocated with needs_grad=True"
+                    f"{label} is a {type(x).__name__}, not a Taichi ndarray or field; "
+                    "pass arrays allocated with needs_grad=True (torch tensors: use torch.optim)"
                 )
-            if not f.snode.ptr.has_adjoint():
-                raise UserError(f"parameter {k} has no gradient; allocate it with needs_grad=True")
-            if any(f is g for g, _ in out):
-                raise UserError(f"parameter {k} is listed twice; list each field once")
-            out.append((f, _check_lr(rate, f"parameter {k}")))
+            if not _has_grad(x):
+                raise UserError(f"{label} has no gradient; allocate it with needs_grad=True")
+            if any(x is y for y, _, _ in out):
+                raise UserError(f"{label} is listed twice; list each parameter once")
+            out.append((x, _check_lr(rate, label), label))
     return out
 
 
 class _Optimizer:
-    """Parameter groups, schedule, step counter, finite checks, zero_grad."""
+    """Parameter groups, schedule, step counter, finite checks, zero_grad, state."""
+
+    buffers_per_param: tuple = ()  # names of the per-parameter state buffers
 
     def __init__(self, params, lr, schedule, check_finite: bool):
         backend.ensure_init()
-        self.groups = _param_groups(params, lr)
+        groups = _param_groups(params, lr)
+        self.params = [x for x, _, _ in groups]
+        self.rates = [rate for _, rate, _ in groups]
+        self.names = [name for _, _, name in groups]
         self.schedule = Constant() if schedule is None else schedule
         if not callable(self.schedule):
             raise UserError("schedule must be callable: step -> learning-rate factor")
         self.check_finite = check_finite
         self.steps = 0
-        self._bad = ti.field(ti.i32, shape=())
-        self._big = float(np.finfo(backend.np_real()).max)
-
-    def _nonfinite(self, f) -> int:
-        self._bad[None] = 0
-        _count_nonfinite(f, self._bad, self._big)
-        return int(self._bad[None])
+        self.buffers = {
+            name: [_zeros_like(x) for x in self.params] for name in self.buffers_per_param
+        }
 
     def _check(self) -> None:
-        for k, (f, _) in enumerate(self.groups):
-            for what, g in (("values", f), ("gradient", f.grad)):
-                n = self._nonfinite(g)
+        big = float(np.finfo(backend.np_real()).max)
+        for x, name in zip(self.params, self.names):
+            count = _kernel(x, _nonfinite_arrays, _nonfinite_fields)(x, x.grad, big, _is_vector(x))
+            for what, n in zip(("values", "gradient"), count):
                 if n:
                     raise UserError(
-                        f"parameter {k} {what} has {n} NaN/inf entries at step {self.steps}; "
+                        f"{name} {what} has {n} NaN/inf entries at step {self.steps}; "
                         "lower the learning rate or fix the loss/initial values"
                     )
 
     def lr(self, k: int = 0) -> float:
         """Learning rate the next step uses for parameter ``k``."""
-        return self.groups[k][1] * self.schedule(self.steps)
+        return self.rates[k] * self.schedule(self.steps)
 
     def step(self) -> None:
         """Update every parameter from its ``.grad`` (in place)."""
@@ -234,33 +366,77 @@ class _Optimizer:
             self._check()
         factor = float(self.schedule(self.steps))
         self.steps += 1
-        for k, (f, rate) in enumerate(self.groups):
-            self._update(k, f, rate * factor)
+        for k, (x, rate) in enumerate(zip(self.params, self.rates)):
+            self._update(k, x, rate * factor)
 
     def zero_grad(self) -> None:
-        for f, _ in self.groups:
-            f.grad.fill(0)
+        fields = [x for x in self.params if _is_field(x)]
+        if fields:
+            backend.zero_grads(*fields)
+        for x in self.params:
+            if not _is_field(x):
+                x.grad.fill(0.0)
+
+    def state_dict(self) -> dict:
+        """``{"steps": 0-d array, "<buffer>/<k>": array}`` (NumPy copies)."""
+        out = {"steps": np.array(self.steps, dtype=np.int64)}
+        for name, buffers in self.buffers.items():
+            out.update({f"{name}/{k}": b.to_numpy() for k, b in enumerate(buffers)})
+        return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (of an optimizer over the same parameters)."""
+        steps = int(_checked(state, "steps", np.zeros((), np.int64), "the step count"))
+        values = [
+            (b, _checked(state, f"{name}/{k}", b.to_numpy(), self.names[k]))
+            for name, buffers in self.buffers.items()
+            for k, b in enumerate(buffers)
+        ]  # all checked before anything changes
+        for b, value in values:
+            b.from_numpy(value)
+        self.steps = steps
+
+
+def _checked(state: dict, key: str, like: np.ndarray, what: str) -> np.ndarray:
+    """``state[key]`` as an array of ``like``'s shape and dtype, or a one-line error."""
+    if key not in state:
+        raise UserError(
+            f"optimizer state lacks {key!r}; it was saved for other parameters or another optimizer"
+        )
+    a = np.asarray(state[key])
+    if a.shape != like.shape:
+        raise UserError(
+            f"optimizer state {key!r} has shape {a.shape}, but {what} needs {like.shape}; "
+            "it was saved for other parameters"
+        )
+    if not np.all(np.isfinite(a)) or (a.dtype.kind in "iu" and a.min(initial=0) < 0):
+        raise UserError(f"optimizer state {key!r} holds NaN/inf or negative counts; discard it")
+    return np.array(a, dtype=like.dtype, order="C")
 
 
 class SGD(_Optimizer):
     """Gradient descent with (heavy-ball) momentum μ ∈ [0, 1)."""
 
+    buffers_per_param = ("buffer",)
+
     def __init__(
         self, params, lr: float = 1e-2, momentum: float = 0.0, schedule=None, check_finite=True
     ):
-        super().__init__(params, lr, schedule, check_finite)
         if not 0 <= momentum < 1:
             raise UserError(f"momentum is {momentum}; give 0 ≤ momentum < 1")
+        super().__init__(params, lr, schedule, check_finite)
         self.momentum = float(momentum)
-        self.buffers = [_zeros_like(f) for f, _ in self.groups]
 
-    def _update(self, k, f, lr) -> None:
-        _sgd_update(f, self.buffers[k], lr, self.momentum)
+    def _update(self, k, x, lr) -> None:
+        b = self.buffers["buffer"][k]
+        _kernel(x, _sgd_arrays, _sgd_fields)(x, x.grad, b, lr, self.momentum)
 
 
 class Adam(_Optimizer):
     """Adam (torch's update and defaults); ``uniform=True``: Nicolet et al.'s variant whose
     second-moment denominator is the maximum over the whole parameter."""
+
+    buffers_per_param = ("m", "v")
 
     def __init__(
         self,
@@ -272,23 +448,25 @@ class Adam(_Optimizer):
         uniform: bool = False,
         check_finite: bool = True,
     ):
-        super().__init__(params, lr, schedule, check_finite)
         b1, b2 = (float(b) for b in betas)
         if not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise UserError(f"Adam betas are {tuple(betas)}; give two numbers in [0, 1)")
         if not eps > 0:
             raise UserError(f"Adam eps is {eps}; give a small number > 0 (e.g. 1e-8)")
+        super().__init__(params, lr, schedule, check_finite)
         self.betas, self.eps, self.uniform = (b1, b2), float(eps), bool(uniform)
-        self.moments = [(_zeros_like(f), _zeros_like(f)) for f, _ in self.groups]
-        self._vmax = ti.field(backend.real(), shape=())
 
-    def _update(self, k, f, lr) -> None:
+    def _update(self, k, x, lr) -> None:
         (b1, b2), t = self.betas, self.steps
-        m, v = self.moments[k]
-        self._vmax[None] = 0
-        _adam_moments(f, m, v, b1, b2, self._vmax)
-        step = lr / (1 - b1**t)
-        _adam_apply(f, m, v, step, 1 - b2**t, self.eps, self.uniform, self._vmax)
+        m, v = self.buffers["m"][k], self.buffers["v"][k]
+        h = (b1, b2, lr / (1 - b1**t), 1 - b2**t, self.eps)  # Adam's scalars at step t
+        adam = _kernel(x, _adam_arrays, _adam_fields)
+        vector = _is_vector(x)
+        if self.uniform:
+            vmax = adam(x, x.grad, m, v, *h, 0.0, "moments", vector)
+            adam(x, x.grad, m, v, *h, vmax, "update", vector)
+        else:
+            adam(x, x.grad, m, v, *h, 0.0, "both", vector)
 
 
 # --------------------------------------------------------------------------- large steps
@@ -306,15 +484,16 @@ def uniform_laplacian(faces: np.ndarray, num_vertices: int) -> scipy.sparse.csr_
 
 
 class LargeSteps:
-    """Optimise vertex ``positions`` (a (V,) 3-vector field with gradients) as
+    """Optimise vertex ``positions`` (a (V,) vec3 ndarray or field with gradients) as
     ``u = (I + λL) x``, L the uniform Laplacian (Nicolet et al. 2021).
 
     :meth:`step` reads ``positions.grad`` (∂loss/∂x), maps it to ∂loss/∂u = (I + λL)⁻¹
-    ∂loss/∂x (M is symmetric), takes an Adam step on u (``uniform=True`` by default, as the
-    paper recommends) and writes ``x = (I + λL)⁻¹ u`` back into ``positions``. M is
-    factorised once (SciPy sparse LU; topology is fixed); each step moves the used
-    positions through NumPy once as whole arrays. Only the first ``num_vertices`` entries
-    are touched. Positions changed from outside must be re-read with :meth:`reset`.
+    ∂loss/∂x (M is symmetric) on the host, takes an Adam step on u on the device
+    (``uniform=True`` by default, as the paper recommends) and writes
+    ``x = (I + λL)⁻¹ u`` back into ``positions``. M is factorised once (SciPy sparse LU;
+    topology is fixed); each step moves the gradient and u through NumPy once as whole
+    arrays. Only the first ``num_vertices`` entries are touched. Positions changed from
+    outside must be re-read with :meth:`reset`.
     """
 
     def __init__(
@@ -338,7 +517,7 @@ class LargeSteps:
         self.positions, self.num_vertices, self.lam = positions, V, float(lam)
         self.matrix = (scipy.sparse.identity(V) + self.lam * uniform_laplacian(f, V)).tocsc()
         self._lu = scipy.sparse.linalg.splu(self.matrix)
-        self.u = ti.Vector.field(3, backend.real(), shape=V, needs_grad=True)
+        self.u = arrays.empty(V, 3, grad=True)
         self.adam = Adam(
             [self.u], lr, betas, eps, schedule, uniform=uniform, check_finite=check_finite
         )
@@ -360,6 +539,11 @@ class LargeSteps:
     def lr(self) -> float:
         return self.adam.lr()
 
+    def _write_positions(self) -> None:
+        x = self.positions.to_numpy()
+        x[: self.num_vertices] = self.from_differential(self.u.to_numpy())
+        self.positions.from_numpy(x)
+
     def step(self) -> None:
         V = self.num_vertices
         g = self.positions.grad.to_numpy()[:V]
@@ -370,10 +554,18 @@ class LargeSteps:
             )
         self.u.grad.from_numpy(self.from_differential(g).astype(backend.np_real()))
         self.adam.step()
-        x = self.positions.to_numpy()
-        x[:V] = self.from_differential(self.u.to_numpy())
-        self.positions.from_numpy(x)
+        self._write_positions()
 
     def zero_grad(self) -> None:
         self.positions.grad.fill(0)
         self.u.grad.fill(0)
+
+    def state_dict(self) -> dict:
+        """Adam's state over u, and ``"u"``."""
+        return {**self.adam.state_dict(), "u": self.u.to_numpy()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; the positions become ``(I + λL)⁻¹ u``."""
+        self.adam.load_state_dict(state)
+        self.u.from_numpy(_checked(state, "u", self.u.to_numpy(), "u"))
+        self._write_positions()

@@ -192,3 +192,29 @@ def detach(src, dst) -> None:
 def clear_grads(*arrays) -> None:
     """Set the gradients of ``arrays`` to zero (outside the tape's record)."""
     untaped(lambda: [a.grad.fill(0) for a in arrays])
+
+
+@ti.kernel
+def _copy_field(field: ti.template(), out: ti.types.ndarray()):
+    for I in ti.grouped(field):
+        k = I[0]
+        for d in ti.static(range(1, len(field.shape))):
+            k = k * field.shape[d] + I[d]
+        out[k] = field[I]
+
+
+def copy_field(field, out) -> None:
+    """Copy a Taichi field into the flat ndarray ``out`` (row-major order, elements kept:
+    an (H, W) vec3 field fills an (H·W,) vec3 array). A kernel, so under ``ti.ad.Tape``
+    gradients flow from ``out.grad`` back into ``field.grad``: the bridge from field-based
+    code (the simulator, the field-based stages) to the array losses."""
+    element = ()
+    if isinstance(field, ti.MatrixField):
+        element = (field.n,) if field.m == 1 else (field.n, field.m)
+    n = int(np.prod(field.shape))
+    if tuple(out.shape) != (n,) or tuple(getattr(out, "element_shape", ())) != element:
+        raise UserError(
+            f"copy_field: a field of shape {tuple(field.shape)} with elements {element} needs a "
+            f"flat ndarray ({n},) with those elements, got shape {tuple(out.shape)}"
+        )
+    _copy_field(field, out)
