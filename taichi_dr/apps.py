@@ -137,7 +137,7 @@ STUDIO = _lights(0.15, [((0.4, 0.8, 0.6), (0.9, 0.9, 0.9)), ((-0.7, 0.1, -0.3), 
 
 def _renderer(mesh, cams, args, shading="ggx"):
     settings = RenderSettings(shading=shading, mode=args.mode, background=(0.0, 0.0, 0.0))
-    return fit.shared_renderer(mesh, cams[0], settings)
+    return fit.shared_renderer(mesh, cams, settings)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -197,11 +197,10 @@ def perturb_rotation(r, degrees: float, rng) -> np.ndarray:
 
 
 def _clip(lo, hi):
-    return lambda a: np.clip(a, lo, hi)
+    return ("clip", lo, hi)
 
 
-def _normalise_rows(a):
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+_NORMALISE_ROWS = ("normalise",)
 
 
 # --------------------------------------------------------------------------- applications
@@ -344,10 +343,10 @@ def _visible_texels(problem, shape) -> np.ndarray:
     r = problem.renderer
     h, w = shape
     visible = np.zeros((h, w), bool)
-    for view in problem.views:
-        fit.apply_values(r, view, {}, problem.fixed)
-        out = r.render()
-        uv = out.uv[out.mask]
+    fit.setup(problem, {})
+    out = r.render()
+    for b in range(len(problem.views)):
+        uv = out.uv[b][out.mask[b]]
         x = uv[:, 0] * w - 0.5
         y = (1 - uv[:, 1]) * h - 0.5
         for dx in (0, 1):
@@ -474,7 +473,7 @@ def _build_lighting(args, rng, target):
         0.0, [((-0.2, 1.0, 0.8), (0.5, 0.5, 0.5))], [((0.0, 2.0, 2.5), (6.0,) * 3)], _sh_start()
     )
     names = ["lights.dir_direction", "lights.dir_color", "lights.point_position", "lights.sh"]
-    proj = {"lights.dir_direction": _normalise_rows, "lights.dir_color": _clip(0, None)}
+    proj = {"lights.dir_direction": _NORMALISE_ROWS, "lights.dir_color": _clip(0, None)}
     params = [
         fit.Param(
             n, scene_start[n], 0.02, proj.get(n), scene_true[n], None if n == "lights.sh" else [0]
@@ -530,7 +529,7 @@ def _build_joint(args, rng, target):
         {"base_color": (0.75, 0.35, 0.2), "roughness": 0.3},
         {"base_color": (0.5, 0.5, 0.5), "roughness": 0.7},
     )
-    proj = {"lights.dir_direction": _normalise_rows, "lights.dir_color": _clip(0, None)}
+    proj = {"lights.dir_direction": _NORMALISE_ROWS, "lights.dir_color": _clip(0, None)}
     params += [
         fit.Param(n, light_start[n], 0.02, proj[n], light_true[n], [0])
         for n in ("lights.dir_direction", "lights.dir_color")

@@ -1,24 +1,24 @@
 """Inverse rendering: recover scene parameters from images (``taichi-dr fit APP``).
 
 A fit is a :class:`Problem`: a renderer, a list of :class:`View` (camera, target image,
-per-view overrides), the parameters to recover (:class:`Param`: a renderer field by name,
-its start value, learning rate and projection) and fixed values. :class:`Fit` runs one
-iteration at a time: for each view it sets the camera, writes the current parameters into
-the renderer, rasterizes, then under ``ti.ad.Tape`` shades, optionally blurs image and
-target (coarse-to-fine) and adds the image loss (plus the soft-silhouette IoU in mode
-"soft" and mesh regularizers); per-view parameter gradients are summed on the host and
-one optimizer step follows (Adam, or large steps for vertex positions).
+per-view overrides), the parameters to recover (:class:`Param`: a renderer parameter by
+name, its start value, learning rate and projection) and fixed values. :class:`Fit` runs
+one iteration at a time, on the device: every view is rendered in one batched call, under
+one ``ti.ad.Tape`` with the image loss summed over the views (plus the soft-silhouette IoU
+in mode "soft" and mesh regularizers), then one optimizer step (Adam, or large steps for
+vertex positions). Nothing goes through the host inside an iteration but the loss value.
 
-Parameters are named by their renderer field: ``"mesh.positions"`` (V, 3),
-``"texture.texels"`` (H, W, 3), ``"material.roughness"`` (), ``"lights.sh"`` (9, 3),
-``"vertex.pose_rotation"`` (3,) axis-angle radians, ... Every fit keeps a master copy of
-each parameter (``set_camera`` resets pose parameters, and a view may override a value).
-The applications themselves (what is fitted, from which wrong start, with which metric)
-live in :mod:`taichi_dr.apps`.
+Parameters are named by the renderer's arrays: ``"mesh.positions"`` (V, 3),
+``"texture.texels"`` (H, W, 3) — optimised in place — and the packed ones
+``"material.roughness"`` (), ``"lights.sh"`` (9, 3), ``"vertex.pose_rotation"`` (3,)
+axis-angle radians... For a packed parameter the fit keeps a master copy on the device
+and writes it into every view's set but where a view overrides it (views of one batch
+share the parameter; their gradients add up). The applications themselves (what is
+fitted, from which wrong start, with which metric) live in :mod:`taichi_dr.apps`.
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import taichi as ti
@@ -27,73 +27,87 @@ from . import backend, losses, optim
 from .camera import Camera
 from .errors import UserError
 from .render import arrays
+from .render.arrays import Int, IVec3, Real, Vec3
 from .render.lights import MAX_DIRECTIONAL, MAX_POINT
 from .render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
 from .scene import Mesh
 
-# --------------------------------------------------------------------------- shared renderer
-
-_RENDERERS: dict = {}
-
-
-def shared_renderer(mesh: Mesh, camera: Camera, settings: RenderSettings) -> Renderer:
-    """One :class:`Renderer` per resolution and backend, reused by every fit in a process
-    (each instance compiles its kernels once, which takes far longer than a fit step).
-    Capacity grows (a new renderer) only for a mesh larger than the cached one holds."""
-    key = (backend.current_arch(), backend.precision(), camera.width, camera.height)
-    for k in [k for k in _RENDERERS if k[:2] != key[:2]]:
-        del _RENDERERS[k]  # Taichi was restarted: those fields are gone
-    r = _RENDERERS.get(key)
-    V, F = mesh.num_vertices, mesh.num_faces
-    if r is None or r.mesh.max_vertices < V or r.mesh.max_faces < F:
-        cap = lambda n: max(8192, 1 << math.ceil(math.log2(n)))  # noqa: E731
-        r = Renderer(mesh, camera, settings, max_vertices=cap(V), max_faces=cap(F))
-        _RENDERERS[key] = r
-    else:
-        r.configure(**asdict(settings))
-        r.set_mesh(mesh)
-        r.set_camera(camera)
-    return r
+ARRAYS = {"mesh.positions": "positions", "texture.texels": "texture"}  # optimised in place
+PACKED = {"material": "material", "lights": "lights", "vertex": "camera"}  # stage → group
 
 
-def resolve(renderer: Renderer, name: str):
-    """The renderer field called ``name`` ("stage.field", e.g. "lights.sh")."""
-    stage, _, attr = name.partition(".")
-    try:
-        return getattr(getattr(renderer, stage), attr)
-    except AttributeError:
-        raise UserError(f"unknown renderer field {name!r}") from None
+def shared_renderer(mesh: Mesh, cameras, settings: RenderSettings) -> Renderer:
+    """A renderer for ``cameras`` (its kernels are compiled once per process: building one
+    costs a few milliseconds)."""
+    return Renderer(mesh, list(cameras), settings)
 
 
 def grad_groups(names) -> tuple:
-    """The ``RenderSettings.grads`` groups that the renderer fields ``names`` belong to
-    (a fit differentiates only what it optimizes: several times faster backward passes)."""
-    mesh = {"positions": "positions", "normals": "positions", "colors": "colors", "uvs": "uvs"}
-    stages = {"texture": "texture", "material": "material", "lights": "lights", "vertex": "camera"}
+    """The ``RenderSettings.grads`` groups of the parameters ``names`` (a fit
+    differentiates only what it optimizes: several times faster backward passes)."""
     groups = set()
     for name in names:
-        stage, _, attr = name.partition(".")
-        group = mesh.get(attr) if stage == "mesh" else stages.get(stage)
+        stage = name.partition(".")[0]
+        group = ARRAYS.get(name) or PACKED.get(stage)
         if group is None:
             return GRAD_GROUPS
         groups.add(group)
     return tuple(groups)
 
 
+def packed_of(renderer: Renderer, name: str):
+    """(packed parameter object, parameter name) of ``"stage.name"``."""
+    stage, _, attr = name.partition(".")
+    owner = {"material": renderer.material, "lights": renderer.lights}.get(stage)
+    if stage == "vertex":
+        owner = renderer.vertex.params
+    if owner is None or attr not in owner.layout.names:
+        raise UserError(f"unknown renderer parameter {name!r}")
+    return owner, attr
+
+
 # --------------------------------------------------------------------------- kernels
 
 
 @ti.kernel
-def _clear_normals(normals: ti.template(), n: ti.i32):
-    for i in range(n):
-        normals[i] = ti.Vector([0.0, 0.0, 0.0])
+def _scatter(master: Real, source: Int, target: Int, log: ti.i32, values: Real):
+    for j in range(target.shape[0]):
+        m = master[source[j]]
+        values[target[j]] = ti.select(log != 0, ti.exp(m), m)
 
 
 @ti.kernel
-def _accumulate_normals(
-    positions: ti.template(), faces: ti.template(), normals: ti.template(), n: ti.i32
-):
-    for f in range(n):
+def _gather(master: Real, source: Int, target: Int, log: ti.i32, values_grad: Real, grad: Real):
+    for j in range(target.shape[0]):
+        m = master[source[j]]
+        g = values_grad[target[j]]
+        grad[source[j]] += ti.select(log != 0, g * ti.exp(m), g)  # d/d log x = x · d/dx
+
+
+@ti.kernel
+def _clamp(x: ti.types.ndarray(), lo: float, hi: float):
+    for I in ti.grouped(x):
+        x[I] = ti.min(ti.max(x[I], lo), hi)
+
+
+@ti.kernel
+def _normalise_rows(x: Real, rows: ti.i32):
+    for r in range(rows):
+        v = ti.Vector([x[3 * r], x[3 * r + 1], x[3 * r + 2]])
+        v = v / ti.max(v.norm(), 1e-12)
+        for k in ti.static(range(3)):
+            x[3 * r + k] = v[k]
+
+
+@ti.kernel
+def _clear_vectors(a: Vec3):
+    for i in range(a.shape[0]):
+        a[i] = ti.Vector([0.0, 0.0, 0.0])
+
+
+@ti.kernel
+def _accumulate_normals(positions: Vec3, faces: IVec3, normals: Vec3):
+    for f in range(faces.shape[0]):
         a, b, c = faces[f][0], faces[f][1], faces[f][2]
         fn = (positions[b] - positions[a]).cross(positions[c] - positions[a])
         normals[a] += fn
@@ -103,23 +117,35 @@ def _accumulate_normals(
 
 def vertex_normals(mesh) -> None:
     """Area-weighted vertex normals of the renderer's ``mesh`` (MeshBuffers) written into
-    ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the Tape before
+    ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the tape before
     ``shade``; the vertex stage normalises them)."""
-    _clear_normals(mesh.normals, mesh.num_vertices)
-    _accumulate_normals(mesh.positions, mesh.faces, mesh.normals, mesh.num_faces)
+    _clear_vectors(mesh.normals)
+    _accumulate_normals(mesh.positions, mesh.faces, mesh.normals)
 
 
-@ti.data_oriented
+@ti.kernel
+def _blur_pass(
+    src: Vec3, weights: Real, taps: ti.i32, height: ti.i32, width: ti.i32, axis: ti.i32, dst: Vec3
+):
+    # taps as a top-level loop dimension with atomic adds (safe under reverse mode)
+    for i, k in ti.ndrange(src.shape[0], taps):
+        b, y, x = arrays.pixel(i, height, width)
+        d = k - taps // 2
+        yy = ti.select(axis == 0, ti.min(ti.max(y + d, 0), height - 1), y)
+        xx = ti.select(axis == 1, ti.min(ti.max(x + d, 0), width - 1), x)
+        dst[i] += weights[k] * src[(b * height + yy) * width + xx]
+
+
 class GaussianBlur:
-    """Separable Gaussian blur of an (H, W) 3-vector image, differentiable, borders
-    clamped; ``sigma`` in pixels (taps out to 3σ, at most ``max_radius``). Owns ``out``."""
+    """Separable Gaussian blur of flat (B·H·W,) vec3 images of a frame, differentiable,
+    borders clamped; ``sigma`` in pixels (taps out to 3σ, at most ``max_radius``).
+    Owns ``out``."""
 
-    def __init__(self, width: int, height: int, max_radius: int = 64):
-        real = backend.real()
-        self.width, self.height, self.max_radius = int(width), int(height), int(max_radius)
-        self.weights = ti.field(real, shape=2 * self.max_radius + 1)
-        self.tmp = ti.Vector.field(3, real, shape=(height, width), needs_grad=True)
-        self.out = ti.Vector.field(3, real, shape=(height, width), needs_grad=True)
+    def __init__(self, frame, max_radius: int = 64):
+        self.frame, self.max_radius = frame, int(max_radius)
+        self.tmp = arrays.empty(frame.pixels, 3, grad=True)
+        self.out = arrays.empty(frame.pixels, 3, grad=True)
+        self.weights = arrays.empty(2 * self.max_radius + 1)
         self.taps = 1
 
     def set_sigma(self, sigma: float) -> None:
@@ -131,28 +157,12 @@ class GaussianBlur:
         self.weights.from_numpy(full.astype(backend.np_real()))
         self.taps = len(w)
 
-    @ti.kernel
-    def _clear(self):
-        for y, x in self.out:
-            self.tmp[y, x] = ti.Vector([0.0, 0.0, 0.0])
-            self.out[y, x] = ti.Vector([0.0, 0.0, 0.0])
-
-    @ti.kernel
-    def _pass(self, src: ti.template(), dst: ti.template(), taps: ti.i32, axis: ti.template()):
-        # taps as a top-level loop dimension with atomic adds (safe under reverse mode)
-        for y, x, k in ti.ndrange(self.height, self.width, taps):
-            d = k - taps // 2
-            yy, xx = y, x
-            if ti.static(axis == 0):
-                yy = ti.min(ti.max(y + d, 0), self.height - 1)
-            else:
-                xx = ti.min(ti.max(x + d, 0), self.width - 1)
-            dst[y, x] += self.weights[k] * src[yy, xx]
-
     def forward(self, image) -> None:
-        self._clear()
-        self._pass(image, self.tmp, self.taps, 1)
-        self._pass(self.tmp, self.out, self.taps, 0)
+        f = self.frame
+        _clear_vectors(self.tmp)
+        _clear_vectors(self.out)
+        _blur_pass(image, self.weights, self.taps, f.height, f.width, 1, self.tmp)
+        _blur_pass(self.tmp, self.weights, self.taps, f.height, f.width, 0, self.out)
 
 
 # --------------------------------------------------------------------------- problem
@@ -161,8 +171,8 @@ class GaussianBlur:
 @dataclass
 class View:
     """One target picture: ``camera``, ``target`` (H, W, 3) linear RGB over the renderer's
-    background, ``alpha`` (H, W) coverage, and ``overrides`` {field name: value} written
-    for this view only (such a parameter gets no gradient from this view)."""
+    background, ``alpha`` (H, W) coverage, and ``overrides`` {parameter name: value}
+    written for this view only (such a parameter gets no gradient from this view)."""
 
     camera: Camera
     target: np.ndarray | None = None
@@ -172,8 +182,9 @@ class View:
 
 @dataclass
 class Param:
-    """A fitted renderer field: ``start`` value, Adam rate ``lr``, optional ``project``
-    (array -> array, applied after each step to the stored value), ``truth`` (for metrics),
+    """A fitted renderer parameter: ``start`` value, Adam rate ``lr``, optional
+    ``project`` (applied on the device after each step: ``("clip", lo, hi)`` with None for
+    no bound, or ``("normalise",)`` for rows of unit 3-vectors), ``truth`` (for metrics),
     ``rows``: the first-axis entries that are fitted (default all; e.g. ``[0]`` for light
     slot 0), and ``log``: store and step log(value) instead (a positive parameter such as
     Phong shininess stays positive and Adam's steps become relative)."""
@@ -181,7 +192,7 @@ class Param:
     name: str
     start: np.ndarray
     lr: float
-    project: object = None
+    project: tuple | None = None
     truth: np.ndarray | None = None
     rows: list | None = None
     log: bool = False
@@ -189,8 +200,8 @@ class Param:
 
 @dataclass
 class Problem:
-    """Everything a fit needs; ``fixed`` {field name: value} is written before every view
-    (it may hold the same names as ``truth`` values used to render the targets)."""
+    """Everything a fit needs; ``fixed`` {parameter name: value} is written first (it may
+    hold the same names as ``truth`` values used to render the targets)."""
 
     renderer: Renderer
     views: list
@@ -207,48 +218,93 @@ class Problem:
     lr_decay: float = 1.0  # learning-rate factor per iteration
 
 
-def _write(renderer, name, value) -> None:
-    f = resolve(renderer, name)
-    a = pad_to(f, value)
-    if a.ndim == 0:
-        f[None] = float(a)
+def _write(renderer: Renderer, name: str, value, view=None) -> None:
+    """Set parameter ``name`` of the renderer (in every view's set, or in ``view``'s)."""
+    value = np.asarray(value, dtype=np.float64)
+    if name == "mesh.positions":
+        renderer.mesh.positions.from_numpy(value.reshape(-1, 3).astype(backend.np_real()))
+    elif name == "texture.texels":
+        renderer.texture.upload(value)
     else:
-        f.from_numpy(a.astype(backend.np_real()))
+        owner, attr = packed_of(renderer, name)
+        host = owner.values.to_numpy().reshape(owner.sets, -1)
+        for s in range(owner.sets) if view is None or owner.sets == 1 else [view]:
+            host[s, owner.layout.span(attr)] = value.ravel()
+        owner.values.from_numpy(host.ravel())
 
 
-def pad_to(f, value) -> np.ndarray:
-    """``value`` zero-padded along its first axis to the capacity of field ``f`` (meshes
-    use the first V slots of the renderer's buffers)."""
-    a = np.asarray(value, dtype=np.float64)
-    shape = tuple(f.shape) + _elem(f)
-    if a.shape != shape and a.ndim == len(shape) and a.shape[1:] == shape[1:]:
-        a = np.concatenate([a, np.zeros((shape[0] - a.shape[0], *shape[1:]))])
-    return a.reshape(shape)
-
-
-def apply_values(renderer: Renderer, view: View, values: dict, fixed: dict) -> None:
-    """Set the camera of ``view`` and write ``fixed``, ``values`` and the view's
-    overrides into the renderer, in that order. Light slots are written field by field,
-    not through ``Lights.set``, so every slot is shaded (unused slots are black)."""
-    renderer.set_camera(view.camera)
-    for d in (fixed, values, view.overrides):
+def setup(problem: Problem, values: dict) -> None:
+    """Cameras of every view, then ``fixed``, ``values`` and each view's overrides. Light
+    slots are written as arrays (every slot is shaded: unused slots are black)."""
+    r = problem.renderer
+    r.set_camera([v.camera for v in problem.views])
+    if any(v.overrides for v in problem.views):
+        r.set_lights_per_view()
+    for d in (problem.fixed, values):
         for name, value in d.items():
-            _write(renderer, name, value)
-    renderer.lights.count.from_numpy(np.array([MAX_DIRECTIONAL, MAX_POINT], dtype=np.int32))
+            _write(r, name, value)
+    for b, view in enumerate(problem.views):
+        for name, value in view.overrides.items():
+            _write(r, name, value, view=b)
+    r.lights.set(count=(MAX_DIRECTIONAL, MAX_POINT))
 
 
 def render_targets(problem: Problem, values: dict) -> None:
     """Fill each view's ``target`` and ``alpha`` by rendering with ``values`` (e.g. the
-    ground truth), for synthetic fits."""
+    ground truth), for synthetic fits: one batched call."""
     r = problem.renderer
-    for view in problem.views:
-        apply_values(r, view, values, problem.fixed)
-        if problem.recompute_normals:
-            vertex_normals(r.mesh)
-        r.rasterize()
-        r.shade()
-        view.target = r.image.to_numpy().astype(np.float64)
-        view.alpha = r.alpha.to_numpy().astype(np.float64)
+    setup(problem, values)
+    if problem.recompute_normals:
+        vertex_normals(r.mesh)
+    out = r.render()
+    for b, view in enumerate(problem.views):
+        view.target = out.image[b].astype(np.float64)
+        view.alpha = out.alpha[b].astype(np.float64)
+
+
+class _Master:
+    """A packed parameter's fitted value on the device (``log`` space for log
+    parameters) and where it goes: ``target`` indices into the packed array (every view's
+    set but the overriding ones, only the fitted rows) fed by ``source`` master entries."""
+
+    def __init__(self, problem: Problem, p: Param):
+        owner, attr = packed_of(problem.renderer, p.name)
+        shape = owner.layout.shapes[attr]
+        start = np.broadcast_to(np.asarray(p.start, dtype=np.float64), shape).astype(np.float64)
+        size = start.size
+        entries = np.arange(size).reshape(shape) if shape else np.arange(1)
+        if p.rows is not None:
+            entries = entries[p.rows]
+        entries = entries.ravel()
+        span = owner.layout.span(attr).start
+        sets = [
+            s
+            for s in range(owner.sets)
+            if owner.sets == 1 or p.name not in problem.views[s].overrides
+        ]
+        self.owner, self.param, self.shape, self.log = owner, p, shape, bool(p.log)
+        target = np.concatenate([s * owner.layout.size + span + entries for s in sets])
+        self.source = arrays.from_numpy(np.tile(entries, len(sets)).astype(np.int32), ti.i32)
+        self.target = arrays.from_numpy(target.astype(np.int32), ti.i32)
+        self.value = arrays.from_numpy((np.log(start) if self.log else start).ravel(), grad=True)
+
+    def scatter(self) -> None:
+        _scatter(self.value, self.source, self.target, int(self.log), self.owner.values)
+
+    def gather(self) -> None:
+        arrays.clear_grads(self.value)
+        _gather(
+            self.value,
+            self.source,
+            self.target,
+            int(self.log),
+            self.owner.values.grad,
+            self.value.grad,
+        )
+
+    def host(self) -> np.ndarray:
+        v = self.value.to_numpy().astype(np.float64).reshape(self.shape)
+        return np.exp(v) if self.log else v
 
 
 class Fit:
@@ -259,73 +315,67 @@ class Fit:
         self.problem, self.iterations = problem, int(iterations)
         r = self.r = problem.renderer
         r.configure(grads=grad_groups(p.name for p in problem.params))
-        real = backend.real()
-        H, W = r.height, r.width
-        self.loss = losses.loss_array()
-        # Bridge (issue 13) until the renderer's outputs are arrays: the losses read flat
-        # ndarray copies of the renderer's fields, made by differentiable copy kernels.
-        self.image_array = arrays.empty(H * W, 3, grad=True)
-        self.target_array = arrays.empty(H * W, 3)
-        self.alpha_array = arrays.empty(H * W, grad=True)
-        self.positions_array = arrays.empty(r.mesh.positions.shape[0], 3, grad=True)
-        self.target = ti.Vector.field(3, real, shape=(H, W))
-        self.blurred_target = ti.Vector.field(3, real, shape=(H, W))
-        self.blur = GaussianBlur(W, H) if problem.blur_sigma > 0 else None
-        self.iou = losses.SoftIoULoss() if r.settings.mode == "soft" else None
-        self.masters = {}
-        for p in problem.params:
-            f = resolve(r, p.name)
-            m = _zeros_like(f)
-            backend.write(m, pad_to(f, np.log(p.start) if p.log else p.start))
-            self.masters[p.name] = m
         self.params = {p.name: p for p in problem.params}
+        setup(problem, {p.name: p.start for p in problem.params if p.name in ARRAYS})
+        frame = r.frame
+        self.loss = losses.loss_array()
+        self.target = arrays.from_numpy(
+            np.concatenate([v.target.reshape(-1, 3) for v in problem.views])
+        )
+        self.target_alpha = arrays.from_numpy(
+            np.concatenate([v.alpha.reshape(-1) for v in problem.views])
+        )
+        self.blurred_target = arrays.empty(frame.pixels, 3)
+        self.blur = GaussianBlur(frame) if problem.blur_sigma > 0 else None
+        self.iou = losses.SoftIoULoss() if r.settings.mode == "soft" else None
+        self.masters = {p.name: _Master(problem, p) for p in problem.params if p.name not in ARRAYS}
+        self.arrays = {name: self._array(name) for name in self.params if name in ARRAYS}
         self.regularizers = self._regularizers()
         schedule = optim.ExponentialDecay(problem.lr_decay) if problem.lr_decay < 1 else None
-        groups = [
-            (self.masters[p.name], p.lr)
-            for p in problem.params
-            if not (problem.precondition and p.name == "mesh.positions")
+        groups = [(m.value, self.params[n].lr) for n, m in self.masters.items()] + [
+            (a, self.params[n].lr)
+            for n, a in self.arrays.items()
+            if not (problem.precondition and n == "mesh.positions")
         ]
         self.adam = optim.Adam(groups, schedule=schedule) if groups else None
         self.large_steps = None
         if problem.precondition:
-            p = self.params["mesh.positions"]
             self.large_steps = optim.LargeSteps(
-                self.masters[p.name],
-                r.mesh.faces,
-                r.mesh.num_vertices,
-                r.mesh.num_faces,
+                r.mesh.positions,
+                r.mesh.faces.to_numpy(),
                 lam=problem.large_steps_lambda,
-                lr=p.lr,
+                lr=self.params["mesh.positions"].lr,
                 schedule=schedule,
             )
-        self.last_images = [None] * len(problem.views)
-        self.masks = [None] * len(problem.views)
+        self._result = None  # host copy of the last rendering, made on demand
         self.loss_start = None
+
+    def _array(self, name: str):
+        if name == "mesh.positions":
+            return self.r.mesh.positions
+        if self.r.texture is None:
+            raise UserError("fitting texture.texels needs a textured mesh")
+        return self.r.texture.texels
 
     def _regularizers(self):
         reg, r = self.problem.regularize, self.r
-        out = []
-        if "mesh.positions" not in self.masters:
-            return out
-        args = (self.positions_array, r.mesh.faces, r.mesh.num_vertices, r.mesh.num_faces)
+        if "mesh.positions" not in self.arrays:
+            return []
         kinds = {
             "laplacian": losses.LaplacianLoss,
             "normal": losses.NormalConsistencyLoss,
             "edge": losses.EdgeLengthLoss,
         }
-        for name, weight in reg.items():
-            if weight:
-                out.append((kinds[name](*args), weight))
-        return out
+        faces = r.mesh.faces.to_numpy()
+        return [(kinds[k](r.mesh.positions, faces), w) for k, w in reg.items() if w]
 
     def values(self) -> dict:
-        """Current parameter values {name: array} (host copies; exp of the stored value
-        for ``log`` parameters)."""
-        out = {}
-        for name, m in self.masters.items():
-            a = m.to_numpy().astype(np.float64)
-            out[name] = np.exp(a) if self.params[name].log else a
+        """Current parameter values {name: array} (host copies)."""
+        out = {name: m.host() for name, m in self.masters.items()}
+        if "mesh.positions" in self.arrays:
+            out["mesh.positions"] = self.r.mesh.positions.to_numpy().astype(np.float64)
+        if "texture.texels" in self.arrays:
+            out["texture.texels"] = self.r.texture.image().astype(np.float64)
         return out
 
     def blur_sigma(self, it: int) -> float:
@@ -341,6 +391,19 @@ class Fit:
             t = min(1.0, it / max(1, 0.6 * self.iterations))
             self.r.configure(sigma=float(s0 * (s1 / s0) ** t))
 
+    def _project(self) -> None:
+        for name, p in self.params.items():
+            if p.project is None:
+                continue
+            a = self.masters[name].value if name in self.masters else self.arrays[name]
+            if p.project[0] == "clip":
+                lo, hi = p.project[1:]
+                _clamp(a, -math.inf if lo is None else lo, math.inf if hi is None else hi)
+            elif p.project[0] == "normalise":
+                _normalise_rows(a, a.shape[0] // 3)
+            else:
+                raise UserError(f"unknown projection {p.project!r}; use ('clip', lo, hi)")
+
     def step(self, it: int) -> dict:
         """One iteration: :meth:`evaluate`, then one optimizer step and the projections;
         returns {"loss": the loss before the step}."""
@@ -349,92 +412,107 @@ class Fit:
             self.adam.step()
         if self.large_steps is not None:
             self.large_steps.step()
-        for name, param in self.params.items():
-            if param.project is not None:
-                m = self.masters[name]
-                backend.write(m, param.project(m.to_numpy().astype(np.float64)))
+        self._project()
         if self.loss_start is None:
             self.loss_start = total
         return {"loss": total}
 
+    def _write_parameters(self) -> None:
+        for m in self.masters.values():
+            m.scatter()
+
     def evaluate(self, it: int = 0) -> float:
-        """The loss summed over all views at iteration ``it`` (blur and σ schedules) for
-        the current parameters; their gradients with respect to the stored values (log
-        for ``log`` parameters) go into the masters' ``.grad`` (and ``self.grads``, host
-        arrays)."""
+        """The loss of all views at iteration ``it`` (blur and σ schedules) for the
+        current parameters; their gradients go into the optimised arrays' ``.grad``."""
         p, r = self.problem, self.r
         self._soft_sigma(it)
         sigma = self.blur_sigma(it)
+        target = self.target
         if sigma > 0:
             self.blur.set_sigma(sigma)
-        values = self.values()
-        grads = {name: np.zeros(m.shape + _elem(m)) for name, m in self.masters.items()}
-        total = 0.0
-        n = len(p.views)
-        for k, view in enumerate(p.views):
-            apply_values(r, view, values, p.fixed)
-            r.rasterize()
-            self.target.from_numpy(view.target.astype(backend.np_real()))
-            target = self.target
-            if sigma > 0:
-                self.blur.forward(self.target)
-                self.blurred_target.copy_from(self.blur.out)
-                target = self.blurred_target
-            arrays.copy_field(target, self.target_array)
-            ti.ad.clear_all_gradients()  # a Tape with an array loss clears no field gradient
-            with ti.ad.Tape(loss=self.loss):
-                if p.recompute_normals:
-                    vertex_normals(r.mesh)
-                r.shade()
-                image = r.image
-                if sigma > 0:
-                    self.blur.forward(r.image)
-                    image = self.blur.out
-                arrays.copy_field(image, self.image_array)
-                losses.mse_loss(self.image_array, self.target_array, self.loss, weight=1.0 / n)
-                if self.iou is not None:
-                    arrays.copy_field(r.alpha, self.alpha_array)
-                    alpha = view.alpha.astype(backend.np_real())
-                    self.iou(self.alpha_array, alpha, self.loss, p.silhouette_weight / n)
-                if k == 0 and self.regularizers:
-                    arrays.copy_field(r.mesh.positions, self.positions_array)
-                    for reg, weight in self.regularizers:
-                        reg(self.loss, weight)
-            total += self.loss[None]
-            for name in self.masters:
-                if name not in view.overrides:
-                    grads[name] += resolve(r, name).grad.to_numpy()
-            self.last_images[k] = r.image.to_numpy()
-            self.masks[k] = r.raster.triangle_id.to_numpy() >= 0
-        for name, m in self.masters.items():
-            rows = self.params[name].rows
-            if rows is not None:
-                keep = np.zeros(len(grads[name]), bool)
-                keep[rows] = True
-                grads[name][~keep] = 0.0
-            if self.params[name].log:  # d loss / d log x = x · d loss / d x
-                grads[name] *= values[name]
-            backend.write(m.grad, grads[name])
-        self.grads = grads
-        return total
-
-    def render(self, view: View, values: dict | None = None) -> tuple:
-        """``view`` rendered with ``values`` (default: the current parameters), no
-        gradients: (image (H, W, 3) linear, mask (H, W) bool)."""
-        p, r = self.problem, self.r
-        apply_values(r, view, self.values() if values is None else values, p.fixed)
-        if p.recompute_normals:
-            vertex_normals(r.mesh)
+            self.blur.forward(self.target)
+            self.blurred_target.copy_from(self.blur.out)
+            target = self.blurred_target
+        self._write_parameters()
         r.rasterize()
-        r.shade()
-        return r.image.to_numpy(), r.raster.triangle_id.to_numpy() >= 0
+        with ti.ad.Tape(self.loss):
+            if p.recompute_normals:
+                vertex_normals(r.mesh)
+            r.shade()
+            image = r.image
+            if sigma > 0:
+                self.blur.forward(r.image)
+                image = self.blur.out
+            losses.mse_loss(image, target, self.loss)
+            if self.iou is not None:
+                self.iou(r.alpha, self.target_alpha, self.loss, weight=p.silhouette_weight)
+            for reg, weight in self.regularizers:
+                reg(self.loss, weight)
+        for m in self.masters.values():
+            m.gather()
+        self._result = None
+        return float(self.loss[None])
+
+    @property
+    def last_images(self) -> list:
+        """Each view's image of the last rendering (H, W, 3), read back on demand."""
+        return list(self._last().image)
+
+    @property
+    def masks(self) -> list:
+        """Each view's coverage mask of the last rendering (H, W)."""
+        return list(self._last().mask)
+
+    def _last(self):
+        if self._result is None:
+            self._result = self.r.result()
+        return self._result
+
+    def render(self, view_index: int | None = None, values: dict | None = None) -> tuple:
+        """Every view (or view ``view_index``) rendered with ``values`` (default: the
+        current parameters), no gradients: (images (B, H, W, 3) linear, masks (B, H, W))."""
+        r = self.r
+        if values is not None:
+            for name, value in values.items():
+                _write(r, name, value)
+        else:
+            self._write_parameters()
+        if self.problem.recompute_normals:
+            vertex_normals(r.mesh)
+        out = r.render()
+        if view_index is None:
+            return out.image, out.mask
+        return out.image[view_index], out.mask[view_index]
+
+    def preview(self, camera: Camera) -> np.ndarray:
+        """The current model from another ``camera`` (H, W, 3), e.g. the live view's
+        orbit: a second renderer (it compiles nothing) with the fit's current mesh,
+        texture, material, the first view's lights and pose."""
+        r = self.r
+        self._write_parameters()
+        p = getattr(self, "_preview", None)
+        if p is None or (p.width, p.height) != (camera.width, camera.height):
+            p = self._preview = Renderer(_mesh_of(r), camera, r.settings)
+        p.set_camera(camera)
+        p.configure(**{f: getattr(r.settings, f) for f in ("shading", "background")}, mode="hard")
+        p.mesh.positions.copy_from(r.mesh.positions)
+        p.mesh.normals.copy_from(r.mesh.normals)
+        p.mesh.colors.copy_from(r.mesh.colors)
+        if r.texture is not None:
+            p.set_texture(r.texture.image())
+        p.material.values.copy_from(r.material.values)
+        for name in r.lights.layout.names:
+            p.lights.set(**{name: np.asarray(r.lights.value(name)).reshape(r.lights.sets, -1)[0]})
+        p.lights.set(count=(MAX_DIRECTIONAL, MAX_POINT))
+        pose = r.vertex.params.values.to_numpy().reshape(r.views, -1)[0]
+        p.vertex.params.set(pose_rotation=pose[0:3], pose_translation=pose[3:6])
+        return p.render().image
 
     def render_current(self) -> None:
         """Render every view with the current parameters into ``last_images`` and
         ``masks``."""
-        values = self.values()
-        for k, view in enumerate(self.problem.views):
-            self.last_images[k], self.masks[k] = self.render(view, values)
+        self.render()
+        self._result = None
 
     # ---- checkpoint state ------------------------------------------------------------------
     def _optimizers(self):
@@ -442,23 +520,30 @@ class Fit:
         if self.adam is not None:
             out.append(("adam", self.adam))
         if self.large_steps is not None:
-            out.append(("large_steps", self.large_steps))
+            out.append(("large_steps", self.large_steps.adam))
+        return out
+
+    def _state_arrays(self) -> dict:
+        out = {f"param/{n}": m.value for n, m in self.masters.items()}
+        out.update({f"param/{n}": a for n, a in self.arrays.items()})
+        if self.large_steps is not None:
+            out["large_steps/u"] = self.large_steps.u
         return out
 
     def get(self) -> dict:
-        out = {f"param/{n}": m.to_numpy() for n, m in self.masters.items()}
+        out = {k: a.to_numpy() for k, a in self._state_arrays().items()}
         for prefix, opt in self._optimizers():
-            out.update({f"{prefix}/{k}": a for k, a in opt.state_dict().items()})
+            out.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
         return out
 
     def set(self, state: dict) -> None:
         try:
-            for n, m in self.masters.items():
-                backend.write(m, _same_shape(state[f"param/{n}"], m))
+            for key, a in self._state_arrays().items():
+                a.from_numpy(_same_shape(state[key], a))
             for prefix, opt in self._optimizers():
-                start = f"{prefix}/"
+                n = len(prefix) + 1
                 opt.load_state_dict(
-                    {k[len(start) :]: a for k, a in state.items() if k.startswith(start)}
+                    {k[n:]: v for k, v in state.items() if k.startswith(prefix + "/")}
                 )
         except KeyError as exc:
             raise UserError(
@@ -467,22 +552,20 @@ class Fit:
             ) from None
 
 
-def _elem(f) -> tuple:
-    if isinstance(f, ti.MatrixField):
-        return (f.n,) if f.m == 1 else (f.n, f.m)
-    return ()
+def _mesh_of(r: Renderer) -> Mesh:
+    """The renderer's current mesh as a :class:`Mesh` (host copy)."""
+    m = r.mesh
+    return Mesh(
+        m.positions.to_numpy()[: m.num_vertices].astype(np.float64),
+        m.faces.to_numpy(),
+        m.normals.to_numpy()[: m.num_vertices].astype(np.float64),
+        m.uvs.to_numpy().astype(np.float64) if m.has_uvs else None,
+    )
 
 
-def _zeros_like(f):
-    real = backend.real()
-    if isinstance(f, ti.MatrixField):
-        return ti.Vector.field(f.n, real, shape=f.shape, needs_grad=True)
-    return ti.field(real, shape=f.shape, needs_grad=True)
-
-
-def _same_shape(a, f):
+def _same_shape(a, like):
     a = np.asarray(a)
-    if a.shape != tuple(f.shape) + _elem(f):
+    if a.shape != like.to_numpy().shape:
         raise UserError(
             "--resume: the checkpoint was written with other settings (mesh, texture or "
             "resolution differ); use the same flags or another --out folder"

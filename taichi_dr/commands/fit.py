@@ -210,7 +210,8 @@ def run(args):
                 raise UserError("fit texture needs colour targets, not masks")
             problem.renderer.configure(shading="unlit")
             problem.fixed["material.base_color"] = np.ones(3)
-            problem.fixed["texture.texels"] = np.ones(problem.renderer.texture.texels.shape + (3,))
+            t = problem.renderer.texture
+            problem.fixed["texture.texels"] = np.ones((t.height, t.width, 3))
 
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     runner = Runner(
@@ -270,7 +271,7 @@ class Dashboard:
 
     def render(self, state: ViewState) -> np.ndarray:
         r = self.fit.r
-        return self.fit.render(View(state.camera(r.width, r.height)))[0]
+        return self.fit.preview(state.camera(r.width, r.height))
 
 
 def _final_loss(runner):
@@ -301,7 +302,7 @@ def _save_outputs(out, app, fit):
         params["mesh.positions"]["start"] = np.asarray(app.mesh.vertices).tolist()
     io.save_json(out / "params.json", params)
     vertices = values.get("mesh.positions", r.mesh.positions.to_numpy())[:V]
-    texture = r.texture.texels.to_numpy() if r.texture is not None else None
+    texture = r.texture.image() if r.texture is not None else None
     mesh = scene.Mesh(vertices, app.mesh.faces, None, app.mesh.uvs, texture, name=app.name)
     scene.save_obj(out / "mesh.obj", mesh)
     io.save_image(out / "target.png", app.problem.views[0].target)
