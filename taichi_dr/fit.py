@@ -501,8 +501,8 @@ class Fit:
         if r.texture is not None:
             p.set_texture(r.texture.image())
         p.material.values.copy_from(r.material.values)
-        for name in r.lights.layout.names:
-            p.lights.set(**{name: np.asarray(r.lights.value(name)).reshape(r.lights.sets, -1)[0]})
+        first_set = r.lights.values.to_numpy().reshape(r.lights.sets, -1)[0]
+        p.lights.values.from_numpy(np.ascontiguousarray(first_set))
         p.lights.set(count=(MAX_DIRECTIONAL, MAX_POINT))
         pose = r.vertex.params.values.to_numpy().reshape(r.views, -1)[0]
         p.vertex.params.set(pose_rotation=pose[0:3], pose_translation=pose[3:6])

@@ -15,6 +15,8 @@ import taichi as ti
 
 from taichi_dr import apps, fit, io, scene
 from taichi_dr.cli import main
+from taichi_dr.render import arrays
+from taichi_dr.render.arrays import Frame
 
 ROOT = Path(__file__).resolve().parents[1]
 RES = 32  # every fit test uses this resolution: one shared renderer, compiled once
@@ -212,42 +214,51 @@ def test_gaussian_blur_matches_scipy_and_is_linear():
 
     rng = np.random.default_rng(0)
     H, W = 12, 10
-    blur = fit.GaussianBlur(W, H, max_radius=8)
+    blur = fit.GaussianBlur(Frame(2, H, W), max_radius=8)  # two views, blurred apart
     blur.set_sigma(2.0)  # taps out to 6 px: scipy's truncate=3 gives the same radius
-    x = ti.Vector.field(3, ti.f64, shape=(H, W), needs_grad=True)
-    img = rng.random((H, W, 3))
-    x.from_numpy(img)
+    img = rng.random((2, H, W, 3))
+    x = arrays.from_numpy(img.reshape(-1, 3), grad=True)
     blur.forward(x)
-    ref = np.stack([gaussian_filter(img[..., c], 2.0, mode="nearest", truncate=3.0)
-                    for c in range(3)], -1)  # fmt: skip
-    assert np.abs(blur.out.to_numpy() - ref).max() < 1e-12
+    ref = np.stack(
+        [
+            np.stack(
+                [
+                    gaussian_filter(img[b, ..., c], 2.0, mode="nearest", truncate=3.0)
+                    for c in range(3)
+                ],
+                -1,
+            )
+            for b in range(2)
+        ]
+    )
+    assert np.abs(blur.out.to_numpy().reshape(2, H, W, 3) - ref).max() < 1e-12
     # gradient of <w, blur(x)> is blurᵀ w: compare with the explicit matrix
-    w = rng.random((H, W, 3))
-    loss = ti.field(ti.f64, shape=(), needs_grad=True)
+    w = rng.random((2 * H * W, 3))
+    loss = ti.ndarray(ti.f64, shape=(), needs_grad=True)
 
     @ti.kernel
-    def dot(wf: ti.types.ndarray(), loss: ti.template()):
-        for i, j in ti.ndrange(H, W):
+    def dot(wf: ti.types.ndarray(), out: arrays.Vec3, loss: ti.types.ndarray()):
+        for i in range(out.shape[0]):
             for c in ti.static(range(3)):
-                loss[None] += wf[i, j, c] * blur.out[i, j][c]
+                loss[None] += wf[i, c] * out[i][c]
 
     with ti.ad.Tape(loss):
         blur.forward(x)
-        dot(w, loss)
+        dot(w, blur.out, loss)
     M = np.zeros((H * W, H * W))
     for k in range(H * W):
         e = np.zeros(H * W)
         e[k] = 1
         M[:, k] = gaussian_filter(e.reshape(H, W), 2.0, mode="nearest", truncate=3.0).ravel()
-    expected = (M.T @ w.reshape(H * W, 3)).reshape(H, W, 3)
-    assert np.abs(x.grad.to_numpy() - expected).max() < 1e-12
+    expected = np.stack([M.T @ wb for wb in w.reshape(2, H * W, 3)])
+    assert np.abs(x.grad.to_numpy().reshape(2, H * W, 3) - expected).max() < 1e-12
 
 
 def test_vertex_normals_match_numpy_and_gradient():
     from taichi_dr.render.mesh import MeshBuffers
 
     mesh = scene.blob(1, seed=3)
-    buf = MeshBuffers(mesh.num_vertices, mesh.num_faces)
+    buf = MeshBuffers()
     buf.upload(mesh)
     fit.vertex_normals(buf)
     n = buf.normals.to_numpy()
@@ -257,17 +268,17 @@ def test_vertex_normals_match_numpy_and_gradient():
     # d/dx of Σ w·n (unnormalised area-weighted normals) against central differences
     rng = np.random.default_rng(1)
     w = rng.normal(size=n.shape)
-    loss = ti.field(ti.f64, shape=(), needs_grad=True)
+    loss = ti.ndarray(ti.f64, shape=(), needs_grad=True)
 
     @ti.kernel
-    def dot(wf: ti.types.ndarray(), loss: ti.template()):
-        for i in range(mesh.num_vertices):
+    def dot(wf: ti.types.ndarray(), normals: arrays.Vec3, loss: ti.types.ndarray()):
+        for i in range(normals.shape[0]):
             for c in ti.static(range(3)):
-                loss[None] += wf[i, c] * buf.normals[i][c]
+                loss[None] += wf[i, c] * normals[i][c]
 
     with ti.ad.Tape(loss):
         fit.vertex_normals(buf)
-        dot(w, loss)
+        dot(w, buf.normals, loss)
     grad = buf.positions.grad.to_numpy()
 
     def f(v):
@@ -294,20 +305,22 @@ def test_vertex_normals_match_numpy_and_gradient():
     ],
 )
 def test_material_gradients_match_central_differences(shading, names):
-    """The whole per-view loop (apply, rasterize, shade, loss, host sums) against central
-    differences of the loss in float64 (with respect to the stored values: log shininess)."""
+    """The whole batched iteration (masters written into every view, rasterize, shade,
+    loss, gradients gathered back) against central differences of the loss in float64
+    (with respect to the stored values: log shininess)."""
     app = apps.build("material", _args(2, shading))
     f = fit.Fit(app.problem, 10)
     f.evaluate()
     for name in names:
-        m = f.masters[name]
-        x0, g = m[None], f.grads[name]
+        m = f.masters[name].value
+        x0 = m.to_numpy()
+        g = m.grad.to_numpy().copy()
         vals = []
         for h in (1e-6, -1e-6):
-            m[None] = x0 + h
+            m.from_numpy(x0 + h)
             vals.append(f.evaluate())
-        m[None] = x0
-        assert float(g) == pytest.approx((vals[0] - vals[1]) / 2e-6, rel=1e-5), name
+        m.from_numpy(x0)
+        assert float(g[0]) == pytest.approx((vals[0] - vals[1]) / 2e-6, rel=1e-5), name
 
 
 def test_metrics_against_closed_forms():

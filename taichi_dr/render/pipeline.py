@@ -469,12 +469,11 @@ class Renderer:
         )  # fmt: skip
 
     def _background(self):
-        bg = np.asarray(self.settings.background, dtype=np.float64)
-        key = ("background", bg.tobytes())
-        if key not in self._plain:
-            self._plain = {k: v for k, v in self._plain.items() if k[0] != "background"}
-            self._plain[key] = arrays.from_numpy(bg[None])
-        return self._plain[key]
+        """The background colour as a (1,) vec3 array (made when the setting changes)."""
+        bg = tuple(self.settings.background)
+        if getattr(self, "_background_colour", (None,))[0] != bg:
+            self._background_colour = (bg, arrays.from_numpy(np.asarray(bg, float)[None]))
+        return self._background_colour[1]
 
     @property
     def image(self):
