@@ -44,7 +44,7 @@ def pipeline_figure(out: Path, size: int) -> dict:
     mesh = load_mesh(ASSETS / "textured.obj")
     cam = Camera.look_at((1.6, 1.1, 2.2), (0, 0, 0), (0, 1, 0), 40.0, size, size, 0.5, 10.0)
     r = Renderer(mesh, cam, RenderSettings(shading="blinn-phong", background=(0.02, 0.02, 0.03)))
-    r.lights.set(**LIGHTS)
+    r.lights.reset(**LIGHTS)
     r.material.set(base_color=(1.0, 1.0, 1.0), specular=0.4, shininess=40.0)
     res = r.render()
     hard = res.image
@@ -53,7 +53,7 @@ def pipeline_figure(out: Path, size: int) -> dict:
     r.configure(mode="soft", shading="blinn-phong", sigma=3e-4, gamma=1e-4)
     soft = r.render()
     r.configure(mode="hard", shading="unlit")
-    r.lights.set(**LIGHTS)
+    r.lights.reset(**LIGHTS)
     albedo = r.render().image
     stages = [
         ("rasterize\ntriangle id", false_colour(res.triangle_id)),
@@ -106,7 +106,7 @@ def shading_figure(out: Path, size: int) -> None:
     mesh = blob(4)
     cam = Camera.look_at((1.5, 1.0, 2.6), (0, 0, 0), (0, 1, 0), 40.0, size, size, 0.5, 10.0)
     r = Renderer(mesh, cam, RenderSettings(background=(0.02, 0.02, 0.03)))
-    r.lights.set(**LIGHTS)
+    r.lights.reset(**LIGHTS)
     r.material.set(
         base_color=(0.85, 0.45, 0.25), specular=0.6, shininess=30.0, roughness=0.35, metallic=0.2
     )
@@ -121,10 +121,10 @@ def _derivative_images(r: Renderer, h: float):
     """(image, central FD of ∂image/∂x) for an x-translation of the object."""
 
     def at(dx):
-        r.vertex.pose_translation[None] = (dx, 0.0, 0.0)
+        r.vertex.params.set(pose_translation=(dx, 0.0, 0.0))
         r.rasterize()
         r.shade()
-        return r.image.to_numpy()
+        return r.result().image
 
     image = at(0.0)
     fd = (at(h) - at(-h)) / (2 * h)
@@ -145,7 +145,7 @@ def modes_figure(out: Path, size: int) -> None:
     for _, mesh in scenes:
         cam = Camera.look_at((0, 0, 3), (0, 0, 0), (0, 1, 0), 40.0, size, size, 0.5, 10.0)
         r = Renderer(mesh, cam, RenderSettings(shading="lambert", background=(0.0, 0.0, 0.0)))
-        r.lights.set(ambient=(0.2, 0.2, 0.2), directional=[((0.3, 0.5, 1.0), (0.8, 0.8, 0.8))])
+        r.lights.reset(ambient=(0.2, 0.2, 0.2), directional=[((0.3, 0.5, 1.0), (0.8, 0.8, 0.8))])
         pixel = 2 * 3 * np.tan(np.radians(20)) / size  # world units per pixel at the object
         row = []
         for mode in ("hard", "antialias", "soft", "nmr"):

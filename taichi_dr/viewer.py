@@ -24,6 +24,8 @@ import taichi as ti
 
 from .camera import Camera
 from .errors import UserError
+from .render import arrays
+from .render.arrays import Int, Real, Vec2, Vec3
 from .render.pipeline import Renderer, RenderSettings
 from .render.shading import MODELS
 from .scene import Mesh
@@ -194,53 +196,59 @@ def _turbo(t):
     return ti.math.clamp(ti.Vector([r, g, b]), 0.0, 1.0)
 
 
-@ti.data_oriented
+@ti.kernel
+def _compose(
+    mode: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    image: Vec3,
+    tri: Int,
+    depth: Real,
+    normal: Vec3,
+    uv: Vec2,
+    near: ti.f32,
+    far: ti.f32,
+    display: Vec3,
+):
+    """``display`` (W·H,) at x·H + y, y up (how GGUI canvases index pictures), from the
+    renderer's flat (H·W,) outputs (row 0 at the top)."""
+    for k in range(display.shape[0]):
+        x, y = k // height, k % height
+        i = (height - 1 - y) * width + x  # image row 0 is the top, canvas y grows upwards
+        t = tri[i]
+        c = ti.Vector([0.0, 0.0, 0.0])
+        if mode == 0:
+            c = _srgb(image[i])
+        elif t >= 0:
+            if mode == 1:  # near = warm, far = cold
+                c = _turbo(1.0 - (depth[i] - near) / (far - near))
+            elif mode == 2:
+                c = normal[i].normalized(1e-12) * 0.5 + 0.5
+            elif mode == 3:
+                w = uv[i]
+                c = ti.Vector([w[0] - ti.floor(w[0]), w[1] - ti.floor(w[1]), 0.0])
+            elif mode == 4:
+                h = ti.cast(t + 1, ti.u32) * ti.u32(2654435761)
+                c = ti.Vector([(h >> 8) & 255, (h >> 16) & 255, (h >> 24) & 255]) / 255.0
+            else:
+                c = ti.Vector([1.0, 1.0, 1.0])
+        display[k] = c
+
+
 class Viewer:
     """Renders a :class:`ViewState` of ``mesh`` at ``width`` × ``height``.
 
-    Owns ``display`` (W, H, 3) float32, the picture as GGUI canvases index it: [x, y]
-    with y up, display-ready (sRGB-encoded image, or an AOV in false colour).
+    Owns ``display`` (W·H,) vec3 float32, the picture as GGUI canvases index it ([x, y]
+    with y up: :meth:`canvas_image` gives the (W, H, 3) array), display-ready
+    (sRGB-encoded image, or an AOV in false colour).
     """
 
     def __init__(self, mesh: Mesh, state: ViewState, width: int, height: int):
         self.mesh, self.state = mesh, state
         self.width, self.height = int(width), int(height)
         self.renderer = Renderer(mesh, state.camera(width, height), RenderSettings(state.shading))
-        self.display = ti.Vector.field(3, ti.f32, shape=(self.width, self.height))
+        self.display = arrays.empty(self.width * self.height, 3, ti.f32)
         self._drawn = None
-
-    @ti.kernel
-    def _compose(
-        self,
-        mode: ti.i32,
-        image: ti.template(),
-        tri: ti.template(),
-        depth: ti.template(),
-        normal: ti.template(),
-        uv: ti.template(),
-        near: ti.f32,
-        far: ti.f32,
-    ):
-        for x, y in self.display:
-            row = self.height - 1 - y  # image row 0 is the top, canvas y grows upwards
-            t = tri[row, x]
-            c = ti.Vector([0.0, 0.0, 0.0])
-            if mode == 0:
-                c = _srgb(image[row, x])
-            elif t >= 0:
-                if mode == 1:  # near = warm, far = cold
-                    c = _turbo(1.0 - (depth[row, x] - near) / (far - near))
-                elif mode == 2:
-                    c = normal[row, x].normalized(1e-12) * 0.5 + 0.5
-                elif mode == 3:
-                    w = uv[row, x]
-                    c = ti.Vector([w[0] - ti.floor(w[0]), w[1] - ti.floor(w[1]), 0.0])
-                elif mode == 4:
-                    h = ti.cast(t + 1, ti.u32) * ti.u32(2654435761)
-                    c = ti.Vector([(h >> 8) & 255, (h >> 16) & 255, (h >> 24) & 255]) / 255.0
-                else:
-                    c = ti.Vector([1.0, 1.0, 1.0])
-            self.display[x, y] = c
 
     def draw(self) -> bool:
         """Render the current state into ``display``; False when nothing changed."""
@@ -250,26 +258,34 @@ class Viewer:
         if r.settings.shading != s.shading:
             r.configure(shading=s.shading)
         r.set_camera(s.camera(self.width, self.height))
-        r.lights.set(**s.lights())
+        r.lights.reset(**s.lights())
         r.rasterize()
         r.shade()
         near, far = s.depth_range()
-        self._compose(
+        p = r.pixels
+        _compose(
             AOVS.index(s.aov),
+            self.height,
+            self.width,
             r.image,
-            r.raster.triangle_id,
-            r.interp.depth,
-            r.normal,
-            r.uv,
+            r.triangle_id,
+            p.depth,
+            p.normal,
+            p.uv,
             near,
             far,
+            self.display,
         )
         self._drawn = s.key()
         return True
 
+    def canvas_image(self) -> np.ndarray:
+        """``display`` as the (W, H, 3) float32 array GGUI's ``canvas.set_image`` takes."""
+        return self.display.to_numpy().reshape(self.width, self.height, 3)
+
     def picture(self) -> np.ndarray:
         """``display`` as an (H, W, 3) array, row 0 at the top (what a screenshot holds)."""
-        return np.ascontiguousarray(self.display.to_numpy().transpose(1, 0, 2)[::-1])
+        return np.ascontiguousarray(self.canvas_image().transpose(1, 0, 2)[::-1])
 
 
 def open_window(width: int, height: int, show: bool):
@@ -305,7 +321,7 @@ def run_headless(viewer: Viewer, frames: int, out, spin: float = 0.0) -> Path:
         if i:
             viewer.state.orbit(spin, 0.0)
         viewer.draw()
-        canvas.set_image(viewer.display)
+        canvas.set_image(viewer.canvas_image())
     ti.sync()
     seconds = time.perf_counter() - start
     path = Path(out) / "view.png"
@@ -334,7 +350,7 @@ def run_window(viewer: Viewer, out, frames: int | None = None) -> int:
             window.get_cursor_pos(), window.is_pressed(ti.ui.LMB), window.is_pressed(ti.ui.RMB)
         )
         viewer.draw()
-        canvas.set_image(viewer.display)
+        canvas.set_image(viewer.canvas_image())
         i += 1
         last = frames is not None and i == frames
         if state.take_screenshot() or last:

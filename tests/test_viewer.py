@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from taichi_dr import UserError, cli, icosphere, io, torus
-from taichi_dr.render.pipeline import Renderer, RenderSettings
+from taichi_dr.render.pipeline import Renderer
 from taichi_dr.viewer import (
     AOVS,
     SHADING_KEYS,
@@ -159,9 +159,9 @@ def reference(viewer):
     r = Renderer(viewer.mesh, s.camera(W, H))
 
     def result():
-        r.settings = RenderSettings(viewer.state.shading)
+        r.configure(shading=viewer.state.shading)
         r.set_camera(viewer.state.camera(W, H))
-        r.lights.set(**viewer.state.lights())
+        r.lights.reset(**viewer.state.lights())
         return r.render()
 
     return result

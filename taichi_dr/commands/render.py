@@ -87,7 +87,7 @@ def run(args) -> int:
     )
     renderer = Renderer(mesh, camera, settings)
     lights = [parse_light(t) for t in (args.light or ["dir:0.4,0.7,0.6:1,1,1"])]
-    renderer.lights.set(
+    renderer.lights.reset(
         ambient=args.ambient,
         directional=[(x, c) for k, x, c in lights if k == "dir"],
         point=[(x, c) for k, x, c in lights if k == "point"],
