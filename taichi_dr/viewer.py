@@ -238,7 +238,7 @@ def _compose(
 class Viewer:
     """Renders a :class:`ViewState` of ``mesh`` at ``width`` × ``height``.
 
-    Owns ``display`` (W·H,) vec3 float32, the picture as GGUI canvases index it ([x, y]
+    Owns ``display`` (W·H,) vec3, the picture as GGUI canvases index it ([x, y]
     with y up: :meth:`canvas_image` gives the (W, H, 3) array), display-ready
     (sRGB-encoded image, or an AOV in false colour).
     """
@@ -247,7 +247,7 @@ class Viewer:
         self.mesh, self.state = mesh, state
         self.width, self.height = int(width), int(height)
         self.renderer = Renderer(mesh, state.camera(width, height), RenderSettings(state.shading))
-        self.display = arrays.empty(self.width * self.height, 3, ti.f32)
+        self.display = arrays.empty(self.width * self.height, 3)
         self._drawn = None
 
     def draw(self) -> bool:
@@ -281,7 +281,7 @@ class Viewer:
 
     def canvas_image(self) -> np.ndarray:
         """``display`` as the (W, H, 3) float32 array GGUI's ``canvas.set_image`` takes."""
-        return self.display.to_numpy().reshape(self.width, self.height, 3)
+        return self.display.to_numpy().reshape(self.width, self.height, 3).astype(np.float32)
 
     def picture(self) -> np.ndarray:
         """``display`` as an (H, W, 3) array, row 0 at the top (what a screenshot holds)."""
