@@ -24,7 +24,23 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .lights import MAX_DIRECTIONAL, MAX_POINT, sh_irradiance
+from . import arrays
+from .arrays import Int, IVec3, Real, Vec2, Vec3
+from .lights import (
+    AMBIENT,
+    DIR_COLOR,
+    DIR_DIRECTION,
+    LIGHTS_SIZE,
+    MAX_DIRECTIONAL,
+    MAX_POINT,
+    POINT_COLOR,
+    POINT_POSITION,
+    SH,
+    sh_irradiance,
+    sh_irradiance_at,
+)
+from .packed import Layout, Packed
+from .texture import FILTERS, WRAPS, Sampler, sample
 
 MODELS = {"lambert": 0, "phong": 1, "blinn-phong": 2, "ggx": 3, "normals": 4, "unlit": 5}
 
@@ -90,6 +106,28 @@ def ggx_specular(n: ti.template(), l: ti.template(), v: ti.template(), rough, f0
 
 
 @ti.func
+def reflected(
+    model: ti.template(), albedo, n, l, v, ks, shininess, rough, metal, f0: ti.template()
+):
+    """π f_r · cos θ of ``model`` for unit normal n, light direction l and view direction
+    v; 0 when the light is behind the surface (shared by every shading kernel)."""
+    out = ti.Vector([0.0, 0.0, 0.0])
+    nl = n.dot(l)
+    if nl > 0.0:
+        if ti.static(model == MODELS["ggx"]):
+            out = ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+        else:
+            out = albedo * nl
+        if ti.static(model == MODELS["phong"]):
+            r = 2.0 * nl * n - l
+            out += ks * ti.pow(ti.max(r.dot(v), 1e-12), shininess)
+        if ti.static(model == MODELS["blinn-phong"]):
+            h = (l + v).normalized(1e-12)
+            out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
+    return out
+
+
+@ti.func
 def surface_radiance(
     model: ti.template(), albedo, n, v, p, lights: ti.template(), mat: ti.template()
 ):
@@ -119,18 +157,7 @@ def surface_radiance(
                 dist2 = ti.max(d.dot(d), 1e-12)
                 l = d / ti.sqrt(dist2)
                 light = lights.point_color[i - MAX_DIRECTIONAL] / dist2
-            nl = n.dot(l)
-            if nl > 0.0:
-                if ti.static(model == MODELS["ggx"]):
-                    c += light * ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
-                else:
-                    c += light * albedo * nl
-                if ti.static(model == MODELS["phong"]):
-                    r = 2.0 * nl * n - l
-                    c += light * ks * ti.pow(ti.max(r.dot(v), 1e-12), shin)
-                if ti.static(model == MODELS["blinn-phong"]):
-                    h = (l + v).normalized(1e-12)
-                    c += light * ks * ti.pow(ti.max(n.dot(h), 1e-12), shin)
+            c += light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
     return c
 
 
@@ -216,3 +243,261 @@ class Shader:
 
     def zero_grad(self) -> None:
         self.image.grad.fill(0)
+
+
+# ---------------------------------------------------------------- array version (issue 13)
+
+MATERIAL_LAYOUT = Layout(
+    ("base_color", (3,)),
+    ("specular", ()),
+    ("shininess", ()),
+    ("roughness", ()),
+    ("metallic", ()),
+    ("opacity", ()),
+)
+"""The packed material: 8 reals, base_color 0..2, specular 3, shininess 4, roughness 5,
+metallic 6, opacity 7."""
+MATERIAL_SIZE = MATERIAL_LAYOUT.size
+BASE_COLOR, SPECULAR, SHININESS, ROUGHNESS, METALLIC, OPACITY = (
+    MATERIAL_LAYOUT.offsets[n] for n in MATERIAL_LAYOUT.names
+)
+_UNIT = ("roughness", "metallic", "opacity")
+
+
+class PackedMaterial(Packed):
+    """The uniform material as one packed array ``values`` (``MATERIAL_SIZE`` reals, with
+    gradients; layout ``MATERIAL_LAYOUT``). Parameters: ``base_color`` (3,) ≥ 0 (a scalar
+    means grey), ``specular`` ≥ 0 (Phong ks; GGX F0 = 0.08·specular for dielectrics),
+    ``shininess`` ≥ 0 (Phong exponent), ``roughness``, ``metallic`` and ``opacity`` in
+    [0, 1]. ``set`` changes the named ones; ``reset(**values)`` starts from the defaults
+    (what ``Material.set`` did)."""
+
+    layout = MATERIAL_LAYOUT
+    defaults = dict(
+        base_color=(0.8, 0.8, 0.8),
+        specular=0.5,
+        shininess=32.0,
+        roughness=0.5,
+        metallic=0.0,
+        opacity=1.0,
+    )
+    kind = "material"
+
+    def check(self, values: dict) -> dict:
+        values = super().check(values)
+        for name, v in values.items():
+            if np.any(v < 0) or (name in _UNIT and np.any(v > 1)):
+                bound = "in [0, 1]" if name in _UNIT else "≥ 0"
+                raise UserError(f"material {name} must be {bound}, got {v.tolist()}")
+        return values
+
+
+@ti.func
+def radiance(
+    model: ti.template(),
+    albedo,
+    n,
+    v,
+    p,
+    material: ti.template(),
+    lights: ti.template(),
+    counts: ti.template(),
+    s,
+):
+    """Radiance leaving point p with unit normal n towards unit view direction v under
+    light set ``s`` (packed ``lights``, ``counts``) with the packed ``material``; albedo
+    includes the base colour. Shared by the per-pixel and the per-vertex shading."""
+    o = s * LIGHTS_SIZE
+    c = albedo * (arrays.vec3_at(lights, o + AMBIENT) + sh_irradiance_at(lights, o + SH, n))
+    ks = material[SPECULAR]
+    shin = material[SHININESS]
+    rough = material[ROUGHNESS]
+    metal = material[METALLIC]
+    f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
+    for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
+        # lights beyond the count are skipped (a runtime branch: no recompilation)
+        used = (
+            counts[2 * s] > i
+            if ti.static(i < MAX_DIRECTIONAL)
+            else (counts[2 * s + 1] > i - MAX_DIRECTIONAL)
+        )
+        if used:
+            l = ti.Vector([0.0, 0.0, 1.0])
+            light = ti.Vector([0.0, 0.0, 0.0])
+            if ti.static(i < MAX_DIRECTIONAL):
+                l = arrays.vec3_at(lights, o + DIR_DIRECTION + 3 * i).normalized(1e-12)
+                light = arrays.vec3_at(lights, o + DIR_COLOR + 3 * i)
+            else:
+                j = 3 * (i - MAX_DIRECTIONAL)
+                d = arrays.vec3_at(lights, o + POINT_POSITION + j) - p
+                dist2 = ti.max(d.dot(d), 1e-12)
+                l = d / ti.sqrt(dist2)
+                light = arrays.vec3_at(lights, o + POINT_COLOR + j) / dist2
+            c += light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
+    return c
+
+
+@ti.func
+def shade_point(
+    model: ti.template(),
+    color,
+    n,
+    v,
+    p,
+    material: ti.template(),
+    lights: ti.template(),
+    counts: ti.template(),
+    s,
+):
+    """The colour of ``model`` at point p: ``color`` (vertex colour × texture) times the
+    base colour lit by ``radiance``, or the normal / albedo views; n is flipped towards
+    v (two-sided)."""
+    n = n * ti.select(n.dot(v) < 0.0, -1.0, 1.0)
+    albedo = arrays.vec3_at(material, BASE_COLOR) * color
+    out = albedo
+    if ti.static(model == MODELS["normals"]):
+        out = n * 0.5 + 0.5
+    elif ti.static(model != MODELS["unlit"]):
+        out = radiance(model, albedo, n, v, p, material, lights, counts, s)
+    return out
+
+
+@ti.kernel
+def _shade(
+    model: ti.template(),
+    textured: ti.template(),
+    filter: ti.template(),
+    wrap: ti.template(),
+    batched: ti.template(),
+    pixels_per_view: ti.i32,
+    tri: Int,
+    position: Vec3,
+    normal: Vec3,
+    color: Vec3,
+    uv: Vec2,
+    footprint: Real,
+    eye: Vec3,
+    material: Real,
+    lights: Real,
+    counts: Int,
+    texels: Vec3,
+    levels: IVec3,
+    image: Vec3,
+):
+    for i in range(image.shape[0]):
+        out = ti.Vector([0.0, 0.0, 0.0])
+        if tri[i] >= 0:
+            b = i // pixels_per_view
+            p = position[i]
+            v = (eye[b] - p).normalized(1e-12)
+            c = color[i]
+            if ti.static(textured):
+                c *= sample(texels, levels, filter, wrap, uv[i], footprint[i])
+            s = 0
+            if ti.static(batched):
+                s = b
+            n = normal[i].normalized(1e-12)
+            out = shade_point(model, c, n, v, p, material, lights, counts, s)
+        image[i] = out
+
+
+_DUMMIES: dict = {}
+
+
+def _dummies():
+    """Length-1 placeholders for the texture inputs of an untextured call (per Taichi
+    program: a restarted Taichi frees them)."""
+    key = id(ti.lang.impl.get_runtime().prog)
+    if key not in _DUMMIES:
+        _DUMMIES.clear()
+        _DUMMIES[key] = (
+            arrays.empty(1, 2),
+            arrays.empty(1),
+            arrays.empty(1, 3),
+            arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
+        )
+    return _DUMMIES[key]
+
+
+def _require(name: str, array, n: int) -> None:
+    if array.shape[0] != n:
+        raise UserError(f"shade: {name} has {array.shape[0]} entries, expected {n}")
+
+
+def shade(
+    model: str,
+    frame: arrays.Frame,
+    triangle_id,
+    position,
+    normal,
+    color,
+    uv,
+    footprint,
+    eye,
+    material,
+    lights,
+    light_counts,
+    texture: Sampler | None,
+    image,
+    backward: bool = False,
+) -> None:
+    """Shade the N = B·H·W pixels of ``frame`` into ``image`` (N,) vec3 (0 where
+    ``triangle_id`` (N,) is −1).
+
+    Per pixel (N,): world ``position``, ``normal`` (any length), ``color`` (vertex
+    colour) vec3, ``uv`` vec2 and ``footprint`` (uv units per pixel; both unused, may be
+    None, without ``texture``). ``eye`` (B,) vec3: each view's camera position.
+    ``material`` (MATERIAL_SIZE,) and ``lights`` (LIGHTS_SIZE,) shared or
+    (B·LIGHTS_SIZE,) one set per view, with ``light_counts`` (2,) / (2B,) int32.
+    ``texture``: a ``Sampler`` multiplying the albedo, or None. ``model`` ∈ MODELS.
+    Differentiable in every real input that carries gradients: ``backward=True`` adds
+    ``image.grad`` through the shading into their gradients (as ``ti.ad.Tape`` would)."""
+    if model not in MODELS:
+        raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
+    n, views = frame.pixels, frame.views
+    for name, a in (
+        ("triangle_id", triangle_id),
+        ("position", position),
+        ("normal", normal),
+        ("color", color),
+        ("image", image),
+    ):
+        _require(name, a, n)
+    _require("eye", eye, views)
+    _require("material", material, MATERIAL_SIZE)
+    if lights.shape[0] not in (LIGHTS_SIZE, views * LIGHTS_SIZE):
+        raise UserError(
+            f"shade: lights has {lights.shape[0]} entries; pass one set ({LIGHTS_SIZE}) "
+            f"or one per view ({views} × {LIGHTS_SIZE})"
+        )
+    batched = lights.shape[0] != LIGHTS_SIZE
+    _require("light_counts", light_counts, 2 * (views if batched else 1))
+    if texture is None:
+        uv_, footprint_, texels, levels = _dummies()
+        uv, footprint = uv_ if uv is None else uv, footprint_ if footprint is None else footprint
+        statics = (False, 0, 0)
+    else:
+        _require("uv", uv, n)
+        _require("footprint", footprint, n)
+        texels, levels = texture.texels, texture.levels
+        statics = (True, FILTERS.index(texture.filter), WRAPS.index(texture.wrap))
+    kernel = _shade.grad if backward else _shade
+    kernel(
+        MODELS[model],
+        *statics,
+        batched,
+        frame.height * frame.width,
+        triangle_id,
+        position,
+        normal,
+        color,
+        uv,
+        footprint,
+        eye,
+        material,
+        lights,
+        light_counts,
+        texels,
+        levels,
+        image,
+    )
