@@ -6,6 +6,8 @@ exact integer edge functions at pixel centres with the top-left rule, the neares
 winning and ties going to the lower face id.
 """
 
+import math
+
 import numpy as np
 
 SUB = 256
@@ -85,3 +87,49 @@ def rasterize(clip, faces, W, H, cull="none"):
                 zbuf[r, c] = zv
                 tid[r, c] = f
     return tid, count, zbuf
+
+
+def mip_pyramid(img):
+    """The box-filtered mip levels of (h, w, 3) ``img`` down to 1×1 (a side already 1 is
+    repeated)."""
+    levels = [np.asarray(img, dtype=np.float64)]
+    while max(levels[-1].shape[:2]) > 1:
+        a = levels[-1]
+        if a.shape[0] == 1:
+            a = np.concatenate([a, a])
+        if a.shape[1] == 1:
+            a = np.concatenate([a, a], 1)
+        levels.append(0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]))
+    return levels
+
+
+def sample_texture(img, uv, mode, wrap, footprint=0.0):
+    """Colour of texture ``img`` (h, w, 3), row 0 at the top, at ``uv`` (OpenGL: v up)
+    with filter ``mode`` (nearest, bilinear, trilinear by ``footprint``) and ``wrap``."""
+
+    def texel(level, y, x):
+        h, w = level.shape[:2]
+        if wrap == "repeat":
+            return level[y % h, x % w]
+        return level[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
+
+    def bilinear(level, uv):
+        h, w = level.shape[:2]
+        tx, ty = uv[0] * w - 0.5, (1 - uv[1]) * h - 0.5
+        x0, y0 = math.floor(tx), math.floor(ty)
+        fx, fy = tx - x0, ty - y0
+        return (1 - fy) * ((1 - fx) * texel(level, y0, x0) + fx * texel(level, y0, x0 + 1)) + fy * (
+            (1 - fx) * texel(level, y0 + 1, x0) + fx * texel(level, y0 + 1, x0 + 1)
+        )
+
+    if mode == "nearest":
+        h, w = img.shape[:2]
+        return texel(img, math.floor((1 - uv[1]) * h), math.floor(uv[0] * w))
+    if mode == "bilinear":
+        return bilinear(img, uv)
+    levels = mip_pyramid(img)
+    lod = min(math.log2(max(footprint * max(img.shape[:2]), 1.0)), len(levels) - 1)
+    l0 = math.floor(lod)
+    l1 = min(l0 + 1, len(levels) - 1)
+    t = lod - l0
+    return (1 - t) * bilinear(levels[l0], uv) + t * bilinear(levels[l1], uv)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import taichi as ti
 from conftest import shared_renderer
+from reference import sample_texture
 
 from taichi_dr import Camera
 from taichi_dr.errors import UserError
@@ -133,42 +134,6 @@ def test_background_and_transparency_layers():
     np.testing.assert_allclose(out.alpha, 0.5)
 
 
-def _numpy_sample(img, uv, mode, wrap, footprint=0.0):
-    def texel(level, y, x):
-        h, w = level.shape[:2]
-        if wrap == "repeat":
-            return level[y % h, x % w]
-        return level[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
-
-    def bilinear(level, uv):
-        h, w = level.shape[:2]
-        tx, ty = uv[0] * w - 0.5, (1 - uv[1]) * h - 0.5
-        x0, y0 = math.floor(tx), math.floor(ty)
-        fx, fy = tx - x0, ty - y0
-        return (1 - fy) * ((1 - fx) * texel(level, y0, x0) + fx * texel(level, y0, x0 + 1)) + fy * (
-            (1 - fx) * texel(level, y0 + 1, x0) + fx * texel(level, y0 + 1, x0 + 1)
-        )
-
-    if mode == "nearest":
-        h, w = img.shape[:2]
-        return texel(img, math.floor((1 - uv[1]) * h), math.floor(uv[0] * w))
-    if mode == "bilinear":
-        return bilinear(img, uv)
-    levels = [img]
-    while max(levels[-1].shape[:2]) > 1:
-        a = levels[-1]
-        if a.shape[0] == 1:
-            a = np.concatenate([a, a])
-        if a.shape[1] == 1:
-            a = np.concatenate([a, a], 1)
-        levels.append(0.25 * (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]))
-    lod = min(math.log2(max(footprint * max(img.shape[:2]), 1.0)), len(levels) - 1)
-    l0 = math.floor(lod)
-    l1 = min(l0 + 1, len(levels) - 1)
-    t = lod - l0
-    return (1 - t) * bilinear(levels[l0], uv) + t * bilinear(levels[l1], uv)
-
-
 @ti.kernel
 def _sample_kernel(tex: ti.template(), uv: ti.template(), fp: ti.template(), out: ti.template()):
     for i in uv:
@@ -192,7 +157,7 @@ def test_texture_sampling_matches_numpy(mode, wrap, rng):
     fp_f.from_numpy(fps)
     _sample_kernel(tex, uv_f, fp_f, out)
     got = out.to_numpy()
-    want = np.array([_numpy_sample(img, uvs[i], mode, wrap, fps[i]) for i in range(n)])
+    want = np.array([sample_texture(img, uvs[i], mode, wrap, fps[i]) for i in range(n)])
     np.testing.assert_allclose(got, want, atol=1e-12)
 
 

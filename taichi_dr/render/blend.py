@@ -121,8 +121,8 @@ def _composite(tri: Int, color: Vec3, material: Real, background: Vec3, image: V
 def _composite_layer(
     k: ti.i32, tri: Int, color: Vec3, material: Real, accum: Vec3, transmittance: Real
 ):
-    n = tri.shape[0]
-    for i in range(n):
+    for i in range(tri.shape[0]):
+        n = tri.shape[0]  # inside the loop: a kernel body is one loop for autodiff
         a = _alpha(tri, material, i)
         t = 1.0
         c = ti.Vector([0.0, 0.0, 0.0])
@@ -137,8 +137,8 @@ def _composite_layer(
 def _composite_finish(
     k: ti.i32, accum: Vec3, transmittance: Real, background: Vec3, image: Vec3, alpha: Real
 ):
-    n = image.shape[0]
-    for i in range(n):
+    for i in range(image.shape[0]):
+        n = image.shape[0]
         t = transmittance[k * n + i]
         image[i] = accum[k * n + i] + t * _background(background, i)
         alpha[i] = 1.0 - t

@@ -162,7 +162,8 @@ class PackedLights(Packed):
 
     def _write(self, view, values: dict) -> None:
         values = dict(values)
-        count = list(values.pop("count", (None, None)))
+        explicit = values.pop("count", None)
+        count = [None, None]
         for index, (key, names, cap) in enumerate(
             (
                 ("directional", ("dir_direction", "dir_color"), MAX_DIRECTIONAL),
@@ -187,6 +188,7 @@ class PackedLights(Packed):
         if "sh" in values:
             values["sh"] = np.asarray(values["sh"], dtype=np.float64).reshape(9, 3)
         super()._write(view, values)
+        count = count if explicit is None else list(explicit)  # an explicit count wins
         if count != [None, None]:
             self._write_count(view, count)
 
