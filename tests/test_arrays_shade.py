@@ -318,3 +318,44 @@ def test_shade_bad_input():
     with pytest.raises(UserError, match="eye has 1 entries, expected 2"):
         bad = (*args[:6], arrays.empty(1, 3), m.values)
         shade("lambert", frame, *bad, shared.values, shared.counts, None, px)
+
+
+@ti.kernel
+def _weighted_loss(image: arrays.Vec3, weights: arrays.Vec3, loss: arrays.Real):
+    for i in range(image.shape[0]):
+        loss[0] += (image[i] * weights[i]).sum()
+
+
+def test_tape_records_the_array_ops(rng):
+    """Under ``ti.ad.Tape`` with an ndarray loss, texture pyramid + shade + composite give
+    the gradients of the explicit backward calls."""
+    frame = arrays.Frame(2, 2, 3)
+    a = _random_pixels(rng, frame, lights_views=2)
+    weights = rng.uniform(-1, 1, (frame.pixels, 3))
+    _run_new("unlit", frame, a, weights)
+    want = {k: a[k].grad.to_numpy() for k in ("color", "uv", "footprint")}
+    want["texels"] = a["texture"].texels.grad.to_numpy()
+    want["material"] = a["material"].values.grad.to_numpy()
+    for name in (*PIXEL_INPUTS, "eye"):
+        a[name].grad.fill(0)
+    for owner in ("material", "lights", "texture"):
+        a[owner].zero_grad()
+    n = frame.pixels
+    shaded, image = arrays.empty(n, 3, grad=True), arrays.empty(n, 3, grad=True)
+    alpha, loss = arrays.empty(n, grad=True), arrays.empty(1, grad=True)
+    w = arrays.from_numpy(weights)
+    background = arrays.from_numpy(np.zeros((1, 3)))
+    inputs = [a[k] for k in ("triangle_id", *PIXEL_INPUTS, "eye")]
+    material = a["material"].values
+    with ti.ad.Tape(loss=loss):
+        sampler = a["texture"].forward()
+        lights = (a["lights"].values, a["lights"].counts)
+        shade("unlit", frame, *inputs, material, *lights, sampler, shaded)
+        composite(a["triangle_id"], shaded, material, background, image, alpha)
+        _weighted_loss(image, w, loss)
+    got = {k: a[k].grad.to_numpy() for k in ("color", "uv", "footprint")}
+    got["texels"] = a["texture"].texels.grad.to_numpy()
+    got["material"] = a["material"].values.grad.to_numpy()
+    for name, value in want.items():
+        assert np.abs(value).max() > 0, name
+        np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
