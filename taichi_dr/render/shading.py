@@ -18,6 +18,7 @@ flipped. "normals" shows n·½+½ and "unlit" the albedo.
 """
 
 import math
+import weakref
 
 import numpy as np
 import taichi as ti
@@ -401,22 +402,24 @@ def _shade(
         image[i] = out
 
 
-_DUMMIES: dict = {}
+_DUMMIES: list = [lambda: None, None]  # [weak reference to the Taichi program, arrays]
 
 
 def _dummies():
-    """Length-1 placeholders for the texture inputs of an untextured call (per Taichi
-    program: a restarted Taichi frees them)."""
-    key = id(ti.lang.impl.get_runtime().prog)
-    if key not in _DUMMIES:
-        _DUMMIES.clear()
-        _DUMMIES[key] = (
-            arrays.empty(1, 2),
-            arrays.empty(1),
-            arrays.empty(1, 3),
-            arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
-        )
-    return _DUMMIES[key]
+    """Length-1 placeholders for the texture inputs of an untextured call (made again
+    when Taichi was restarted: a restart frees every ndarray)."""
+    prog = ti.lang.impl.get_runtime().prog
+    if _DUMMIES[0]() is not prog:
+        _DUMMIES[:] = [
+            weakref.ref(prog),
+            (
+                arrays.empty(1, 2),
+                arrays.empty(1),
+                arrays.empty(1, 3),
+                arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
+            ),
+        ]
+    return _DUMMIES[1]
 
 
 def _require(name: str, array, n: int) -> None:
