@@ -378,3 +378,19 @@ def test_tape_records_the_array_ops(rng):
     for name, value in want.items():
         assert np.abs(value).max() > 0, name
         np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_untextured_equals_a_white_texture(rng):
+    """Without a texture (uv and footprint None) the albedo is the texture-free one."""
+    frame = arrays.Frame(2, 2, 3)
+    a = _random_pixels(rng, frame, lights_views=2)
+    white = MipTexture(2, 2, "bilinear")
+    white.upload(np.ones((2, 2, 3)))
+    inputs = [a[k] for k in ("triangle_id", *PIXEL_INPUTS, "eye")]
+    params = (a["material"].values, a["lights"].values, a["lights"].counts)
+    textured, plain = arrays.empty(frame.pixels, 3), arrays.empty(frame.pixels, 3)
+    shade("lambert", frame, *inputs, *params, white.forward(grad=False), textured)
+    untextured_inputs = inputs[:4] + [None, None] + inputs[6:]
+    shade("lambert", frame, *untextured_inputs, *params, None, plain)
+    assert np.abs(plain.to_numpy()).max() > 0
+    np.testing.assert_allclose(plain.to_numpy(), textured.to_numpy(), rtol=1e-14, atol=0)
