@@ -15,6 +15,11 @@ has radiance 1. Per model, with albedo a (base colour × texture × vertex colou
 ks is ``specular`` for Phong models. Ambient and the SH environment add a · (ambient +
 E_sh/π) (diffuse only). Surfaces are two-sided: normals facing away from the viewer are
 flipped. "normals" shows n·½+½ and "unlit" the albedo.
+
+Array version (issue 13, compile once): ``PackedMaterial`` (the material as one packed
+array, ``MATERIAL_LAYOUT``), the ``ti.func`` s ``radiance`` and ``shade_point`` over
+packed material and lights (per-pixel and per-vertex shading share them), and ``shade``,
+one kernel over the B·H·W pixels of a batch.
 """
 
 import math
