@@ -380,17 +380,23 @@ def test_tape_records_the_array_ops(rng):
         np.testing.assert_allclose(got[name], value, rtol=1e-12, atol=1e-14, err_msg=name)
 
 
-def test_untextured_equals_a_white_texture(rng):
-    """Without a texture (uv and footprint None) the albedo is the texture-free one."""
+def test_untextured_shared_lights_equal_textured_per_view_lights(rng):
+    """Without a texture (uv and footprint None) the albedo is the texture-free one, and
+    one light set shared by the views equals that set repeated per view."""
     frame = arrays.Frame(2, 2, 3)
-    a = _random_pixels(rng, frame, lights_views=2)
+    a = _random_pixels(rng, frame, lights_views=1)
+    shared = a["lights"]
+    repeated = PackedLights(views=2)
+    repeated.values.from_numpy(np.tile(shared.values.to_numpy(), 2))
+    repeated.counts.from_numpy(np.tile(shared.counts.to_numpy(), 2))
     white = MipTexture(2, 2, "bilinear")
     white.upload(np.ones((2, 2, 3)))
     inputs = [a[k] for k in ("triangle_id", *PIXEL_INPUTS, "eye")]
-    params = (a["material"].values, a["lights"].values, a["lights"].counts)
+    material = a["material"].values
     textured, plain = arrays.empty(frame.pixels, 3), arrays.empty(frame.pixels, 3)
-    shade("lambert", frame, *inputs, *params, white.forward(grad=False), textured)
+    lights = (repeated.values, repeated.counts)
+    shade("lambert", frame, *inputs, material, *lights, white.forward(grad=False), textured)
     untextured_inputs = inputs[:4] + [None, None] + inputs[6:]
-    shade("lambert", frame, *untextured_inputs, *params, None, plain)
+    shade("lambert", frame, *untextured_inputs, material, shared.values, shared.counts, None, plain)
     assert np.abs(plain.to_numpy()).max() > 0
     np.testing.assert_allclose(plain.to_numpy(), textured.to_numpy(), rtol=1e-14, atol=0)
