@@ -5,6 +5,9 @@ peeling layer is the next-nearest surface. Layer k with colour cₖ and alpha a�
 as ``C += Tₖ aₖ cₖ``, ``Tₖ₊₁ = Tₖ (1 − aₖ)``; finally ``C += T_N · background``.
 Owns ``image`` (H, W, 3) and ``alpha`` (H, W) = 1 − T_N, both with gradients, and the
 per-layer transmittance (N + 1, H, W) so that no value is overwritten under autodiff.
+
+Array version (issue 13, compile once): ``composite`` (one layer) and ``composite_layer``
+/ ``composite_finish`` (peeled layers) over flat per-pixel arrays the caller owns.
 """
 
 import taichi as ti

@@ -6,6 +6,9 @@ it reflects (so intensity 1 lights a white surface to 1). A directional light's
 ``direction`` points from the surface *towards* the light. Point lights fall off with
 1 / distance². ``sh`` holds 9 RGB coefficients of the environment radiance, in the real
 SH basis order (l, m) = (0,0), (1,−1), (1,0), (1,1), (2,−2), (2,−1), (2,0), (2,1), (2,2).
+
+Array version (issue 13, compile once): ``Lights``, the same parameters packed into
+one array per light set (``LIGHT_LAYOUT``), one set shared by every view or one per view.
 """
 
 import numpy as np
@@ -38,6 +41,7 @@ def sh_basis(n):
             a2 * 0.546274 * (x * x - y * y),
         ]
     )
+
 
 
 LIGHT_LAYOUT = Layout(

@@ -15,9 +15,15 @@ has radiance 1. Per model, with albedo a (base colour × texture × vertex colou
 ks is ``specular`` for Phong models. Ambient and the SH environment add a · (ambient +
 E_sh/π) (diffuse only). Surfaces are two-sided: normals facing away from the viewer are
 flipped. "normals" shows n·½+½ and "unlit" the albedo.
+
+Array version (issue 13, compile once): ``Material`` (the material as one packed
+array, ``MATERIAL_LAYOUT``), the ``ti.func`` s ``radiance`` and ``shade_point`` over
+packed material and lights (per-pixel and per-vertex shading share them), and ``shade``,
+one kernel over the B·H·W pixels of a batch.
 """
 
 import math
+import weakref
 
 import numpy as np
 import taichi as ti
@@ -81,6 +87,7 @@ def reflected(
             h = (l + v).normalized(1e-12)
             out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
     return out
+
 
 
 MATERIAL_LAYOUT = Layout(
@@ -237,22 +244,24 @@ def _shade(
         image[i] = out
 
 
-_DUMMIES: dict = {}
+_DUMMIES: list = [lambda: None, None]  # [weak reference to the Taichi program, arrays]
 
 
 def _dummies():
-    """Length-1 placeholders for the texture inputs of an untextured call (per Taichi
-    program: a restarted Taichi frees them)."""
-    key = id(ti.lang.impl.get_runtime().prog)
-    if key not in _DUMMIES:
-        _DUMMIES.clear()
-        _DUMMIES[key] = (
-            arrays.empty(1, 2),
-            arrays.empty(1),
-            arrays.empty(1, 3),
-            arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
-        )
-    return _DUMMIES[key]
+    """Length-1 placeholders for the texture inputs of an untextured call (made again
+    when Taichi was restarted: a restart frees every ndarray)."""
+    prog = ti.lang.impl.get_runtime().prog
+    if _DUMMIES[0]() is not prog:
+        _DUMMIES[:] = [
+            weakref.ref(prog),
+            (
+                arrays.empty(1, 2),
+                arrays.empty(1),
+                arrays.empty(1, 3),
+                arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
+            ),
+        ]
+    return _DUMMIES[1]
 
 
 def _require(name: str, array, n: int) -> None:

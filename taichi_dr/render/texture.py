@@ -5,6 +5,10 @@ corner (OpenGL), so texel coordinates are ``(u·w − ½, (1 − v)·h − ½)``
 "nearest", "bilinear", "trilinear" (bilinear in the two mip levels around the level of
 detail); wrap modes "repeat" and "clamp". Gradients reach ``texels`` through every mip
 level because the pyramid is rebuilt by differentiable kernels in ``forward``.
+
+Array version (issue 13, compile once): ``Texture`` keeps the texels and the pyramid
+in flat ndarrays, ``build_pyramid`` fills the pyramid, the ``ti.func`` ``sample`` reads
+it inside any kernel and ``lookup`` samples n points.
 """
 
 import math
