@@ -1,5 +1,5 @@
-"""The array version (issue 13) of compositing: one layer and depth-peeled layers against
-the old ``Compositor`` on the same inputs, central-difference gradchecks, bad input."""
+"""Compositing of one layer and of depth-peeled layers: float64 central-difference
+gradchecks, bad input (closed-form images: test_shading)."""
 
 import numpy as np
 import pytest
@@ -8,8 +8,8 @@ import taichi as ti
 from taichi_dr.ad.gradcheck import central_difference
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
-from taichi_dr.render.blend import Compositor, composite, composite_finish, composite_layer
-from taichi_dr.render.shading import Material, PackedMaterial
+from taichi_dr.render.blend import composite, composite_finish, composite_layer
+from taichi_dr.render.shading import Material
 
 H, W, LAYERS = 3, 4, 2
 N = H * W
@@ -37,43 +37,6 @@ def _new_layers(tris, colors, material, background, backward_weights=None):
     return image.to_numpy(), alpha.to_numpy()
 
 
-@pytest.mark.parametrize("background", ["colour", "image"])
-def test_composite_matches_old_compositor(background, rng):
-    old = Compositor(W, H, layers=LAYERS)
-    bg = rng.uniform(0, 1, 3) if background == "colour" else rng.uniform(0, 1, (H, W, 3))
-    old.set_background(bg)
-    old_material = Material()
-    old_material.set(opacity=0.6)
-    material = PackedMaterial(opacity=0.6)
-    bg_new = arrays.from_numpy(np.asarray(bg).reshape(-1, 3))
-    tris, colors = zip(*[_layer_inputs(rng, k) for k in range(LAYERS)])
-    fields = []
-    for tri, color in zip(tris, colors):
-        t, c = ti.field(ti.i32, (H, W)), ti.Vector.field(3, ti.f64, (H, W))
-        t.from_numpy(tri.reshape(H, W))
-        c.from_numpy(color.reshape(H, W, 3))
-        fields.append((t, c))
-
-    # one layer
-    old.single(fields[0][1], fields[0][0], old_material.opacity)
-    image, alpha = arrays.empty(N, 3), arrays.empty(N)
-    tri0 = arrays.from_numpy(tris[0], dtype=ti.i32)
-    composite(tri0, arrays.from_numpy(colors[0]), material.values, bg_new, image, alpha)
-    np.testing.assert_allclose(image.to_numpy(), old.image.to_numpy().reshape(N, 3), 0, 1e-15)
-    np.testing.assert_allclose(alpha.to_numpy(), old.alpha.to_numpy().reshape(N), 0, 1e-15)
-
-    # depth-peeled layers, front to back
-    old.begin()
-    for k, (t, c) in enumerate(fields):
-        old.add_layer(k, c, t, old_material.opacity)
-    old.finish(LAYERS)
-    tris_new = [arrays.from_numpy(t, dtype=ti.i32) for t in tris]
-    colors_new = [arrays.from_numpy(c) for c in colors]
-    image, alpha = _new_layers(tris_new, colors_new, material.values, bg_new)
-    np.testing.assert_allclose(image, old.image.to_numpy().reshape(N, 3), 0, 1e-15)
-    np.testing.assert_allclose(alpha, old.alpha.to_numpy().reshape(N), 0, 1e-15)
-
-
 def _check(loss, array, grad):
     base = array.to_numpy().astype(np.float64)
 
@@ -90,7 +53,7 @@ def _check(loss, array, grad):
 def test_composite_gradcheck(rng):
     """One layer and two peeled layers: ∂(Σ w ⊙ image + Σ u · alpha)/∂ colours, material
     (opacity) and a per-pixel background, against central differences."""
-    material = PackedMaterial(opacity=0.7)
+    material = Material(opacity=0.7)
     background = arrays.from_numpy(rng.uniform(0, 1, (N, 3)), grad=True)
     tris, colors = zip(*[_layer_inputs(rng, k) for k in range(LAYERS)])
     tris = [arrays.from_numpy(t, dtype=ti.i32) for t in tris]
@@ -130,7 +93,7 @@ def test_composite_gradcheck(rng):
 
 
 def test_composite_bad_input():
-    m = PackedMaterial()
+    m = Material()
     tri, color = arrays.empty(4, dtype=ti.i32), arrays.empty(4, 3)
     image, alpha = arrays.empty(4, 3), arrays.empty(4)
     with pytest.raises(UserError, match="background must be one colour"):

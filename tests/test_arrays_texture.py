@@ -9,13 +9,13 @@ from reference import mip_pyramid, sample_texture
 from taichi_dr.ad.gradcheck import central_difference
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
-from taichi_dr.render.texture import MipTexture, build_pyramid, lookup, mip_levels
+from taichi_dr.render.texture import Texture, build_pyramid, lookup, mip_levels
 
 
 def test_pyramid_levels_match_numpy(rng):
     """A non-square 4×16 texture: five levels down to 1×1, each the box average."""
     img = rng.uniform(0, 1, (4, 16, 3))
-    tex = MipTexture(4, 16, "trilinear")
+    tex = Texture(4, 16, "trilinear")
     tex.upload(img)
     sampler = tex.forward()
     table = mip_levels(4, 16, "trilinear")
@@ -30,7 +30,7 @@ def test_pyramid_levels_match_numpy(rng):
 @pytest.mark.parametrize("wrap", ["repeat", "clamp"])
 def test_lookup_matches_numpy(filter, wrap, rng):
     img = rng.uniform(0, 1, (8, 16, 3))
-    tex = MipTexture(8, 16, filter, wrap)
+    tex = Texture(8, 16, filter, wrap)
     tex.upload(img)
     n = 64
     uvs, fps = rng.uniform(-0.7, 1.7, (n, 2)), rng.uniform(0, 0.5, n)
@@ -43,7 +43,7 @@ def test_lookup_matches_numpy(filter, wrap, rng):
 def test_lookup_gradcheck(rng):
     """∂(Σ w ⊙ lookup)/∂ texels (through every mip level), uv and footprint, trilinear
     with clamping, against float64 central differences."""
-    tex = MipTexture(4, 8, "trilinear", "clamp")
+    tex = Texture(4, 8, "trilinear", "clamp")
     tex.upload(rng.uniform(0, 1, (4, 8, 3)))
     n = 10
     uv = arrays.from_numpy(rng.uniform(-0.2, 1.2, (n, 2)), grad=True)
@@ -78,10 +78,10 @@ def test_lookup_gradcheck(rng):
 
 def test_texture_bad_input():
     with pytest.raises(UserError, match="power-of-two"):
-        MipTexture(6, 8, "trilinear")
+        Texture(6, 8, "trilinear")
     with pytest.raises(UserError, match="wrap mode 'mirror'"):
-        MipTexture(8, 8, "bilinear", "mirror")
-    tex = MipTexture(8, 8)
+        Texture(8, 8, "bilinear", "mirror")
+    tex = Texture(8, 8)
     with pytest.raises(UserError, match="8x8x3"):
         tex.upload(np.zeros((4, 4, 3)))
     with pytest.raises(UserError, match="finite"):
