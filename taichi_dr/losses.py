@@ -170,11 +170,16 @@ def _width(a) -> int:
     return math.prod(a.element_shape())
 
 
+def _scalars(a) -> bool:
+    """Whether array ``a`` (inside a kernel) holds scalars."""
+    return len(a.element_shape()) == 0
+
+
 @ti.func
 def _component(a: ti.template(), I, c: ti.template()):
     """Component ``c`` of element ``I`` of ``a`` (the element itself for scalars)."""
     e = a[I]
-    if ti.static(_width(a) == 1):
+    if ti.static(_scalars(a)):
         return e
     else:
         return e[c]
@@ -192,7 +197,7 @@ def _value(a: ti.template(), k):
         p = p // a.shape[d]
     I[0] = p
     e = a[I]
-    if ti.static(C == 1):
+    if ti.static(_scalars(a)):
         return e
     else:
         return e[k % C]
@@ -222,6 +227,14 @@ def _matching(b: ti.template(), I, k, c: ti.template(), same: ti.template()):
 # --------------------------------------------------------------------------- image losses
 
 
+@ti.func
+def _rho(d, l1: ti.template()):
+    if ti.static(l1):
+        return ti.abs(d)
+    else:
+        return d * d
+
+
 @ti.kernel
 def _image_residual(
     pred: Array,
@@ -239,7 +252,7 @@ def _image_residual(
         total = 0.0
         for c in ti.static(range(_width(pred))):
             d = _component(pred, I, c) - _matching(target, I, k + c, c, same)
-            r = ti.abs(d) if ti.static(l1) else d * d
+            r = _rho(d, l1)
             if ti.static(per_weight):
                 r *= _value(mask, (k + c) // per_weight)
             total += r

@@ -99,6 +99,7 @@ class CosineDecay:
 # Each update exists once, as a ti.func on one entry (a scalar or a vector), and is run by
 # two thin kernels: one over ndarrays (compiled once per layout) and one over fields.
 Array = ti.types.ndarray()
+Counts = ti.types.vector(2, ti.i32)  # NaN/inf entries of a parameter and of its gradient
 
 
 @ti.func
@@ -150,6 +151,7 @@ def _adam_update(x, m, v, step, c2, eps):
 def _adam_entry(
     x, g, m, v, b1, b2, step, c2, eps, vmax, stage: ti.template(), vector: ti.template()
 ):
+    """One entry's Adam pass: (new x, new m, new v, largest component of the new v)."""
     largest = 0.0
     if ti.static(stage != "update"):
         m, v = _adam_moments(g, m, v, b1, b2)
@@ -162,9 +164,7 @@ def _adam_entry(
 
 
 @ti.kernel
-def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> ti.types.vector(
-    2, ti.i32
-):
+def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> Counts:
     bad_x, bad_g = 0, 0
     for I in ti.grouped(x):
         bad_x += _nonfinite(x[I], big, vector)
@@ -175,7 +175,7 @@ def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> 
 @ti.kernel
 def _nonfinite_fields(
     x: ti.template(), g: ti.template(), big: float, vector: ti.template()
-) -> ti.types.vector(2, ti.i32):
+) -> Counts:
     bad_x, bad_g = 0, 0
     for I in ti.grouped(x):
         bad_x += _nonfinite(x[I], big, vector)
