@@ -103,6 +103,20 @@ def pixel_ndc(y: ti.i32, x: ti.i32, height: ti.i32, width: ti.i32):
     return ti.Vector([(x + 0.5) / width * 2.0 - 1.0, 1.0 - (y + 0.5) / height * 2.0])
 
 
+@ti.func
+def unravel(i, a: ti.template()):
+    """The index (a vector of ``a``'s axes) of element number ``i`` (row-major) of ndarray
+    ``a``. Loop over any ndarray as ``for i in range(n)`` with this: on the CPU a flat range
+    runs 4–5× faster than ``ti.grouped`` over an ndarray (measured: zeroing 262,144 vec3)."""
+    n = ti.static(len(a.shape))
+    index = ti.Vector([0] * n)
+    for d in ti.static(range(n - 1, 0, -1)):
+        index[d] = i % a.shape[d]
+        i = i // a.shape[d]
+    index[0] = i
+    return index
+
+
 @ti.kernel
 def _copy_field(field: ti.template(), out: ti.types.ndarray()):
     for I in ti.grouped(field):
