@@ -92,9 +92,13 @@ def _describe(a) -> str:
     return type(a).__name__
 
 
+def _elements(a) -> int:
+    return math.prod(a.shape)
+
+
 def _count(a) -> int:
     """Number of values: elements × components."""
-    return math.prod(a.shape) * math.prod(_element_shape(a))
+    return _elements(a) * math.prod(_element_shape(a))
 
 
 def _array(a, what: str, flat: bool = False):
@@ -170,11 +174,16 @@ def _width(a) -> int:
     return math.prod(a.element_shape())
 
 
+def _scalars(a) -> bool:
+    """Whether array ``a`` (inside a kernel) holds scalars."""
+    return len(a.element_shape()) == 0
+
+
 @ti.func
 def _component(a: ti.template(), I, c: ti.template()):
     """Component ``c`` of element ``I`` of ``a`` (the element itself for scalars)."""
     e = a[I]
-    if ti.static(_width(a) == 1):
+    if ti.static(_scalars(a)):
         return e
     else:
         return e[c]
@@ -184,27 +193,11 @@ def _component(a: ti.template(), I, c: ti.template()):
 def _value(a: ti.template(), k):
     """Value number ``k`` of ``a`` in row-major order (element components unrolled)."""
     C = ti.static(_width(a))
-    n = ti.static(len(a.shape))
-    p = k // C
-    I = ti.Vector([0] * n)
-    for d in ti.static(range(n - 1, 0, -1)):
-        I[d] = p % a.shape[d]
-        p = p // a.shape[d]
-    I[0] = p
-    e = a[I]
-    if ti.static(C == 1):
+    e = a[arrays.unravel(k // C, a)]
+    if ti.static(_scalars(a)):
         return e
     else:
         return e[k % C]
-
-
-@ti.func
-def _first_value(a: ti.template(), I):
-    """Row-major number of the first value of element ``I`` of ``a``."""
-    k = I[0]
-    for d in ti.static(range(1, len(a.shape))):
-        k = k * a.shape[d] + I[d]
-    return k * ti.static(_width(a))
 
 
 @ti.func
@@ -222,6 +215,14 @@ def _matching(b: ti.template(), I, k, c: ti.template(), same: ti.template()):
 # --------------------------------------------------------------------------- image losses
 
 
+@ti.func
+def _rho(d, l1: ti.template()):
+    if ti.static(l1):
+        return ti.abs(d)
+    else:
+        return d * d
+
+
 @ti.kernel
 def _image_residual(
     pred: Array,
@@ -232,14 +233,16 @@ def _image_residual(
     l1: ti.template(),
     same: ti.template(),
     per_weight: ti.template(),
+    n: ti.i32,
 ):
-    # per_weight: values per mask entry (0: no mask)
-    for I in ti.grouped(pred):
-        k = _first_value(pred, I)
+    # per_weight: values per mask entry (0: no mask); n: elements of pred
+    for i in range(n):
+        I = arrays.unravel(i, pred)
+        k = i * ti.static(_width(pred))  # number of the element's first value
         total = 0.0
         for c in ti.static(range(_width(pred))):
             d = _component(pred, I, c) - _matching(target, I, k + c, c, same)
-            r = ti.abs(d) if ti.static(l1) else d * d
+            r = _rho(d, l1)
             if ti.static(per_weight):
                 r *= _value(mask, (k + c) // per_weight)
             total += r
@@ -267,7 +270,7 @@ def image_loss(pred, target, loss, kind: str = "l2", mask=None, weight: float = 
                 f"per value of the prediction ({_describe(pred)}, {n} values)"
             )
     _image_residual(pred, target, pred if mask is None else mask, loss, w / n,
-                    kind == "l1", same, per_weight)  # fmt: skip
+                    kind == "l1", same, per_weight, _elements(pred))  # fmt: skip
 
 
 def l1_loss(pred, target, loss, mask=None, weight: float = 1.0) -> None:
@@ -282,14 +285,15 @@ def mse_loss(pred, target, loss, mask=None, weight: float = 1.0) -> None:
 
 @ti.kernel
 def _clear(a: Array):
-    for I in ti.grouped(a):
-        a[I] = 0.0  # recorded on a Tape, its reverse pass zeroes a's gradient
+    for i in range(a.shape[0]):
+        a[i] = 0.0  # recorded on a Tape, its reverse pass zeroes a's gradient
 
 
 @ti.kernel
-def _sum_overlap(a: Array, b: Array, sums: Real, same: ti.template()):
-    for I in ti.grouped(a):
-        x, y = a[I], _matching(b, I, _first_value(a, I), 0, same)
+def _sum_overlap(a: Array, b: Array, sums: Real, same: ti.template(), n: ti.i32):
+    for i in range(n):
+        I = arrays.unravel(i, a)
+        x, y = a[I], _matching(b, I, i, 0, same)
         sums[0] += x * y
         sums[1] += x + y - x * y
 
@@ -319,7 +323,7 @@ class SoftIoULoss:
         _check_loss(loss)
         w = _check_weight(weight)
         _clear(self.sums)
-        _sum_overlap(pred, target, self.sums, same)
+        _sum_overlap(pred, target, self.sums, same, _elements(pred))
         _add_ratio(self.sums, loss, w, self.eps)
 
     __call__ = forward

@@ -97,8 +97,10 @@ class CosineDecay:
 # --------------------------------------------------------------------------- update math
 
 # Each update exists once, as a ti.func on one entry (a scalar or a vector), and is run by
-# two thin kernels: one over ndarrays (compiled once per layout) and one over fields.
+# two thin kernels with the same flat loop over the n entries (see arrays.unravel): one
+# over ndarrays (compiled once per layout) and one over fields (compiled per field).
 Array = ti.types.ndarray()
+Counts = ti.types.vector(2, ti.i32)  # NaN/inf entries of a parameter and of its gradient
 
 
 @ti.func
@@ -150,6 +152,7 @@ def _adam_update(x, m, v, step, c2, eps):
 def _adam_entry(
     x, g, m, v, b1, b2, step, c2, eps, vmax, stage: ti.template(), vector: ti.template()
 ):
+    """One entry's Adam pass: (new x, new m, new v, largest component of the new v)."""
     largest = 0.0
     if ti.static(stage != "update"):
         m, v = _adam_moments(g, m, v, b1, b2)
@@ -162,11 +165,10 @@ def _adam_entry(
 
 
 @ti.kernel
-def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> ti.types.vector(
-    2, ti.i32
-):
+def _nonfinite_arrays(x: Array, g: Array, n: ti.i32, big: float, vector: ti.template()) -> Counts:
     bad_x, bad_g = 0, 0
-    for I in ti.grouped(x):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         bad_x += _nonfinite(x[I], big, vector)
         bad_g += _nonfinite(g[I], big, vector)
     return ti.Vector([bad_x, bad_g])
@@ -174,24 +176,35 @@ def _nonfinite_arrays(x: Array, g: Array, big: float, vector: ti.template()) -> 
 
 @ti.kernel
 def _nonfinite_fields(
-    x: ti.template(), g: ti.template(), big: float, vector: ti.template()
-) -> ti.types.vector(2, ti.i32):
+    x: ti.template(), g: ti.template(), n: ti.i32, big: float, vector: ti.template()
+) -> Counts:
     bad_x, bad_g = 0, 0
-    for I in ti.grouped(x):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         bad_x += _nonfinite(x[I], big, vector)
         bad_g += _nonfinite(g[I], big, vector)
     return ti.Vector([bad_x, bad_g])
 
 
 @ti.kernel
-def _sgd_arrays(x: Array, g: Array, b: Array, lr: float, momentum: float):
-    for I in ti.grouped(x):
+def _zero(a: Array, n: ti.i32):
+    for i in range(n):
+        a[arrays.unravel(i, a)] = 0  # a store: NaN entries become 0 too
+
+
+@ti.kernel
+def _sgd_arrays(x: Array, g: Array, b: Array, n: ti.i32, lr: float, momentum: float):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         x[I], b[I] = _sgd(x[I], g[I], b[I], lr, momentum)
 
 
 @ti.kernel
-def _sgd_fields(x: ti.template(), g: ti.template(), b: ti.template(), lr: float, momentum: float):
-    for I in ti.grouped(x):
+def _sgd_fields(
+    x: ti.template(), g: ti.template(), b: ti.template(), n: ti.i32, lr: float, momentum: float
+):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         x[I], b[I] = _sgd(x[I], g[I], b[I], lr, momentum)
 
 
@@ -201,6 +214,7 @@ def _adam_arrays(
     g: Array,
     m: Array,
     v: Array,
+    n: ti.i32,
     b1: float,
     b2: float,
     step: float,
@@ -211,11 +225,13 @@ def _adam_arrays(
     vector: ti.template(),
 ) -> float:
     largest = 0.0
-    for I in ti.grouped(x):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         x[I], m[I], v[I], top = _adam_entry(
             x[I], g[I], m[I], v[I], b1, b2, step, c2, eps, vmax, stage, vector
         )
-        ti.atomic_max(largest, top)
+        if ti.static(stage == "moments"):
+            ti.atomic_max(largest, top)
     return largest
 
 
@@ -225,6 +241,7 @@ def _adam_fields(
     g: ti.template(),
     m: ti.template(),
     v: ti.template(),
+    n: ti.i32,
     b1: float,
     b2: float,
     step: float,
@@ -235,11 +252,13 @@ def _adam_fields(
     vector: ti.template(),
 ) -> float:
     largest = 0.0
-    for I in ti.grouped(x):
+    for i in range(n):
+        I = arrays.unravel(i, x)
         x[I], m[I], v[I], top = _adam_entry(
             x[I], g[I], m[I], v[I], b1, b2, step, c2, eps, vmax, stage, vector
         )
-        ti.atomic_max(largest, top)
+        if ti.static(stage == "moments"):
+            ti.atomic_max(largest, top)
     return largest
 
 
@@ -256,6 +275,20 @@ def _is_vector(x) -> bool:
 
 def _kernel(x, on_arrays, on_fields):
     return on_fields if _is_field(x) else on_arrays
+
+
+def _elements(x) -> int:
+    return math.prod(x.shape)
+
+
+def _zero_grads(params) -> None:
+    """Set the gradients of ``params`` (ndarrays and fields) to 0."""
+    fields = [x for x in params if _is_field(x)]
+    if fields:
+        backend.zero_grads(*fields)  # one launch for all fields
+    for x in params:
+        if not _is_field(x):
+            _zero(x.grad, _elements(x))  # a flat loop: 10× faster than Ndarray.fill
 
 
 def _zeros_like(x):
@@ -348,7 +381,8 @@ class _Optimizer:
     def _check(self) -> None:
         big = float(np.finfo(backend.np_real()).max)
         for x, name in zip(self.params, self.names):
-            count = _kernel(x, _nonfinite_arrays, _nonfinite_fields)(x, x.grad, big, _is_vector(x))
+            check = _kernel(x, _nonfinite_arrays, _nonfinite_fields)
+            count = check(x, x.grad, _elements(x), big, _is_vector(x))
             for what, n in zip(("values", "gradient"), count):
                 if n:
                     raise UserError(
@@ -370,12 +404,7 @@ class _Optimizer:
             self._update(k, x, rate * factor)
 
     def zero_grad(self) -> None:
-        fields = [x for x in self.params if _is_field(x)]
-        if fields:
-            backend.zero_grads(*fields)
-        for x in self.params:
-            if not _is_field(x):
-                x.grad.fill(0.0)
+        _zero_grads(self.params)
 
     def state_dict(self) -> dict:
         """``{"steps": 0-d array, "<buffer>/<k>": array}`` (NumPy copies)."""
@@ -429,7 +458,7 @@ class SGD(_Optimizer):
 
     def _update(self, k, x, lr) -> None:
         b = self.buffers["buffer"][k]
-        _kernel(x, _sgd_arrays, _sgd_fields)(x, x.grad, b, lr, self.momentum)
+        _kernel(x, _sgd_arrays, _sgd_fields)(x, x.grad, b, _elements(x), lr, self.momentum)
 
 
 class Adam(_Optimizer):
@@ -461,12 +490,12 @@ class Adam(_Optimizer):
         m, v = self.buffers["m"][k], self.buffers["v"][k]
         h = (b1, b2, lr / (1 - b1**t), 1 - b2**t, self.eps)  # Adam's scalars at step t
         adam = _kernel(x, _adam_arrays, _adam_fields)
-        vector = _is_vector(x)
+        args = (x, x.grad, m, v, _elements(x), *h)
         if self.uniform:
-            vmax = adam(x, x.grad, m, v, *h, 0.0, "moments", vector)
-            adam(x, x.grad, m, v, *h, vmax, "update", vector)
+            vmax = adam(*args, 0.0, "moments", _is_vector(x))
+            adam(*args, vmax, "update", _is_vector(x))
         else:
-            adam(x, x.grad, m, v, *h, 0.0, "both", vector)
+            adam(*args, 0.0, "both", _is_vector(x))
 
 
 # --------------------------------------------------------------------------- large steps
@@ -557,8 +586,7 @@ class LargeSteps:
         self._write_positions()
 
     def zero_grad(self) -> None:
-        self.positions.grad.fill(0)
-        self.u.grad.fill(0)
+        _zero_grads([self.positions, self.u])
 
     def state_dict(self) -> dict:
         """Adam's state over u, and ``"u"``."""

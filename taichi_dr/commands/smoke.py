@@ -124,24 +124,24 @@ def _clamp_nonnegative(f: ti.template()):
 
 
 class _AdamState:
-    """Adam's parameters, moments and step count as arrays (the runner's checkpoint state)."""
+    """The parameters (``param/i``) and Adam's state (``adam/...``, its ``state_dict``) as
+    arrays: the runner's checkpoint state."""
 
     def __init__(self, opt: Adam):
         self.opt = opt
 
     def get(self) -> dict:
-        out = {"t": np.array(self.opt.steps)}
-        for i, ((f, _), (m, v)) in enumerate(zip(self.opt.groups, self.opt.moments)):
-            out.update({f"param{i}": f.to_numpy(), f"m{i}": m.to_numpy(), f"v{i}": v.to_numpy()})
+        out = {f"param/{i}": f.to_numpy() for i, f in enumerate(self.opt.params)}
+        out.update({f"adam/{k}": a for k, a in self.opt.state_dict().items()})
         return out
 
     def set(self, arrays: dict):
-        for i, ((f, _), (m, v)) in enumerate(zip(self.opt.groups, self.opt.moments)):
-            if arrays.get(f"param{i}", np.zeros(0)).shape != f.shape:
+        for i, f in enumerate(self.opt.params):
+            if arrays.get(f"param/{i}", np.zeros(0)).shape != f.shape:
                 raise UserError("checkpoint does not match these settings (grid or steps differ)")
-            for field, key in ((f, "param"), (m, "m"), (v, "v")):
-                field.from_numpy(arrays[f"{key}{i}"].astype(backend.np_real()))
-        self.opt.steps = int(arrays["t"])
+        self.opt.load_state_dict({k[5:]: a for k, a in arrays.items() if k.startswith("adam/")})
+        for i, f in enumerate(self.opt.params):
+            f.from_numpy(arrays[f"param/{i}"].astype(backend.np_real()))
 
 
 def _gray(img):

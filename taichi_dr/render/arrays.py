@@ -194,6 +194,20 @@ def clear_grads(*arrays) -> None:
     untaped(lambda: [a.grad.fill(0) for a in arrays])
 
 
+@ti.func
+def unravel(i, a: ti.template()):
+    """The index (a vector of ``a``'s axes) of element number ``i`` (row-major) of ndarray
+    ``a``. Loop over any ndarray as ``for i in range(n)`` with this: on the CPU a flat range
+    runs 4–5× faster than ``ti.grouped`` over an ndarray (measured: zeroing 262,144 vec3)."""
+    n = ti.static(len(a.shape))
+    index = ti.Vector([0] * n)
+    for d in ti.static(range(n - 1, 0, -1)):
+        index[d] = i % a.shape[d]
+        i = i // a.shape[d]
+    index[0] = i
+    return index
+
+
 @ti.kernel
 def _copy_field(field: ti.template(), out: ti.types.ndarray()):
     for I in ti.grouped(field):
