@@ -164,16 +164,7 @@ def _cases(scene: Scene):
     vertex = {
         n: array_parameter(getattr(mesh, n)) for n in ("positions", "normals", "colors", "uvs")
     }
-    view = {
-        n: array_parameter(getattr(v, n))
-        for n in (
-            "camera_rotation",
-            "camera_translation",
-            "fov",
-            "pose_rotation",
-            "pose_translation",
-        )
-    }
+    view = {n: packed_parameter(v.params, n) for n in v.params.layout.names}
     m = {n: packed_parameter(r.material, n) for n in r.material.layout.names}
     L = {n: packed_parameter(r.lights, n) for n in r.lights.layout.names}
     pick = lambda d, *names: [(n, d[n]) for n in names]  # noqa: E731
