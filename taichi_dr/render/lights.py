@@ -43,7 +43,6 @@ def sh_basis(n):
     )
 
 
-
 LIGHT_LAYOUT = Layout(
     ("ambient", (3,)),
     ("dir_direction", (MAX_DIRECTIONAL, 3)),

@@ -232,6 +232,18 @@ class Renderer:
                 raise UserError("mesh has a texture but no UVs; add UVs or drop the texture")
             self.set_texture(mesh.texture)
 
+    def set_positions(self, positions, normals=None) -> None:
+        """New vertex positions: (V, 3) shared by the views, or (B, V, 3) one copy per view
+        (instances of one topology), with optional normals of the same shape (default:
+        area-weighted, recomputed)."""
+        p = np.asarray(positions)
+        if p.ndim == 3 and p.shape[0] not in (1, self.views):
+            raise UserError(
+                f"positions hold {p.shape[0]} instances for {self.views} views; give one "
+                "(V, 3) set or one per view"
+            )
+        self.mesh.set_positions(p, normals)
+
     def set_texture(self, image: np.ndarray) -> None:
         """Use a linear RGB image (H, W, 3), row 0 at the top, as the base-colour texture."""
         if not self.mesh.has_uvs:
@@ -283,6 +295,11 @@ class Renderer:
             self.pixels = None
         if self.lights.sets not in (1, len(cameras)):
             self.lights = Lights()
+        if self.mesh.instances not in (1, len(cameras)):
+            raise UserError(
+                f"the mesh has {self.mesh.instances} position instances but {len(cameras)} "
+                "cameras; set_positions with one (V, 3) set or one per camera first"
+            )
 
     def set_lights_per_view(self) -> None:
         """One light set per view (``lights.set(view=b, ...)`` then changes view b's)."""

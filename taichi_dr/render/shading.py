@@ -89,7 +89,6 @@ def reflected(
     return out
 
 
-
 MATERIAL_LAYOUT = Layout(
     ("base_color", (3,)),
     ("specular", ()),

@@ -1,0 +1,71 @@
+"""Batches of views: one call for B cameras equals B single-view renders (images and
+gradients, every mode), per-view instances of one topology, bad input."""
+
+import numpy as np
+import pytest
+import taichi as ti
+
+from taichi_dr import Camera, UserError, losses
+from taichi_dr.render.pipeline import Renderer, RenderSettings
+from taichi_dr.scene import blob
+
+W, H = 20, 16
+EYES = [(0.3, 0.5, 2.6), (-1.5, 0.8, 2.0), (1.8, -0.6, 1.9)]
+
+
+def _cams(eyes=EYES):
+    return [Camera.look_at(e, (0, 0, 0), (0, 1, 0), 45.0, W, H, 0.5, 10.0) for e in eyes]
+
+
+def _gradients(r, weights):
+    loss = losses.loss_array()
+    r.rasterize()
+    with ti.ad.Tape(loss=loss):
+        r.shade()
+        losses.mse_loss(r.image, weights, loss, weight=weights.size)
+    return r.result().image, r.mesh.positions.grad.to_numpy(), r.material.grad("base_color")
+
+
+@pytest.mark.parametrize("mode", ["hard", "antialias", "nmr", "soft"])
+def test_batch_equals_single_views(mode, rng):
+    mesh = blob(1)
+    settings = RenderSettings(shading="blinn-phong", mode=mode, sigma=1e-3)
+    weights = rng.uniform(-1, 1, (len(EYES), H, W, 3))
+    batch = Renderer(mesh, _cams(), settings)
+    image, g_pos, g_base = _gradients(batch, weights)
+    assert image.shape == (len(EYES), H, W, 3)
+    singles = [Renderer(mesh, cam, settings) for cam in _cams()]
+    results = [_gradients(r, weights[b]) for b, r in enumerate(singles)]
+    for b, (img, _, _) in enumerate(results):
+        np.testing.assert_allclose(image[b], img, rtol=0, atol=1e-12)
+    # a loss summed over the views: gradients add up (mse weight = count makes it a sum)
+    np.testing.assert_allclose(g_pos, sum(r[1] for r in results), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_base, sum(r[2] for r in results), rtol=1e-9, atol=1e-12)
+
+
+def test_instances_and_per_view_lights():
+    mesh = blob(1)
+    r = Renderer(mesh, _cams()[:2], RenderSettings("lambert"))
+    moved = mesh.vertices + [0.2, 0.0, 0.0]
+    r.set_positions(np.stack([mesh.vertices, moved]))
+    r.set_lights_per_view()
+    r.lights.set(view=1, ambient=(0.5, 0.5, 0.5))
+    out = r.render()
+    single = Renderer(mesh, _cams()[1], RenderSettings("lambert"))
+    single.set_positions(moved)
+    single.lights.set(ambient=(0.5, 0.5, 0.5))
+    np.testing.assert_allclose(out.image[1], single.render().image, atol=1e-12)
+
+
+def test_bad_batches():
+    mesh = blob(1)
+    r = Renderer(mesh, _cams(), RenderSettings())
+    with pytest.raises(UserError, match="3 views"):
+        r.set_positions(np.zeros((2, mesh.num_vertices, 3)))
+    with pytest.raises(UserError, match="share a resolution"):
+        Renderer(mesh, [*_cams()[:1], Camera.look_at((0, 0, 3), width=8, height=8)])
+    with pytest.raises(UserError, match="non-empty sequence"):
+        Renderer(mesh, [])
+    r.set_positions(np.zeros((3, mesh.num_vertices, 3)) + mesh.vertices)
+    with pytest.raises(UserError, match="position instances"):
+        r.set_camera(_cams()[:2])
