@@ -8,8 +8,9 @@ silhouette differentiates the vertices), the gradient fields zeroed explicitly a
 Renderer does (a Tape that clears every gradient field in the program costs ~2 ms more).
 ``--camera-grads`` adds the camera and pose gradients (the vertex stage's complex-step
 Jacobian, ~3 ms). "forward" includes zeroing the gradients. Prints median and min
-milliseconds per phase (min: the machine may be shared) and candidate statistics. Reference
-point from the task: PyTorch3D's CPU SoftRas takes ~29 s for the same problem.
+milliseconds per phase (min: the machine may be shared; the implementations take turns)
+and candidate statistics. Reference point from the task: PyTorch3D's CPU SoftRas takes
+~29 s for the same problem.
 
 Three columns: the ``SoftRasterizer`` class through the vertex stage (as the Renderer
 uses it today); the class alone (gradients to clip coordinates and colours); the array
@@ -53,16 +54,15 @@ def sync():
     return time.perf_counter()
 
 
-def timed(step, repeat: int) -> dict:
-    """Median and min ms per phase of ``step()`` (returns the phase boundaries) over
-    ``repeat`` runs after a first (compiling) one."""
-    times = []
-    for it in range(repeat + 1):
-        t = step()
-        if it:
-            times.append(1e3 * np.diff(t))
-    times = np.array(times)
-    return {"median": np.median(times, 0), "min": times.min(0)}
+def timed(steps: dict, repeat: int) -> dict:
+    """Median and min ms per phase of each ``step()`` (returning its phase boundaries)
+    over ``repeat`` runs, the steps taking turns (a shared machine's load hits them
+    alike)."""
+    times = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, step in steps.items():
+            times[name].append(1e3 * np.diff(step()))
+    return {name: {"median": np.median(t, 0), "min": np.min(t, 0)} for name, t in times.items()}
 
 
 def class_step(soft, vs, mb, loss, through_vertex: bool, camera_grads: bool):
@@ -118,7 +118,7 @@ def array_step(vs, mb, args, views: int):
         t1 = sync()
         for a in (sil, img, clip, colors):
             a.grad.fill(0)
-        tape = ti.ad.Tape(loss)
+        tape = ti.ad.Tape(loss, clear_gradients=False)
         with tape:
             blend(cand, clip, colors, params, sil, img)
             _array_loss(sil, img, loss)
@@ -161,12 +161,11 @@ def main(argv=None):
         "class": class_step(soft, vs, mb, loss, False, False),
         f"arrays ({args.views} view{'s' * (args.views > 1)})": new_step,
     }
-    results = {}
     for name, step in steps.items():
         t = time.perf_counter()
         step()
         print(f"{name}: first iteration (compile + run) {time.perf_counter() - t:.2f} s")
-        results[name] = timed(step, args.repeat)
+    results = timed(steps, args.repeat)
     print(
         f"{n}x{n}, {mesh.num_faces} faces, K={args.K}, sigma={args.sigma:g}, "
         f"gamma={args.gamma:g}, {soft.num_pairs} pairs "

@@ -85,6 +85,19 @@ def soft_params(
 
 
 @ti.func
+def pixel_step(height: ti.i32, width: ti.i32):
+    """The NDC distance between neighbouring pixel centres along x and y."""
+    return ti.Vector([2.0 / width, 2.0 / height])
+
+
+@ti.func
+def pixel_center(y, x, step):
+    """NDC of the centre of pixel (row y, column x), rows growing downwards, from
+    ``pixel_step``: ``arrays.pixel_ndc`` up to rounding, without a division per pixel."""
+    return ti.Vector([(x + 0.5) * step[0] - 1.0, 1.0 - (y + 0.5) * step[1]])
+
+
+@ti.func
 def iso_scale(height: ti.i32, width: ti.i32):
     """NDC → isotropic screen units (the shorter image side spans 2)."""
     m = ti.min(width, height)

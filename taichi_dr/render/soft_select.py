@@ -34,7 +34,7 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .arrays import Frame, Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4, pixel_ndc
+from .arrays import Frame, Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4
 from .soft_faces import (
     FAR,
     INV_SPAN,
@@ -47,6 +47,8 @@ from .soft_faces import (
     distance,
     face_records,
     iso_scale,
+    pixel_center,
+    pixel_step,
 )
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
@@ -83,11 +85,10 @@ def box_tiles(box):
 
 @ti.func
 def next_pixel(bits):
-    """The lowest set bit of a non-zero tile mask: (bits without it, row, column in the
-    tile)."""
+    """The lowest set bit of a non-zero tile mask: (bits without it, the bit's index
+    row · 8 + column in the tile)."""
     low = bits & (~bits + ti.u64(1))
-    bit = ti.cast(63 - ti.math.clz(low), ti.i32)
-    return bits ^ low, bit // TILE, bit % TILE
+    return bits ^ low, ti.cast(63 - ti.math.clz(low), ti.i32)
 
 
 @ti.kernel
@@ -192,7 +193,8 @@ def _bin_count(
         slot_start[r + 1] = slot_start[r] + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
         for ty in range(b[1], b[3] + 1):
             for tx in range(b[0], b[2] + 1):
-                tile_start[first + ty * tiles_x + tx + 1] += 1
+                t = first + ty * tiles_x + tx + 1
+                tile_start[t] = tile_start[t] + 1  # serial: no atomic add needed
     ti.loop_config(serialize=True)
     for t in range(n_tiles):
         tile_start[t + 1] += tile_start[t]
@@ -225,7 +227,7 @@ def _bin_fill(
                 t = first + ty * tiles_x + tx
                 tile_slots[tile_fill[t]] = j
                 slot_draw[j] = r
-                tile_fill[t] += 1
+                tile_fill[t] = tile_fill[t] + 1
                 j += 1
 
 
@@ -265,11 +267,10 @@ def _select(
     each pixel keeps the K nearest faces within reach, as slots first, then face ids;
     bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
     only computed for pixels with more than K faces within reach."""
-    scale = iso_scale(height, width)
-    r2 = params[RADIUS2]
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
+        scale, step, r2 = iso_scale(height, width), pixel_step(height, width), params[RADIUS2]
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
         for y in range(y0, y1 + 1):
@@ -284,7 +285,7 @@ def _select(
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
                 for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
-                    p = pixel_ndc(y, x, height, width)
+                    p = pixel_center(y, x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
                     if inside or d2 <= r2:
                         i = (v * height + y) * width + x
