@@ -418,7 +418,7 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     _check_call(cand, clip, params, {"silhouette": silhouette, "image": image})
     batched = _colors_batched(colors, cand)
     frame = cand.frame
-    write_face_records(clip, *cand.draws(), params, *cand.records())
+    write_face_records(clip, *cand.draws(), params, *cand.records(), cand.box, False)
     _blend_forward(
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,

@@ -91,6 +91,37 @@ def next_pixel(bits):
     return bits ^ low, ti.cast(63 - ti.math.clz(low), ti.i32)
 
 
+@ti.func
+def _face_box(c: ti.template(), height, width, r_px):
+    """The pixel box (x0, y0, x1, y1), inclusive, of the face with clip coordinates c
+    (3 rows of 4) dilated by r_px pixels; empty (0, 0, −1, −1) when it is not drawn."""
+    box = ti.Vector([0, 0, -1, -1])
+    ok = True
+    beyond = 0
+    lo = ti.Vector([math.inf, math.inf])
+    hi = -lo
+    for k in ti.static(range(3)):
+        ok = ok and c[k, 3] > 0.0 and c[k, 2] >= -c[k, 3]
+        beyond += ti.cast(c[k, 2] > c[k, 3], ti.i32)
+        if c[k, 3] > 0.0:
+            x = (c[k, 0] / c[k, 3] * 0.5 + 0.5) * width
+            y = (0.5 - c[k, 1] / c[k, 3] * 0.5) * height
+            lo, hi = ti.min(lo, ti.Vector([x, y])), ti.max(hi, ti.Vector([x, y]))
+    if ok and beyond < 3:
+        # pixels whose centre x + 0.5 lies in [lo − r, hi + r]
+        a = ti.ceil(ti.max(lo - r_px - 0.5, -1.0))
+        e = ti.floor(ti.min(hi + r_px - 0.5, ti.Vector([width, height])))
+        box = ti.Vector(
+            [
+                ti.max(ti.cast(a[0], ti.i32), 0),
+                ti.max(ti.cast(a[1], ti.i32), 0),
+                ti.min(ti.cast(e[0], ti.i32), width - 1),
+                ti.min(ti.cast(e[1], ti.i32), height - 1),
+            ]
+        )
+    return box
+
+
 @ti.kernel
 def write_face_records(
     clip: Vec4,
@@ -107,67 +138,24 @@ def write_face_records(
     bary: Mat3,
     depth: Vec3,
     depth_range: Vec2,
-):
-    """The records (``soft_faces``) of every draw."""
-    scale = iso_scale(height, width)
-    for r in range(ranges.shape[0] * fmax):
-        b = r // fmax
-        j = r - b * fmax
-        if j < ranges[b][1]:
-            idx = faces[ranges[b][0] + j] + b * vertices
-            c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
-            rec = face_records(c, scale, params[FAR], params[INV_SPAN])
-            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
-
-
-@ti.kernel
-def _face_boxes(
-    clip: Vec4,
-    faces: IVec3,
-    ranges: IVec2,
-    vertices: ti.i32,
-    fmax: ti.i32,
-    height: ti.i32,
-    width: ti.i32,
-    params: Real,
     box: IVec4,
+    with_boxes: ti.template(),
 ):
-    """Each draw's pixel box (x0, y0, x1, y1), inclusive, dilated by r; empty
-    (0, 0, −1, −1) for faces that are not drawn."""
-    r_px = params[RADIUS] * ti.min(width, height) / 2
-    size = ti.Vector([width, height])
+    """The records (``soft_faces``) of every draw, and ``with_boxes`` its pixel box
+    dilated by the reach r (selection only: the blend walks the boxes selection saw)."""
     for r in range(ranges.shape[0] * fmax):
         b = r // fmax
         j = r - b * fmax
         out = ti.Vector([0, 0, -1, -1])
         if j < ranges[b][1]:
             idx = faces[ranges[b][0] + j] + b * vertices
-            ok = True
-            beyond = 0
-            lo = ti.Vector([math.inf, math.inf])
-            hi = -lo
-            for k in ti.static(range(3)):
-                c = clip[idx[k]]
-                ok = ok and c[3] > 0.0 and c[2] >= -c[3]
-                beyond += ti.cast(c[2] > c[3], ti.i32)
-                if c[3] > 0.0:
-                    q = ti.Vector(
-                        [(c[0] / c[3] * 0.5 + 0.5) * width, (0.5 - c[1] / c[3] * 0.5) * height]
-                    )
-                    lo, hi = ti.min(lo, q), ti.max(hi, q)
-            if ok and beyond < 3:
-                # pixels whose centre x + 0.5 lies in [lo − r, hi + r]
-                a = ti.ceil(ti.max(lo - r_px - 0.5, -1.0))
-                e = ti.floor(ti.min(hi + r_px - 0.5, size))
-                out = ti.Vector(
-                    [
-                        ti.max(ti.cast(a[0], ti.i32), 0),
-                        ti.max(ti.cast(a[1], ti.i32), 0),
-                        ti.min(ti.cast(e[0], ti.i32), width - 1),
-                        ti.min(ti.cast(e[1], ti.i32), height - 1),
-                    ]
-                )
-        box[r] = out
+            c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
+            rec = face_records(c, iso_scale(height, width), params[FAR], params[INV_SPAN])
+            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
+            if ti.static(with_boxes):
+                out = _face_box(c, height, width, params[RADIUS] * ti.min(width, height) / 2)
+        if ti.static(with_boxes):
+            box[r] = out
 
 
 @ti.kernel
@@ -262,11 +250,14 @@ def _select(
     candidate_depth: Real,
     count: Int,
     overflow: Int,
-):
+    n_slots: ti.i32,
+    slot_pairs: Int,
+) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), face by face:
     each pixel keeps the K nearest faces within reach, as slots first, then face ids;
     bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
-    only computed for pixels with more than K faces within reach."""
+    only computed for pixels with more than K faces within reach. Then each slot's
+    first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
@@ -325,14 +316,7 @@ def _select(
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
-
-
-@ti.kernel
-def _pair_offsets(n_slots: ti.i32, mask: U64, slot_pairs: Int, overflow: Int) -> ti.types.vector(
-    2, ti.i32
-):
-    """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order.
-    Returns (pairs, overflowing pixels)."""
+    # each slot's first pair: pairs are numbered slot by slot, in mask-bit order
     slot_pairs[0] = 0
     ti.loop_config(serialize=True)
     for j in range(n_slots):
@@ -448,8 +432,7 @@ class SoftCandidates:
             kind = ti.types.matrix if len(shape) == 2 else ti.types.vector
             self.buffer(name, self.n_records, kind(*shape, real))
         self.buffer("box", self.n_records, ti.types.vector(4, ti.i32))
-        write_face_records(clip, *self.draws(), params, *self.records())
-        _face_boxes(clip, *self.draws(), params, self.box)
+        write_face_records(clip, *self.draws(), params, *self.records(), self.box, True)
         tiling = (self.n_records, fmax, *self.tiles, self.n_tiles)
         self.buffer("slot_start", self.n_records + 1, ti.i32)
         self.buffer("tile_start", self.n_tiles + 1, ti.i32)
@@ -465,13 +448,13 @@ class SoftCandidates:
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("overflow", 1, ti.i32)
-        _select(
+        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
+        stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
             *self.records()[:5], self.tile_start, self.tile_slots, self.slot_draw, self.mask,
-            self.candidates, self.candidate_depth, self.count, self.overflow,
+            self.candidates, self.candidate_depth, self.count, self.overflow, self.n_slots,
+            self.slot_pairs,
         )  # fmt: skip
-        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
-        stats = _pair_offsets(self.n_slots, self.mask, self.slot_pairs, self.overflow)
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
         self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
         return self.num_pairs
