@@ -476,3 +476,11 @@ def test_vertex_shading_gradcheck(scene, lighting, rng):
         result = gradcheck(f, lambda _, g=g, rows=rows: g[rows], x[rows])
         assert result.ok, (name, result)
         assert np.abs(g[rows]).max() > 1e-2
+
+
+def test_arrays_zero_sets_scalar_and_vector_arrays_to_zero():
+    arrs = [arrays.from_numpy(np.ones(shape)) for shape in ((5,), (5, 3), (5, 4))]
+    grad = arrays.empty(5, 3, grad=True)
+    grad.grad.from_numpy(np.ones((5, 3)))
+    arrays.zero(*arrs, grad.grad)
+    assert all((a.to_numpy() == 0).all() for a in (*arrs, grad.grad))
