@@ -401,6 +401,31 @@ def test_bad_input_raises_user_error(scene):
         blend(cand, clip, colors, params, sil, arrays.empty(7, 3))
 
 
+def test_torch_tensors_in_and_out(scene, rng):
+    """Torch tensors go straight to the ops (no copies); the explicit backward writes into
+    the tensors the caller passes, e.g. a torch bridge's gradient buffers."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    faces, colors = scene["faces"], scene["colors"]
+    clip = np.concatenate([v["clip"] for v in scene["views"]])
+    ranges = np.array([[0, len(faces)]] * 2)
+    f = SoftLoss(clip, faces, ranges, colors, 1e-3, 1e-2, 50, rng)
+    g_clip, g_colors = f.gradient(clip, colors)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+         {"clip": clip, "colors": colors, "faces": faces, "ranges": ranges.astype(np.int32),
+          "wa": f.wa.reshape(-1), "wb": f.wb.reshape(-1, 3)}.items()}  # fmt: skip
+    sil, img = torch.zeros(f.frame.pixels), torch.zeros(f.frame.pixels, 3, dtype=torch.float64)
+    sil = sil.double()
+    cand = SoftCandidates()
+    cand.select(t["clip"], t["faces"], t["ranges"], f.frame, f.params, K=50)
+    blend(cand, t["clip"], t["colors"], f.params, sil, img)
+    assert np.abs(sil.numpy() - f.sil.to_numpy()).max() == 0
+    assert np.abs(img.numpy() - f.img.to_numpy()).max() == 0
+    tc, tcol = torch.zeros_like(t["clip"]), torch.zeros_like(t["colors"])
+    blend_backward(cand, t["clip"], t["colors"], f.params, sil, img, t["wa"], t["wb"], tc, tcol)
+    assert_close(tc.numpy(), g_clip)
+    assert_close(tcol.numpy(), g_colors)
+
+
 @pytest.fixture(scope="module")
 def lighting():
     """Lights (a directional and a point light) and a material shared by the vertex
