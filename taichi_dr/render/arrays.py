@@ -41,6 +41,14 @@ IVec2 = ti.types.ndarray(dtype=ti.math.ivec2, ndim=1)
 IVec3 = ti.types.ndarray(dtype=ti.math.ivec3, ndim=1)
 
 
+def no_grad(annotation):
+    """``annotation`` (an alias above) for a kernel that Taichi never differentiates
+    (visibility, or the forward and backward kernels of a hand-written adjoint): arrays
+    with and without gradient storage then share one compiled kernel (Taichi otherwise
+    compiles one per combination: the gradient storage is part of a kernel's signature)."""
+    return ti.types.ndarray(dtype=annotation.dtype, ndim=annotation.ndim, needs_grad=False)
+
+
 @dataclass(frozen=True)
 class Frame:
     """The pixel grid of a batch: ``views`` × ``height`` × ``width``."""
