@@ -3,6 +3,8 @@ against the old ``SoftRasterizer`` (same images, candidates and gradients) and t
 float64 brute-force reference, batches of two different views, float64
 central-difference gradchecks of the new ops, per-vertex shading."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import taichi as ti
@@ -14,13 +16,11 @@ from taichi_dr.camera import Camera
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
 from taichi_dr.render.lights import Lights
-from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
 from taichi_dr.render.soft import SoftRasterizer, VertexShader
 from taichi_dr.render.soft_blend import blend, blend_backward
 from taichi_dr.render.soft_faces import radius, soft_params
 from taichi_dr.render.soft_select import SoftCandidates
-from taichi_dr.render.vertex import VertexStage
 from taichi_dr.render.vertex_shading import shade_vertices
 
 W, H = 24, 20  # non-square: distances use isotropic units
@@ -34,23 +34,20 @@ CAPACITY = 128  # vertices and faces of the old rasterizer's input fields
 
 @pytest.fixture(scope="module")
 def scene():
-    """A sphere seen by both cameras (clip, world, normal, eye per camera), its
-    faces and vertex colours, and the corner-case faces of ``soft_corner_cases``."""
+    """A sphere seen by both cameras (clip, world, normal, eye per camera, computed in
+    NumPy), its faces and vertex colours, and the faces of ``soft_corner_cases``."""
     mesh = taichi_dr.icosphere(1)
-    mb = MeshBuffers(mesh.num_vertices, mesh.num_faces)
-    mb.upload(mesh, np.random.default_rng(7).random((mesh.num_vertices, 3)))
-    vs = VertexStage(mb.max_vertices)
-    views = []
-    for cam in CAMERAS:
-        vs.set_camera(cam)
-        vs.forward(mb)
-        n = mesh.num_vertices
-        views.append({k: getattr(vs, k).to_numpy()[:n] for k in ("clip", "world", "normal")})
-        views[-1]["eye"] = vs.eye.to_numpy()
-    corner = soft_corner_cases(np.random.default_rng(3))
-    colors = mb.colors.to_numpy()[: mesh.num_vertices]
-    return {"faces": mesh.faces.astype(np.int32), "colors": colors, "views": views,
-            "corner": corner, "mb": mb, "vs": vs}  # fmt: skip
+    p = np.concatenate([mesh.vertices, np.ones((mesh.num_vertices, 1))], 1)
+    views = [
+        {"clip": p @ cam.mvp.T, "world": mesh.vertices, "normal": mesh.normals, "eye": cam.eye}
+        for cam in CAMERAS
+    ]
+    return {
+        "faces": mesh.faces.astype(np.int32),
+        "colors": np.random.default_rng(7).random((mesh.num_vertices, 3)),
+        "views": views,
+        "corner": soft_corner_cases(np.random.default_rng(3)),
+    }
 
 
 @ti.kernel
@@ -438,10 +435,8 @@ def lighting():
 def test_vertex_shading_matches_old_per_view(scene, lighting):
     """Two views (two eyes), shared albedo: each view equals the old per-vertex shader
     with that view's eye (Lambert; the point light makes it depend on positions)."""
-    mb, vs, views = scene["mb"], scene["vs"], scene["views"]
+    views, n = scene["views"], len(scene["colors"])
     lights, material, stop = lighting
-    old = VertexShader(mb.max_vertices)
-    n = len(scene["colors"])
     world = np.concatenate([v["world"] for v in views])
     normal = np.concatenate([v["normal"] for v in views])
     eye = np.stack([v["eye"] for v in views])
@@ -449,11 +444,20 @@ def test_vertex_shading_matches_old_per_view(scene, lighting):
     a = arrays.from_numpy
     args = (a(world), a(normal), a(scene["colors"]), a(eye), lights, material, out)
     shade_vertices("lambert", *args, stop=stop)
-    for b, cam in enumerate(CAMERAS):
-        vs.set_camera(cam)
-        vs.forward(mb)
-        old.forward("lambert", vs, mb, lights, material)
-        expected = old.colors.to_numpy()[:n]
+
+    def field(values):
+        f = ti.Vector.field(3, ti.f64, shape=values.shape[:-1])
+        f.from_numpy(values)
+        return f
+
+    vertex = SimpleNamespace(world=field(views[0]["world"]), normal=field(views[0]["normal"]))
+    vertex.eye = ti.Vector.field(3, ti.f64, shape=())
+    mesh = SimpleNamespace(colors=field(scene["colors"]), num_vertices=n)
+    old = VertexShader(n)
+    for b in range(2):
+        vertex.eye[None] = views[b]["eye"]
+        old.forward("lambert", vertex, mesh, lights, material)
+        expected = old.colors.to_numpy()
         assert np.abs(out.to_numpy()[b * n : (b + 1) * n] - expected).max() < 1e-12
 
 

@@ -39,7 +39,6 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .arrays import Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4
 from .soft_faces import (
     BACKGROUND,
     EPS,
@@ -48,8 +47,18 @@ from .soft_faces import (
     INV_SIGMA,
     INV_SPAN,
     NUM_PARAMS,
+    U64,
+    Int,
+    IVec2,
+    IVec3,
+    IVec4,
     Mat3,
     Mat32,
+    Real,
+    Vec2,
+    Vec3,
+    Vec4,
+    Vec6,
     barycentrics,
     distance,
     face_records_adjoint,
@@ -59,8 +68,6 @@ from .soft_faces import (
 )
 from .soft_select import (
     TILE,
-    U64,
-    IVec4,
     SoftCandidates,
     box_tiles,
     length,
@@ -71,7 +78,6 @@ from .soft_select import (
 )
 
 EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
-Vec6 = ti.types.ndarray(dtype=ti.types.vector(6), ndim=1)  # of the float type in use
 
 
 @ti.func

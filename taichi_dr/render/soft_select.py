@@ -34,15 +34,24 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .arrays import Frame, Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4
+from .arrays import Frame
 from .soft_faces import (
     FAR,
     INV_SPAN,
     NUM_PARAMS,
     RADIUS,
     RADIUS2,
+    U64,
+    Int,
+    IVec2,
+    IVec3,
+    IVec4,
     Mat3,
     Mat32,
+    Real,
+    Vec2,
+    Vec3,
+    Vec4,
     barycentrics,
     distance,
     face_records,
@@ -53,11 +62,9 @@ from .soft_faces import (
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
-IVec4 = ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1)
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
            "depth_range": (2,)}  # fmt: skip
-U64 = ti.types.ndarray(dtype=ti.u64, ndim=1)
 
 
 def tile_block() -> int:
