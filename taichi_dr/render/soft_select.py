@@ -378,10 +378,12 @@ class SoftCandidates:
     """The candidate faces of each pixel of a batch of views, and every work buffer of
     the soft rasterizer (grown on demand, never shrunk).
 
-    After :meth:`select`: ``candidates`` (B·H·W·K,) int32 — pixel i's candidate face
-    ids at i·K + k for k < ``count[i]``, (B·H·W,) int32; ``num_pairs`` (Σ count) and
-    ``truncated`` (pixels where more than K faces were within reach: the farthest were
-    dropped — raise K if that matters). The blend (``soft_blend``) reads the slot
+    After :meth:`select`: ``count`` (B·H·W,) int32 and ``candidates`` (B·H·W·K,) int32,
+    pixel i's candidate face ids at i·K + k for k < count[i] (later entries unused; the
+    buffers may be longer than that); ``num_pairs`` (Σ count) and ``truncated`` (pixels
+    where more than K faces were within reach: the farthest were dropped — raise K if
+    that matters). ``faces`` and ``ranges`` are kept for the blend, which draws the same
+    faces. The blend (``soft_blend``) reads the slot
     masks, writes each pair's record and the per-pixel softmax state, and its backward
     pass reads them back: one ``SoftCandidates`` serves one forward/backward at a time.
     """
