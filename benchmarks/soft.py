@@ -1,20 +1,24 @@
 """Soft rasterizer timing: select + forward + backward, float32, cpu (after compile).
 
     python -m benchmarks.soft [--size 256] [--subdiv 4] [--K 50] [--sigma 1e-4] [--repeat 20]
-                              [--views 1] [--camera-grads]
+                              [--views 1] [--camera-grads] [--threads N]
 
 Loss: Σ silhouette + Σ image; gradients to the vertex positions and colours (PyTorch3D's soft
 silhouette differentiates the vertices), the gradient fields zeroed explicitly as the
 Renderer does (a Tape that clears every gradient field in the program costs ~2 ms more).
 ``--camera-grads`` adds the camera and pose gradients (the vertex stage's complex-step
 Jacobian, ~3 ms). "forward" includes zeroing the gradients. Prints median and min
-milliseconds per phase (min: the machine may be shared) and candidate statistics. Reference
-point from the task: PyTorch3D's CPU SoftRas takes ~29 s for the same problem.
+milliseconds per phase (min: the machine may be shared; the implementations take turns)
+and candidate statistics. Reference point from the task: PyTorch3D's CPU SoftRas takes
+~29 s for the same problem.
 
 Three columns: the ``SoftRasterizer`` class through the vertex stage (as the Renderer
 uses it today); the class alone (gradients to clip coordinates and colours); the array
 operations of issue 13 (``soft_select`` + ``soft_blend``, same gradients, ``--views``
 views of the same clip coordinates in one call, time per call).
+
+``--threads 1`` runs Taichi on one thread and times CPU time instead of wall time: on a
+machine shared with other jobs that compares implementations far more steadily.
 """
 
 import argparse
@@ -50,21 +54,23 @@ def _array_loss(sil: arrays.Real, img: arrays.Vec3, loss: ti.types.ndarray()):
         loss[None] += sil[i] + img[i].sum()
 
 
+CLOCK = [time.perf_counter]
+
+
 def sync():
     ti.sync()
-    return time.perf_counter()
+    return CLOCK[0]()
 
 
-def timed(step, repeat: int) -> dict:
-    """Median and min ms per phase of ``step()`` (returns the phase boundaries) over
-    ``repeat`` runs after a first (compiling) one."""
-    times = []
-    for it in range(repeat + 1):
-        t = step()
-        if it:
-            times.append(1e3 * np.diff(t))
-    times = np.array(times)
-    return {"median": np.median(times, 0), "min": times.min(0)}
+def timed(steps: dict, repeat: int) -> dict:
+    """Median and min ms per phase of each ``step()`` (returning its phase boundaries)
+    over ``repeat`` runs, the steps taking turns (a shared machine's load hits them
+    alike)."""
+    times = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, step in steps.items():
+            times[name].append(1e3 * np.diff(step()))
+    return {name: {"median": np.median(t, 0), "min": np.min(t, 0)} for name, t in times.items()}
 
 
 def class_step(soft, vs, mb, loss, through_vertex: bool, camera_grads: bool):
@@ -118,9 +124,8 @@ def array_step(vs, mb, args, views: int):
         t0 = sync()
         cand.select(clip, faces, ranges, frame, params, K=args.K)
         t1 = sync()
-        for a in (sil, img, clip, colors):
-            a.grad.fill(0)
-        tape = ti.ad.Tape(loss)
+        arrays.zero(sil.grad, img.grad, clip.grad, colors.grad)
+        tape = ti.ad.Tape(loss, clear_gradients=False)
         with tape:
             blend(cand, clip, colors, params, sil, img)
             _array_loss(sil, img, loss)
@@ -143,8 +148,12 @@ def main(argv=None):
     ap.add_argument("--views", type=int, default=1)
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--camera-grads", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (1: CPU time)")
     args = ap.parse_args(argv)
-    taichi_dr.init(arch=args.arch, precision="f32")
+    threads = {} if args.threads is None else {"cpu_max_num_threads": args.threads}
+    taichi_dr.init(arch=args.arch, precision="f32", **threads)
+    if args.threads == 1:
+        CLOCK[0] = time.process_time
     mesh = taichi_dr.icosphere(args.subdiv)
     n = args.size
     cam = Camera.look_at((0.0, 0.0, 3.0), fov=45, width=n, height=n, near=0.5, far=10.0)
@@ -163,12 +172,11 @@ def main(argv=None):
         "class": class_step(soft, vs, mb, loss, False, False),
         f"arrays ({args.views} view{'s' * (args.views > 1)})": new_step,
     }
-    results = {}
     for name, step in steps.items():
         t = time.perf_counter()
         step()
         print(f"{name}: first iteration (compile + run) {time.perf_counter() - t:.2f} s")
-        results[name] = timed(step, args.repeat)
+    results = timed(steps, args.repeat)
     print(
         f"{n}x{n}, {mesh.num_faces} faces, K={args.K}, sigma={args.sigma:g}, "
         f"gamma={args.gamma:g}, {soft.num_pairs} pairs "

@@ -1,13 +1,12 @@
-"""Soft rasterizer as compile-once array operations (issue 13): selection and blend
-against the old ``SoftRasterizer`` (same images, candidates and gradients) and the
-float64 brute-force reference, batches of two different views, float64
-central-difference gradchecks of the new ops, per-vertex shading."""
+"""The soft rasterizer's array operations: selection and blend against the float64
+brute-force reference (images, silhouettes, candidate sets, K truncation), batches of two
+different views each equal to a single-view call (outputs and gradients), float64
+central-difference gradchecks, per-vertex shading."""
 
 import numpy as np
 import pytest
 import taichi as ti
 from reference import soft_corner_cases, soft_reference
-from taichi_dr.render.soft import SoftRasterizer, VertexShader
 
 import taichi_dr
 from taichi_dr.ad.gradcheck import gradcheck
@@ -15,12 +14,10 @@ from taichi_dr.camera import Camera
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
 from taichi_dr.render.lights import Lights
-from taichi_dr.render.mesh import MeshBuffers
 from taichi_dr.render.shading import Material
 from taichi_dr.render.soft_blend import blend, blend_backward
 from taichi_dr.render.soft_faces import radius, soft_params
 from taichi_dr.render.soft_select import SoftCandidates
-from taichi_dr.render.vertex import VertexStage
 from taichi_dr.render.vertex_shading import shade_vertices
 
 W, H = 24, 20  # non-square: distances use isotropic units
@@ -29,80 +26,24 @@ CAMERAS = [
     Camera.look_at(eye=(0.3, 0.4, 3.0), fov=45, width=W, height=H, near=NEAR, far=FAR),
     Camera.look_at(eye=(-1.4, 0.9, 2.2), fov=55, width=W, height=H, near=NEAR, far=FAR),
 ]
-CAPACITY = 128  # vertices and faces of the old rasterizer's input fields
+CAPACITY = 128  # K large enough to keep every candidate of the test scenes
 
 
 @pytest.fixture(scope="module")
 def scene():
-    """A sphere seen by both cameras (clip, world, normal, eye per camera), its
-    faces and vertex colours, and the corner-case faces of ``soft_corner_cases``."""
+    """A sphere seen by both cameras (clip, world, normal, eye per camera, computed in
+    NumPy), its faces and vertex colours, and the faces of ``soft_corner_cases``."""
     mesh = taichi_dr.icosphere(1)
-    mb = MeshBuffers(mesh.num_vertices, mesh.num_faces)
-    mb.upload(mesh, np.random.default_rng(7).random((mesh.num_vertices, 3)))
-    vs = VertexStage(mb.max_vertices)
-    views = []
-    for cam in CAMERAS:
-        vs.set_camera(cam)
-        vs.forward(mb)
-        n = mesh.num_vertices
-        views.append({k: getattr(vs, k).to_numpy()[:n] for k in ("clip", "world", "normal")})
-        views[-1]["eye"] = vs.eye.to_numpy()
-    corner = soft_corner_cases(np.random.default_rng(3))
-    colors = mb.colors.to_numpy()[: mesh.num_vertices]
-    return {"faces": mesh.faces.astype(np.int32), "colors": colors, "views": views,
-            "corner": corner, "mb": mb, "vs": vs}  # fmt: skip
-
-
-@ti.kernel
-def _old_loss(
-    sil: ti.template(),
-    img: ti.template(),
-    a: ti.types.ndarray(),
-    b: ti.types.ndarray(),
-    loss: ti.template(),
-):
-    for y, x in sil:
-        loss[None] += a[y, x] * sil[y, x] + (
-            b[y, x, 0] * img[y, x][0] + b[y, x, 1] * img[y, x][1] + b[y, x, 2] * img[y, x][2]
-        )
-
-
-@pytest.fixture(scope="module")
-def old():
-    """One old rasterizer and its input fields (its kernels compile per instance)."""
+    p = np.concatenate([mesh.vertices, np.ones((mesh.num_vertices, 1))], 1)
+    views = [
+        {"clip": p @ cam.mvp.T, "world": mesh.vertices, "normal": mesh.normals, "eye": cam.eye}
+        for cam in CAMERAS
+    ]
     return {
-        "soft": SoftRasterizer.for_camera(CAMERAS[0], CAPACITY, K=CAPACITY, background=BG),
-        "clip": ti.Vector.field(4, ti.f64, shape=CAPACITY, needs_grad=True),
-        "faces": ti.Vector.field(3, ti.i32, shape=CAPACITY),
-        "colors": ti.Vector.field(3, ti.f64, shape=CAPACITY, needs_grad=True),
-        "loss": ti.field(ti.f64, shape=(), needs_grad=True),
-    }
-
-
-def old_render(old, clip, faces, colors, sigma, gamma, wa, wb):
-    """The old rasterizer's outputs and Tape gradients of Σ wa·silhouette + Σ wb·image."""
-    soft = old["soft"]
-    soft.set(sigma=sigma, gamma=gamma)
-    for name, a in (("clip", clip), ("faces", faces), ("colors", colors)):
-        pad = np.zeros((CAPACITY, a.shape[1]), a.dtype)
-        pad[: len(a)] = a
-        old[name].from_numpy(pad)
-    soft.select(old["clip"], old["faces"], len(faces))
-    old["clip"].grad.fill(0)
-    old["colors"].grad.fill(0)
-    with ti.ad.Tape(old["loss"]):
-        soft.forward(old["clip"], old["faces"], old["colors"])
-        _old_loss(soft.silhouette, soft.image, wa, wb, old["loss"])
-    n = len(clip)
-    count = soft.count.to_numpy()
-    return {
-        "silhouette": soft.silhouette.to_numpy(),
-        "image": soft.image.to_numpy(),
-        "count": count,
-        "candidates": soft.candidates.to_numpy(),
-        "truncated": soft.truncated,
-        "clip_grad": old["clip"].grad.to_numpy()[:n],
-        "colors_grad": old["colors"].grad.to_numpy()[: len(colors)],
+        "faces": mesh.faces.astype(np.int32),
+        "colors": np.random.default_rng(7).random((mesh.num_vertices, 3)),
+        "views": views,
+        "corner": soft_corner_cases(np.random.default_rng(3)),
     }
 
 
@@ -146,8 +87,16 @@ def weights(rng, B=1, silhouette=1.0):
     return silhouette * rng.standard_normal((B, H, W)), rng.standard_normal((B, H, W, 3))
 
 
+def single(clip, faces, colors, sigma, gamma, wa, wb):
+    """A single-view call (view 0 of ``new_render``)."""
+    out = new_render(clip, faces, np.array([[0, len(faces)]]), colors, sigma, gamma, wa, wb)
+    for name in ("silhouette", "image", "count", "candidates"):
+        out[name] = out[name][0]
+    return out
+
+
 def assert_same(new, ref, b=0, first=0):
-    """View b of a new render equals the old single-view render ``ref`` (of the faces
+    """View b of a batched render equals the single-view render ``ref`` (of the faces
     from ``first`` on)."""
     assert np.abs(new["silhouette"][b] - ref["silhouette"]).max() < 1e-12
     assert np.abs(new["image"][b] - ref["image"]).max() < 1e-12
@@ -162,16 +111,12 @@ def assert_close(g, g_ref):
 
 
 @pytest.mark.parametrize("sigma,gamma", [(1e-3, 1e-2), (1e-4, 1e-4)])
-def test_matches_old_and_reference(scene, old, rng, sigma, gamma):
+def test_matches_reference(scene, rng, sigma, gamma):
     clip, faces, colors = sphere_and_corners(scene)
     wa, wb = weights(rng)
     ranges = np.array([[0, len(faces)]])
     new = new_render(clip, faces, ranges, colors, sigma, gamma, wa, wb)
-    ref = old_render(old, clip, faces, colors, sigma, gamma, wa[0], wb[0])
-    assert_same(new, ref)
-    assert new["truncated"] == ref["truncated"] == 0
-    assert_close(new["clip_grad"], ref["clip_grad"])
-    assert_close(new["colors_grad"], ref["colors_grad"])
+    assert new["truncated"] == 0
     sil, img, count = soft_reference(
         clip, faces, colors, W, H, sigma, gamma, 1e-3, NEAR, FAR, np.array(BG),
         r2=radius(sigma, 1e-4) ** 2,
@@ -198,7 +143,7 @@ def test_k_truncation_keeps_the_nearest(scene, rng):
     assert np.abs(new["image"][0] - img).max() < 1e-9
 
 
-def test_two_instanced_views_each_equal_a_single_view(scene, old, rng):
+def test_two_instanced_views_each_equal_a_single_view(scene, rng):
     """Instanced mode: both views draw all faces of their own clip coordinates; shared
     colours get the sum of both views' gradients."""
     faces, colors = scene["faces"], scene["colors"]
@@ -206,7 +151,7 @@ def test_two_instanced_views_each_equal_a_single_view(scene, old, rng):
     wa, wb = weights(rng, B=2)
     ranges = np.array([[0, len(faces)]] * 2)
     new = new_render(np.concatenate(clips), faces, ranges, colors, 1e-3, 1e-2, wa, wb)
-    refs = [old_render(old, clips[b], faces, colors, 1e-3, 1e-2, wa[b], wb[b]) for b in range(2)]
+    refs = [single(clips[b], faces, colors, 1e-3, 1e-2, wa[b], wb[b]) for b in range(2)]
     assert np.abs(new["silhouette"][0] - new["silhouette"][1]).max() > 0.5  # views differ
     V = len(colors)
     for b, ref in enumerate(refs):
@@ -215,7 +160,7 @@ def test_two_instanced_views_each_equal_a_single_view(scene, old, rng):
     assert_close(new["colors_grad"], refs[0]["colors_grad"] + refs[1]["colors_grad"])
 
 
-def test_two_views_of_different_meshes_with_their_own_colours(scene, old, rng):
+def test_two_views_of_different_meshes_with_their_own_colours(scene, rng):
     """Concatenated mode: view 0 draws the sphere, view 1 the corner-case faces (face
     ranges), each with its own clip coordinates and vertex colours."""
     clip0, faces, colors = sphere_and_corners(scene, view=0)
@@ -229,8 +174,8 @@ def test_two_views_of_different_meshes_with_their_own_colours(scene, old, rng):
         1e-3, 1e-2, wa, wb,
     )  # fmt: skip
     refs = [
-        old_render(old, clip0, faces[:nf], colors, 1e-3, 1e-2, wa[0], wb[0]),
-        old_render(old, clip1, faces[nf:], colors1, 1e-3, 1e-2, wa[1], wb[1]),
+        single(clip0, faces[:nf], colors, 1e-3, 1e-2, wa[0], wb[0]),
+        single(clip1, faces[nf:], colors1, 1e-3, 1e-2, wa[1], wb[1]),
     ]
     V = len(colors)
     for b, ref in enumerate(refs):
@@ -401,42 +346,46 @@ def test_bad_input_raises_user_error(scene):
         blend(cand, clip, colors, params, sil, arrays.empty(7, 3))
 
 
+def test_torch_tensors_in_and_out(scene, rng):
+    """Torch tensors go straight to the ops (no copies); the explicit backward writes into
+    the tensors the caller passes, e.g. a torch bridge's gradient buffers."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    faces, colors = scene["faces"], scene["colors"]
+    clip = np.concatenate([v["clip"] for v in scene["views"]])
+    ranges = np.array([[0, len(faces)]] * 2)
+    f = SoftLoss(clip, faces, ranges, colors, 1e-3, 1e-2, 50, rng)
+    g_clip, g_colors = f.gradient(clip, colors)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in
+         {"clip": clip, "colors": colors, "faces": faces, "ranges": ranges.astype(np.int32),
+          "wa": f.wa.reshape(-1), "wb": f.wb.reshape(-1, 3)}.items()}  # fmt: skip
+    sil, img = torch.zeros(f.frame.pixels), torch.zeros(f.frame.pixels, 3, dtype=torch.float64)
+    sil = sil.double()
+    cand = SoftCandidates()
+    cand.select(t["clip"], t["faces"], t["ranges"], f.frame, f.params, K=50)
+    blend(cand, t["clip"], t["colors"], f.params, sil, img)
+    assert np.abs(sil.numpy() - f.sil.to_numpy()).max() == 0
+    assert np.abs(img.numpy() - f.img.to_numpy()).max() == 0
+    tc, tcol = torch.zeros_like(t["clip"]), torch.zeros_like(t["colors"])
+    blend_backward(cand, t["clip"], t["colors"], f.params, sil, img, t["wa"], t["wb"], tc, tcol)
+    assert_close(tc.numpy(), g_clip)
+    assert_close(tcol.numpy(), g_colors)
+
+
 @pytest.fixture(scope="module")
 def lighting():
-    """Lights (a directional and a point light) and a material shared by the vertex
-    shading tests, and the fields that get no gradient (the kernel compiles per pair)."""
-    lights, material = Lights(), Material()
-    lights.set(directional=(((0.3, 0.6, 1.0), (0.9, 0.8, 0.7)),), point=(((1, 2, 2), (3, 3, 3)),))
-    return lights, material, lights.fields + (material.base_color,)
-
-
-def test_vertex_shading_matches_old_per_view(scene, lighting):
-    """Two views (two eyes), shared albedo: each view equals the old per-vertex shader
-    with that view's eye (Lambert; the point light makes it depend on positions)."""
-    mb, vs, views = scene["mb"], scene["vs"], scene["views"]
-    lights, material, stop = lighting
-    old = VertexShader(mb.max_vertices)
-    n = len(scene["colors"])
-    world = np.concatenate([v["world"] for v in views])
-    normal = np.concatenate([v["normal"] for v in views])
-    eye = np.stack([v["eye"] for v in views])
-    out = arrays.empty(2 * n, 3)
-    a = arrays.from_numpy
-    args = (a(world), a(normal), a(scene["colors"]), a(eye), lights, material, out)
-    shade_vertices("lambert", *args, stop=stop)
-    for b, cam in enumerate(CAMERAS):
-        vs.set_camera(cam)
-        vs.forward(mb)
-        old.forward("lambert", vs, mb, lights, material)
-        expected = old.colors.to_numpy()[:n]
-        assert np.abs(out.to_numpy()[b * n : (b + 1) * n] - expected).max() < 1e-12
+    """Packed lights (a directional and a point light) and material shared by the vertex
+    shading tests."""
+    lights = Lights(
+        directional=(((0.3, 0.6, 1.0), (0.9, 0.8, 0.7)),), point=(((1, 2, 2), (3, 3, 3)),)
+    )
+    return lights, Material()
 
 
 def test_vertex_shading_gradcheck(scene, lighting, rng):
     """Tape gradients of Σ w·colour w.r.t. world positions, normals and per-view albedo
     against float64 central differences (Lambert, two views)."""
     views, n = scene["views"], len(scene["colors"])
-    lights, material, stop = lighting
+    lights, material = lighting
     x0 = {
         "world": np.concatenate([v["world"] for v in views]),
         "normal": np.concatenate([v["normal"] for v in views]),
@@ -454,8 +403,10 @@ def test_vertex_shading_gradcheck(scene, lighting, rng):
             loss[None] += w[i].dot(out[i])
 
     def run():
-        args = (inputs["world"], inputs["normal"], inputs["albedo"], eye, lights, material)
-        shade_vertices("lambert", *args, out, stop=stop)
+        args = (inputs["world"], inputs["normal"], inputs["albedo"], eye)
+        shade_vertices(
+            "lambert", *args, material.array(False), lights.array(False), lights.counts, out
+        )
         total(out, w, loss)
 
     with ti.ad.Tape(loss):
@@ -476,3 +427,35 @@ def test_vertex_shading_gradcheck(scene, lighting, rng):
         result = gradcheck(f, lambda _, g=g, rows=rows: g[rows], x[rows])
         assert result.ok, (name, result)
         assert np.abs(g[rows]).max() > 1e-2
+
+
+def test_arrays_zero_sets_scalar_and_vector_arrays_to_zero():
+    arrs = [arrays.from_numpy(np.ones(shape)) for shape in ((5,), (5, 3), (5, 4))]
+    grad = arrays.empty(5, 3, grad=True)
+    grad.grad.from_numpy(np.ones((5, 3)))
+    arrays.zero(*arrs, grad.grad)
+    assert all((a.to_numpy() == 0).all() for a in (*arrs, grad.grad))
+
+
+def test_vertex_shading_lambert_closed_form(scene):
+    """Per-vertex Lambert (two-sided, ambient + one directional light, the defaults) of
+    two views against NumPy."""
+    views, n = scene["views"], len(scene["colors"])
+    world = np.concatenate([v["world"] for v in views])
+    normal = np.concatenate([v["normal"] for v in views])
+    eye = np.stack([v["eye"] for v in views])
+    lights, material = Lights(), Material()
+    out = arrays.empty(2 * n, 3)
+    a = arrays.from_numpy
+    shade_vertices(
+        "lambert", a(world), a(normal), a(scene["colors"]), a(eye), material.array(False),
+        lights.array(False), lights.counts, out,
+    )  # fmt: skip
+    v = np.repeat(eye, n, axis=0) - world
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    nrm = normal / np.linalg.norm(normal, axis=1, keepdims=True)
+    nrm = np.where((nrm * v).sum(1, keepdims=True) < 0, -nrm, nrm)
+    l_dir = np.array([0.3, 0.6, 1.0]) / np.linalg.norm([0.3, 0.6, 1.0])
+    albedo = 0.8 * np.tile(scene["colors"], (2, 1))
+    expected = albedo * (0.1 + 0.9 * np.maximum(nrm @ l_dir, 0))[:, None]
+    np.testing.assert_allclose(out.to_numpy(), expected, rtol=1e-10, atol=1e-12)

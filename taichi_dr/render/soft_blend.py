@@ -39,7 +39,6 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .arrays import Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4, pixel_ndc
 from .soft_faces import (
     BACKGROUND,
     EPS,
@@ -48,17 +47,27 @@ from .soft_faces import (
     INV_SIGMA,
     INV_SPAN,
     NUM_PARAMS,
+    U64,
+    Int,
+    IVec2,
+    IVec3,
+    IVec4,
     Mat3,
     Mat32,
+    Real,
+    Vec2,
+    Vec3,
+    Vec4,
+    Vec6,
     barycentrics,
     distance,
     face_records_adjoint,
     iso_scale,
+    pixel_center,
+    pixel_step,
 )
 from .soft_select import (
     TILE,
-    U64,
-    IVec4,
     SoftCandidates,
     box_tiles,
     length,
@@ -69,7 +78,6 @@ from .soft_select import (
 )
 
 EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
-Vec5 = ti.types.ndarray(dtype=ti.types.vector(5), ndim=1)  # of the float type in use
 
 
 @ti.func
@@ -85,12 +93,12 @@ def _coverage(screen: ti.template(), line: ti.template(), along: ti.template(), 
 
 
 @ti.func
-def _shading(bary: ti.template(), z: ti.template(), c: ti.template(), p, params: ti.template()):
+def _shading(bary: ti.template(), z: ti.template(), c: ti.template(), p, far, inv_span):
     """A face's ``bary`` and ``depth`` records and vertex colours ``c`` (rows) at NDC
     point p: the 4 values of ``barycentrics``, the normalised depth (far − z)/(far −
     near) and the colour."""
     lam, u, total, sign = barycentrics(bary, p)
-    zn = (params[FAR] - lam.dot(z)) * params[INV_SPAN]
+    zn = (far - lam.dot(z)) * inv_span
     color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
     return lam, u, total, sign, zn, color
 
@@ -147,37 +155,35 @@ def _blend_forward(
     zmax: Real,
 ):
     """One thread per tile, face by face over the pixels that kept the face (its slot's
-    mask). While summing, ``silhouette`` holds Π (1 − D), ``image`` Σ w C, and
-    ``denominator`` Σ w; each pair's (D, l, code) is stored for the backward pass."""
-    scale = iso_scale(height, width)
-    inv_sigma, inv_gamma, eps = params[INV_SIGMA], params[INV_GAMMA], params[EPS]
-    background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
+    mask); the thread owns the tile's pixels, whose sums live in local arrays indexed by
+    the mask bit: Π (1 − D), Σ w C and Σ w, shifted by m (``zmax``). Each pair's (D, l,
+    code) is stored for the backward pass, and the pixels' Σ w and m for its weights."""
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
+        scale, step = iso_scale(height, width), pixel_step(height, width)
+        inv_sigma, inv_gamma, eps = params[INV_SIGMA], params[INV_GAMMA], params[EPS]
+        far, inv_span = params[FAR], params[INV_SPAN]
+        background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
-        y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
-        row0 = v * height
         # The weights are summed shifted by m, the running maximum of ε and z (online
         # softmax: rescaled whenever m grows), started at a lower bound of the final m
         # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
-        for y in range(y0, y1 + 1):
-            for x in range(x0, x1 + 1):
-                zmax[(row0 + y) * width + x] = eps
+        shift = ti.Vector([eps] * (TILE * TILE))
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
             lo = depth_range[slot_draw[slot]][0]
             bits = mask[slot]
             while bits != ti.u64(0):
-                bits, dy, dx = next_pixel(bits)
-                i = (row0 + y0 + dy) * width + x0 + dx
-                zmax[i] = ti.max(zmax[i], lo)
-        for y in range(y0, y1 + 1):
-            for x in range(x0, x1 + 1):
-                i = (row0 + y) * width + x
-                w = ti.exp((eps - zmax[i]) * inv_gamma)
-                silhouette[i] = 1.0  # Π (1 − D): 0 only where the silhouette is 1
-                image[i] = w * background
-                denominator[i] = w
+                bits, bit = next_pixel(bits)
+                shift[bit] = ti.max(shift[bit], lo)
+        miss = ti.Vector([1.0] * (TILE * TILE))  # Π (1 − D): 0 only where the silhouette is 1
+        total = ti.Vector.zero(float, TILE * TILE)  # Σ w
+        color_sum = ti.Matrix.zero(float, TILE * TILE, 3)  # Σ w C
+        for bit in range(TILE * TILE):
+            w = ti.exp((eps - shift[bit]) * inv_gamma)
+            total[bit] = w
+            for c in ti.static(range(3)):
+                color_sum[bit, c] = w * background[c]
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
             r = slot_draw[slot]
@@ -188,32 +194,34 @@ def _blend_forward(
             k = slot_pairs[slot]
             bits = mask[slot]
             while bits != ti.u64(0):
-                bits, dy, dx = next_pixel(bits)
-                y, x = y0 + dy, x0 + dx
-                i = (row0 + y) * width + x
-                p = pixel_ndc(y, x, height, width)
-                q = p * scale
-                inside, nearest, l_near, miss, cov = _coverage(s, ln, al, q, inv_sigma)[1:]
-                silhouette[i] *= miss
-                m = zmax[i]
+                bits, bit = next_pixel(bits)
+                p = pixel_center(y0 + bit // TILE, x0 + bit % TILE, step)
+                inside, nearest, l_near, out, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
+                miss[bit] *= out
+                m = shift[bit]
                 if not _weightless(zn_hi, m, inv_gamma):
-                    zn, color = _shading(ba, z, cols, p, params)[4:]
+                    zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
                     if zn > m:
                         rescale = ti.exp((m - zn) * inv_gamma)
-                        denominator[i] *= rescale
-                        image[i] *= rescale
+                        total[bit] *= rescale
+                        for c in ti.static(range(3)):
+                            color_sum[bit, c] *= rescale
                         m = zn
-                        zmax[i] = m
+                        shift[bit] = m
                     wk = cov * ti.exp((zn - m) * inv_gamma)
-                    denominator[i] += wk
-                    image[i] += wk * color
+                    total[bit] += wk
+                    for c in ti.static(range(3)):
+                        color_sum[bit, c] += wk * color[c]
                 pairs[k] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
                 k += 1
-        for y in range(y0, y1 + 1):
-            for x in range(x0, x1 + 1):
-                i = (row0 + y) * width + x
-                silhouette[i] = 1.0 - silhouette[i]
-                image[i] /= denominator[i]
+        for y in range(y0, ti.min(y0 + TILE, height)):
+            for x in range(x0, ti.min(x0 + TILE, width)):
+                i = (v * height + y) * width + x
+                bit = (y - y0) * TILE + x - x0
+                silhouette[i] = 1.0 - miss[bit]
+                image[i] = ti.Vector([color_sum[bit, c] for c in ti.static(range(3))]) / total[bit]
+                denominator[i] = total[bit]
+                zmax[i] = shift[bit]
 
 
 @ti.kernel
@@ -226,9 +234,11 @@ def _pixel_adjoints(
     with_silhouette: ti.template(),
     with_image: ti.template(),
     denominator: Real,
-    adjoint: Vec5,
+    zmax: Real,
+    adjoint: Vec6,
 ):
-    """Per pixel: ∂L/∂log Π(1 − D), ∂L/∂Σw and ∂L/∂Σ wC (3)."""
+    """Per pixel: ∂L/∂log Π(1 − D), ∂L/∂Σw, ∂L/∂Σ wC (3) and the softmax shift m (one
+    array: the backward pass reads them together)."""
     for i in range(n):
         g_log_t, g_w = 0.0, 0.0
         g_c = ti.Vector([0.0, 0.0, 0.0])
@@ -237,54 +247,69 @@ def _pixel_adjoints(
         if ti.static(with_image):
             g_c = image_grad[i] / denominator[i]
             g_w = -g_c.dot(image[i])
-        adjoint[i] = ti.Vector([g_log_t, g_w, g_c[0], g_c[1], g_c[2]])
+        adjoint[i] = ti.Vector([g_log_t, g_w, g_c[0], g_c[1], g_c[2], zmax[i]])
 
 
 @ti.func
 def _pair_adjoint(
-    rec: ti.template(), shaded, p, q, m, adj, pair, params: ti.template(), g: ti.template()
+    face: ti.template(),
+    pair,
+    adjoint: ti.template(),
+    i,
+    y,
+    x,
+    view: ti.template(),
+    g: ti.template(),
 ):
-    """Adds the adjoints of the pair of a pixel (NDC p, isotropic q, softmax shift m,
-    pixel adjoint adj) and a face — records rec = (screen, bary, depth, vertex
-    colours), ``shaded`` unless its weight is exactly 0, the pair's stored (D, l, code)
-    ``pair`` — to the face's record adjoints g = (screen, line, bary, depth, vertex
-    colours)."""
-    s, b, z, cols = rec
-    inv_sigma, inv_gamma = params[INV_SIGMA], params[INV_GAMMA]
-    cov = pair[0]
-    g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
-    if shaded:
-        lam, u, total, sign, zn, color = _shading(b, z, cols, p, params)
-        factor = ti.exp((zn - m) * inv_gamma)
-        w = cov * factor
-        g_c = ti.Vector([adj[2], adj[3], adj[4]])
-        g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
-        g_color = w * g_c
-        g_arg += g_w * factor * cov * (1.0 - cov)
-        g_depth = -g_w * w * inv_gamma * params[INV_SPAN]
-        g_lam = g_depth * z + cols @ g_color
-        g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
-        g_u = ti.select(u > 0.0, g_u, 0.0) * sign
-        for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
-            g[2][v, 0] += g_u[v]
-            g[2][v, 1] += g_u[v] * p[0]
-            g[2][v, 2] += g_u[v] * p[1]
-            g[3][v] += g_depth * lam[v]
-            for ch in ti.static(range(3)):
-                g[4][v, ch] += lam[v] * g_color[ch]
-    code = ti.cast(pair[2], ti.i32)
-    g_d2 = ti.select(code >= 8, g_arg, -g_arg) * inv_sigma
-    nearest = code & 7
-    # nearest edge k: d² = (a q_x + b q_y + c)²; nearest vertex v: d² = |q − s_v|²
-    for k in ti.static(range(3)):
-        gk = ti.select(nearest == k, 2.0 * g_d2 * pair[1], 0.0)
-        g[1][k, 0] += gk * q[0]
-        g[1][k, 1] += gk * q[1]
-        g[1][k, 2] += gk
-    for v in ti.static(range(3)):
-        gv = ti.select(nearest == 3 + v, 2.0 * g_d2, 0.0)
-        g[0][v, 0] -= gv * (q[0] - s[v, 0])
-        g[0][v, 1] -= gv * (q[1] - s[v, 1])
+    """Adds the adjoints of the pair of pixel i (row y, column x) and a face to the face's
+    record adjoints g = (screen, line, bary, depth, vertex colours): face = (screen,
+    bary, depth records, vertex colours, upper depth bound), ``pair`` its stored (D, l,
+    code), ``adjoint`` from ``_pixel_adjoints``, view = (``pixel_step``, ``iso_scale``,
+    (1/σ, 1/γ, far, 1/(far − near))). A pair with a weight of exactly 0 and no
+    silhouette gradient adds nothing."""
+    s, b, z, cols, zn_hi = face
+    step, scale, consts = view
+    inv_sigma, inv_gamma = consts[0], consts[1]
+    adj = adjoint[i]
+    m = adj[5]
+    shaded = not _weightless(zn_hi, m, inv_gamma)
+    if shaded or adj[0] != 0.0:
+        p = pixel_center(y, x, step)
+        q = p * scale
+        cov = pair[0]
+        g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
+        if shaded:
+            lam, u, total, sign, zn, color = _shading(b, z, cols, p, consts[2], consts[3])
+            factor = ti.exp((zn - m) * inv_gamma)
+            w = cov * factor
+            g_c = ti.Vector([adj[2], adj[3], adj[4]])
+            g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
+            g_color = w * g_c
+            g_arg += g_w * factor * cov * (1.0 - cov)
+            g_depth = -g_w * w * inv_gamma * consts[3]
+            g_lam = g_depth * z + cols @ g_color
+            g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+            g_u = ti.select(u > 0.0, g_u, 0.0) * sign
+            for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
+                g[2][v, 0] += g_u[v]
+                g[2][v, 1] += g_u[v] * p[0]
+                g[2][v, 2] += g_u[v] * p[1]
+                g[3][v] += g_depth * lam[v]
+                for ch in ti.static(range(3)):
+                    g[4][v, ch] += lam[v] * g_color[ch]
+        code = ti.cast(pair[2], ti.i32)
+        g_d2 = ti.select(code >= 8, g_arg, -g_arg) * inv_sigma
+        nearest = code & 7
+        # nearest edge k: d² = (a q_x + b q_y + c)²; nearest vertex v: d² = |q − s_v|²
+        for k in ti.static(range(3)):
+            gk = ti.select(nearest == k, 2.0 * g_d2 * pair[1], 0.0)
+            g[1][k, 0] += gk * q[0]
+            g[1][k, 1] += gk * q[1]
+            g[1][k, 2] += gk
+        for v in ti.static(range(3)):
+            gv = ti.select(nearest == 3 + v, 2.0 * g_d2, 0.0)
+            g[0][v, 0] -= gv * (q[0] - s[v, 0])
+            g[0][v, 1] -= gv * (q[1] - s[v, 1])
 
 
 @ti.kernel
@@ -313,16 +338,17 @@ def _face_adjoints(
     mask: U64,
     slot_pairs: Int,
     pairs: Vec3,
-    zmax: Real,
-    adjoint: Vec5,
+    adjoint: Vec6,
 ):
     """One thread per face over the pixels that kept it (its slots' masks): sums the
     pair adjoints into the face records' gradients, then adds the face's share to the
     gradients of its vertices' clip coordinates and colours."""
-    scale = iso_scale(height, width)
     ti.loop_config(block_dim=ti.static(tile_block() * 4))
     for r in range(n_records):
         if slot_start[r] < slot_start[r + 1]:
+            scale, step = iso_scale(height, width), pixel_step(height, width)
+            k4 = ti.static((INV_SIGMA, INV_GAMMA, FAR, INV_SPAN))
+            consts = ti.Vector([params[k4[c]] for c in ti.static(range(4))])
             g = (
                 ti.Matrix.zero(float, 3, 2),  # screen
                 ti.Matrix.zero(float, 3, 3),  # line
@@ -331,8 +357,9 @@ def _face_adjoints(
                 ti.Matrix.zero(float, 3, 3),  # row v: vertex v's colour
             )
             b, idx = _draw_vertices(faces, ranges, fmax, r)
-            rec = (screen[r], bary[r], depth[r], _vertex_colors(colors, batched, idx, b, vertices))
-            zn_hi = depth_range[r][1]
+            cols = _vertex_colors(colors, batched, idx, b, vertices)
+            face = (screen[r], bary[r], depth[r], cols, depth_range[r][1])
+            view = (step, scale, consts)
             tb = box_tiles(box[r])
             j = slot_start[r]
             row0 = b * height
@@ -342,16 +369,10 @@ def _face_adjoints(
                     k = slot_pairs[j]
                     j += 1
                     while bits != ti.u64(0):
-                        bits, dy, dx = next_pixel(bits)
-                        y, x = ty * TILE + dy, tx * TILE + dx
+                        bits, bit = next_pixel(bits)
+                        y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
                         i = (row0 + y) * width + x
-                        adj = adjoint[i]
-                        m = zmax[i]
-                        shaded = not _weightless(zn_hi, m, params[INV_GAMMA])
-                        if shaded or adj[0] != 0.0:
-                            p = pixel_ndc(y, x, height, width)
-                            q = p * scale
-                            _pair_adjoint(rec, shaded, p, q, m, adj, pairs[k], params, g)
+                        _pair_adjoint(face, pairs[k], adjoint, i, y, x, view, g)
                         k += 1
             if ti.static(with_colors):
                 cidx = idx + (b * vertices if ti.static(batched) else 0)
@@ -403,7 +424,7 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     _check_call(cand, clip, params, {"silhouette": silhouette, "image": image})
     batched = _colors_batched(colors, cand)
     frame = cand.frame
-    write_face_records(clip, *cand.draws(), params, *cand.records())
+    write_face_records(clip, *cand.draws(), params, *cand.records(), cand.box, False)
     _blend_forward(
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
@@ -438,7 +459,7 @@ def blend_backward(
     if clip_grad is None and colors_grad is None:
         return
     frame = cand.frame
-    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(5, backend.real()))
+    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(6, backend.real()))
     _pixel_adjoints(
         frame.pixels,
         silhouette,
@@ -448,6 +469,7 @@ def blend_backward(
         silhouette_grad is not None,
         image_grad is not None,
         cand.denominator,
+        cand.zmax,
         adjoint,
     )
     _face_adjoints(
@@ -455,7 +477,7 @@ def blend_backward(
         colors, colors if colors_grad is None else colors_grad, colors_grad is not None,
         batched, *cand.draws(), cand.n_records, params, cand.screen, cand.bary, cand.depth,
         cand.depth_range, cand.box, cand.slot_start, cand.mask, cand.slot_pairs, cand.pairs,
-        cand.zmax, adjoint,
+        adjoint,
     )  # fmt: skip
 
 

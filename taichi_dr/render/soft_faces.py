@@ -45,8 +45,19 @@ NUM_PARAMS = BACKGROUND + 3
 
 SIGMA = 1e-4  # the default σ, as RenderSettings.sigma (PyTorch3D's fit-mesh tutorial)
 
-Mat32 = ti.types.ndarray(dtype=ti.types.matrix(3, 2), ndim=1)  # of the float type in use
-Mat3 = ti.types.ndarray(dtype=ti.math.mat3, ndim=1)
+# Array arguments of the soft rasterizer's kernels. Taichi never differentiates them (the
+# blend's adjoint is hand-written), so arrays with and without gradient storage share one
+# compiled kernel (``arrays.no_grad``).
+Real, Int, Vec2, Vec3, Vec4, IVec2, IVec3 = (
+    arrays.no_grad(a)
+    for a in (arrays.Real, arrays.Int, arrays.Vec2, arrays.Vec3, arrays.Vec4, arrays.IVec2,
+              arrays.IVec3)
+)  # fmt: skip
+Mat32 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.matrix(3, 2), ndim=1))  # float in use
+Mat3 = arrays.no_grad(ti.types.ndarray(dtype=ti.math.mat3, ndim=1))
+IVec4 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1))
+U64 = arrays.no_grad(ti.types.ndarray(dtype=ti.u64, ndim=1))
+Vec6 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(6), ndim=1))  # float in use
 
 
 def radius(sigma: float, cutoff: float) -> float:
@@ -82,6 +93,19 @@ def soft_params(
     r = radius(sigma, cutoff)
     values = [1.0 / sigma, 1.0 / gamma, eps, r * r, r, near, far, 1.0 / (far - near), *bg]
     return arrays.from_numpy(np.array(values))
+
+
+@ti.func
+def pixel_step(height: ti.i32, width: ti.i32):
+    """The NDC distance between neighbouring pixel centres along x and y."""
+    return ti.Vector([2.0 / width, 2.0 / height])
+
+
+@ti.func
+def pixel_center(y, x, step):
+    """NDC of the centre of pixel (row y, column x), rows growing downwards, from
+    ``pixel_step``: ``arrays.pixel_ndc`` up to rounding, without a division per pixel."""
+    return ti.Vector([(x + 0.5) * step[0] - 1.0, 1.0 - (y + 0.5) * step[1]])
 
 
 @ti.func

@@ -34,28 +34,37 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
-from .arrays import Frame, Int, IVec2, IVec3, Real, Vec2, Vec3, Vec4, pixel_ndc
+from .arrays import Frame
 from .soft_faces import (
     FAR,
     INV_SPAN,
     NUM_PARAMS,
     RADIUS,
     RADIUS2,
+    U64,
+    Int,
+    IVec2,
+    IVec3,
+    IVec4,
     Mat3,
     Mat32,
+    Real,
+    Vec2,
+    Vec3,
+    Vec4,
     barycentrics,
     distance,
     face_records,
     iso_scale,
+    pixel_center,
+    pixel_step,
 )
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
-IVec4 = ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1)
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
            "depth_range": (2,)}  # fmt: skip
-U64 = ti.types.ndarray(dtype=ti.u64, ndim=1)
 
 
 def tile_block() -> int:
@@ -83,11 +92,41 @@ def box_tiles(box):
 
 @ti.func
 def next_pixel(bits):
-    """The lowest set bit of a non-zero tile mask: (bits without it, row, column in the
-    tile)."""
+    """The lowest set bit of a non-zero tile mask: (bits without it, the bit's index
+    row · 8 + column in the tile)."""
     low = bits & (~bits + ti.u64(1))
-    bit = ti.cast(63 - ti.math.clz(low), ti.i32)
-    return bits ^ low, bit // TILE, bit % TILE
+    return bits ^ low, ti.cast(63 - ti.math.clz(low), ti.i32)
+
+
+@ti.func
+def _face_box(c: ti.template(), height, width, r_px):
+    """The pixel box (x0, y0, x1, y1), inclusive, of the face with clip coordinates c
+    (3 rows of 4) dilated by r_px pixels; empty (0, 0, −1, −1) when it is not drawn."""
+    box = ti.Vector([0, 0, -1, -1])
+    ok = True
+    beyond = 0
+    lo = ti.Vector([math.inf, math.inf])
+    hi = -lo
+    for k in ti.static(range(3)):
+        ok = ok and c[k, 3] > 0.0 and c[k, 2] >= -c[k, 3]
+        beyond += ti.cast(c[k, 2] > c[k, 3], ti.i32)
+        if c[k, 3] > 0.0:
+            x = (c[k, 0] / c[k, 3] * 0.5 + 0.5) * width
+            y = (0.5 - c[k, 1] / c[k, 3] * 0.5) * height
+            lo, hi = ti.min(lo, ti.Vector([x, y])), ti.max(hi, ti.Vector([x, y]))
+    if ok and beyond < 3:
+        # pixels whose centre x + 0.5 lies in [lo − r, hi + r]
+        a = ti.ceil(ti.max(lo - r_px - 0.5, -1.0))
+        e = ti.floor(ti.min(hi + r_px - 0.5, ti.Vector([width, height])))
+        box = ti.Vector(
+            [
+                ti.max(ti.cast(a[0], ti.i32), 0),
+                ti.max(ti.cast(a[1], ti.i32), 0),
+                ti.min(ti.cast(e[0], ti.i32), width - 1),
+                ti.min(ti.cast(e[1], ti.i32), height - 1),
+            ]
+        )
+    return box
 
 
 @ti.kernel
@@ -106,67 +145,24 @@ def write_face_records(
     bary: Mat3,
     depth: Vec3,
     depth_range: Vec2,
-):
-    """The records (``soft_faces``) of every draw."""
-    scale = iso_scale(height, width)
-    for r in range(ranges.shape[0] * fmax):
-        b = r // fmax
-        j = r - b * fmax
-        if j < ranges[b][1]:
-            idx = faces[ranges[b][0] + j] + b * vertices
-            c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
-            rec = face_records(c, scale, params[FAR], params[INV_SPAN])
-            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
-
-
-@ti.kernel
-def _face_boxes(
-    clip: Vec4,
-    faces: IVec3,
-    ranges: IVec2,
-    vertices: ti.i32,
-    fmax: ti.i32,
-    height: ti.i32,
-    width: ti.i32,
-    params: Real,
     box: IVec4,
+    with_boxes: ti.template(),
 ):
-    """Each draw's pixel box (x0, y0, x1, y1), inclusive, dilated by r; empty
-    (0, 0, −1, −1) for faces that are not drawn."""
-    r_px = params[RADIUS] * ti.min(width, height) / 2
-    size = ti.Vector([width, height])
+    """The records (``soft_faces``) of every draw, and ``with_boxes`` its pixel box
+    dilated by the reach r (selection only: the blend walks the boxes selection saw)."""
     for r in range(ranges.shape[0] * fmax):
         b = r // fmax
         j = r - b * fmax
         out = ti.Vector([0, 0, -1, -1])
         if j < ranges[b][1]:
             idx = faces[ranges[b][0] + j] + b * vertices
-            ok = True
-            beyond = 0
-            lo = ti.Vector([math.inf, math.inf])
-            hi = -lo
-            for k in ti.static(range(3)):
-                c = clip[idx[k]]
-                ok = ok and c[3] > 0.0 and c[2] >= -c[3]
-                beyond += ti.cast(c[2] > c[3], ti.i32)
-                if c[3] > 0.0:
-                    q = ti.Vector(
-                        [(c[0] / c[3] * 0.5 + 0.5) * width, (0.5 - c[1] / c[3] * 0.5) * height]
-                    )
-                    lo, hi = ti.min(lo, q), ti.max(hi, q)
-            if ok and beyond < 3:
-                # pixels whose centre x + 0.5 lies in [lo − r, hi + r]
-                a = ti.ceil(ti.max(lo - r_px - 0.5, -1.0))
-                e = ti.floor(ti.min(hi + r_px - 0.5, size))
-                out = ti.Vector(
-                    [
-                        ti.max(ti.cast(a[0], ti.i32), 0),
-                        ti.max(ti.cast(a[1], ti.i32), 0),
-                        ti.min(ti.cast(e[0], ti.i32), width - 1),
-                        ti.min(ti.cast(e[1], ti.i32), height - 1),
-                    ]
-                )
-        box[r] = out
+            c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
+            rec = face_records(c, iso_scale(height, width), params[FAR], params[INV_SPAN])
+            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
+            if ti.static(with_boxes):
+                out = _face_box(c, height, width, params[RADIUS] * ti.min(width, height) / 2)
+        if ti.static(with_boxes):
+            box[r] = out
 
 
 @ti.kernel
@@ -192,7 +188,8 @@ def _bin_count(
         slot_start[r + 1] = slot_start[r] + (b[2] - b[0] + 1) * (b[3] - b[1] + 1)
         for ty in range(b[1], b[3] + 1):
             for tx in range(b[0], b[2] + 1):
-                tile_start[first + ty * tiles_x + tx + 1] += 1
+                t = first + ty * tiles_x + tx + 1
+                tile_start[t] = tile_start[t] + 1  # serial: no atomic add needed
     ti.loop_config(serialize=True)
     for t in range(n_tiles):
         tile_start[t + 1] += tile_start[t]
@@ -225,7 +222,7 @@ def _bin_fill(
                 t = first + ty * tiles_x + tx
                 tile_slots[tile_fill[t]] = j
                 slot_draw[j] = r
-                tile_fill[t] += 1
+                tile_fill[t] = tile_fill[t] + 1
                 j += 1
 
 
@@ -260,16 +257,18 @@ def _select(
     candidate_depth: Real,
     count: Int,
     overflow: Int,
-):
+    n_slots: ti.i32,
+    slot_pairs: Int,
+) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), face by face:
     each pixel keeps the K nearest faces within reach, as slots first, then face ids;
     bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
-    only computed for pixels with more than K faces within reach."""
-    scale = iso_scale(height, width)
-    r2 = params[RADIUS2]
+    only computed for pixels with more than K faces within reach. Then each slot's
+    first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
+        scale, step, r2 = iso_scale(height, width), pixel_step(height, width), params[RADIUS2]
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
         for y in range(y0, y1 + 1):
@@ -284,7 +283,7 @@ def _select(
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
                 for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
-                    p = pixel_ndc(y, x, height, width)
+                    p = pixel_center(y, x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
                     if inside or d2 <= r2:
                         i = (v * height + y) * width + x
@@ -324,14 +323,7 @@ def _select(
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
-
-
-@ti.kernel
-def _pair_offsets(n_slots: ti.i32, mask: U64, slot_pairs: Int, overflow: Int) -> ti.types.vector(
-    2, ti.i32
-):
-    """Each slot's first pair: pairs are numbered slot by slot, in mask-bit order.
-    Returns (pairs, overflowing pixels)."""
+    # each slot's first pair: pairs are numbered slot by slot, in mask-bit order
     slot_pairs[0] = 0
     ti.loop_config(serialize=True)
     for j in range(n_slots):
@@ -386,10 +378,12 @@ class SoftCandidates:
     """The candidate faces of each pixel of a batch of views, and every work buffer of
     the soft rasterizer (grown on demand, never shrunk).
 
-    After :meth:`select`: ``candidates`` (B·H·W·K,) int32 — pixel i's candidate face
-    ids at i·K + k for k < ``count[i]``, (B·H·W,) int32; ``num_pairs`` (Σ count) and
-    ``truncated`` (pixels where more than K faces were within reach: the farthest were
-    dropped — raise K if that matters). The blend (``soft_blend``) reads the slot
+    After :meth:`select`: ``count`` (B·H·W,) int32 and ``candidates`` (B·H·W·K,) int32,
+    pixel i's candidate face ids at i·K + k for k < count[i] (later entries unused; the
+    buffers may be longer than that); ``num_pairs`` (Σ count) and ``truncated`` (pixels
+    where more than K faces were within reach: the farthest were dropped — raise K if
+    that matters). ``faces`` and ``ranges`` are kept for the blend, which draws the same
+    faces. The blend (``soft_blend``) reads the slot
     masks, writes each pair's record and the per-pixel softmax state, and its backward
     pass reads them back: one ``SoftCandidates`` serves one forward/backward at a time.
     """
@@ -447,8 +441,7 @@ class SoftCandidates:
             kind = ti.types.matrix if len(shape) == 2 else ti.types.vector
             self.buffer(name, self.n_records, kind(*shape, real))
         self.buffer("box", self.n_records, ti.types.vector(4, ti.i32))
-        write_face_records(clip, *self.draws(), params, *self.records())
-        _face_boxes(clip, *self.draws(), params, self.box)
+        write_face_records(clip, *self.draws(), params, *self.records(), self.box, True)
         tiling = (self.n_records, fmax, *self.tiles, self.n_tiles)
         self.buffer("slot_start", self.n_records + 1, ti.i32)
         self.buffer("tile_start", self.n_tiles + 1, ti.i32)
@@ -464,13 +457,13 @@ class SoftCandidates:
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("overflow", 1, ti.i32)
-        _select(
+        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
+        stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
             *self.records()[:5], self.tile_start, self.tile_slots, self.slot_draw, self.mask,
-            self.candidates, self.candidate_depth, self.count, self.overflow,
+            self.candidates, self.candidate_depth, self.count, self.overflow, self.n_slots,
+            self.slot_pairs,
         )  # fmt: skip
-        self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
-        stats = _pair_offsets(self.n_slots, self.mask, self.slot_pairs, self.overflow)
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
         self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
         return self.num_pairs
