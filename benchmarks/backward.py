@@ -30,6 +30,7 @@ from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe, mitsuba_scene  #
 import taichi_dr  # noqa: E402
 from taichi_dr.camera import Camera  # noqa: E402
 from taichi_dr.checks import _weighted_sum  # noqa: E402
+from taichi_dr.render import arrays  # noqa: E402
 from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
 from taichi_dr.scene import icosphere  # noqa: E402
 
@@ -54,14 +55,9 @@ class Ours:
     def __init__(self, size: int, mesh, K: int, sigma: float):
         cam = Camera.look_at(EYE, (0, 0, 0), (0, 1, 0), FOV, size, size, 0.5, 10.0)
         self.r = Renderer(mesh, cam, RenderSettings(faces_per_pixel=K, sigma=sigma))
-        self.r.lights.set(ambient=(0.1, 0.1, 0.1), directional=[(LIGHT_DIR, LIGHT)])
-        self.w = ti.Vector.field(3, taichi_dr.backend.real(), shape=(size, size))
-        self.w.from_numpy(
-            np.random.default_rng(0)
-            .uniform(-1, 1, (size, size, 3))
-            .astype(taichi_dr.backend.np_real())
-        )
-        self.loss = ti.field(taichi_dr.backend.real(), shape=(), needs_grad=True)
+        self.r.lights.reset(ambient=(0.1, 0.1, 0.1), directional=[(LIGHT_DIR, LIGHT)])
+        self.w = arrays.from_numpy(np.random.default_rng(0).uniform(-1, 1, (size * size, 3)))
+        self.loss = ti.ndarray(taichi_dr.backend.real(), shape=(), needs_grad=True)
 
     def forward(self):
         self.r.rasterize()
@@ -69,10 +65,9 @@ class Ours:
 
     def backward(self):
         self.r.rasterize()
-        with ti.ad.Tape(self.loss, clear_gradients=False):
+        with ti.ad.Tape(self.loss):  # the renderer clears its gradients in each new tape
             self.r.shade()
             _weighted_sum(self.r.image, self.w, self.loss)
-        self.r.zero_grad()
 
 
 class MitsubaProjective:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from taichi_dr import backend  # noqa: E402
 from taichi_dr.camera import Camera  # noqa: E402
+from taichi_dr.render import blend, interpolate, shading  # noqa: E402
 from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
 from taichi_dr.scene import Mesh, icosphere, large_mesh  # noqa: E402
 
@@ -56,20 +57,11 @@ def timed(fn, repeats: int) -> tuple[float, float]:
 
 
 class Ours:
-    """One renderer per resolution, sized for the largest mesh; meshes are swapped in."""
+    """A renderer per scene and resolution (its kernels compile once per process)."""
 
-    def __init__(self, max_vertices: int, max_faces: int):
-        self.capacity = (max_vertices, max_faces)
-        self.renderers = {}
-
-    def renderer(self, mesh: Mesh, size: tuple) -> Renderer:
-        if size not in self.renderers:
-            self.renderers[size] = Renderer(
-                mesh, camera(*size), RenderSettings("blinn-phong"), *self.capacity
-            )
-        r = self.renderers[size]
-        r.set_mesh(mesh)
-        return r
+    @staticmethod
+    def renderer(mesh: Mesh, size: tuple) -> Renderer:
+        return Renderer(mesh, camera(*size), RenderSettings("blinn-phong"))
 
     @staticmethod
     def frame(r: Renderer) -> None:
@@ -256,7 +248,7 @@ def exponent(x, y) -> float:
 
 def benchmark(args) -> list[dict]:
     meshes = scenes(args)
-    ours = Ours(max(m.num_vertices for _, m in meshes), max(m.num_faces for _, m in meshes))
+    ours = Ours()
     others = peers(args.peers)
     print()
     head = f"{'scene':>10} {'faces':>8} {'res':>9} {'first ms':>9} {'median ms':>9}"
@@ -313,46 +305,40 @@ def print_scaling(rows, args) -> None:
 def profile(args) -> None:
     """Median time of each stage at 512² with 81,920 faces."""
     r = Renderer(icosphere(6), camera(512, 512), RenderSettings("blinn-phong"))
-    m, tri = r.mesh, r.raster.triangle_id
+    r.render()
+    m, v, p, f = r.mesh, r.vertex, r.pixels, r.frame
+    V = m.num_vertices
 
-    def interpolate():
-        for values, out in (
-            (r.vertex.world, r.position),
-            (r.vertex.normal, r.normal),
-            (m.colors, r.color),
-            (m.uvs, r.uv),
-        ):
-            r.interp.interpolate(values, m.faces, tri, out)
+    def rasterize(cull="none"):
+        r.raster.forward(v.clip, m.faces, r._face_ranges(), f, V, cull)
 
-    def composite():
-        r.compositor.begin()
-        r.compositor.add_layer(0, r.shader.image, tri, r.material.opacity)
-        r.compositor.finish(1)
+    def shade():
+        shading.shade(
+            "blinn-phong", f, r.triangle_id, p.position, p.normal, p.color, p.uv,
+            p.footprint, v.eye, r.material.values, r.lights.values, r.lights.counts, None,
+            p.shaded,
+        )  # fmt: skip
 
     stages = {
-        "vertex": lambda: r.vertex.forward(m),
-        "rasterize (setup, bin, raster, resolve)": lambda: r.raster.forward(
-            r.vertex.clip, m.faces, m.num_faces
+        "vertex": lambda: v.forward(m.positions, m.normals, V),
+        "rasterize (setup, bin, raster, resolve)": rasterize,
+        "rasterize, back faces culled": lambda: rasterize("back"),
+        "barycentrics + depth": lambda: interpolate.barycentrics(
+            v.clip, m.faces, r.triangle_id, f, V, p.bary, p.depth
         ),
-        "rasterize, back faces culled": lambda: r.raster.forward(
-            r.vertex.clip, m.faces, m.num_faces, "back"
+        "barycentrics, depth + 4 attributes": lambda: interpolate.surface(
+            v.clip,
+            m.faces,
+            r.triangle_id,
+            f,
+            V,
+            (v.world, v.normal, m.colors, m.uvs),
+            (p.bary, p.depth, p.position, p.normal, p.color, p.uv),
+        ),  # fmt: skip
+        "shade (Blinn-Phong, 4 + 4 light slots)": shade,
+        "composite": lambda: blend.composite(
+            r.triangle_id, p.shaded, r.material.values, r._background(), p.image, p.alpha
         ),
-        "barycentrics + depth": lambda: r.interp.forward(r.vertex.clip, m.faces, tri),
-        "interpolate ×4 (position, normal, colour, uv)": interpolate,
-        "shade (Blinn-Phong, 4 + 4 light slots)": lambda: r.shader.forward(
-            "blinn-phong",
-            tri,
-            r.position,
-            r.normal,
-            r.color,
-            r.uv,
-            r.footprint,
-            None,
-            r.vertex.eye,
-            r.lights,
-            r.material,
-        ),
-        "composite": composite,
     }
     print("\nper stage at 512², 81,920 faces (median ms):")
     total = 0.0
@@ -390,7 +376,7 @@ def huge(args) -> None:
     )
     r = Renderer(mesh, Camera.look_at((0, 1.6, 2.4), (0, 0, 0), (0, 1, 0), FOV, 2048, 1024))
     first, med = timed(lambda: Ours.frame(r), max(1, min(args.repeats, 3)))
-    covered = float((r.raster.triangle_id.to_numpy() >= 0).mean())
+    covered = float((r.triangle_id.to_numpy() >= 0).mean())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(
         f"huge at 2048×1024: first {first:.2f} s, median {med * 1e3:.0f} ms "
