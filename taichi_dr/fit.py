@@ -455,16 +455,19 @@ class Fit:
 
     @property
     def last_images(self) -> list:
-        """Each view's image of the last rendering (H, W, 3), read back on demand."""
-        return list(self._last().image)
+        """Each view's image of the last rendering (H, W, 3), read back on demand (None
+        before the first)."""
+        last = self._last()
+        return [None] * len(self.problem.views) if last is None else list(last.image)
 
     @property
     def masks(self) -> list:
         """Each view's coverage mask of the last rendering (H, W)."""
-        return list(self._last().mask)
+        last = self._last()
+        return [None] * len(self.problem.views) if last is None else list(last.mask)
 
     def _last(self):
-        if self._result is None:
+        if self._result is None and self.r.pixels is not None:
             self._result = self.r.result()
         return self._result
 
