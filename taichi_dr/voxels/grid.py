@@ -14,7 +14,7 @@ Both grids are ``n³`` cells filling the cube ``box = (lo, hi)`` (cell centres a
   active blocks, so a backward pass never allocates); samples whose trilinear stencil touches
   no active block are skipped. :meth:`SparseGrid.set_blocks` activates and deactivates blocks
   (pruning and growth). Its kernels take the SNode fields as template arguments, so they
-  compile once per grid (per level of coarse-to-fine growth: a few seconds each time).
+  compile once per grid instance (a few seconds): build one and prune and grow it.
 
 Rays are rows (origin, direction, t_in, t_out) from :func:`taichi_dr.sim.volume.ray_table`.
 """
@@ -303,6 +303,12 @@ class _Grid:
             [lr_density, lr_colour, b1, b2, 1 - b1**t, 1 - b2**t, eps], backend.np_real()
         )
 
+    def set_moments(self, m, v, steps: int) -> None:
+        """Restore Adam's moments (n, n, n, 4) and step count (e.g. from a checkpoint)."""
+        for name, a in (("m", m), ("v", v)):
+            self._load(getattr(self, name), np.ascontiguousarray(a, backend.np_real()))
+        self.steps = int(steps)
+
     def block_weights(self) -> ti.Ndarray:
         """A zeroed (n/block)³ array for :meth:`render`'s ``weights``."""
         nb = self.n // self.block
@@ -354,6 +360,10 @@ class DenseGrid(_Grid):
     def zero_grad(self) -> None:
         self.grads.fill(0)
 
+    @staticmethod
+    def _load(array, values) -> None:
+        array.from_numpy(values)
+
     def to_numpy(self) -> np.ndarray:
         return self.values.to_numpy()
 
@@ -390,7 +400,7 @@ class SparseGrid(_Grid):
         self.ptr.dense(ti.ijkl, (self.block,) * 3 + (CHANNELS,)).place(
             self.values, self.grads, self.m, self.v
         )
-        self._tree = builder.finalize()
+        builder.finalize()
         self.active = np.zeros((nb,) * 3, bool)
         self.near = ti.ndarray(ti.i32, (nb,) * 3)
         self.steps = 0
@@ -455,6 +465,10 @@ class SparseGrid(_Grid):
     def zero_grad(self) -> None:
         _clear(self.grads)
 
+    @staticmethod
+    def _load(field, values) -> None:
+        _load(field, values)  # active blocks only
+
     def to_numpy(self) -> np.ndarray:
         """(n, n, n, 4) values, 0 in inactive blocks."""
         return self.values.to_numpy()
@@ -467,23 +481,3 @@ class SparseGrid(_Grid):
         pointer array (8 bytes per block)."""
         cells = self.num_blocks * self.block**3 * CHANNELS
         return 4 * cells * backend.np_real()(0).nbytes + 8 * self.active.size
-
-    def upsampled(self, n: int, active=None) -> "SparseGrid":
-        """A sparse grid of n³ cells whose active blocks cover these (or ``active``, a mask
-        at the new block resolution), values resampled; this grid's memory is freed."""
-        n = check_resolution(n, self.block)
-        if active is None:
-            if n % self.n:
-                raise UserError(f"grow the sparse grid by an integer factor, not {self.n} → {n}")
-            f = n // self.n
-            active = self.active.repeat(f, 0).repeat(f, 1).repeat(f, 2)
-        grid = SparseGrid(n, (self.lo, self.hi), self.block, active, resample(self.to_numpy(), n),
-                          self.max_blocks)  # fmt: skip
-        self.destroy()
-        return grid
-
-    def destroy(self) -> None:
-        """Free the SNode tree (the grid is unusable afterwards)."""
-        if self._tree is not None:
-            self._tree.destroy()
-            self._tree = None
