@@ -93,6 +93,12 @@ def test_sparse_grid_equals_dense_grid_with_zeros(rng):
     np.testing.assert_allclose(gs[inside], gd[inside], rtol=1e-12, atol=1e-14)
     assert not gs[~inside].any() and np.abs(gd[~inside]).max() > 1e-3
     assert sparse.num_blocks == 3  # the backward pass allocated nothing
+    # the pull sums the negative parts of the density gradient per block, active or not:
+    # at least the negative part of the summed dense gradient there
+    pull = sparse.pull.to_numpy()
+    per_block = gd[..., 0].reshape(2, BLOCK, 2, BLOCK, 2, BLOCK).sum(axis=(1, 3, 5))
+    assert np.all(pull >= np.maximum(-per_block, 0) - 1e-12)
+    assert pull[~active].max() > 0
 
 
 def _directional_check(grid_from, grad_of, values, rng, mask=None, rtol=1e-6):
@@ -179,11 +185,11 @@ def test_sparse_pruning_and_growth_keep_values(rng):
     assert grid.memory_bytes() == 8 * BLOCK**3 * 4 * 4 * 8 + 8 * 8
 
 
-def test_recorded_weights_choose_the_blocks_to_keep():
+def test_recorded_weights_and_pull_choose_the_blocks():
     """A render records each cell's (dense) or block's (sparse) largest sample weight T·α:
-    for an opaque ball the hidden centre and the empty corners weigh nothing, and the blocks
-    kept cover what was seen, grown by one block."""
-    from taichi_dr.voxels.fit import blocks_to_keep
+    for an opaque ball the hidden centre and the empty corners weigh nothing. Pruning keeps
+    the active blocks seen; growth adds inactive blocks pulled harder than the kept median."""
+    from taichi_dr.voxels.fit import GROW_PULL, blocks_covering, next_blocks
 
     x = (np.arange(N) + 0.5) / N * 2 - 1
     r = np.linalg.norm(np.stack(np.meshgrid(x, x, x, indexing="ij"), -1), axis=-1)
@@ -199,9 +205,13 @@ def test_recorded_weights_choose_the_blocks_to_keep():
     sparse.render(rays(), MARCH, blocks)
     per_block = cells.to_numpy().reshape(2, BLOCK, 2, BLOCK, 2, BLOCK).max(axis=(1, 3, 5))
     np.testing.assert_allclose(blocks.to_numpy(), per_block, rtol=1e-12)
-    keep = blocks_to_keep(seen, 16, 2)  # a 16³ grid of 2³ blocks: one block per cell here
-    assert keep.shape == (8, 8, 8) and np.all(keep[seen])
-    assert not keep[r > 1.5].any() and keep.sum() < keep.size
+    np.testing.assert_array_equal(blocks_covering(seen, 16, 2), seen)  # 2³ blocks of 16³
+    np.testing.assert_array_equal(blocks_covering(seen, 8, 4), per_block > 1e-3)
+    active = np.array([True, True, True, False, False, False])
+    seen = np.array([True, True, False, False, True, False])
+    pull = np.array([1.0, 3.0, 9.0, 2.0 * GROW_PULL + 0.1, 2.0 * GROW_PULL - 0.1, 0.0])
+    expect = [True, True, False, True, False, False]  # median pull of the kept: 2
+    np.testing.assert_array_equal(next_blocks(active, seen, pull), expect)
 
 
 @pytest.mark.parametrize(

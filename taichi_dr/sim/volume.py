@@ -268,8 +268,9 @@ class VolumeRenderer:
 # ``block`` is a sparse grid's block size (block³ cells; 1 for dense grids). Dense grids pass
 # ``sparse=False`` and ignore ``ptr`` and ``near``; sparse grids read inactive cells as 0,
 # skip samples whose stencil touches no active block (``near``: per block, 1 when the block
-# or a +1 neighbour is active) and write gradients only into active blocks (``ptr``: the
-# pointer SNode of the blocks).
+# or a +1 neighbour is active), write gradients only into active blocks (``ptr``: the
+# pointer SNode of the blocks) and record per block the density *pull* −min(∂L/∂ρ, 0) the
+# adjoint would have written, active or not (``pull``: where the loss asks for density).
 
 PRM_SIZE = 9
 
@@ -336,14 +337,27 @@ def _sample(grid: ti.template(), base, frac):
 
 @ti.func
 def _scatter(
-    grad: ti.template(), ptr: ti.template(), base, frac, g, block, sparse: ti.template(), colour
+    grad: ti.template(),
+    ptr: ti.template(),
+    pull: ti.template(),
+    base,
+    frac,
+    g,
+    block,
+    sparse: ti.template(),
+    colour,
 ):
     """Add g (density, r, g, b) times the trilinear weights into the stencil's cells; the
-    colour channels only when ``colour`` (their gradient is 0 where the sample is empty)."""
+    colour channels only when ``colour`` (their gradient is 0 where the sample is empty).
+    Sparse grids skip inactive cells and add the density *pull* −min(w·g_density, 0) (how
+    much the loss wants density there) of every stencil cell into its block's ``pull``."""
     for corner in ti.static(ti.grouped(ti.ndrange(2, 2, 2))):
         I = base + corner
+        w = _corner_weight(frac, corner)
+        if ti.static(sparse):
+            if g[0] < 0:
+                pull[I[0] // block, I[1] // block, I[2] // block] += -w * g[0]
         if _active(ptr, I, block, sparse):
-            w = _corner_weight(frac, corner)
             grad[I[0], I[1], I[2], 0] += w * g[0]
             if colour:
                 for c in ti.static(range(1, 4)):
@@ -399,6 +413,7 @@ def march_rgba_adjoint(
     grad: ti.template(),
     ptr: ti.template(),
     near: ti.template(),
+    pull: ti.template(),
     rays: ti.template(),
     r,
     prm: ti.template(),
@@ -425,7 +440,7 @@ def march_rgba_adjoint(
             T_next = T * (1.0 - a)
             g_tau = g_c.dot(T_next * c - (C - acc))
             g = ti.Vector([g_tau * ds, g_c[0] * w, g_c[1] * w, g_c[2] * w])
-            _scatter(grad, ptr, base, frac, g, block, sparse, w != 0.0)
+            _scatter(grad, ptr, pull, base, frac, g, block, sparse, w != 0.0)
             T = T_next
         i += 1
 
@@ -462,4 +477,4 @@ def render_grid_adjoint(
     for r in range(rays.shape[0]):
         C = ti.Vector([out[r, 0], out[r, 1], out[r, 2]])
         g = ti.Vector([g_out[r, 0], g_out[r, 1], g_out[r, 2]])
-        march_rgba_adjoint(grid, grad, 0, grad, rays, r, prm, 1, C, g, False)
+        march_rgba_adjoint(grid, grad, 0, grad, grad, rays, r, prm, 1, C, g, False)

@@ -44,7 +44,8 @@ BACKGROUND = (1.0, 1.0, 1.0)
 LEVELS = (0.2, 0.45)  # fractions of the iterations where the grid doubles
 LR_DENSITY, LR_COLOUR = 1.0, 0.05  # Adam rates (density: optical depth per unit length)
 START_DENSITY, START_COLOUR = 0.3, 0.5
-PRUNE_WEIGHT, PRUNE_EVERY, EVAL_EVERY = 1e-3, 0.1, 10  # PRUNE_EVERY: fraction of the iterations
+PRUNE_WEIGHT, GROW_PULL = 1e-2, 1.0  # see next_blocks
+PRUNE_EVERY, EVAL_EVERY = 0.1, 10  # PRUNE_EVERY: a fraction of the iterations
 PSNR_GOAL = 26.0
 TV_COLOUR = 1.0
 MARCH = March(step=0.5, background=BACKGROUND, min_transmittance=1e-3)
@@ -61,7 +62,7 @@ def add_arguments(group) -> None:
         help="voxels: grid storage (both: dense, then sparse, and compare)",
     )
     group.add_argument("--grid", type=int, default=64, help="voxels: final cells per side")
-    group.add_argument("--block", type=int, default=4, help="voxels: sparse block side (cells)")
+    group.add_argument("--block", type=int, default=2, help="voxels: sparse block side (cells)")
     group.add_argument("--max-blocks", type=int, help="voxels: sparse block capacity")
     group.add_argument("--batch", type=int, default=8192, help="voxels: rays per iteration")
     group.add_argument("--tv", type=float, default=1e-4, help="voxels: total-variation weight")
@@ -126,16 +127,22 @@ def levels(n: int, block: int) -> list:
     return [m for m in out if m >= max(4, 2 * block) and m % block == 0 and n % m == 0] or [n]
 
 
-def blocks_to_keep(seen: np.ndarray, n: int, block: int) -> np.ndarray:
-    """The (n/block)³ block mask of an n³ sparse grid that covers ``seen`` (a cubic boolean
-    mask whose side divides n: per cell or per block of some grid), grown by the 26
-    neighbours of each block."""
-    import scipy.ndimage
-
+def blocks_covering(seen: np.ndarray, n: int, block: int) -> np.ndarray:
+    """The (n/block)³ block mask of an n³ sparse grid that covers ``seen``, a cubic boolean
+    mask (per cell or per block of some grid) whose side divides n."""
     f, m = n // seen.shape[0], n // block
     fine = seen.repeat(f, 0).repeat(f, 1).repeat(f, 2)
-    blocks = fine.reshape(m, block, m, block, m, block).any(axis=(1, 3, 5))
-    return scipy.ndimage.binary_dilation(blocks, np.ones((3, 3, 3), bool))
+    return fine.reshape(m, block, m, block, m, block).any(axis=(1, 3, 5))
+
+
+def next_blocks(active, seen, pull) -> np.ndarray:
+    """Pruning and growth of a sparse grid's blocks: keep the active blocks that were seen;
+    add the inactive blocks whose density pull (recorded by the backward passes since the
+    last update) exceeds GROW_PULL × the median pull of the kept blocks."""
+    keep = active & seen
+    if not keep.any():
+        return active
+    return keep | (~active & (pull > GROW_PULL * np.median(pull[keep])))
 
 
 class VoxelFit:
@@ -182,13 +189,14 @@ class VoxelFit:
         if n != self.grid.n:
             if self.storage == "sparse" and n == self.levels[-1]:
                 values = resample(self.grid.to_numpy(), n)
-                active = blocks_to_keep(self._seen(), n, self.args.block)
+                active = blocks_covering(self._seen(), n, self.args.block)
                 self.grid = SparseGrid(n, BOX, self.args.block, active, values,
                                        self.args.max_blocks)  # fmt: skip
             else:
                 self.grid = self.grid.upsampled(n)
         elif isinstance(self.grid, SparseGrid) and it % self.prune_every == 0:
-            self.grid.set_blocks(blocks_to_keep(self._seen(), n, self.args.block))
+            g = self.grid
+            g.set_blocks(next_blocks(g.active, self._seen(), g.pull.to_numpy()))
         self.peak_memory = max(self.peak_memory, self.grid.memory_bytes())
 
     # ---- one iteration -------------------------------------------------------------------

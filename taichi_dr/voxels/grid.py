@@ -12,9 +12,11 @@ Both grids are ``n³`` cells filling the cube ``box = (lo, hi)`` (cell centres a
   ``block³`` cells, each block holding the four arrays densely — so only *active* blocks use
   memory. Cells of inactive blocks read as 0 and get no gradient (the adjoint writes only into
   active blocks, so a backward pass never allocates); samples whose trilinear stencil touches
-  no active block are skipped. :meth:`SparseGrid.set_blocks` activates and deactivates blocks
-  (pruning and growth). Its kernels take the SNode fields as template arguments, so they
-  compile once per grid instance (a few seconds): build one and prune and grow it.
+  no active block are skipped. The backward pass records, per block, the density *pull*
+  (−∂L/∂ρ where negative) it would write, active or not: where the loss asks for density.
+  :meth:`SparseGrid.set_blocks` activates and deactivates blocks (pruning and growth). Its
+  kernels take the SNode fields as template arguments, so they compile once per grid
+  instance (a few seconds): build one and prune and grow it.
 
 Rays are rows (origin, direction, t_in, t_out) from :func:`taichi_dr.sim.volume.ray_table`.
 """
@@ -207,6 +209,7 @@ def _render_sparse_adjoint(
     grad: ti.template(),
     ptr: ti.template(),
     near: ti.types.ndarray(ndim=3),
+    pull: ti.types.ndarray(ndim=3),
     rays: ti.types.ndarray(ndim=2),
     prm: ti.types.ndarray(ndim=1),
     block: ti.i32,
@@ -216,7 +219,7 @@ def _render_sparse_adjoint(
     for r in range(rays.shape[0]):
         C = ti.Vector([out[r, 0], out[r, 1], out[r, 2]])
         g = ti.Vector([g_out[r, 0], g_out[r, 1], g_out[r, 2]])
-        march_rgba_adjoint(grid, grad, ptr, near, rays, r, prm, block, C, g, True)
+        march_rgba_adjoint(grid, grad, ptr, near, pull, rays, r, prm, block, C, g, True)
 
 
 @ti.kernel
@@ -403,6 +406,8 @@ class SparseGrid(_Grid):
         builder.finalize()
         self.active = np.zeros((nb,) * 3, bool)
         self.near = ti.ndarray(ti.i32, (nb,) * 3)
+        self.pull = ti.ndarray(backend.real(), (nb,) * 3)  # since the last set_blocks
+        self.pull.fill(0)
         self.steps = 0
         self.set_blocks(np.ones((nb,) * 3, bool) if active is None else active, values)
 
@@ -432,6 +437,7 @@ class SparseGrid(_Grid):
             src = active[tuple(slice(o, None) for o in offset)]
             near[tuple(slice(0, s) for s in src.shape)] |= src
         self.near.from_numpy(near.astype(np.int32))
+        self.pull.fill(0)
         if values is not None:
             _load(self.values, np.ascontiguousarray(values, backend.np_real()))
         return added, removed
@@ -448,10 +454,13 @@ class SparseGrid(_Grid):
         return out
 
     def backward(self, rays, march: March, out, g_out) -> None:
+        """As :meth:`DenseGrid.backward` (active cells only); also adds every block's density
+        pull into :attr:`pull`."""
         prm = self.prm(march)
         _render_sparse_adjoint(
-            self.values, self.grads, self.ptr, self.near, rays, prm, self.block, out, g_out
-        )
+            self.values, self.grads, self.ptr, self.near, self.pull, rays, prm, self.block,
+            out, g_out,
+        )  # fmt: skip
 
     def tv(self, lam_density: float, lam_colour: float, eps: float = 1e-8) -> float:
         lam = np.array([lam_density] + [lam_colour] * 3, backend.np_real())
