@@ -4,11 +4,13 @@ pairwise distances in NumPy and PyTorch.
 
     python benchmarks/chamfer.py [--points 100000] [--precision f32|f64] [--brute-queries N]
 
-The clouds are area-uniform samples of two different surfaces (a sphere and the non-convex
-blob), the use case of a Chamfer loss. Times are medians of ``--repeats`` runs after a warm-up
-(compilation excluded). Brute force is O(N·M): it runs on the first ``--brute-queries`` rows of
-each direction and is scaled to the full cloud (its time is exactly linear in the rows; pass
-``--brute-queries`` equal to ``--points`` to run it whole). Prints a table with ratios.
+Two cases: uniform points in the unit cube (as PyTorch3D's benchmarks) and area-uniform samples
+of two nearby surfaces (a sphere and the non-convex blob scaled to its mean radius), the use
+case of a Chamfer loss. Times are medians of ``--repeats`` runs after a warm-up (compilation
+excluded; ours forward and forward + backward in turn). Brute force is O(N·M): it runs on the
+first ``--brute-queries`` rows of each direction and is scaled to the full cloud (its time is
+exactly linear in the rows; pass ``--brute-queries`` equal to ``--points`` to run it whole).
+Prints a table with ratios.
 """
 
 import argparse
@@ -21,14 +23,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's taichi_dr
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up: compilation, caches
-    times = []
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, run in turn (a shared machine drifts)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def surface_samples(mesh, n: int, seed: int) -> np.ndarray:
@@ -61,11 +66,8 @@ def ours(a: np.ndarray, b: np.ndarray, repeats: int) -> dict:
             chamfer(loss)
         ti.sync()
 
-    return {
-        "forward": median_time(forward, repeats),
-        "forward_backward": median_time(forward_backward, repeats),
-        "value": float(loss[None]),
-    }
+    times = interleaved({"forward": forward, "forward_backward": forward_backward}, repeats)
+    return {**times, "value": float(loss[None])}
 
 
 def scipy_forward(a, b, repeats: int, workers: int) -> dict:
@@ -78,7 +80,7 @@ def scipy_forward(a, b, repeats: int, workers: int) -> dict:
         db = cKDTree(a).query(b, workers=workers)[0]
         out["value"] = 0.5 * (np.mean(da**2) + np.mean(db**2))
 
-    t = median_time(run, repeats)
+    t = interleaved({"forward": run}, repeats)["forward"]
     return {"forward": t, "value": out["value"]}
 
 

@@ -11,11 +11,13 @@ colour in [0, 1]; rates decay ×0.1 over the run).
 
 The coarse levels are dense grids (small; their kernels compile once for every size). At the
 last level ``--storage dense`` keeps every cell; ``sparse`` keeps blocks of ``--block``³ cells in
-Taichi sparse SNodes (one grid, so its kernels compile once): it starts with the blocks that
-the coarse grid shows, and every 10 % of the iterations it renders all training rays recording
-every block's largest sample weight T·α — blocks below 1e-3 are pruned (free space, the hidden
-interior) and the 26 neighbours of the blocks above are grown, so the surface can move.
-``both`` (default) runs dense, then sparse, and compares them.
+Taichi sparse SNodes (one grid, so its kernels compile once): it starts with the blocks in
+which the coarse grid's samples weigh more than PRUNE_WEIGHT, and every 10 % of the iterations
+it renders all training rays recording every block's largest sample weight T·α: active blocks
+below PRUNE_WEIGHT are pruned (free space, the hidden interior), and inactive blocks into which
+the backward passes since the last update pulled more density than GROW_PULL × the median of
+the kept blocks are grown (:func:`next_blocks`), so the surface can move. ``both`` (default)
+runs dense, then sparse, and compares them.
 
 Writes per storage (under ``--out``/dense and /sparse for ``both``): metrics.json (per
 iteration loss, held-out PSNR every 10 iterations, blocks and memory; final PSNR, memory,
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io, scene
+from ..apps import normalise, psnr
 from ..camera import Camera, orbit_eyes
 from ..errors import UserError
 from ..runner import Runner
@@ -44,10 +47,9 @@ BACKGROUND = (1.0, 1.0, 1.0)
 LEVELS = (0.2, 0.45)  # fractions of the iterations where the grid doubles
 LR_DENSITY, LR_COLOUR = 1.0, 0.05  # Adam rates (density: optical depth per unit length)
 START_DENSITY, START_COLOUR = 0.3, 0.5
-PRUNE_WEIGHT, GROW_PULL = 1e-2, 1.0  # see next_blocks
+PRUNE_WEIGHT, GROW_PULL = 0.1, 4.0  # see next_blocks
 PRUNE_EVERY, EVAL_EVERY = 0.1, 10  # PRUNE_EVERY: a fraction of the iterations
 PSNR_GOAL = 26.0
-TV_COLOUR = 1.0
 MARCH = March(step=0.5, background=BACKGROUND, min_transmittance=1e-3)
 DEFAULTS = {"iters": 600, "resolution": 64, "views": 24}
 
@@ -86,8 +88,6 @@ def _cameras(count: int, size: int, held_out: bool) -> list:
 def target_mesh(path=None) -> scene.Mesh:
     """The mesh whose renders are the ground truth: ``path`` normalised into the unit ball,
     or the textured asset (regenerated when the checkout's file is absent)."""
-    from ..apps import normalise
-
     if path is not None:
         return normalise(scene.load_mesh(path))
     return scene.load_mesh(ASSET) if ASSET.is_file() else scene.textured_sphere()
@@ -116,15 +116,9 @@ def ground_truth(mesh, cameras, supersample: int = 2) -> np.ndarray:
     return np.stack(images)
 
 
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    return 10 * math.log10(1.0 / max(float(np.mean((np.asarray(a) - b) ** 2)), 1e-20))
-
-
-def levels(n: int, block: int) -> list:
-    """Cells per side of each level: n/4, n/2, n (those ≥ 2 blocks and ≥ 4 cells)."""
-    out = [n // 4, n // 2, n]
-    return [m for m in out if m >= max(4, 2 * block) and m % block == 0 and n % m == 0] or [n]
+def levels(n: int) -> list:
+    """Cells per side of each level: n/4, n/2, n (those of at least 4 cells dividing n)."""
+    return [m for m in (n // 4, n // 2) if m >= 4 and n % m == 0] + [n]
 
 
 def blocks_covering(seen: np.ndarray, n: int, block: int) -> np.ndarray:
@@ -157,7 +151,7 @@ class VoxelFit:
         self.rays = ray_table(self.train_cams, *BOX).astype(real)
         self.colours = train_images.reshape(-1, 3).astype(real)
         self.held_rays = ray_table(self.held_cams, *BOX).astype(real)
-        self.levels = levels(args.grid, args.block)
+        self.levels = levels(args.grid)
         self.prune_every = max(1, round(PRUNE_EVERY * args.iters))
         self.grid = self._start_grid(self.levels[0])
         self.peak_memory = self.grid.memory_bytes()
@@ -209,7 +203,7 @@ class VoxelFit:
         residual = out[:, :3] - target
         mse = float(np.mean(residual**2))
         self.grid.backward(rays, MARCH, out, 2.0 * residual / residual.size)
-        tv = self.grid.tv(args.tv, args.tv * TV_COLOUR) if args.tv > 0 else 0.0
+        tv = self.grid.tv(args.tv, args.tv) if args.tv > 0 else 0.0
         decay = 0.1 ** (it / max(args.iters - 1, 1))
         self.grid.step(LR_DENSITY * decay, LR_COLOUR * decay)
         record = {"loss": mse + tv, "mse": mse, "cells_per_side": self.grid.n}
