@@ -160,14 +160,16 @@ def rel_error(est, true) -> float:
 
 def chamfer(v_a, f_a, v_b, f_b, count: int = 20000, seed: int = 0) -> float:
     """Symmetric Chamfer distance ½(mean_a min_b |a − b| + mean_b min_a |a − b|) between
-    ``count`` area-uniform surface samples of each mesh (same units as the vertices)."""
+    ``count`` area-uniform surface samples of each mesh (same units as the vertices); nearest
+    neighbours by :class:`taichi_dr.discrete.KDTree`."""
     import trimesh
-    from scipy.spatial import cKDTree
+
+    from .discrete import KDTree
 
     pa = trimesh.sample.sample_surface(trimesh.Trimesh(v_a, f_a, process=False), count, seed=seed)
     pb = trimesh.sample.sample_surface(trimesh.Trimesh(v_b, f_b, process=False), count, seed=seed)
     pa, pb = pa[0], pb[0]
-    return 0.5 * (cKDTree(pb).query(pa)[0].mean() + cKDTree(pa).query(pb)[0].mean())
+    return 0.5 * (KDTree(pb).query(pa)[0].mean() + KDTree(pa).query(pb)[0].mean())
 
 
 def mask_iou(masks, targets) -> float:

@@ -36,6 +36,15 @@ the first entries). All are means, as in PyTorch3D:
 * :class:`EdgeLengthLoss` — ``mean_edges (|x_i − x_j| − target)²`` (target 0: ``|e|²``).
 * :class:`NormalConsistencyLoss` — ``mean (1 − cos θ)`` over pairs of faces sharing an
   edge, θ the angle between their normals (winding-independent, as PyTorch3D).
+
+Point-set losses over a k-d tree (:mod:`taichi_dr.discrete.kdtree`), differentiable away
+from the switching sets where the nearest neighbour changes (the neighbour found in the
+forward pass is recorded and held fixed in the backward pass):
+
+* :class:`ChamferLoss` — ``weight · ½ (mean_i min_j |a_i − b_j|² + mean_j min_i |a_i − b_j|²)``
+  between two point clouds (squared distances, as PyTorch3D's ``chamfer_distance``).
+* :class:`PointMeshLoss` — ``weight · mean_i min_{x ∈ mesh} |p_i − x|²``: squared distance of
+  points to a triangle mesh's surface, differentiable in the points and the mesh vertices.
 """
 
 import math
@@ -46,7 +55,7 @@ import taichi as ti
 from . import backend
 from .errors import UserError
 from .render import arrays
-from .render.arrays import IVec2, IVec3, Real, Vec3
+from .render.arrays import Int, IVec2, IVec3, Real, Vec3
 
 Array = ti.types.ndarray()  # any element type and number of axes: one compile per layout
 IVec4 = ti.types.ndarray(dtype=ti.math.ivec4, ndim=1)
@@ -532,3 +541,155 @@ class NormalConsistencyLoss(_MeshRegularizer):
             _add_pairs(self.positions, self.pairs, loss, w / self.num_pairs)
 
     __call__ = forward
+
+
+# --------------------------------------------------------------------------- point sets
+
+
+@ti.kernel
+def _pair_distances(x: Vec3, y: Vec3, partner: Int, count: ti.i32, scale: float, loss: Array):
+    """``loss += scale · Σ_i |x_i − y_partner(i)|²``; Taichi derives the adjoint (the
+    partners are fixed data: the replayed choice)."""
+    for i in range(count):
+        loss[None] += scale * (x[i] - y[partner[i]]).norm_sqr()
+
+
+@ti.kernel
+def _surface_distances(
+    p: Vec3,
+    v: Vec3,
+    faces: ti.types.ndarray(dtype=ti.i32, ndim=2),
+    face: Int,
+    bary: ti.types.ndarray(ndim=2),
+    scale: float,
+    loss: Array,
+):
+    """``loss += scale · Σ_i |p_i − Σ_c bary_ic v[faces[face_i, c]]|²`` (recorded face and
+    barycentrics held fixed: the envelope theorem makes that the exact derivative)."""
+    for i in range(face.shape[0]):
+        f = face[i]
+        c = bary[i, 0] * v[faces[f, 0]] + bary[i, 1] * v[faces[f, 1]] + bary[i, 2] * v[faces[f, 2]]
+        loss[None] += scale * (p[i] - c).norm_sqr()
+
+
+def _cloud(x, n, what: str):
+    """(array, count, fixed) for a point cloud given as a (N,) 3-vector Taichi ndarray of
+    which the first ``n`` rows are used (gradients reach it when it has them), or as an
+    (N, 3) array (copied into an ndarray without gradient; ``fixed`` is its array, whose
+    tree is built once)."""
+    from .discrete.kdtree import as_points
+
+    if isinstance(x, ti.Ndarray):
+        if _element_shape(x) != (3,) or len(x.shape) != 1:
+            raise UserError(f"{what} must be a (N,) 3-vector ndarray or an (N, 3) array")
+        count = x.shape[0] if n is None else int(n)
+        if not 0 < count <= x.shape[0]:
+            raise UserError(f"{what}: count {n} outside [1, {x.shape[0]}]; fix the count")
+        return x, count, None
+    points = as_points(x, what)
+    return arrays.from_numpy(points), len(points), points
+
+
+def _host(array, count, fixed) -> np.ndarray:
+    """The cloud's current points as an (count, 3) array (NaN/inf refused)."""
+    from .discrete.kdtree import as_points
+
+    return fixed if fixed is not None else as_points(array.to_numpy()[:count], "point cloud")
+
+
+class ChamferLoss:
+    """``weight · ½ (mean_i min_j |a_i − b_j|² + mean_j min_i |a_i − b_j|²)`` between clouds
+    ``a`` and ``b``: each a (N,) 3-vector Taichi ndarray (first ``num_a`` / ``num_b`` rows;
+    gradients reach it when it has them) or an (N, 3) array (fixed; its tree is built once).
+
+    Each call builds k-d trees over the current points, records every point's nearest
+    neighbour in the other cloud and adds the loss; inside ``ti.ad.Tape`` the backward pass
+    replays those pairs (Taichi differentiates the gather with the pairs fixed). Ties go to
+    the smallest index. ``nearest_a`` / ``nearest_b`` hold the last pairs (NumPy)."""
+
+    def __init__(self, a, b, num_a=None, num_b=None):
+        backend.ensure_init()
+        self.a, self.num_a, self._fixed_a = _cloud(a, num_a, "Chamfer cloud a")
+        self.b, self.num_b, self._fixed_b = _cloud(b, num_b, "Chamfer cloud b")
+        from .discrete.kdtree import KDTree
+
+        self._trees = [KDTree(f) if f is not None else None for f in (self._fixed_a, self._fixed_b)]
+        self.nearest_a = self.nearest_b = None  # a_i → b, b_j → a
+
+    def _scales(self, weight) -> tuple[float, float]:
+        w = _check_weight(weight)
+        return 0.5 * w / self.num_a, 0.5 * w / self.num_b
+
+    @ti.ad.grad_replaced
+    def forward(self, loss, weight: float = 1.0) -> None:
+        from .discrete.kdtree import KDTree
+
+        _check_loss(loss)
+        sa, sb = self._scales(weight)
+        pa = _host(self.a, self.num_a, self._fixed_a)
+        pb = _host(self.b, self.num_b, self._fixed_b)
+        tree_a, tree_b = (t or KDTree(p) for t, p in zip(self._trees, (pa, pb)))
+        self.nearest_a = tree_b.query_squared(pa)[1].astype(np.int32)
+        self.nearest_b = tree_a.query_squared(pb)[1].astype(np.int32)
+        _pair_distances(self.a, self.b, self.nearest_a, self.num_a, sa, loss)
+        _pair_distances(self.b, self.a, self.nearest_b, self.num_b, sb, loss)
+
+    @ti.ad.grad_for(forward)
+    def backward(self, loss, weight: float = 1.0) -> None:
+        """Replay the recorded pairs: ``loss.grad`` into ``a.grad`` and ``b.grad``."""
+        sa, sb = self._scales(weight)
+        _pair_distances.grad(self.a, self.b, self.nearest_a, self.num_a, sa, loss)
+        _pair_distances.grad(self.b, self.a, self.nearest_b, self.num_b, sb, loss)
+
+    def __call__(self, loss, weight: float = 1.0) -> None:
+        self.forward(loss, weight)
+
+
+class PointMeshLoss:
+    """``weight · mean_i min_{x ∈ surface} |p_i − x|²``: squared distance of ``points`` (a
+    (N,) 3-vector ndarray, first ``num_points`` rows, or a fixed (N, 3) array) to the
+    surface of a triangle mesh (``vertices``: a (V,) 3-vector ndarray, first
+    ``num_vertices`` rows, or a fixed (V, 3) array; ``faces`` (F, 3)). Gradients reach the
+    points and, when they are an ndarray with gradients, the vertices.
+
+    Each call finds every point's closest face and the barycentrics of the closest point
+    (a k-d tree over the triangles, rebuilt when the vertices are a field) and records them;
+    the backward pass replays them. ``closest_face`` / ``closest_bary`` hold the last ones."""
+
+    def __init__(self, points, vertices, faces, num_points=None, num_vertices=None):
+        backend.ensure_init()
+        self.p, self.num_points, self._fixed_p = _cloud(points, num_points, "points")
+        self.v, self.num_vertices, self._fixed_v = _cloud(vertices, num_vertices, "mesh vertices")
+        from .discrete.kdtree import TriangleTree
+
+        _, f = mesh_topology(self.v, faces, self.num_vertices)
+        self.faces = np.ascontiguousarray(f, dtype=np.int32)
+        self._tree = TriangleTree(self._fixed_v, self.faces) if self._fixed_v is not None else None
+        self.closest_face = self.closest_bary = None
+
+    @ti.ad.grad_replaced
+    def forward(self, loss, weight: float = 1.0) -> None:
+        from .discrete.kdtree import TriangleTree
+
+        _check_loss(loss)
+        scale = _check_weight(weight) / self.num_points
+        tree = self._tree or TriangleTree(_host(self.v, self.num_vertices, None), self.faces)
+        _, self.closest_face, self.closest_bary = tree.closest(
+            _host(self.p, self.num_points, self._fixed_p)
+        )
+        self.closest_face = self.closest_face.astype(np.int32)
+        _surface_distances(
+            self.p, self.v, self.faces, self.closest_face, self.closest_bary, scale, loss
+        )
+
+    @ti.ad.grad_for(forward)
+    def backward(self, loss, weight: float = 1.0) -> None:
+        """Replay the recorded faces and barycentrics into ``points.grad`` (and
+        ``vertices.grad``)."""
+        scale = _check_weight(weight) / self.num_points
+        _surface_distances.grad(
+            self.p, self.v, self.faces, self.closest_face, self.closest_bary, scale, loss
+        )
+
+    def __call__(self, loss, weight: float = 1.0) -> None:
+        self.forward(loss, weight)

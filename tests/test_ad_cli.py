@@ -16,7 +16,7 @@ def report(tmp_path_factory):
 
 
 def test_ad_command_writes_plots_and_numbers(report):
-    for name in ("ad_step_size.png", "ad_swell.png", "ad_cost.png"):
+    for name in ("ad_step_size.png", "ad_swell.png", "ad_cost.png", "ad_switch.png"):
         data = (report / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and 5_000 < len(data) < 100_000
     summary = json.loads((report / "ad.json").read_text())
@@ -25,6 +25,21 @@ def test_ad_command_writes_plots_and_numbers(report):
     assert summary["reverse"]["stack x=0.1"] == pytest.approx(68.3684507, rel=1e-8)
     best = summary["step_size"]["sin(x) at x=1 | float64 | central"]["h"]
     assert 1e-7 < best < 1e-4
+
+
+def test_discrete_choices_agree_with_finite_differences_away_from_switches(report):
+    """Replayed choices: AD = central differences away from switching points; at them AD is
+    one one-sided derivative (ties: smaller index / stable order), a central difference
+    averages a kink and blows up at a jump."""
+    summary = json.loads((report / "ad.json").read_text())["discrete"]
+    assert summary["max_rel_diff_away"] < 1e-7
+    at = {r["example"].split(" (")[0]: r for r in summary["agreement"] if r["where"] != "away"}
+    nn, perm, branch = at["nearest neighbour"], at["permutation"], at["branch"]
+    assert nn["ad"] == pytest.approx(1.0) and nn["left"] == pytest.approx(1.0, abs=1e-6)
+    assert nn["right"] == pytest.approx(-1.0, abs=1e-6) and abs(nn["central_fd"]) < 1e-6
+    assert (perm["ad"], perm["left"], perm["right"]) == (2.0, 2.0, 3.0)
+    assert perm["central_fd"] == pytest.approx(2.5, rel=1e-6)
+    assert branch["ad"] == pytest.approx(2.0) and branch["central_fd"] > 1e5  # 0.5 / 2h
 
 
 def test_format_table_aligns_text_left_numbers_right():

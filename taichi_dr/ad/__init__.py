@@ -4,7 +4,9 @@ Modules: ``gradcheck`` (float64 central differences, :func:`gradcheck`), ``finit
 (step-size study), ``dual`` (dual numbers), ``symbolic`` (expression swell, needs SymPy),
 ``examples`` (the example functions and their analytic derivatives), ``programs`` (the
 same as Taichi kernels under Tape / FwdMode / explicit stacks), ``cost`` (the
-cheap-gradient measurement), ``report`` (tables and plots). Importing starts no Taichi.
+cheap-gradient measurement), ``discrete`` (programs with discrete choices: branch,
+nearest neighbour, permutation; record the choice, replay it), ``report`` (tables and
+plots). Importing starts no Taichi.
 """
 
 from .gradcheck import GradCheck, central_difference, gradcheck

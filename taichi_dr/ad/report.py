@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write, save_json
-from . import cost, dual, examples, finite_diff, symbolic
+from . import cost, discrete, dual, examples, finite_diff, symbolic
 from .programs import METHODS, Chain2x2, ExpLoop
 
-PLOTS = ("ad_step_size.png", "ad_swell.png", "ad_cost.png")
+PLOTS = ("ad_step_size.png", "ad_swell.png", "ad_cost.png", "ad_switch.png")
 
 
 def format_table(headers, rows, digits: int = 4) -> str:
@@ -245,6 +245,44 @@ def cost_section(out: Path, show: Callable, sizes, max_forward_n: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------- 7. discrete choices
+def discrete_section(out: Path, show: Callable) -> dict:
+    rows = discrete.agreement()
+    show(
+        "\n7. Discrete choices: record the choice (branch, neighbour, permutation) in the\n"
+        "forward pass, replay it in reverse; AD against central differences (h = 1e-6)"
+    )
+    show(
+        format_table(
+            ["example", "where", "t", "AD", "central FD", "left", "right"],
+            [[r["example"], r["where"], r["t"], r["ad"], r["central_fd"], r["left"], r["right"]]
+             for r in rows],
+            digits=8,
+        )
+    )  # fmt: skip
+    away = [abs(r["ad"] - r["central_fd"]) / abs(r["ad"]) for r in rows if r["where"] == "away"]
+    show(f"away from switching points: max relative difference {max(away):.1e}")
+    data = discrete.sweep()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.4, 5.0), dpi=90, layout="constrained")
+    axes = fig.subplots(2, 2, sharex="col")
+    for col, (name, d) in enumerate(data.items()):
+        axes[0, col].plot(d["t"], d["loss"], color="C0")
+        axes[0, col].set_title(name, fontsize=9)
+        axes[1, col].plot(d["t"], d["ad"], "-", color="C1", label="AD (choice replayed)")
+        axes[1, col].plot(d["t"], d["fd"], "--", color="C2", label=f"central FD, h = {d['h']}")
+        for ax in axes[:, col]:
+            ax.axvline(d["switch"], color="gray", lw=0.8, ls=":")
+        axes[1, col].set_xlabel("t")
+        axes[1, col].grid(True, alpha=0.3)
+    axes[0, 0].set_ylabel("loss L(t)")
+    axes[1, 0].set_ylabel("dL/dt")
+    axes[1, 0].legend(fontsize=7)
+    _save(fig, out / "ad_switch.png")
+    return {"agreement": rows, "max_rel_diff_away": max(away)}
+
+
 def write_report(
     out, sizes=(1, 4, 16, 64, 256, 1024, 4096), max_forward_n: int = 1024, show: Callable = print
 ) -> dict:
@@ -257,6 +295,7 @@ def write_report(
         "forward": forward_section(show),
         "reverse": reverse_section(show),
         "cost": cost_section(out, show, sizes, max_forward_n),
+        "discrete": discrete_section(out, show),
     }
     save_json(out / "ad.json", summary)
     show(f"\nwrote {', '.join(PLOTS)} and ad.json to {out}")

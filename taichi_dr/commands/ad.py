@@ -1,7 +1,7 @@
 """``taichi-dr ad``: derivatives from first principles — finite differences, symbolic vs
 algorithmic, forward and reverse mode, the Taichi 1.7.4 exp-in-loop bug, and the measured
-cost of a gradient. Prints tables; writes ad_step_size.png, ad_swell.png, ad_cost.png and
-ad.json to --out. Runs in float64 (cpu or cuda)."""
+cost of a gradient, programs with discrete choices. Prints tables; writes ad_step_size.png,
+ad_swell.png, ad_cost.png, ad_switch.png and ad.json to --out. Runs in float64 (cpu or cuda)."""
 
 from .. import backend
 from ..ad.cost import check_size
