@@ -1,0 +1,483 @@
+"""The splatting pipeline on host arrays: validate → project (+ SH) → bin → composite, and
+its backward pass. Arrays are NumPy arrays or torch tensors (outputs and scratch of the
+same kind and device, :mod:`taichi_dr.arrays`); no autograd here — :func:`render` returns a
+:class:`Render` whose :meth:`Render.backward` maps output gradients to input gradients.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import taichi as ti
+
+from .. import arrays, backend
+from ..camera import check_resolution
+from ..errors import UserError
+from . import project, raster
+
+MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
+ED_EPS = 1e-10  # expected depth = accumulated depth / max(alpha, ED_EPS), as gsplat
+
+
+# ------------------------------------------------------------------------ validation
+@ti.kernel
+def _count_bad(
+    means: ti.types.ndarray(ndim=2),
+    quats: ti.types.ndarray(ndim=2),
+    scales: ti.types.ndarray(ndim=2),
+    opacities: ti.types.ndarray(ndim=1),
+    colors: ti.types.ndarray(ndim=2),
+    viewmats: ti.types.ndarray(ndim=3),
+    Ks: ti.types.ndarray(ndim=3),
+) -> ti.types.vector(6, ti.i32):
+    """(non-finite Gaussian values, zero quaternions, scales ≤ 0, opacities outside [0, 1],
+    non-finite colours, non-finite cameras)."""
+    bad = ti.Vector.zero(ti.i32, 6)
+    for g in range(means.shape[0]):
+        q2 = 0.0
+        for k in ti.static(range(3)):
+            x = means[g, k]
+            s = scales[g, k]
+            if ti.math.isnan(x) or ti.math.isinf(x) or ti.math.isnan(s) or ti.math.isinf(s):
+                bad[0] += 1
+            if s <= 0:
+                bad[2] += 1
+        for k in ti.static(range(4)):
+            x = quats[g, k]
+            if ti.math.isnan(x) or ti.math.isinf(x):
+                bad[0] += 1
+            q2 += x * x
+        if q2 == 0:
+            bad[1] += 1
+        o = opacities[g]
+        if ti.math.isnan(o) or not (0 <= o and o <= 1):
+            bad[3] += 1
+    for r, k in ti.ndrange(colors.shape[0], colors.shape[1]):
+        if ti.math.isnan(colors[r, k]) or ti.math.isinf(colors[r, k]):
+            bad[4] += 1
+    for c, r, k in ti.ndrange(viewmats.shape[0], 4, 4):
+        x = viewmats[c, r, k]
+        if ti.math.isnan(x) or ti.math.isinf(x):
+            bad[5] += 1
+    for c, r, k in ti.ndrange(Ks.shape[0], 3, 3):
+        x = Ks[c, r, k]
+        if ti.math.isnan(x) or ti.math.isinf(x):
+            bad[5] += 1
+    return bad
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _cast(a, dtype, like):
+    """``a`` as a contiguous array of ``dtype`` of the kind of ``like``."""
+    if arrays.is_torch(like):
+        torch = arrays._torch()
+        a = a if arrays.is_torch(a) else torch.as_tensor(np.asarray(a))
+        return a.detach().to(device=like.device, dtype=getattr(torch, np.dtype(dtype).name))
+    return np.ascontiguousarray(arrays.to_numpy(a), dtype=dtype)
+
+
+def _contiguous(a):
+    return a.contiguous() if arrays.is_torch(a) else np.ascontiguousarray(a)
+
+
+@dataclass
+class Inputs:
+    """Validated inputs in the backend's float precision (see :func:`render`)."""
+
+    means: object
+    quats: object
+    scales: object
+    opacities: object
+    colors: object  # (N, Dc), (C·N, Dc) or SH (N, K, 3)
+    viewmats: object
+    Ks: object
+    backgrounds: object  # (C, D) incl. a 0 for the depth channel
+    width: int
+    height: int
+    near_plane: float
+    far_plane: float
+    eps2d: float
+    sh_degree: int | None
+    render_mode: str
+    colors_shape: tuple = ()
+    per_camera_colors: bool = False
+    dtype: object = None
+
+    @property
+    def N(self) -> int:
+        return _shape(self.means)[0]
+
+    @property
+    def C(self) -> int:
+        return _shape(self.viewmats)[0]
+
+    @property
+    def color_channels(self) -> int:
+        """Colour channels composited (0 in the depth-only modes)."""
+        if self.render_mode in ("D", "ED"):
+            return 0
+        return 3 if self.sh_degree is not None else self.colors_shape[-1]
+
+    @property
+    def with_depth(self) -> bool:
+        return "D" in self.render_mode
+
+    @property
+    def D(self) -> int:
+        return self.color_channels + int(self.with_depth)
+
+
+def check_inputs(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+    near_plane=0.01, far_plane=1e10, eps2d=0.3, sh_degree=None, backgrounds=None,
+    render_mode="RGB",
+) -> Inputs:  # fmt: skip
+    """Shapes, values and settings checked with one-line :class:`UserError`\\ s; arrays
+    converted to the backend precision (kind and device kept)."""
+    backend.ensure_init()
+    dtype = backend.np_real()
+    like = means
+    if render_mode not in MODES:
+        raise UserError(f"unknown render_mode {render_mode!r}; choose one of {', '.join(MODES)}")
+    check_resolution(int(width), int(height))
+    if not (near_plane > 0 and far_plane > near_plane):
+        raise UserError(
+            f"need 0 < near_plane < far_plane, got {near_plane} and {far_plane}"
+        )  # fmt: skip
+    if not (eps2d >= 0 and np.isfinite(eps2d)):
+        raise UserError(f"eps2d must be a finite number ≥ 0, got {eps2d}")
+    expect = {"means": 3, "quats": 4, "scales": 3}
+    N = _shape(means)[0] if len(_shape(means)) == 2 else -1
+    for name, a in (("means", means), ("quats", quats), ("scales", scales)):
+        if _shape(a) != (N, expect[name]) or N < 0:
+            raise UserError(
+                f"{name} must have shape (N, {expect[name]}) with N = len(means); got "
+                f"{_shape(a)} (means {_shape(means)})"
+            )
+    if _shape(opacities) != (N,):
+        raise UserError(f"opacities must have shape (N,) = ({N},), got {_shape(opacities)}")
+    if len(_shape(viewmats)) != 3 or _shape(viewmats)[1:] != (4, 4):
+        raise UserError(f"viewmats must have shape (C, 4, 4), got {_shape(viewmats)}")
+    C = _shape(viewmats)[0]
+    if C < 1:
+        raise UserError("viewmats holds no camera; pass at least one (C ≥ 1)")
+    if _shape(Ks) != (C, 3, 3):
+        raise UserError(f"Ks must have shape (C, 3, 3) = ({C}, 3, 3), got {_shape(Ks)}")
+    cs = _shape(colors)
+    per_camera = False
+    if sh_degree is not None:
+        if int(sh_degree) != sh_degree or not 0 <= sh_degree <= 3:
+            raise UserError(f"sh_degree must be 0, 1, 2 or 3, got {sh_degree}")
+        sh_degree = int(sh_degree)
+        K = cs[1] if len(cs) == 3 else -1
+        if len(cs) != 3 or cs[0] != N or cs[2] != 3 or round(K**0.5) ** 2 != K or K > 16:
+            raise UserError(
+                f"SH colors must have shape (N, K, 3) with K in 1, 4, 9, 16 coefficients; "
+                f"got {cs} (N = {N})"
+            )
+        if K < (sh_degree + 1) ** 2:
+            raise UserError(
+                f"sh_degree {sh_degree} needs {(sh_degree + 1) ** 2} SH coefficients, colors "
+                f"has {K}"
+            )
+    elif len(cs) == 2 and cs[0] == N and cs[1] >= 1:
+        pass
+    elif len(cs) == 3 and cs[:2] == (C, N) and cs[2] >= 1:
+        per_camera = True
+    else:
+        raise UserError(
+            f"colors must have shape (N, D) or (C, N, D) (or SH (N, K, 3) with sh_degree); "
+            f"got {cs} with N = {N}, C = {C}"
+        )
+    inp = Inputs(
+        *(_cast(a, dtype, like) for a in (means, quats, scales, opacities, colors, viewmats, Ks)),
+        None, int(width), int(height), float(near_plane), float(far_plane), float(eps2d),
+        sh_degree, render_mode, cs, per_camera, dtype,
+    )  # fmt: skip
+    if per_camera:
+        inp.colors = inp.colors.reshape(C * N, cs[2])
+    colors2d = inp.colors.reshape(cs[0] if not per_camera else C * N, -1)
+    bad = _count_bad(
+        inp.means, inp.quats, inp.scales, inp.opacities, colors2d, inp.viewmats, inp.Ks
+    )  # fmt: skip
+    messages = (
+        "means, quats or scales contain NaN or inf",
+        "quaternions of zero length have no rotation; give every Gaussian a nonzero quat",
+        "scales must be > 0 (linear, not log); exponentiate log-scales first",
+        "opacities must lie in [0, 1] (not logits); apply a sigmoid first",
+        "colors contain NaN or inf",
+        "viewmats or Ks contain NaN or inf",
+    )
+    for count, message in zip(bad, messages):
+        if count:
+            raise UserError(f"{message} ({count} bad value{'s' * (count > 1)})")
+    K = arrays.to_numpy(inp.Ks)
+    if np.any(K[:, 0, 1] != 0) or np.any(K[:, 1, 0] != 0) or np.any(K[:, 2] != [0, 0, 1]):
+        raise UserError("Ks must be pinhole matrices [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    if np.any(K[:, 0, 0] <= 0) or np.any(K[:, 1, 1] <= 0):
+        raise UserError("Ks must have positive focal lengths fx, fy")
+    Dc = inp.color_channels
+    bg = np.zeros((C, inp.D), dtype)
+    if backgrounds is not None and Dc:  # depth-only modes have no background
+        b = arrays.to_numpy(backgrounds)
+        if b.shape != (C, Dc):
+            raise UserError(f"backgrounds must have shape (C, D) = ({C}, {Dc}), got {b.shape}")
+        if not np.all(np.isfinite(b)):
+            raise UserError("backgrounds contain NaN or inf")
+        bg[:, :Dc] = b[:, :Dc]
+    inp.backgrounds = _cast(bg, dtype, like)
+    return inp
+
+
+# ------------------------------------------------------------------------ features
+@ti.kernel
+def _assemble(
+    colors: ti.types.ndarray(ndim=2),
+    per_camera: ti.i32,
+    Dc: ti.i32,
+    with_colors: ti.i32,
+    depths: ti.types.ndarray(ndim=1),
+    with_depth: ti.i32,
+    N: ti.i32,
+    feats: ti.types.ndarray(ndim=2),
+):
+    """feats[i] = (colour of record i (Dc; direct colours only ``with_colors``), its depth
+    if ``with_depth``)."""
+    for i in range(feats.shape[0]):
+        row = i if per_camera else i % N
+        for ch in range(Dc * with_colors):
+            feats[i, ch] = colors[row, ch]
+        if with_depth:
+            feats[i, Dc] = depths[i]
+
+
+@ti.kernel
+def _split_grads(
+    g_feats: ti.types.ndarray(ndim=2),
+    per_camera: ti.i32,
+    Dc: ti.i32,
+    with_colors: ti.i32,
+    with_depth: ti.i32,
+    C: ti.i32,
+    g_colors: ti.types.ndarray(ndim=2),
+    g_depths: ti.types.ndarray(ndim=1),
+):
+    """g_colors (rows of direct ``colors``; summed over cameras when shared; only
+    ``with_colors``) and g_depths (channel Dc)."""
+    N = g_feats.shape[0] // C
+    for r in range(g_colors.shape[0]):
+        for ch in range(Dc * with_colors):
+            s = 0.0
+            if per_camera:
+                s = g_feats[r, ch]
+            else:
+                for c in range(C):
+                    s += g_feats[c * N + r, ch]
+            g_colors[r, ch] = s
+    for i in range(g_feats.shape[0]):
+        g_depths[i] = g_feats[i, Dc] if with_depth else 0.0
+
+
+@ti.kernel
+def _finish(
+    out: ti.types.ndarray(ndim=1),
+    trans: ti.types.ndarray(ndim=1),
+    D: ti.i32,
+    expected_depth: ti.i32,
+    alphas: ti.types.ndarray(ndim=1),
+):
+    """alphas = 1 − T_final; with ``expected_depth`` the last channel ÷ max(alpha, ε)."""
+    for p in range(trans.shape[0]):
+        a = 1.0 - trans[p]
+        alphas[p] = a
+        if expected_depth:
+            out[p * D + D - 1] = out[p * D + D - 1] / ti.max(a, ED_EPS)
+
+
+@ti.kernel
+def _finish_backward(
+    out: ti.types.ndarray(ndim=1),
+    alphas: ti.types.ndarray(ndim=1),
+    g_out: ti.types.ndarray(ndim=1),
+    g_alphas: ti.types.ndarray(ndim=1),
+    D: ti.i32,
+    expected_depth: ti.i32,
+    g_raw: ti.types.ndarray(ndim=1),
+    g_alpha_raw: ti.types.ndarray(ndim=1),
+):
+    """Output gradients → gradients of the composited channels and of alpha."""
+    for p in range(alphas.shape[0]):
+        ga = g_alphas[p]
+        for ch in range(D):
+            g_raw[p * D + ch] = g_out[p * D + ch]
+        if expected_depth:
+            a = alphas[p]
+            j = p * D + D - 1
+            g_raw[j] = g_out[j] / ti.max(a, ED_EPS)
+            if a > ED_EPS:
+                ga -= g_out[j] * out[j] / a
+        g_alpha_raw[p] = ga
+
+
+# ------------------------------------------------------------------------ forward/backward
+@dataclass
+class Render:
+    """Output of :func:`render`: ``colors`` (C, H, W, X), ``alphas`` (C, H, W, 1) and
+    ``meta`` (gsplat's names: ``radii`` (C, N, 2) int32, ``means2d`` (C, N, 2), ``depths``
+    (C, N), ``conics`` (C, N, 3), ``opacities`` (C, N), ``tiles_per_gauss`` (C, N),
+    ``isect_offsets`` (C·tiles + 1: tile b's records are ``flatten_ids[o[b]:o[b+1]]``),
+    ``flatten_ids`` (record c·N + g, front to back per tile), ``width``, ``height``,
+    ``tile_size``, ``tile_width``, ``tile_height``, ``n_cameras``)."""
+
+    colors: object
+    alphas: object
+    meta: dict
+    inputs: Inputs = field(repr=False)
+    saved: dict = field(repr=False)
+
+    def backward(self, grad_colors, grad_alphas=None) -> dict:
+        """Gradients of every input (same kinds, backend precision) from those of the
+        outputs: keys ``means quats scales opacities colors viewmats backgrounds``
+        (``colors``: the SH coefficients with ``sh_degree``; ``backgrounds`` (C, Dc))."""
+        return backward(self, grad_colors, grad_alphas)
+
+
+def render(
+    means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+    near_plane=0.01, far_plane=1e10, eps2d=0.3, sh_degree=None, backgrounds=None,
+    render_mode="RGB",
+) -> Render:  # fmt: skip
+    """Render N Gaussians into C cameras (the package docstring states the model). Shapes:
+    means (N, 3), quats (N, 4) wxyz, scales (N, 3) linear, opacities (N,) in [0, 1], colors
+    (N, D) or (C, N, D) — or SH coefficients (N, K, 3) with ``sh_degree`` —, viewmats
+    (C, 4, 4) world→camera (OpenCV), Ks (C, 3, 3), backgrounds (C, D) or None."""
+    inp = check_inputs(
+        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
+        far_plane, eps2d, sh_degree, backgrounds, render_mode,
+    )  # fmt: skip
+    return _forward(inp)
+
+
+def _forward(inp: Inputs) -> Render:
+    like, C, N, W, H, D = inp.means, inp.C, inp.N, inp.width, inp.height, inp.D
+    real = "f64" if inp.dtype == np.float64 else "f32"
+    CN, P = C * N, C * W * H
+    params = arrays.empty(like, (CN, 6), real)
+    depths = arrays.empty(like, (CN,), real)
+    radii = arrays.empty(like, (CN, 2), "i32")
+    boxes = arrays.empty(like, (CN, 4), "i32")
+    tiles = arrays.empty(like, (CN,), "i32")
+    feats = arrays.empty(like, (CN, D), real)
+    if CN:
+        project.project_forward(
+            inp.means, inp.quats, inp.scales, inp.opacities, inp.viewmats, inp.Ks, W, H,
+            inp.near_plane, inp.far_plane, inp.eps2d, params, depths, radii, boxes, tiles,
+        )  # fmt: skip
+        Dc = inp.color_channels
+        if inp.sh_degree is not None and Dc:
+            project.sh_forward(inp.colors, inp.sh_degree, inp.means, inp.viewmats, tiles, feats)
+        colors2d = inp.colors.reshape(_shape(inp.colors)[0], -1)
+        _assemble(
+            colors2d, int(inp.per_camera_colors), Dc, int(inp.sh_degree is None), depths,
+            int(inp.with_depth), N, feats,
+        )  # fmt: skip
+        depth_keys = depths
+    else:
+        depth_keys = arrays.empty(like, (0,), real)
+    tile_start, ids = raster.bin_tiles(depth_keys, tiles, boxes, C, N, W, H)
+    out = arrays.empty(like, (P * D,), real)
+    trans = arrays.empty(like, (P,), real)
+    last = arrays.empty(like, (P,), "i32")
+    raster.composite_forward(
+        tile_start, ids, params, feats, boxes, inp.backgrounds, W, H, D, out, trans, last
+    )
+    alphas = arrays.empty(like, (P,), real)
+    _finish(out, trans, D, int(inp.render_mode.endswith("ED")), alphas)
+    tw, th = -(-W // project.TILE), -(-H // project.TILE)
+    meta = {
+        "radii": radii.reshape(C, N, 2),
+        "means2d": params[:, :2].reshape(C, N, 2),
+        "depths": depths.reshape(C, N),
+        "conics": params[:, 2:5].reshape(C, N, 3),
+        "opacities": params[:, 5].reshape(C, N),
+        "tiles_per_gauss": tiles.reshape(C, N),
+        "isect_offsets": tile_start,
+        "flatten_ids": ids,
+        "width": W,
+        "height": H,
+        "tile_size": project.TILE,
+        "tile_width": tw,
+        "tile_height": th,
+        "n_cameras": C,
+    }
+    saved = dict(
+        params=params, depths=depths, boxes=boxes, tiles=tiles, feats=feats,
+        tile_start=tile_start, ids=ids, out=out, trans=trans, last=last, alphas=alphas,
+    )  # fmt: skip
+    return Render(out.reshape(C, H, W, D), alphas.reshape(C, H, W, 1), meta, inp, saved)
+
+
+def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
+    inp, s = r.inputs, r.saved
+    like, C, N, W, H, D = inp.means, inp.C, inp.N, inp.width, inp.height, inp.D
+    real = "f64" if inp.dtype == np.float64 else "f32"
+    CN, P = C * N, C * W * H
+    if _shape(grad_colors) != (C, H, W, D):
+        raise UserError(f"grad_colors must have shape {(C, H, W, D)}, got {_shape(grad_colors)}")
+    g_out = _contiguous(_cast(grad_colors, inp.dtype, like).reshape(P * D))
+    if grad_alphas is None:
+        g_alpha = arrays.zeros(like, (P,), real)
+    else:
+        if _shape(grad_alphas) != (C, H, W, 1):
+            raise UserError(f"grad_alphas must have shape {(C, H, W, 1)}")
+        g_alpha = _contiguous(_cast(grad_alphas, inp.dtype, like).reshape(P))
+    g_raw = arrays.empty(like, (P * D,), real)
+    g_alpha_raw = arrays.empty(like, (P,), real)
+    _finish_backward(
+        s["out"], s["alphas"], g_out, g_alpha, D, int(inp.render_mode.endswith("ED")), g_raw,
+        g_alpha_raw,
+    )  # fmt: skip
+    g_params = arrays.zeros(like, (CN, 6), real)
+    g_feats = arrays.zeros(like, (CN, D), real)
+    g_bg = arrays.zeros(like, (C, D), real)
+    raster.composite_backward(
+        s["tile_start"], s["ids"], s["params"], s["feats"], s["boxes"], inp.backgrounds, W, H,
+        D, s["trans"], s["last"], g_raw, g_alpha_raw, arrays.empty(like, (P,), real),
+        arrays.empty(like, (P * D,), real), g_params, g_feats, g_bg,
+    )  # fmt: skip
+    Dc = inp.color_channels
+    sh = inp.sh_degree is not None
+    g_colors = arrays.zeros(like, _shape(inp.colors), real)
+    g_depths = arrays.empty(like, (CN,), real)
+    g_dirs = arrays.zeros(like, (CN, 3), real)
+    g = {
+        k: arrays.empty(like, _shape(getattr(inp, k)), real)
+        for k in ("means", "quats", "scales", "opacities")
+    }
+    g_viewmats = arrays.empty(like, (C, 4, 4), real)
+    if CN:
+        direct = g_dirs if sh else g_colors.reshape(_shape(inp.colors)[0], -1)
+        _split_grads(
+            g_feats, int(inp.per_camera_colors), Dc, int(not sh), int(inp.with_depth), C,
+            direct, g_depths,
+        )  # fmt: skip
+        if sh and Dc:
+            project.sh_backward(
+                inp.colors, inp.sh_degree, inp.means, inp.viewmats, s["tiles"], s["feats"],
+                g_feats, g_colors, g_dirs,
+            )  # fmt: skip
+        g_view = arrays.empty(like, (CN, 12), real)
+        project.project_backward(
+            inp.means, inp.quats, inp.scales, inp.viewmats, inp.Ks, inp.eps2d, s["tiles"],
+            g_params, g_depths, g_dirs, int(sh and Dc > 0), g["means"], g["quats"],
+            g["scales"], g["opacities"], g_view,
+        )  # fmt: skip
+        project.sum_view_grads(g_view, C, g_viewmats)
+    else:
+        for a in (*g.values(), g_viewmats):
+            a[...] = 0
+    if inp.per_camera_colors:
+        g_colors = g_colors.reshape(inp.colors_shape)
+    return {**g, "colors": g_colors, "viewmats": g_viewmats, "backgrounds": g_bg[:, :Dc]}
