@@ -44,9 +44,10 @@ def sh_colors(sh, degree, means, campos):
 
 def render(
     means, quats, scales, opacities, colors, viewmat, K, width, height, near=0.01, far=1e10,
-    eps2d=0.3, sh_degree=None, background=None, mode="RGB",
+    eps2d=0.3, sh_degree=None, background=None, mode="RGB", stopped=False,
 ):  # fmt: skip
-    """One camera: (image (H, W, X), alpha (H, W)) as in gsplat's render modes."""
+    """One camera: (image (H, W, X), alpha (H, W)) as in gsplat's render modes; with
+    ``stopped`` also the mask (H, W) of pixels whose transmittance reached the stop."""
     R, t = viewmat[:3, :3], viewmat[:3, 3]
     p = means @ R.T + t
     if sh_degree is not None:
@@ -89,4 +90,5 @@ def render(
     alpha = 1 - T
     if mode.endswith("ED"):
         out[:, -1] /= np.maximum(alpha, 1e-10)
-    return out.reshape(height, width, D), alpha.reshape(height, width)
+    result = out.reshape(height, width, D), alpha.reshape(height, width)
+    return (*result, done.reshape(height, width)) if stopped else result

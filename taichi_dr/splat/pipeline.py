@@ -78,6 +78,12 @@ def _cast(a, dtype, like):
     return np.ascontiguousarray(arrays.to_numpy(a), dtype=dtype)
 
 
+def _rows(a):
+    """``a`` (n, ...) as a 2-D (n, m) view."""
+    shape = _shape(a)
+    return a.reshape(shape[0], int(np.prod(shape[1:])))
+
+
 def _contiguous(a):
     return a.contiguous() if arrays.is_torch(a) else np.ascontiguousarray(a)
 
@@ -198,7 +204,7 @@ def check_inputs(
     )  # fmt: skip
     if per_camera:
         inp.colors = inp.colors.reshape(C * N, cs[2])
-    colors2d = inp.colors.reshape(cs[0] if not per_camera else C * N, -1)
+    colors2d = _rows(inp.colors)
     bad = _count_bad(
         inp.means, inp.quats, inp.scales, inp.opacities, colors2d, inp.viewmats, inp.Ks
     )  # fmt: skip
@@ -378,9 +384,8 @@ def _forward(inp: Inputs) -> Render:
         Dc = inp.color_channels
         if inp.sh_degree is not None and Dc:
             project.sh_forward(inp.colors, inp.sh_degree, inp.means, inp.viewmats, tiles, feats)
-        colors2d = inp.colors.reshape(_shape(inp.colors)[0], -1)
         _assemble(
-            colors2d, int(inp.per_camera_colors), Dc, int(inp.sh_degree is None), depths,
+            _rows(inp.colors), int(inp.per_camera_colors), Dc, int(inp.sh_degree is None), depths,
             int(inp.with_depth), N, feats,
         )  # fmt: skip
         depth_keys = depths
@@ -458,7 +463,7 @@ def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
     }
     g_viewmats = arrays.empty(like, (C, 4, 4), real)
     if CN:
-        direct = g_dirs if sh else g_colors.reshape(_shape(inp.colors)[0], -1)
+        direct = g_dirs if sh else _rows(g_colors)
         _split_grads(
             g_feats, int(inp.per_camera_colors), Dc, int(not sh), int(inp.with_depth), C,
             direct, g_depths,
