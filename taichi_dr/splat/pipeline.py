@@ -366,68 +366,146 @@ def render(
     return _forward(inp)
 
 
+def _real(dtype) -> str:
+    return "f64" if dtype == np.float64 else "f32"
+
+
+# ------------------------------------------------------------------------ stages
+def project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane,
+                      far_plane, eps2d) -> dict:  # fmt: skip
+    """Per record c·N + g: ``params`` (C·N, 6: mean2d, conic, opacity), ``depths``,
+    ``radii`` (C·N, 2), ``boxes`` (C·N, 4), ``tiles`` (see :mod:`.project`)."""
+    C, N = _shape(viewmats)[0], _shape(means)[0]
+    real = arrays.dtype_name(means)
+    out = {
+        "params": arrays.empty(means, (C * N, 6), real),
+        "depths": arrays.empty(means, (C * N,), real),
+        "radii": arrays.empty(means, (C * N, 2), "i32"),
+        "boxes": arrays.empty(means, (C * N, 4), "i32"),
+        "tiles": arrays.empty(means, (C * N,), "i32"),
+    }
+    if C * N:
+        project.project_forward(
+            means, quats, scales, opacities, viewmats, Ks, width, height, near_plane,
+            far_plane, eps2d, *out.values(),
+        )  # fmt: skip
+    return out
+
+
+def project_gaussians_grad(means, quats, scales, viewmats, Ks, eps2d, tiles, g_params,
+                           g_depths, g_dirs=None) -> dict:  # fmt: skip
+    """Gradients of means, quats, scales, opacities, viewmats from those of the records'
+    ``params`` and ``depths`` (and of the SH directions ``g_dirs``, C·N × 3)."""
+    C, N = _shape(viewmats)[0], _shape(means)[0]
+    real = arrays.dtype_name(means)
+    shapes = {"means": (N, 3), "quats": (N, 4), "scales": (N, 3), "opacities": (N,)}
+    g = {k: arrays.empty(means, shape, real) for k, shape in shapes.items()}
+    g["viewmats"] = arrays.empty(means, (C, 4, 4), real)
+    if C * N == 0:
+        for a in g.values():
+            a[...] = 0
+        return g
+    g_view = arrays.empty(means, (C * N, 12), real)
+    project.project_backward(
+        means, quats, scales, viewmats, Ks, eps2d, tiles, g_params, g_depths,
+        g_params if g_dirs is None else g_dirs, int(g_dirs is not None), g["means"],
+        g["quats"], g["scales"], g["opacities"], g_view,
+    )  # fmt: skip
+    project.sum_view_grads(g_view, C, g["viewmats"])
+    return g
+
+
+def composite(params, feats, depths, boxes, tiles, backgrounds, C, N, width, height) -> dict:
+    """Bin, sort and composite: ``out`` (C·H·W·D flat), ``trans`` (T_final), ``last``,
+    ``tile_start``, ``ids`` (see :mod:`.raster`)."""
+    D = _shape(feats)[1]
+    P = C * width * height
+    real = arrays.dtype_name(feats)
+    tile_start, ids = raster.bin_tiles(depths, tiles, boxes, C, N, width, height)
+    out = {
+        "out": arrays.empty(feats, (P * D,), real),
+        "trans": arrays.empty(feats, (P,), real),
+        "last": arrays.empty(feats, (P,), "i32"),
+        "tile_start": tile_start,
+        "ids": ids,
+    }
+    raster.composite_forward(
+        tile_start, ids, params, feats, boxes, backgrounds, width, height, D, out["out"],
+        out["trans"], out["last"],
+    )  # fmt: skip
+    return out
+
+
+def composite_grad(c: dict, params, feats, boxes, backgrounds, width, height, g_out, g_alpha):
+    """(g_params, g_feats, g_backgrounds) from the gradients of the composited channels
+    ``g_out`` (flat) and of alpha = 1 − T_final ``g_alpha`` (flat); ``c`` from
+    :func:`composite`."""
+    D = _shape(feats)[1]
+    P = _shape(c["trans"])[0]
+    real = arrays.dtype_name(feats)
+    g_params = arrays.zeros(feats, _shape(params), real)
+    g_feats = arrays.zeros(feats, _shape(feats), real)
+    g_bg = arrays.zeros(feats, _shape(backgrounds), real)
+    raster.composite_backward(
+        c["tile_start"], c["ids"], params, feats, boxes, backgrounds, width, height, D,
+        c["trans"], c["last"], g_out, g_alpha, arrays.empty(feats, (P,), real),
+        arrays.empty(feats, (P * D,), real), g_params, g_feats, g_bg,
+    )  # fmt: skip
+    return g_params, g_feats, g_bg
+
+
+# ------------------------------------------------------------------------ Taichi-native
 def _forward(inp: Inputs) -> Render:
     like, C, N, W, H, D = inp.means, inp.C, inp.N, inp.width, inp.height, inp.D
-    real = "f64" if inp.dtype == np.float64 else "f32"
+    real = _real(inp.dtype)
     CN, P = C * N, C * W * H
-    params = arrays.empty(like, (CN, 6), real)
-    depths = arrays.empty(like, (CN,), real)
-    radii = arrays.empty(like, (CN, 2), "i32")
-    boxes = arrays.empty(like, (CN, 4), "i32")
-    tiles = arrays.empty(like, (CN,), "i32")
+    pr = project_gaussians(
+        inp.means, inp.quats, inp.scales, inp.opacities, inp.viewmats, inp.Ks, W, H,
+        inp.near_plane, inp.far_plane, inp.eps2d,
+    )  # fmt: skip
     feats = arrays.empty(like, (CN, D), real)
+    dirs = None
     if CN:
-        project.project_forward(
-            inp.means, inp.quats, inp.scales, inp.opacities, inp.viewmats, inp.Ks, W, H,
-            inp.near_plane, inp.far_plane, inp.eps2d, params, depths, radii, boxes, tiles,
-        )  # fmt: skip
         Dc = inp.color_channels
         if inp.sh_degree is not None and Dc:
-            project.sh_forward(inp.colors, inp.sh_degree, inp.means, inp.viewmats, tiles, feats)
+            dirs = arrays.empty(like, (CN, 3), real)
+            project.directions(inp.means, inp.viewmats, dirs)
+            project.sh_forward(inp.colors, inp.sh_degree, dirs, pr["tiles"], feats)
         _assemble(
-            _rows(inp.colors), int(inp.per_camera_colors), Dc, int(inp.sh_degree is None), depths,
-            int(inp.with_depth), N, feats,
+            _rows(inp.colors), int(inp.per_camera_colors), Dc, int(inp.sh_degree is None),
+            pr["depths"], int(inp.with_depth), N, feats,
         )  # fmt: skip
-        depth_keys = depths
-    else:
-        depth_keys = arrays.empty(like, (0,), real)
-    tile_start, ids = raster.bin_tiles(depth_keys, tiles, boxes, C, N, W, H)
-    out = arrays.empty(like, (P * D,), real)
-    trans = arrays.empty(like, (P,), real)
-    last = arrays.empty(like, (P,), "i32")
-    raster.composite_forward(
-        tile_start, ids, params, feats, boxes, inp.backgrounds, W, H, D, out, trans, last
-    )
+    c = composite(
+        pr["params"], feats, pr["depths"], pr["boxes"], pr["tiles"], inp.backgrounds, C, N, W,
+        H,
+    )  # fmt: skip
     alphas = arrays.empty(like, (P,), real)
-    _finish(out, trans, D, int(inp.render_mode.endswith("ED")), alphas)
-    tw, th = -(-W // project.TILE), -(-H // project.TILE)
+    _finish(c["out"], c["trans"], D, int(inp.render_mode.endswith("ED")), alphas)
+    params = pr["params"]
     meta = {
-        "radii": radii.reshape(C, N, 2),
+        "radii": pr["radii"].reshape(C, N, 2),
         "means2d": params[:, :2].reshape(C, N, 2),
-        "depths": depths.reshape(C, N),
+        "depths": pr["depths"].reshape(C, N),
         "conics": params[:, 2:5].reshape(C, N, 3),
         "opacities": params[:, 5].reshape(C, N),
-        "tiles_per_gauss": tiles.reshape(C, N),
-        "isect_offsets": tile_start,
-        "flatten_ids": ids,
+        "tiles_per_gauss": pr["tiles"].reshape(C, N),
+        "isect_offsets": c["tile_start"],
+        "flatten_ids": c["ids"],
         "width": W,
         "height": H,
         "tile_size": project.TILE,
-        "tile_width": tw,
-        "tile_height": th,
+        "tile_width": -(-W // project.TILE),
+        "tile_height": -(-H // project.TILE),
         "n_cameras": C,
     }
-    saved = dict(
-        params=params, depths=depths, boxes=boxes, tiles=tiles, feats=feats,
-        tile_start=tile_start, ids=ids, out=out, trans=trans, last=last, alphas=alphas,
-    )  # fmt: skip
-    return Render(out.reshape(C, H, W, D), alphas.reshape(C, H, W, 1), meta, inp, saved)
+    saved = {**pr, **c, "feats": feats, "alphas": alphas, "dirs": dirs}
+    return Render(c["out"].reshape(C, H, W, D), alphas.reshape(C, H, W, 1), meta, inp, saved)
 
 
 def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
     inp, s = r.inputs, r.saved
     like, C, N, W, H, D = inp.means, inp.C, inp.N, inp.width, inp.height, inp.D
-    real = "f64" if inp.dtype == np.float64 else "f32"
+    real = _real(inp.dtype)
     CN, P = C * N, C * W * H
     if _shape(grad_colors) != (C, H, W, D):
         raise UserError(f"grad_colors must have shape {(C, H, W, D)}, got {_shape(grad_colors)}")
@@ -444,45 +522,29 @@ def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
         s["out"], s["alphas"], g_out, g_alpha, D, int(inp.render_mode.endswith("ED")), g_raw,
         g_alpha_raw,
     )  # fmt: skip
-    g_params = arrays.zeros(like, (CN, 6), real)
-    g_feats = arrays.zeros(like, (CN, D), real)
-    g_bg = arrays.zeros(like, (C, D), real)
-    raster.composite_backward(
-        s["tile_start"], s["ids"], s["params"], s["feats"], s["boxes"], inp.backgrounds, W, H,
-        D, s["trans"], s["last"], g_raw, g_alpha_raw, arrays.empty(like, (P,), real),
-        arrays.empty(like, (P * D,), real), g_params, g_feats, g_bg,
-    )  # fmt: skip
+    g_params, g_feats, g_bg = composite_grad(
+        s, s["params"], s["feats"], s["boxes"], inp.backgrounds, W, H, g_raw, g_alpha_raw
+    )
     Dc = inp.color_channels
-    sh = inp.sh_degree is not None
+    sh = s["dirs"] is not None
     g_colors = arrays.zeros(like, _shape(inp.colors), real)
     g_depths = arrays.empty(like, (CN,), real)
-    g_dirs = arrays.zeros(like, (CN, 3), real)
-    g = {
-        k: arrays.empty(like, _shape(getattr(inp, k)), real)
-        for k in ("means", "quats", "scales", "opacities")
-    }
-    g_viewmats = arrays.empty(like, (C, 4, 4), real)
+    g_dirs = arrays.empty(like, (CN, 3), real) if sh else None
     if CN:
-        direct = g_dirs if sh else _rows(g_colors)
+        direct = g_depths.reshape(CN, 1) if sh else _rows(g_colors)
         _split_grads(
             g_feats, int(inp.per_camera_colors), Dc, int(not sh), int(inp.with_depth), C,
             direct, g_depths,
         )  # fmt: skip
-        if sh and Dc:
+        if sh:
             project.sh_backward(
-                inp.colors, inp.sh_degree, inp.means, inp.viewmats, s["tiles"], s["feats"],
-                g_feats, g_colors, g_dirs,
+                inp.colors, inp.sh_degree, s["dirs"], s["tiles"], s["feats"], g_feats,
+                g_colors, g_dirs,
             )  # fmt: skip
-        g_view = arrays.empty(like, (CN, 12), real)
-        project.project_backward(
-            inp.means, inp.quats, inp.scales, inp.viewmats, inp.Ks, inp.eps2d, s["tiles"],
-            g_params, g_depths, g_dirs, int(sh and Dc > 0), g["means"], g["quats"],
-            g["scales"], g["opacities"], g_view,
-        )  # fmt: skip
-        project.sum_view_grads(g_view, C, g_viewmats)
-    else:
-        for a in (*g.values(), g_viewmats):
-            a[...] = 0
+    g = project_gaussians_grad(
+        inp.means, inp.quats, inp.scales, inp.viewmats, inp.Ks, inp.eps2d, s["tiles"],
+        g_params, g_depths, g_dirs,
+    )  # fmt: skip
     if inp.per_camera_colors:
         g_colors = g_colors.reshape(inp.colors_shape)
-    return {**g, "colors": g_colors, "viewmats": g_viewmats, "backgrounds": g_bg[:, :Dc]}
+    return {**g, "colors": g_colors, "backgrounds": g_bg[:, :Dc]}

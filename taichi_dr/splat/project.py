@@ -340,23 +340,37 @@ def sum_view_grads(
 
 # ------------------------------------------------------------------------ colour
 @ti.kernel
-def sh_forward(
-    sh: ti.types.ndarray(ndim=3),
-    degree: ti.i32,
+def directions(
     means: ti.types.ndarray(ndim=2),
     viewmats: ti.types.ndarray(ndim=3),
-    tiles: I32,
-    feats: ti.types.ndarray(ndim=2),
+    dirs: ti.types.ndarray(ndim=2),
 ):
-    """feats[i, :3] = max(Σ_k b_k(dir) sh[g, k] + ½, 0), dir = normalize(μ − campos)
-    (0 for culled records)."""
+    """dirs[c·N + g] = μ_g − campos_c (campos = −Rᵀ t), unnormalised."""
     N = means.shape[0]
     for i in range(viewmats.shape[0] * N):
         c, g = i // N, i % N
+        R, t = _view(viewmats, c)
+        d = _vec3(means, g) + R.transpose() @ t
+        for k in ti.static(range(3)):
+            dirs[i, k] = d[k]
+
+
+@ti.kernel
+def sh_forward(
+    sh: ti.types.ndarray(ndim=3),
+    degree: ti.i32,
+    dirs: ti.types.ndarray(ndim=2),
+    tiles: I32,
+    feats: ti.types.ndarray(ndim=2),
+):
+    """feats[i, :3] = max(Σ_k b_k(normalize(dirs[i])) sh[g, k] + ½, 0) for record
+    i = c·N + g (0 for culled records); ``sh`` is (N, K, 3)."""
+    N = sh.shape[0]
+    for i in range(dirs.shape[0]):
+        g = i % N
         col = ti.Vector.zero(float, 3)
         if tiles[i] > 0:
-            R, t = _view(viewmats, c)
-            d = _vec3(means, g) + R.transpose() @ t
+            d = _vec3(dirs, i)
             b = _sh_basis(d / d.norm(), degree)
             for k in range((degree + 1) * (degree + 1)):
                 for ch in ti.static(range(3)):
@@ -370,18 +384,17 @@ def sh_forward(
 def sh_backward(
     sh: ti.types.ndarray(ndim=3),
     degree: ti.i32,
-    means: ti.types.ndarray(ndim=2),
-    viewmats: ti.types.ndarray(ndim=3),
+    dirs: ti.types.ndarray(ndim=2),
     tiles: I32,
     feats: ti.types.ndarray(ndim=2),
     g_feats: ti.types.ndarray(ndim=2),
     g_sh: ti.types.ndarray(ndim=3),
     g_dirs: ti.types.ndarray(ndim=2),
 ):
-    """From g_feats[i, :3]: g_sh (summed over cameras, written) and g_dirs[i], the
-    gradient of the unnormalised direction μ − campos. The clamp at 0 passes no gradient."""
-    N = means.shape[0]
-    C = viewmats.shape[0]
+    """From g_feats[i, :3]: g_sh (summed over cameras, written) and g_dirs[i] (the
+    gradient of the unnormalised direction). The clamp at 0 passes no gradient."""
+    N = sh.shape[0]
+    C = dirs.shape[0] // N
     for g in range(N):
         for k in range(sh.shape[1]):
             for ch in ti.static(range(3)):
@@ -390,8 +403,7 @@ def sh_backward(
             i = c * N + g
             gd = ti.Vector.zero(float, 3)
             if tiles[i] > 0:
-                R, t = _view(viewmats, c)
-                d = _vec3(means, g) + R.transpose() @ t
+                d = _vec3(dirs, i)
                 n = d.norm()
                 v = d / n
                 b = _sh_basis(v, degree)
