@@ -74,7 +74,8 @@ def _cast(a, dtype, like):
     if arrays.is_torch(like):
         torch = arrays._torch()
         a = a if arrays.is_torch(a) else torch.as_tensor(np.asarray(a))
-        return a.detach().to(device=like.device, dtype=getattr(torch, np.dtype(dtype).name))
+        dtype = getattr(torch, np.dtype(dtype).name)
+        return a.detach().to(device=like.device, dtype=dtype).contiguous()
     return np.ascontiguousarray(arrays.to_numpy(a), dtype=dtype)
 
 
@@ -216,7 +217,7 @@ def check_inputs(
         "colors contain NaN or inf",
         "viewmats or Ks contain NaN or inf",
     )
-    for count, message in zip(bad, messages):
+    for count, message in zip((int(b) for b in bad), messages):
         if count:
             raise UserError(f"{message} ({count} bad value{'s' * (count > 1)})")
     K = arrays.to_numpy(inp.Ks)
@@ -342,12 +343,17 @@ class Render:
     meta: dict
     inputs: Inputs = field(repr=False)
     saved: dict = field(repr=False)
+    points: bool = False  # rendered by render_points (gradients also for the radii)
 
     def backward(self, grad_colors, grad_alphas=None) -> dict:
         """Gradients of every input (same kinds, backend precision) from those of the
         outputs: keys ``means quats scales opacities colors viewmats backgrounds``
-        (``colors``: the SH coefficients with ``sh_degree``; ``backgrounds`` (C, Dc))."""
-        return backward(self, grad_colors, grad_alphas)
+        (``colors``: the SH coefficients with ``sh_degree``; ``backgrounds`` (C, Dc)), and
+        ``radii`` for :func:`render_points`."""
+        grads = backward(self, grad_colors, grad_alphas)
+        if self.points:
+            grads["radii"] = grads["scales"].sum(1)
+        return grads
 
 
 def render(
@@ -364,6 +370,25 @@ def render(
         far_plane, eps2d, sh_degree, backgrounds, render_mode,
     )  # fmt: skip
     return _forward(inp)
+
+
+def render_points(points, colors, radii, viewmats, Ks, width, height, opacities=None,
+                  **settings) -> Render:  # fmt: skip
+    """A point cloud as isotropic Gaussians: point n is a Gaussian of standard deviation
+    ``radii[n]`` (world units, > 0) with opacity ``opacities[n]`` (default 1). Settings as
+    :func:`render`; ``Render.backward`` also returns ``radii``' gradient."""
+    N = _shape(points)[0] if len(_shape(points)) == 2 else -1
+    if _shape(radii) != (N,):
+        raise UserError(f"radii must have shape (N,) = ({N},), got {_shape(radii)}")
+    real = backend.np_real()
+    ones = _cast(np.ones((N, 3)), real, points)
+    quats = _cast(np.tile([1.0, 0.0, 0.0, 0.0], (N, 1)), real, points)
+    scales = ones * _cast(radii, real, points)[:, None]
+    opacities = ones[:, 0] if opacities is None else opacities
+    r = render(points, quats, scales, opacities, colors,
+               viewmats, Ks, width, height, **settings)  # fmt: skip
+    r.points = True
+    return r
 
 
 def _real(dtype) -> str:
