@@ -407,6 +407,7 @@ def project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, heig
         "depths": arrays.empty(means, (C * N,), real),
         "radii": arrays.empty(means, (C * N, 2), "i32"),
         "boxes": arrays.empty(means, (C * N, 4), "i32"),
+        "spans": arrays.empty(means, (C * N, 3), real),
         "tiles": arrays.empty(means, (C * N,), "i32"),
     }
     if C * N:
@@ -440,7 +441,7 @@ def project_gaussians_grad(means, quats, scales, viewmats, Ks, eps2d, tiles, g_p
     return g
 
 
-def composite(params, feats, depths, boxes, tiles, backgrounds, C, N, width, height) -> dict:
+def composite(params, feats, depths, boxes, spans, tiles, backgrounds, C, N, width, height):
     """Bin, sort and composite: ``out`` (C·H·W·D flat), ``trans`` (T_final), ``last``,
     ``tile_start``, ``ids`` (see :mod:`.raster`)."""
     D = _shape(feats)[1]
@@ -455,13 +456,13 @@ def composite(params, feats, depths, boxes, tiles, backgrounds, C, N, width, hei
         "ids": ids,
     }
     raster.composite_forward(
-        tile_start, ids, params, feats, boxes, backgrounds, width, height, D, out["out"],
+        tile_start, ids, params, feats, boxes, spans, backgrounds, width, height, D, out["out"],
         out["trans"], out["last"],
     )  # fmt: skip
     return out
 
 
-def composite_grad(c: dict, params, feats, boxes, backgrounds, width, height, g_out, g_alpha):
+def composite_grad(c, params, feats, boxes, spans, backgrounds, width, height, g_out, g_alpha):
     """(g_params, g_feats, g_backgrounds) from the gradients of the composited channels
     ``g_out`` (flat) and of alpha = 1 − T_final ``g_alpha`` (flat); ``c`` from
     :func:`composite`."""
@@ -472,7 +473,7 @@ def composite_grad(c: dict, params, feats, boxes, backgrounds, width, height, g_
     g_feats = arrays.zeros(feats, _shape(feats), real)
     g_bg = arrays.zeros(feats, _shape(backgrounds), real)
     raster.composite_backward(
-        c["tile_start"], c["ids"], params, feats, boxes, backgrounds, width, height, D,
+        c["tile_start"], c["ids"], params, feats, boxes, spans, backgrounds, width, height, D,
         c["trans"], c["last"], g_out, g_alpha, arrays.empty(feats, (P,), real),
         arrays.empty(feats, (P * D,), real), g_params, g_feats, g_bg,
     )  # fmt: skip
@@ -501,8 +502,8 @@ def _forward(inp: Inputs) -> Render:
             pr["depths"], int(inp.with_depth), N, feats,
         )  # fmt: skip
     c = composite(
-        pr["params"], feats, pr["depths"], pr["boxes"], pr["tiles"], inp.backgrounds, C, N, W,
-        H,
+        pr["params"], feats, pr["depths"], pr["boxes"], pr["spans"], pr["tiles"],
+        inp.backgrounds, C, N, W, H,
     )  # fmt: skip
     alphas = arrays.empty(like, (P,), real)
     _finish(c["out"], c["trans"], D, int(inp.render_mode.endswith("ED")), alphas)
@@ -548,7 +549,16 @@ def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
         g_alpha_raw,
     )  # fmt: skip
     g_params, g_feats, g_bg = composite_grad(
-        s, s["params"], s["feats"], s["boxes"], inp.backgrounds, W, H, g_raw, g_alpha_raw
+        s,
+        s["params"],
+        s["feats"],
+        s["boxes"],
+        s["spans"],
+        inp.backgrounds,
+        W,
+        H,
+        g_raw,
+        g_alpha_raw,
     )
     Dc = inp.color_channels
     sh = s["dirs"] is not None

@@ -28,7 +28,7 @@ I32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 I32_2D = ti.types.ndarray(dtype=ti.i32, ndim=2)
 TILE = 16  # pixels per tile side
 ALPHA_MIN = 1.0 / 255.0  # fragments below this opacity are skipped
-BOX_PAD = (1e-3, 1e-3)  # relative, absolute (pixels) padding of the screen box
+BOX_PAD = (1e-3, 1e-2)  # relative (of k²), absolute (pixels) padding of box and row spans
 
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
@@ -160,11 +160,17 @@ def project_forward(
     depths: ti.types.ndarray(ndim=1),
     radii: I32_2D,
     boxes: I32_2D,
+    spans: ti.types.ndarray(ndim=2),
     tiles: I32,
 ):
     """Per record i = c·N + g: ``params[i]`` = (u, v, a, b, c, o) — mean2d, conic, opacity;
     ``depths[i]`` = camera z; ``radii[i]`` = ⌈half-widths⌉ (0 when culled); ``boxes[i]`` =
-    inclusive pixel box (x0, y0, x1, y1); ``tiles[i]`` = tiles it touches (0 when culled)."""
+    inclusive pixel box (x0, y0, x1, y1); ``spans[i]`` = (s, h0, h1): in the row at
+    dy = y + ½ − v the ellipse covers |x + ½ − u − s dy|² ≤ h0 − h1 dy² (padded);
+    ``tiles[i]`` = tiles it touches (0 when culled).
+
+    det Σ2 is a sum of squares (Cauchy–Binet on Σ2 − εI = A Aᵀ, A = J R R_q diag(s)), so
+    needle-thin Gaussians keep an accurate conic in float32."""
     N = means.shape[0]
     for i in range(viewmats.shape[0] * N):
         c, g = i // N, i % N
@@ -174,12 +180,15 @@ def project_forward(
         radii[i, 0], radii[i, 1], tiles[i] = 0, 0, 0
         o = opacities[g]
         if near < p[2] and p[2] < far and o >= ALPHA_MIN:
-            S3 = _covariance(quats, scales, g)[4]
+            M = _covariance(quats, scales, g)[3]
             fx, fy = Ks[c, 0, 0], Ks[c, 1, 1]
-            J = _jacobian(p, fx, fy)
-            S2 = J @ (R @ S3 @ R.transpose()) @ J.transpose()
+            A = _jacobian(p, fx, fy) @ R @ M
+            S2 = A @ A.transpose()
             a, b, cc = S2[0, 0] + eps2d, S2[0, 1], S2[1, 1] + eps2d
-            det = a * cc - b * b
+            m01 = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
+            m02 = A[0, 0] * A[1, 2] - A[0, 2] * A[1, 0]
+            m12 = A[0, 1] * A[1, 2] - A[0, 2] * A[1, 1]
+            det = m01 * m01 + m02 * m02 + m12 * m12 + eps2d * (S2[0, 0] + S2[1, 1] + eps2d)
             if det > 0:
                 u = fx * p[0] / p[2] + Ks[c, 0, 2]
                 v = fy * p[1] / p[2] + Ks[c, 1, 2]
@@ -201,6 +210,9 @@ def project_forward(
                     radii[i, 0] = ti.cast(ti.ceil(rx), ti.i32)
                     radii[i, 1] = ti.cast(ti.ceil(ry), ti.i32)
                     boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = x0, y0, x1, y1
+                    spans[i, 0] = b / cc
+                    spans[i, 1] = k2 * (1 + BOX_PAD[0]) * det / cc
+                    spans[i, 2] = det / (cc * cc)
                     tiles[i] = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
         if tiles[i] == 0:
             for k in ti.static(range(6)):

@@ -9,7 +9,8 @@ tiles + tile) groups the pairs per tile without changing their depth order. So e
 holds its Gaussians front to back, and ``tile_start`` delimits each tile's list.
 
 **Compositing** — one thread per tile (it owns its pixels) walks the tile's list front to
-back and, for each Gaussian, only the pixels of its box inside the tile. Per pixel, with
+back and, for each Gaussian, only the pixels inside the tile that its ellipse of
+α ≥ 1/255 covers (row by row, from ``spans``, :mod:`.project`). Per pixel, with
 d = pixel centre − mean2d:
 
     σ = ½ (a dx² + c dy²) + b dx dy,   α = min(0.99, o e^{−σ});  skip if σ < 0 or α < 1/255;
@@ -34,7 +35,7 @@ import taichi as ti
 
 from .. import arrays, backend
 from ..discrete import argsort, counting_pass, exclusive_scan
-from .project import ALPHA_MIN, TILE
+from .project import ALPHA_MIN, BOX_PAD, TILE
 
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
@@ -106,6 +107,22 @@ def _tile_rect(ct, tiles_x, tiles_y, width, height):
 
 
 @ti.func
+def _row(params: ti.template(), spans: ti.template(), boxes: ti.template(), g, y, x0, x1):
+    """Columns [xa, xb] of row y inside [x0, x1] that Gaussian g can reach with α ≥ 1/255
+    (its padded ellipse; empty: xa > xb)."""
+    dy = y + 0.5 - params[g, 1]
+    h2 = spans[g, 1] - spans[g, 2] * dy * dy
+    xa, xb = 1, 0
+    if h2 >= 0:
+        lo, hi = ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1)
+        h = ti.sqrt(h2) + BOX_PAD[1]
+        centre = params[g, 0] + spans[g, 0] * dy - 0.5
+        xa = ti.max(lo, ti.cast(ti.ceil(ti.max(centre - h, lo - 1.0)), ti.i32))
+        xb = ti.min(hi, ti.cast(ti.floor(ti.min(centre + h, hi + 1.0)), ti.i32))
+    return xa, xb
+
+
+@ti.func
 def _alpha(params: ti.template(), g, x, y):
     """(σ, α, dx, dy) of Gaussian record g at pixel (x, y)."""
     dx = x + 0.5 - params[g, 0]
@@ -122,6 +139,7 @@ def composite_forward(
     params: ti.types.ndarray(ndim=2),
     feats: ti.types.ndarray(ndim=2),
     boxes: I32_2D,
+    spans: ti.types.ndarray(ndim=2),
     background: ti.types.ndarray(ndim=2),
     width: ti.i32,
     height: ti.i32,
@@ -149,7 +167,8 @@ def composite_forward(
                 break
             g = ids[k]
             for y in range(ti.max(boxes[g, 1], y0), ti.min(boxes[g, 3], y1) + 1):
-                for x in range(ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1) + 1):
+                xa, xb = _row(params, spans, boxes, g, y, x0, x1)
+                for x in range(xa, xb + 1):
                     p = (c * height + y) * width + x
                     T = trans[p]
                     if T > 0:
@@ -181,6 +200,7 @@ def composite_backward(
     params: ti.types.ndarray(ndim=2),
     feats: ti.types.ndarray(ndim=2),
     boxes: I32_2D,
+    spans: ti.types.ndarray(ndim=2),
     background: ti.types.ndarray(ndim=2),
     width: ti.i32,
     height: ti.i32,
@@ -221,7 +241,8 @@ def composite_backward(
             touched = False
             o = params[g, 5]
             for y in range(ti.max(boxes[g, 1], y0), ti.min(boxes[g, 3], y1) + 1):
-                for x in range(ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1) + 1):
+                xa, xb = _row(params, spans, boxes, g, y, x0, x1)
+                for x in range(xa, xb + 1):
                     p = (c * height + y) * width + x
                     if k - start < last[p]:
                         sigma, alpha, dx, dy = _alpha(params, g, x, y)

@@ -53,11 +53,11 @@ class _Project(torch.autograd.Function):
         ctx.save_for_backward(means, quats, scales, viewmats, Ks, pr["tiles"])
         ctx.eps2d = eps2d
         p = pr["params"]
-        ctx.mark_non_differentiable(pr["radii"], pr["boxes"], pr["tiles"])
+        ctx.mark_non_differentiable(pr["radii"], pr["boxes"], pr["spans"], pr["tiles"])
         return (
             p[:, 0:2].reshape(C, N, 2), p[:, 2:5].reshape(C, N, 3),
             pr["depths"].reshape(C, N), p[:, 5].reshape(C, N), pr["radii"].reshape(C, N, 2),
-            pr["boxes"], pr["tiles"],
+            pr["boxes"], pr["spans"], pr["tiles"],
         )  # fmt: skip
 
     @staticmethod
@@ -102,7 +102,9 @@ class _SphericalHarmonics(torch.autograd.Function):
 
 class _Rasterize(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, feats, opacities, backgrounds, depths, boxes, tiles, size):
+    def forward(
+        ctx, means2d, conics, feats, opacities, backgrounds, depths, boxes, spans, tiles, size
+    ):
         means2d, conics, feats, opacities, backgrounds, depths = _detach(
             means2d, conics, feats, opacities, backgrounds, depths
         )
@@ -111,10 +113,10 @@ class _Rasterize(torch.autograd.Function):
         params = torch.cat([means2d, conics, opacities[..., None]], dim=-1).reshape(C * N, 6)
         params, feats2 = params.contiguous(), feats.reshape(C * N, D).contiguous()
         c = pipeline.composite(
-            params, feats2, depths.reshape(C * N).contiguous(), boxes, tiles, backgrounds, C,
-            N, width, height,
+            params, feats2, depths.reshape(C * N).contiguous(), boxes, spans, tiles,
+            backgrounds, C, N, width, height,
         )  # fmt: skip
-        ctx.save_for_backward(params, feats2, boxes, backgrounds, *c.values())
+        ctx.save_for_backward(params, feats2, boxes, spans, backgrounds, *c.values())
         ctx.size = size
         ctx.mark_non_differentiable(c["tile_start"], c["ids"])
         image = c["out"].reshape(C, height, width, D)
@@ -124,20 +126,20 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_image, g_alphas, *_):
         saved = _detach(*ctx.saved_tensors)
-        params, feats, boxes, backgrounds, out, trans, last, tile_start, ids = saved
+        params, feats, boxes, spans, backgrounds, out, trans, last, tile_start, ids = saved
         width, height = ctx.size
         c = {"out": out, "trans": trans, "last": last, "tile_start": tile_start, "ids": ids}
         g_image = torch.zeros_like(out) if g_image is None else g_image.reshape(-1)
         g_alphas = torch.zeros_like(trans) if g_alphas is None else g_alphas.reshape(-1)
         g_params, g_feats, g_bg = pipeline.composite_grad(
-            c, params, feats, boxes, backgrounds, width, height, g_image.contiguous(),
+            c, params, feats, boxes, spans, backgrounds, width, height, g_image.contiguous(),
             g_alphas.contiguous(),
         )  # fmt: skip
         C, N = backgrounds.shape[0], params.shape[0] // backgrounds.shape[0]
         g_params = g_params.reshape(C, N, 6)
         return (
             g_params[..., 0:2], g_params[..., 2:5], g_feats.reshape(C, N, -1), g_params[..., 5],
-            g_bg, None, None, None, None,
+            g_bg, None, None, None, None, None,
         )  # fmt: skip
 
 
@@ -177,7 +179,7 @@ def rasterization(
     out_dtype = means.dtype
     means, quats, scales, opacities, colors, viewmats, Ks = (t.to(real) for t in tensors)
     C, N, W, H = inp.C, inp.N, inp.width, inp.height
-    means2d, conics, depths, opac, radii, boxes, tiles = _Project.apply(
+    means2d, conics, depths, opac, radii, boxes, spans, tiles = _Project.apply(
         means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(),
         viewmats.contiguous(), Ks.contiguous(), (W, H, inp.near_plane, inp.far_plane, inp.eps2d),
     )  # fmt: skip
@@ -197,7 +199,7 @@ def rasterization(
     if backgrounds is not None and Dc:
         bg = torch.cat([backgrounds.to(real), bg[:, Dc:]], dim=-1)
     image, alphas, tile_start, ids = _Rasterize.apply(
-        means2d, conics, feats, opac, bg.contiguous(), depths, boxes, tiles, (W, H)
+        means2d, conics, feats, opac, bg.contiguous(), depths, boxes, spans, tiles, (W, H)
     )
     if render_mode.endswith("ED"):
         image = torch.cat(
