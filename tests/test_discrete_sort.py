@@ -9,7 +9,7 @@ import taichi as ti
 from taichi_dr import UserError
 from taichi_dr.ad import gradcheck
 from taichi_dr.discrete import argsort, counting_pass, exclusive_scan, gather, scatter, sort_by_key
-from taichi_dr.discrete.sort import BLOCK
+from taichi_dr.discrete.sort import BLOCK, SERIAL_SCAN
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float32, np.float64])
@@ -40,8 +40,9 @@ def test_argsort_torch_tensor_gives_torch_perm():
     assert perm.tolist() == [1, 4, 3, 0, 2]
 
 
-def test_exclusive_scan_in_place_and_out_of_place(rng):
-    a = rng.integers(0, 9, 2 * BLOCK + 5).astype(np.int32)
+@pytest.mark.parametrize("n", [2 * BLOCK + 5, SERIAL_SCAN + 3 * BLOCK + 1])  # serial, blocked
+def test_exclusive_scan_in_place_and_out_of_place(rng, n):
+    a = rng.integers(0, 9, n).astype(np.int32)
     expected, total = np.cumsum(a) - a, a.sum()
     out = np.empty_like(a)
     assert exclusive_scan(a, a.size, out) == total

@@ -1,6 +1,7 @@
 """``taichi-dr fit APP``: inverse rendering from a deliberately wrong start.
 
-APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`).
+APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`),
+or splats (3D Gaussians fitted to renders of a textured mesh: :mod:`taichi_dr.splat.fit`).
 Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
 read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
 (settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
@@ -22,6 +23,7 @@ from ..camera import Camera, from_opencv
 from ..errors import UserError
 from ..fit import Fit, View
 from ..runner import Runner
+from ..splat import fit as splat_fit
 from ..viewer import ViewState
 
 DEFAULTS = {  # iterations, resolution, views
@@ -35,7 +37,7 @@ DEFAULTS = {  # iterations, resolution, views
 
 
 def add_arguments(parser):
-    parser.add_argument("app", choices=apps.APPS, help="what to recover")
+    parser.add_argument("app", choices=(*apps.APPS, "splats"), help="what to recover")
     parser.add_argument("--iters", type=int, help="optimisation iterations (default per app)")
     parser.add_argument("--resolution", type=int, help="image width = height in pixels")
     parser.add_argument("--views", type=int, help="cameras (per light for lighting)")
@@ -82,6 +84,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
+    splat_fit.add_arguments(parser)
 
 
 def load_cameras(path) -> list:
@@ -188,6 +191,8 @@ def _check(args):
 
 
 def run(args):
+    if args.app == "splats":
+        return splat_fit.run(args)
     backend.init(args.arch)
     backend.require_autodiff()
     _check(args)

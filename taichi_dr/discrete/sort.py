@@ -30,6 +30,7 @@ from .. import arrays, backend
 from ..errors import UserError
 
 BLOCK = 2048  # elements per block of a counting pass / prefix sum (one thread each)
+SERIAL_SCAN = 1 << 16  # prefix sums up to this length run in one serial kernel
 RADIX_BITS = 8
 MAX_HIST = 1 << 22  # cap on (buckets × blocks) counters of one pass
 
@@ -37,6 +38,17 @@ I32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
 
 # ------------------------------------------------------------------------ prefix sums
+@ti.kernel
+def _scan_serial(a: I32, out: I32, n: ti.i32) -> ti.i32:
+    run = 0
+    for _ in range(1):
+        for i in range(n):
+            v = a[i]
+            out[i] = run
+            run += v
+    return run
+
+
 @ti.kernel
 def _block_sums(a: I32, n: ti.i32, block: ti.i32, sums: I32):
     ti.loop_config(block_dim=1)
@@ -73,6 +85,8 @@ def exclusive_scan(a, n: int, out=None) -> int:
     """Exclusive prefix sum of the int32 array ``a[:n]`` into ``out`` (default: in place);
     returns the total."""
     out = a if out is None else out
+    if n <= SERIAL_SCAN:  # one launch: cheaper than three for short arrays
+        return int(_scan_serial(a, out, n))
     nb = max(1, -(-n // BLOCK))
     sums = arrays.empty(a, (nb + 1,), "i32")
     _block_sums(a, n, BLOCK, sums)
@@ -83,12 +97,6 @@ def exclusive_scan(a, n: int, out=None) -> int:
 
 # ------------------------------------------------------------------------ counting pass
 @ti.kernel
-def _fill(a: I32, n: ti.i32, value: ti.i32):
-    for i in range(n):
-        a[i] = value
-
-
-@ti.kernel
 def _histogram(
     keys: ti.types.ndarray(ndim=1),
     n: ti.i32,
@@ -96,10 +104,14 @@ def _histogram(
     mask: ti.i32,
     block: ti.i32,
     nb: ti.i32,
+    buckets: ti.i32,
     hist: I32,
 ):
+    """hist[d · nb + b] = how many keys of block b have digit d (zeroed here)."""
     ti.loop_config(block_dim=1)
     for b in range(nb):
+        for d in range(buckets):
+            hist[d * nb + b] = 0
         for i in range(b * block, ti.min(n, (b + 1) * block)):
             d = ti.cast((keys[i] >> shift) & mask, ti.i32)
             hist[d * nb + b] = hist[d * nb + b] + 1  # the block owns its column: no atomic
@@ -136,22 +148,26 @@ def _bucket_starts(offsets: I32, nb: ti.i32, buckets: ti.i32, starts: I32):
         starts[d] = 0 if d == 0 else offsets[d * nb - 1]  # after the scatter: end of d − 1
 
 
-def counting_pass(keys, values, n, shift, mask, buckets, values_out, keys_out=None):
+def counting_pass(
+    keys, values, n, shift, mask, buckets, values_out, keys_out=None, with_starts=True
+):
     """One stable counting-sort pass of ``values[:n]`` (int32) by the digit
     ``(keys >> shift) & mask`` (all digits < ``buckets``; ``mask=-1`` uses the key itself)
     into ``values_out`` (and ``keys_out`` when given). Returns ``starts`` (int32,
-    ``buckets + 1``): bucket d fills ``[starts[d], starts[d + 1])``."""
+    ``buckets + 1``; None unless ``with_starts``): bucket d fills
+    ``[starts[d], starts[d + 1])``."""
     nb = max(1, min(-(-n // BLOCK), MAX_HIST // max(buckets, 1)))
     block = max(1, -(-n // nb))
     counts = arrays.empty(values, (buckets * nb + 1,), "i32")
-    _fill(counts, buckets * nb, 0)
-    _histogram(keys, n, shift, mask, block, nb, counts)
+    _histogram(keys, n, shift, mask, block, nb, buckets, counts)
     exclusive_scan(counts, buckets * nb)
     with_keys = keys_out is not None
     _scatter(
         keys, values, n, shift, mask, block, nb, counts, keys_out if with_keys else keys,
         values_out, with_keys,
     )  # fmt: skip
+    if not with_starts:
+        return None
     starts = arrays.empty(values, (buckets + 1,), "i32")
     _bucket_starts(counts, nb, buckets, starts)
     return starts
@@ -206,22 +222,23 @@ def _iota(a: I32, n: ti.i32):
 KEY_DTYPES = ("i32", "i64", "f32", "f64")
 
 
-def _check_keys(keys) -> str:
+def _check_keys(keys, check_nan: bool) -> str:
     dt = arrays.dtype_name(keys)
     if len(keys.shape) != 1:
         raise UserError(f"sort keys must be a 1-D array, got shape {tuple(keys.shape)}")
     if dt not in KEY_DTYPES:
         raise UserError(f"sort keys of dtype {dt} are not supported; use int32/64 or float32/64")
-    if dt[0] == "f" and keys.shape[0] and _count_nan(keys, keys.shape[0]):
+    if check_nan and dt[0] == "f" and keys.shape[0] and _count_nan(keys, keys.shape[0]):
         raise UserError("sort keys contain NaN, which has no place in an order; remove them")
     return dt
 
 
-def argsort(keys):
+def argsort(keys, check_nan: bool = True):
     """Stable ascending order of ``keys`` (see the module docstring): an int32 array
-    ``perm`` with ``keys[perm]`` sorted and equal keys in index order."""
+    ``perm`` with ``keys[perm]`` sorted and equal keys in index order. ``check_nan=False``
+    skips the NaN scan for keys known to be finite."""
     backend.ensure_init()
-    dt = _check_keys(keys)
+    dt = _check_keys(keys, check_nan)
     n = int(keys.shape[0])
     perm = arrays.empty(keys, (n,), "i32")
     if n == 0:
@@ -239,7 +256,7 @@ def argsort(keys):
     radix = 1 << RADIX_BITS
     for shift in range(0, 64 if wide else 32, RADIX_BITS):
         if (varying >> shift) & (radix - 1):
-            counting_pass(k0, perm, n, shift, radix - 1, radix, p1, keys_out=k1)
+            counting_pass(k0, perm, n, shift, radix - 1, radix, p1, k1, with_starts=False)
             k0, k1, perm, p1 = k1, k0, p1, perm
     return perm
 
