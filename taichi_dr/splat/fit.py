@@ -37,7 +37,8 @@ import taichi as ti
 from .. import apps, backend, io, optim, scene
 from ..camera import Camera
 from ..errors import UserError
-from ..render.pipeline import Renderer, RenderSettings
+from ..fit import shared_renderer
+from ..render.pipeline import RenderSettings
 from ..runner import Runner
 from ..viewer import ViewState
 from . import camera as cameras
@@ -77,7 +78,7 @@ def ground_truth(mesh: scene.Mesh, cams: list) -> np.ndarray:
     """(V, H, W, 3) renders of ``mesh`` by the mesh renderer, supersampled 2×2."""
     s = SUPERSAMPLE
     big = [Camera(c.view, c.proj, c.width * s, c.height * s, c.near, c.far) for c in cams]
-    r = Renderer(mesh, big[0], RenderSettings(shading="lambert", background=(0, 0, 0)))
+    r = shared_renderer(mesh, big[0], RenderSettings(shading="lambert", background=(0, 0, 0)))
     r.lights.set(**LIGHTS)
     r.material.set(base_color=(1.0, 1.0, 1.0))
     images = []
@@ -177,6 +178,44 @@ def relocation(opacity: np.ndarray, scale: np.ndarray, count: np.ndarray):
     return new_o, scale * (opacity / denom)[:, None]
 
 
+def position_noise(v: dict, lr: float, rng) -> np.ndarray:
+    """MCMC's position noise Σ ε · σ(100 (1 − o − 0.995)) · lr · 5·10⁵, ε ~ N(0, I),
+    Σ = R diag(s)² Rᵀ: large for nearly transparent Gaussians, ~0 for opaque ones."""
+    w, x, y, z = (v["quats"] / np.linalg.norm(v["quats"], axis=1, keepdims=True)).T
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )  # (3, 3, N)
+    o = 1 / (1 + np.exp(-v["logits"]))
+    gate = 1 / (1 + np.exp(-100 * (1 - o - 0.995)))
+    eps = rng.standard_normal((3, len(o))) * (gate * lr * NOISE_LR)
+    local = (R * eps[:, None, :]).sum(axis=0) * np.exp(2 * v["log_scales"]).T  # s² Rᵀ ε
+    return (R * local[None, :, :]).sum(axis=1).T  # R s² Rᵀ ε
+
+
+def relocate(v: dict, rng) -> np.ndarray | None:
+    """Move dead Gaussians (o ≤ 0.005) of the values ``v`` (in place) onto live ones drawn
+    ∝ opacity, each pair sharing opacity and scale (:func:`relocation`); returns the rows
+    changed (None when there is nothing to move)."""
+    o = 1 / (1 + np.exp(-v["logits"]))
+    dead = np.flatnonzero(o <= MIN_OPACITY)
+    alive = np.flatnonzero(o > MIN_OPACITY)
+    if len(dead) == 0 or len(alive) == 0:
+        return None
+    src = rng.choice(alive, size=len(dead), p=o[alive] / o[alive].sum())
+    count = np.bincount(src, minlength=len(o))[src] + 1.0
+    new_o, new_s = relocation(o[src], np.exp(v["log_scales"][src]), count)
+    new_o = np.clip(new_o, MIN_OPACITY, 1 - 1e-6)
+    for key in ("means", "quats", "sh"):
+        v[key][dead] = v[key][src]
+    v["logits"][src] = v["logits"][dead] = np.log(new_o / (1 - new_o))
+    v["log_scales"][src] = v["log_scales"][dead] = np.log(new_s)
+    return np.concatenate([dead, src])
+
+
 class SplatFit:
     """One fit: data, model, the MCMC moves and the step the runner drives."""
 
@@ -228,7 +267,7 @@ class SplatFit:
             }
         )
         v = self.model.get()
-        v["means"] += self._noise(v)
+        v["means"] += position_noise(v, self.model.position.lr(), self.rng)
         self.model.set({"means": v["means"]})
         if it >= RELOCATE_FROM and (it + 1) % RELOCATE_EVERY == 0:
             self._relocate(v)
@@ -237,23 +276,6 @@ class SplatFit:
         if (it + 1) % EVAL_EVERY == 0:
             record["psnr_test"] = self.test_psnr()[0]
         return record
-
-    def _noise(self, v: dict) -> np.ndarray:
-        """MCMC's position noise Σ ε · σ(100 (1 − o − 0.995)) · lr · 5·10⁵, ε ~ N(0, I),
-        Σ = R diag(s)² Rᵀ: large for nearly transparent Gaussians, ~0 for opaque ones."""
-        w, x, y, z = (v["quats"] / np.linalg.norm(v["quats"], axis=1, keepdims=True)).T
-        R = np.array(
-            [
-                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-            ]
-        )  # (3, 3, N)
-        o = 1 / (1 + np.exp(-v["logits"]))
-        gate = 1 / (1 + np.exp(-100 * (1 - o - 0.995)))
-        eps = self.rng.standard_normal((3, len(o))) * (gate * self.model.position.lr() * NOISE_LR)
-        local = (R * eps[:, None, :]).sum(axis=0) * np.exp(2 * v["log_scales"]).T  # s² Rᵀ ε
-        return (R * local[None, :, :]).sum(axis=1).T  # R s² Rᵀ ε
 
     def get(self) -> dict:
         return self.model.get()
@@ -264,23 +286,10 @@ class SplatFit:
         self.values = self.model.get()
 
     def _relocate(self, v: dict) -> None:
-        """Move dead Gaussians (o ≤ 0.005) onto live ones drawn ∝ opacity (in ``v`` and
-        the model), the pair sharing opacity and scale (:func:`relocation`)."""
-        o = 1 / (1 + np.exp(-v["logits"]))
-        dead = np.flatnonzero(o <= MIN_OPACITY)
-        alive = np.flatnonzero(o > MIN_OPACITY)
-        if len(dead) == 0 or len(alive) == 0:
-            return
-        src = self.rng.choice(alive, size=len(dead), p=o[alive] / o[alive].sum())
-        count = np.bincount(src, minlength=len(o))[src] + 1.0
-        new_o, new_s = relocation(o[src], np.exp(v["log_scales"][src]), count)
-        new_o = np.clip(new_o, MIN_OPACITY, 1 - 1e-6)
-        for key in ("means", "quats", "sh"):
-            v[key][dead] = v[key][src]
-        v["logits"][src] = v["logits"][dead] = np.log(new_o / (1 - new_o))
-        v["log_scales"][src] = v["log_scales"][dead] = np.log(new_s)
-        self.model.set(v)
-        self.model.reset_moments(np.concatenate([dead, src]))
+        moved = relocate(v, self.rng)
+        if moved is not None:
+            self.model.set(v)
+            self.model.reset_moments(moved)
 
     def test_psnr(self) -> tuple[float, list]:
         """Mean held-out PSNR (dB) and the per-view values."""

@@ -124,12 +124,12 @@ def _row(params: ti.template(), spans: ti.template(), boxes: ti.template(), g, y
 
 @ti.func
 def _alpha(params: ti.template(), g, x, y):
-    """(σ, α, dx, dy) of Gaussian record g at pixel (x, y)."""
+    """(σ, e^{−σ}, α, dx, dy) of Gaussian record g at pixel (x, y)."""
     dx = x + 0.5 - params[g, 0]
     dy = y + 0.5 - params[g, 1]
     sigma = 0.5 * (params[g, 2] * dx * dx + params[g, 4] * dy * dy) + params[g, 3] * dx * dy
-    alpha = ti.min(ALPHA_MAX, params[g, 5] * ti.exp(-sigma))
-    return sigma, alpha, dx, dy
+    G = ti.exp(-sigma)
+    return sigma, G, ti.min(ALPHA_MAX, params[g, 5] * G), dx, dy
 
 
 @ti.kernel
@@ -172,7 +172,7 @@ def composite_forward(
                     p = (c * height + y) * width + x
                     T = trans[p]
                     if T > 0:
-                        sigma, alpha, _, _ = _alpha(params, g, x, y)
+                        sigma, _, alpha, _, _ = _alpha(params, g, x, y)
                         if sigma >= 0 and alpha >= ALPHA_MIN:
                             t_next = T * (1.0 - alpha)
                             if t_next <= T_MIN:
@@ -245,7 +245,7 @@ def composite_backward(
                 for x in range(xa, xb + 1):
                     p = (c * height + y) * width + x
                     if k - start < last[p]:
-                        sigma, alpha, dx, dy = _alpha(params, g, x, y)
+                        sigma, G, alpha, dx, dy = _alpha(params, g, x, y)
                         if sigma >= 0 and alpha >= ALPHA_MIN:
                             touched = True
                             one_minus = 1.0 - alpha
@@ -260,7 +260,6 @@ def composite_backward(
                                 s = behind[p * D + ch]
                                 g_a += g_c * (T * f - (s + t_final * background[c, ch]) / one_minus)
                                 behind[p * D + ch] = s + alpha * T * f
-                            G = ti.exp(-sigma)
                             if o * G < ALPHA_MAX:  # the clamp passes no gradient
                                 go += g_a * G
                                 g_s = -g_a * alpha  # ∂α/∂σ = −o e^{−σ} = −α
