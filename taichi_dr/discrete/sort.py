@@ -37,21 +37,28 @@ MAX_HIST = 1 << 22  # cap on (buckets × blocks) counters of one pass
 I32 = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
 
+def _one_block_per_thread() -> int:
+    """``block_dim`` of the loops over blocks (each serial inside): 1 on the CPU, whose
+    range-for otherwise hands ≥ 512 consecutive iterations to one thread; 64 elsewhere
+    (Vulkan refuses 1)."""
+    return 1 if backend.current_arch() == "cpu" else 64
+
+
 # ------------------------------------------------------------------------ prefix sums
 @ti.kernel
-def _scan_serial(a: I32, out: I32, n: ti.i32) -> ti.i32:
-    run = 0
-    for _ in range(1):
+def _scan_serial(a: I32, out: I32, n: ti.i32, total: I32):
+    for _ in range(1):  # locals live inside the loop: Vulkan loses kernel-scope accumulators
+        run = 0
         for i in range(n):
             v = a[i]
             out[i] = run
             run += v
-    return run
+        total[0] = run
 
 
 @ti.kernel
 def _block_sums(a: I32, n: ti.i32, block: ti.i32, sums: I32):
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=ti.static(_one_block_per_thread()))
     for b in range((n + block - 1) // block):
         s = 0
         for i in range(b * block, ti.min(n, (b + 1) * block)):
@@ -72,7 +79,7 @@ def _scan_sums(sums: I32, nb: ti.i32):
 
 @ti.kernel
 def _block_scan(a: I32, out: I32, n: ti.i32, block: ti.i32, sums: I32):
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=ti.static(_one_block_per_thread()))
     for b in range((n + block - 1) // block):
         run = sums[b]
         for i in range(b * block, ti.min(n, (b + 1) * block)):
@@ -86,7 +93,9 @@ def exclusive_scan(a, n: int, out=None) -> int:
     returns the total."""
     out = a if out is None else out
     if n <= SERIAL_SCAN:  # one launch: cheaper than three for short arrays
-        return int(_scan_serial(a, out, n))
+        total = arrays.empty(a, (1,), "i32")
+        _scan_serial(a, out, n, total)
+        return int(total[0])
     nb = max(1, -(-n // BLOCK))
     sums = arrays.empty(a, (nb + 1,), "i32")
     _block_sums(a, n, BLOCK, sums)
@@ -108,7 +117,7 @@ def _histogram(
     hist: I32,
 ):
     """hist[d · nb + b] = how many keys of block b have digit d (zeroed here)."""
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=ti.static(_one_block_per_thread()))
     for b in range(nb):
         for d in range(buckets):
             hist[d * nb + b] = 0
@@ -131,7 +140,7 @@ def _scatter(
     values_out: I32,
     with_keys: ti.template(),
 ):
-    ti.loop_config(block_dim=1)
+    ti.loop_config(block_dim=ti.static(_one_block_per_thread()))
     for b in range(nb):
         for i in range(b * block, ti.min(n, (b + 1) * block)):
             j = ti.cast((keys[i] >> shift) & mask, ti.i32) * nb + b
@@ -205,12 +214,10 @@ def _varying_bits(keys: ti.types.ndarray(ndim=1), n: ti.i32, acc: ti.types.ndarr
 
 
 @ti.kernel
-def _count_nan(keys: ti.types.ndarray(ndim=1), n: ti.i32) -> ti.i32:
-    bad = 0
+def _count_nan(keys: ti.types.ndarray(ndim=1), n: ti.i32, bad: I32):
     for i in range(n):
         if ti.math.isnan(keys[i]):
-            bad += 1
-    return bad
+            ti.atomic_add(bad[0], 1)
 
 
 @ti.kernel
@@ -228,7 +235,10 @@ def _check_keys(keys, check_nan: bool) -> str:
         raise UserError(f"sort keys must be a 1-D array, got shape {tuple(keys.shape)}")
     if dt not in KEY_DTYPES:
         raise UserError(f"sort keys of dtype {dt} are not supported; use int32/64 or float32/64")
-    if check_nan and dt[0] == "f" and keys.shape[0] and _count_nan(keys, keys.shape[0]):
+    if check_nan and dt[0] == "f" and keys.shape[0]:
+        bad = arrays.zeros(keys, (1,), "i32")
+        _count_nan(keys, keys.shape[0], bad)
+    if check_nan and dt[0] == "f" and keys.shape[0] and int(bad[0]):
         raise UserError("sort keys contain NaN, which has no place in an order; remove them")
     return dt
 

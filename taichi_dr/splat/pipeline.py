@@ -28,41 +28,40 @@ def _count_bad(
     colors: ti.types.ndarray(ndim=2),
     viewmats: ti.types.ndarray(ndim=3),
     Ks: ti.types.ndarray(ndim=3),
-) -> ti.types.vector(6, ti.i32):
-    """(non-finite Gaussian values, zero quaternions, scales ≤ 0, opacities outside [0, 1],
-    non-finite colours, non-finite cameras)."""
-    bad = ti.Vector.zero(ti.i32, 6)
+    bad: ti.types.ndarray(dtype=ti.i32, ndim=1),
+):
+    """bad[:6] += (non-finite Gaussian values, zero quaternions, scales ≤ 0, opacities
+    outside [0, 1], non-finite colours, non-finite cameras)."""
     for g in range(means.shape[0]):
         q2 = 0.0
         for k in ti.static(range(3)):
             x = means[g, k]
             s = scales[g, k]
             if ti.math.isnan(x) or ti.math.isinf(x) or ti.math.isnan(s) or ti.math.isinf(s):
-                bad[0] += 1
+                ti.atomic_add(bad[0], 1)
             if s <= 0:
-                bad[2] += 1
+                ti.atomic_add(bad[2], 1)
         for k in ti.static(range(4)):
             x = quats[g, k]
             if ti.math.isnan(x) or ti.math.isinf(x):
-                bad[0] += 1
+                ti.atomic_add(bad[0], 1)
             q2 += x * x
         if q2 == 0:
-            bad[1] += 1
+            ti.atomic_add(bad[1], 1)
         o = opacities[g]
         if ti.math.isnan(o) or not (0 <= o and o <= 1):
-            bad[3] += 1
+            ti.atomic_add(bad[3], 1)
     for r, k in ti.ndrange(colors.shape[0], colors.shape[1]):
         if ti.math.isnan(colors[r, k]) or ti.math.isinf(colors[r, k]):
-            bad[4] += 1
+            ti.atomic_add(bad[4], 1)
     for c, r, k in ti.ndrange(viewmats.shape[0], 4, 4):
         x = viewmats[c, r, k]
         if ti.math.isnan(x) or ti.math.isinf(x):
-            bad[5] += 1
+            ti.atomic_add(bad[5], 1)
     for c, r, k in ti.ndrange(Ks.shape[0], 3, 3):
         x = Ks[c, r, k]
         if ti.math.isnan(x) or ti.math.isinf(x):
-            bad[5] += 1
-    return bad
+            ti.atomic_add(bad[5], 1)
 
 
 def _shape(a):
@@ -206,9 +205,8 @@ def check_inputs(
     if per_camera:
         inp.colors = inp.colors.reshape(C * N, cs[2])
     colors2d = _rows(inp.colors)
-    bad = _count_bad(
-        inp.means, inp.quats, inp.scales, inp.opacities, colors2d, inp.viewmats, inp.Ks
-    )  # fmt: skip
+    bad = arrays.zeros(inp.means, (6,), "i32")
+    _count_bad(inp.means, inp.quats, inp.scales, inp.opacities, colors2d, inp.viewmats, inp.Ks, bad)
     messages = (
         "means, quats or scales contain NaN or inf",
         "quaternions of zero length have no rotation; give every Gaussian a nonzero quat",
@@ -217,7 +215,7 @@ def check_inputs(
         "colors contain NaN or inf",
         "viewmats or Ks contain NaN or inf",
     )
-    for count, message in zip((int(b) for b in bad), messages):
+    for count, message in zip((int(b) for b in arrays.to_numpy(bad)), messages):
         if count:
             raise UserError(f"{message} ({count} bad value{'s' * (count > 1)})")
     K = arrays.to_numpy(inp.Ks)
@@ -244,17 +242,16 @@ def _assemble(
     colors: ti.types.ndarray(ndim=2),
     per_camera: ti.i32,
     Dc: ti.i32,
-    with_colors: ti.i32,
     depths: ti.types.ndarray(ndim=1),
     with_depth: ti.i32,
     N: ti.i32,
     feats: ti.types.ndarray(ndim=2),
 ):
-    """feats[i] = (colour of record i (Dc; direct colours only ``with_colors``), its depth
-    if ``with_depth``)."""
+    """feats[i] = (colour of record i (Dc), its depth if ``with_depth``), every entry
+    written (a GPU backend uploads no array a kernel only writes)."""
     for i in range(feats.shape[0]):
         row = i if per_camera else i % N
-        for ch in range(Dc * with_colors):
+        for ch in range(Dc):
             feats[i, ch] = colors[row, ch]
         if with_depth:
             feats[i, Dc] = depths[i]
@@ -490,17 +487,16 @@ def _forward(inp: Inputs) -> Render:
         inp.near_plane, inp.far_plane, inp.eps2d,
     )  # fmt: skip
     feats = arrays.empty(like, (CN, D), real)
-    dirs = None
+    dirs = sh_colors = None
     if CN:
-        Dc = inp.color_channels
+        Dc, colors, per_camera = inp.color_channels, _rows(inp.colors), inp.per_camera_colors
         if inp.sh_degree is not None and Dc:
             dirs = arrays.empty(like, (CN, 3), real)
+            sh_colors = arrays.empty(like, (CN, 3), real)
             project.directions(inp.means, inp.viewmats, dirs)
-            project.sh_forward(inp.colors, inp.sh_degree, dirs, pr["tiles"], feats)
-        _assemble(
-            _rows(inp.colors), int(inp.per_camera_colors), Dc, int(inp.sh_degree is None),
-            pr["depths"], int(inp.with_depth), N, feats,
-        )  # fmt: skip
+            project.sh_forward(inp.colors, inp.sh_degree, dirs, pr["tiles"], sh_colors)
+            colors, per_camera = sh_colors, True
+        _assemble(colors, int(per_camera), Dc, pr["depths"], int(inp.with_depth), N, feats)
     c = composite(
         pr["params"], feats, pr["depths"], pr["boxes"], pr["spans"], pr["tiles"],
         inp.backgrounds, C, N, W, H,
@@ -524,7 +520,7 @@ def _forward(inp: Inputs) -> Render:
         "tile_height": -(-H // project.TILE),
         "n_cameras": C,
     }
-    saved = {**pr, **c, "feats": feats, "alphas": alphas, "dirs": dirs}
+    saved = {**pr, **c, "feats": feats, "alphas": alphas, "dirs": dirs, "sh_colors": sh_colors}
     return Render(c["out"].reshape(C, H, W, D), alphas.reshape(C, H, W, 1), meta, inp, saved)
 
 
@@ -573,7 +569,7 @@ def backward(r: Render, grad_colors, grad_alphas=None) -> dict:
         )  # fmt: skip
         if sh:
             project.sh_backward(
-                inp.colors, inp.sh_degree, s["dirs"], s["tiles"], s["feats"], g_feats,
+                inp.colors, inp.sh_degree, s["dirs"], s["tiles"], s["sh_colors"], g_feats,
                 g_colors, g_dirs,
             )  # fmt: skip
     g = project_gaussians_grad(

@@ -214,9 +214,11 @@ def project_forward(
                     spans[i, 1] = k2 * (1 + BOX_PAD[0]) * det / cc
                     spans[i, 2] = det / (cc * cc)
                     tiles[i] = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
-        if tiles[i] == 0:
+        if tiles[i] == 0:  # every output written: GPU backends upload no write-only array
             for k in ti.static(range(6)):
                 params[i, k] = 0.0
+            for k in ti.static(range(3)):
+                spans[i, k] = 0.0
             boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3] = 0, 0, -1, -1
 
 
@@ -384,9 +386,10 @@ def sh_forward(
         if tiles[i] > 0:
             d = _vec3(dirs, i)
             b = _sh_basis(d / d.norm(), degree)
-            for k in range((degree + 1) * (degree + 1)):
-                for ch in ti.static(range(3)):
-                    col[ch] += b[k] * sh[g, k, ch]
+            for k in ti.static(range(16)):  # static: local vectors index statically
+                if k < (degree + 1) * (degree + 1):
+                    for ch in ti.static(range(3)):
+                        col[ch] += b[k] * sh[g, k, ch]
             col = ti.max(col + 0.5, 0.0)
         for ch in ti.static(range(3)):
             feats[i, ch] = col[ch]
@@ -404,7 +407,8 @@ def sh_backward(
     g_dirs: ti.types.ndarray(ndim=2),
 ):
     """From g_feats[i, :3]: g_sh (summed over cameras, written) and g_dirs[i] (the
-    gradient of the unnormalised direction). The clamp at 0 passes no gradient."""
+    gradient of the unnormalised direction); ``feats`` holds the forward's colours, whose
+    clamp at 0 passes no gradient."""
     N = sh.shape[0]
     C = dirs.shape[0] // N
     for g in range(N):
@@ -424,10 +428,11 @@ def sh_backward(
                     if feats[i, ch] > 0:
                         gc[ch] = g_feats[i, ch]
                 w = ti.Vector.zero(float, 16)
-                for k in range((degree + 1) * (degree + 1)):
-                    for ch in ti.static(range(3)):
-                        g_sh[g, k, ch] += b[k] * gc[ch]
-                        w[k] += sh[g, k, ch] * gc[ch]
+                for k in ti.static(range(16)):
+                    if k < (degree + 1) * (degree + 1):
+                        for ch in ti.static(range(3)):
+                            g_sh[g, k, ch] += b[k] * gc[ch]
+                            w[k] += sh[g, k, ch] * gc[ch]
                 gv = _sh_basis_grad(v, w, degree)
                 gd = (gv - gv.dot(v) * v) / n
             for k in ti.static(range(3)):
