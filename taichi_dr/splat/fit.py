@@ -55,6 +55,8 @@ NOISE_LR = 5e5
 REG_OPACITY, REG_SCALE = 0.01, 0.01
 LR = {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3, "logits": 0.05, "sh0": 2.5e-3}
 DISTANCE, FOV, SUPERSAMPLE = 3.2, 45.0, 2
+NEAR = 0.5  # Gaussians nearer a camera are culled: a splat grazing the camera plane gets
+# gradients ~ 1/z³ that float32 Adam moments cannot hold
 LIGHTS = dict(
     ambient=(0.3, 0.3, 0.3),
     directional=[((0.4, 0.8, 0.6), (0.75, 0.75, 0.75)), ((-0.7, -0.2, -0.4), (0.35, 0.35, 0.4))],
@@ -71,7 +73,7 @@ def sphere_cameras(n: int, size: int, offset: float = 0.0) -> list:
     phi = k * math.pi * (3 - math.sqrt(5))
     r = np.sqrt(np.clip(1 - y * y, 0, 1))
     eyes = DISTANCE * np.stack([r * np.cos(phi), np.clip(y, -0.98, 0.98), r * np.sin(phi)], 1)
-    return [Camera.look_at(e, fov=FOV, width=size, height=size, near=0.5, far=10) for e in eyes]
+    return [Camera.look_at(e, fov=FOV, width=size, height=size, near=NEAR, far=10) for e in eyes]
 
 
 def ground_truth(mesh: scene.Mesh, cams: list) -> np.ndarray:
@@ -242,7 +244,7 @@ class SplatFit:
         size = self.args.resolution
         return render(
             v["means"], v["quats"], np.exp(v["log_scales"]), 1 / (1 + np.exp(-v["logits"])),
-            v["sh"], viewmat[None], K[None], size, size,
+            v["sh"], viewmat[None], K[None], size, size, near_plane=NEAR,
             sh_degree=self.args.sh_degree if degree is None else degree,
         )  # fmt: skip
 

@@ -90,6 +90,20 @@ def _jacobian(p, fx, fy):
 
 
 @ti.func
+def _screen_covariance(A, eps2d):
+    """(a, b, c, det) of Σ2 = A Aᵀ + ε I = [[a, b], [b, c]] for A = J R R_q diag(s)
+    (2 × 3). det is Cauchy–Binet's sum of squared 2 × 2 minors of A plus the ε terms: no
+    cancellation, so the conic of a needle (nearly singular A Aᵀ) stays accurate in
+    float32 where a·c − b² would lose every digit."""
+    S2 = A @ A.transpose()
+    m01 = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
+    m02 = A[0, 0] * A[1, 2] - A[0, 2] * A[1, 0]
+    m12 = A[0, 1] * A[1, 2] - A[0, 2] * A[1, 1]
+    det = m01 * m01 + m02 * m02 + m12 * m12 + eps2d * (S2[0, 0] + S2[1, 1] + eps2d)
+    return S2[0, 0] + eps2d, S2[0, 1], S2[1, 1] + eps2d, det
+
+
+@ti.func
 def _sh_basis(v, degree):
     """The 16 real SH basis values at unit direction v (3DGS signs); past ``degree``: 0."""
     x, y, z = v[0], v[1], v[2]
@@ -169,8 +183,7 @@ def project_forward(
     dy = y + ½ − v the ellipse covers |x + ½ − u − s dy|² ≤ h0 − h1 dy² (padded);
     ``tiles[i]`` = tiles it touches (0 when culled).
 
-    det Σ2 is a sum of squares (Cauchy–Binet on Σ2 − εI = A Aᵀ, A = J R R_q diag(s)), so
-    needle-thin Gaussians keep an accurate conic in float32."""
+    det Σ2 comes from :func:`_screen_covariance` (accurate for needles in float32)."""
     N = means.shape[0]
     for i in range(viewmats.shape[0] * N):
         c, g = i // N, i % N
@@ -182,13 +195,7 @@ def project_forward(
         if near < p[2] and p[2] < far and o >= ALPHA_MIN:
             M = _covariance(quats, scales, g)[3]
             fx, fy = Ks[c, 0, 0], Ks[c, 1, 1]
-            A = _jacobian(p, fx, fy) @ R @ M
-            S2 = A @ A.transpose()
-            a, b, cc = S2[0, 0] + eps2d, S2[0, 1], S2[1, 1] + eps2d
-            m01 = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
-            m02 = A[0, 0] * A[1, 2] - A[0, 2] * A[1, 0]
-            m12 = A[0, 1] * A[1, 2] - A[0, 2] * A[1, 1]
-            det = m01 * m01 + m02 * m02 + m12 * m12 + eps2d * (S2[0, 0] + S2[1, 1] + eps2d)
+            a, b, cc, det = _screen_covariance(_jacobian(p, fx, fy) @ R @ M, eps2d)
             if det > 0:
                 u = fx * p[0] / p[2] + Ks[c, 0, 2]
                 v = fy * p[1] / p[2] + Ks[c, 1, 2]
@@ -288,8 +295,8 @@ def project_backward(
                 fx, fy = Ks[c, 0, 0], Ks[c, 1, 1]
                 J = _jacobian(p, fx, fy)
                 Sc = R @ S3 @ R.transpose()
-                S2 = J @ Sc @ J.transpose() + eps2d * ti.Matrix.identity(float, 2)
-                Minv = S2.inverse()
+                a, b, cc, det = _screen_covariance(J @ R @ M, eps2d)
+                conic = ti.Matrix([[cc, -b], [-b, a]], float) / det  # as in the forward
                 GM = ti.Matrix(
                     [
                         [g_params[i, 2], 0.5 * g_params[i, 3]],
@@ -297,7 +304,7 @@ def project_backward(
                     ],
                     float,
                 )
-                G2 = -Minv @ GM @ Minv
+                G2 = -conic @ GM @ conic
                 GJ = 2.0 * G2 @ J @ Sc
                 GSc = J.transpose() @ G2 @ J
                 GS3 = R.transpose() @ GSc @ R
