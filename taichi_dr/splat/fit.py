@@ -5,10 +5,12 @@ is normalised to the unit ball and rendered by the mesh renderer (Lambert, two l
 black background, 2×2 supersampled) from ``--views`` training cameras and ``TEST_VIEWS``
 held-out cameras, all on a sphere of radius 3.2 around it (Fibonacci points; the held-out
 ones interleaved, never trained on). The splats start from ``--gaussians`` random points in
-the unit ball (grey, small, opacity 0.1) and are fitted one random training view per
-iteration with Adam (3DGS's learning rates; positions decayed 100× over the run) on the L1
-image loss plus MCMC's opacity and scale regularisers (0.01 · mean o, 0.01 · mean s). SH
-degrees are switched on one per ``SH_EVERY`` iterations up to ``--sh-degree``.
+the unit ball (random greys, opacity 0.5, a tenth of the neighbour distance wide: gsplat's
+MCMC start) and are fitted one random training view per iteration with Adam (3DGS's
+learning rates, higher SH degrees 20× slower; positions decayed 100× over the run) on the
+L1 image loss plus MCMC's opacity and scale regularisers (0.01 · mean o, 0.01 · mean s).
+SH degrees are switched on one per ``SH_EVERY`` iterations up to ``--sh-degree``; Gaussians
+nearer than 0.5 to a camera are culled.
 
 Density control — MCMC relocation (Kheradmand et al. 2024, as gsplat's ``MCMCStrategy``),
 not 3DGS's clone/split/prune/reset. Every ``RELOCATE_EVERY`` iterations Gaussians with
@@ -45,7 +47,7 @@ from . import camera as cameras
 from .pipeline import render
 from .ply import SH_C0, Gaussians, write_gaussians
 
-DEFAULTS = {"iters": 3000, "resolution": 128, "views": 48, "gaussians": 20000}
+DEFAULTS = {"iters": 2000, "resolution": 128, "views": 48, "gaussians": 20000}
 TEST_VIEWS = 8
 SH_EVERY = 1000
 EVAL_EVERY = 500
@@ -53,7 +55,15 @@ RELOCATE_EVERY, RELOCATE_FROM = 100, 500
 MIN_OPACITY = 0.005
 NOISE_LR = 5e5
 REG_OPACITY, REG_SCALE = 0.01, 0.01
-LR = {"means": 1.6e-4, "quats": 1e-3, "log_scales": 5e-3, "logits": 0.05, "sh0": 2.5e-3}
+LR = {
+    "means": 1.6e-4,
+    "quats": 1e-3,
+    "log_scales": 5e-3,
+    "logits": 0.05,
+    "sh0": 2.5e-3,
+    "shN": 2.5e-3 / 20,
+}  # 3DGS's rates (gsplat's MCMC: opacity 0.05)
+INIT_OPACITY, INIT_SCALE = 0.5, 0.1  # gsplat's MCMC start: o = 0.5, 0.1 × neighbour distance
 DISTANCE, FOV, SUPERSAMPLE = 3.2, 45.0, 2
 NEAR = 0.5  # Gaussians nearer a camera are culled: a splat grazing the camera plane gets
 # gradients ~ 1/z³ that float32 Adam moments cannot hold
@@ -99,34 +109,41 @@ def target_mesh(path=None) -> scene.Mesh:
 
 
 # ------------------------------------------------------------------------ the model
+def sh(v: dict) -> np.ndarray:
+    """All SH coefficients (N, K, 3) of the values ``v``."""
+    return np.concatenate([v["sh0"], v["shN"]], axis=1) if "shN" in v else v["sh0"]
+
+
 class SplatModel:
     """The fitted Gaussians as Taichi fields (what :class:`taichi_dr.optim.Adam` updates):
-    means, quats, log-scales, opacity logits and SH coefficients (N, K, 3)."""
-
-    NAMES = ("means", "quats", "log_scales", "logits", "sh")
+    means, quats, log-scales, opacity logits, SH degree 0 ``sh0`` (N, 1, 3) and the higher
+    degrees ``shN`` (N, K − 1, 3; learnt 20× slower, as in 3DGS)."""
 
     def __init__(self, n: int, sh_degree: int, rng, extent: float, iters: int):
         real = backend.real()
         K = (sh_degree + 1) ** 2
         shapes = {"means": (n, 3), "quats": (n, 4), "log_scales": (n, 3), "logits": n,
-                  "sh": (n, K, 3)}  # fmt: skip
+                  "sh0": (n, 1, 3)}  # fmt: skip
+        if K > 1:
+            shapes["shN"] = (n, K - 1, 3)
         self.fields = {k: ti.field(real, shape=s, needs_grad=True) for k, s in shapes.items()}
         u = rng.standard_normal((n, 3))
         means = u / np.linalg.norm(u, axis=1, keepdims=True) * rng.random((n, 1)) ** (1 / 3)
         from scipy.spatial import cKDTree
 
         d, _ = cKDTree(means).query(means, k=4)
-        sh = np.zeros((n, K, 3))
-        sh[:, 0] = (rng.uniform(0.3, 0.7, (n, 3)) - 0.5) / SH_C0
-        self.set(
-            {
-                "means": means,
-                "quats": np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)) + 0.1 * rng.standard_normal((n, 4)),
-                "log_scales": np.repeat(np.log(np.sqrt((d[:, 1:] ** 2).mean(1)))[:, None], 3, 1),
-                "logits": np.full(n, math.log(0.1 / 0.9)),
-                "sh": sh,
-            }
-        )
+        values = {
+            "means": means,
+            "quats": np.tile([1.0, 0.0, 0.0, 0.0], (n, 1)) + 0.1 * rng.standard_normal((n, 4)),
+            "log_scales": np.repeat(
+                np.log(INIT_SCALE * np.sqrt((d[:, 1:] ** 2).mean(1)))[:, None], 3, 1
+            ),
+            "logits": np.full(n, math.log(INIT_OPACITY / (1 - INIT_OPACITY))),
+            "sh0": ((rng.uniform(0.3, 0.7, (n, 3)) - 0.5) / SH_C0)[:, None, :],
+        }
+        if K > 1:
+            values["shN"] = np.zeros((n, K - 1, 3))
+        self.set(values)
         f = self.fields
         self.lr_means = LR["means"] * extent
         decay = optim.ExponentialDecay(0.01 ** (1 / max(iters, 1)))
@@ -134,9 +151,9 @@ class SplatModel:
         self.position = optim.Adam(
             [f["means"]], lr=self.lr_means, eps=1e-15, schedule=decay, check_finite=False
         )
-        rates = [LR["quats"], LR["log_scales"], LR["logits"], LR["sh0"]]
-        self.others = optim.Adam([f["quats"], f["log_scales"], f["logits"], f["sh"]], lr=rates,
-                                 eps=1e-15, check_finite=False)  # fmt: skip
+        names = [k for k in f if k != "means"]
+        self.others = optim.Adam([f[k] for k in names], lr=[LR[k] for k in names], eps=1e-15,
+                                 check_finite=False)  # fmt: skip
 
     def get(self) -> dict:
         return {k: f.to_numpy().astype(np.float64) for k, f in self.fields.items()}
@@ -149,7 +166,7 @@ class SplatModel:
         v = self.get() if values is None else values
         return Gaussians(
             means=v["means"], quats=v["quats"], scales=np.exp(v["log_scales"]),
-            opacities=1 / (1 + np.exp(-v["logits"])), sh=v["sh"],
+            opacities=1 / (1 + np.exp(-v["logits"])), sh=sh(v),
         )  # fmt: skip
 
     def step(self, grads: dict) -> None:
@@ -211,7 +228,7 @@ def relocate(v: dict, rng) -> np.ndarray | None:
     count = np.bincount(src, minlength=len(o))[src] + 1.0
     new_o, new_s = relocation(o[src], np.exp(v["log_scales"][src]), count)
     new_o = np.clip(new_o, MIN_OPACITY, 1 - 1e-6)
-    for key in ("means", "quats", "sh"):
+    for key in v:
         v[key][dead] = v[key][src]
     v["logits"][src] = v["logits"][dead] = np.log(new_o / (1 - new_o))
     v["log_scales"][src] = v["log_scales"][dead] = np.log(new_s)
@@ -244,7 +261,7 @@ class SplatFit:
         size = self.args.resolution
         return render(
             v["means"], v["quats"], np.exp(v["log_scales"]), 1 / (1 + np.exp(-v["logits"])),
-            v["sh"], viewmat[None], K[None], size, size, near_plane=NEAR,
+            sh(v), viewmat[None], K[None], size, size, near_plane=NEAR,
             sh_degree=self.args.sh_degree if degree is None else degree,
         )  # fmt: skip
 
@@ -265,7 +282,8 @@ class SplatFit:
                 "quats": g["quats"],
                 "log_scales": (g["scales"] + REG_SCALE / (3 * n)) * s,
                 "logits": (g["opacities"] + REG_OPACITY / n) * o * (1 - o),
-                "sh": g["colors"],
+                "sh0": g["colors"][:, :1],
+                **({"shN": g["colors"][:, 1:]} if "shN" in v else {}),
             }
         )
         v = self.model.get()
