@@ -107,29 +107,39 @@ def _tile_rect(ct, tiles_x, tiles_y, width, height):
 
 
 @ti.func
-def _row(params: ti.template(), spans: ti.template(), boxes: ti.template(), g, y, x0, x1):
-    """Columns [xa, xb] of row y inside [x0, x1] that Gaussian g can reach with α ≥ 1/255
-    (its padded ellipse; empty: xa > xb)."""
-    dy = y + 0.5 - params[g, 1]
-    h2 = spans[g, 1] - spans[g, 2] * dy * dy
+def _load(params: ti.template(), spans: ti.template(), feats: ti.template(), g, D: ti.template()):
+    """Record g's (u, v, a, b, c, o), span terms and features as locals: loaded once per
+    (tile, Gaussian), not once per pixel (the compiler cannot hoist the ndarray loads past
+    the pixel writes)."""
+    q = ti.Vector([params[g, k] for k in ti.static(range(6))], float)
+    sp = ti.Vector([spans[g, k] for k in ti.static(range(3))], float)
+    f = ti.Vector([feats[g, k] for k in ti.static(range(D))], float)
+    return q, sp, f
+
+
+@ti.func
+def _row(q, sp, y, lo, hi):
+    """Columns [xa, xb] of row y inside [lo, hi] that the Gaussian (q, sp) can reach with
+    α ≥ 1/255 (its padded ellipse; empty: xa > xb)."""
+    dy = y + 0.5 - q[1]
+    h2 = sp[1] - sp[2] * dy * dy
     xa, xb = 1, 0
     if h2 >= 0:
-        lo, hi = ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1)
         h = ti.sqrt(h2) + BOX_PAD[1]
-        centre = params[g, 0] + spans[g, 0] * dy - 0.5
+        centre = q[0] + sp[0] * dy - 0.5
         xa = ti.max(lo, ti.cast(ti.ceil(ti.max(centre - h, lo - 1.0)), ti.i32))
         xb = ti.min(hi, ti.cast(ti.floor(ti.min(centre + h, hi + 1.0)), ti.i32))
     return xa, xb
 
 
 @ti.func
-def _alpha(params: ti.template(), g, x, y):
-    """(σ, e^{−σ}, α, dx, dy) of Gaussian record g at pixel (x, y)."""
-    dx = x + 0.5 - params[g, 0]
-    dy = y + 0.5 - params[g, 1]
-    sigma = 0.5 * (params[g, 2] * dx * dx + params[g, 4] * dy * dy) + params[g, 3] * dx * dy
+def _alpha(q, x, y):
+    """(σ, e^{−σ}, α, dx, dy) of the Gaussian (u, v, a, b, c, o) = q at pixel (x, y)."""
+    dx = x + 0.5 - q[0]
+    dy = y + 0.5 - q[1]
+    sigma = 0.5 * (q[2] * dx * dx + q[4] * dy * dy) + q[3] * dx * dy
     G = ti.exp(-sigma)
-    return sigma, G, ti.min(ALPHA_MAX, params[g, 5] * G), dx, dy
+    return sigma, G, ti.min(ALPHA_MAX, q[5] * G), dx, dy
 
 
 @ti.kernel
@@ -166,13 +176,15 @@ def composite_forward(
             if left == 0:
                 break
             g = ids[k]
+            q, sp, f = _load(params, spans, feats, g, D)
+            lo, hi = ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1)
             for y in range(ti.max(boxes[g, 1], y0), ti.min(boxes[g, 3], y1) + 1):
-                xa, xb = _row(params, spans, boxes, g, y, x0, x1)
+                xa, xb = _row(q, sp, y, lo, hi)
                 for x in range(xa, xb + 1):
                     p = (c * height + y) * width + x
                     T = trans[p]
                     if T > 0:
-                        sigma, _, alpha, _, _ = _alpha(params, g, x, y)
+                        sigma, _, alpha, _, _ = _alpha(q, x, y)
                         if sigma >= 0 and alpha >= ALPHA_MIN:
                             t_next = T * (1.0 - alpha)
                             if t_next <= T_MIN:
@@ -181,7 +193,7 @@ def composite_forward(
                             else:
                                 w = alpha * T
                                 for ch in ti.static(range(D)):
-                                    out[p * D + ch] = out[p * D + ch] + w * feats[g, ch]
+                                    out[p * D + ch] = out[p * D + ch] + w * f[ch]
                                 trans[p] = t_next
                                 last[p] = k - start + 1
         for y in range(y0, y1 + 1):
@@ -223,6 +235,7 @@ def composite_backward(
     for ct in range(tile_start.shape[0] - 1):
         c, x0, y0, x1, y1 = _tile_rect(ct, tiles_x, tiles_y, width, height)
         g_bg = ti.Vector.zero(float, D)
+        bg = ti.Vector([background[c, ch] for ch in ti.static(range(D))], float)
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 p = (c * height + y) * width + x
@@ -239,13 +252,14 @@ def composite_backward(
             gu, gv, ga, gb, gc, go = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
             gf = ti.Vector.zero(float, D)
             touched = False
-            o = params[g, 5]
+            q, sp, f = _load(params, spans, feats, g, D)
+            lo, hi = ti.max(boxes[g, 0], x0), ti.min(boxes[g, 2], x1)
             for y in range(ti.max(boxes[g, 1], y0), ti.min(boxes[g, 3], y1) + 1):
-                xa, xb = _row(params, spans, boxes, g, y, x0, x1)
+                xa, xb = _row(q, sp, y, lo, hi)
                 for x in range(xa, xb + 1):
                     p = (c * height + y) * width + x
                     if k - start < last[p]:
-                        sigma, G, alpha, dx, dy = _alpha(params, g, x, y)
+                        sigma, G, alpha, dx, dy = _alpha(q, x, y)
                         if sigma >= 0 and alpha >= ALPHA_MIN:
                             touched = True
                             one_minus = 1.0 - alpha
@@ -255,16 +269,15 @@ def composite_backward(
                             g_a = g_alpha[p] * t_final / one_minus
                             for ch in ti.static(range(D)):
                                 g_c = g_out[p * D + ch]
-                                f = feats[g, ch]
                                 gf[ch] += alpha * T * g_c
                                 s = behind[p * D + ch]
-                                g_a += g_c * (T * f - (s + t_final * background[c, ch]) / one_minus)
-                                behind[p * D + ch] = s + alpha * T * f
-                            if o * G < ALPHA_MAX:  # the clamp passes no gradient
+                                g_a += g_c * (T * f[ch] - (s + t_final * bg[ch]) / one_minus)
+                                behind[p * D + ch] = s + alpha * T * f[ch]
+                            if q[5] * G < ALPHA_MAX:  # the clamp passes no gradient
                                 go += g_a * G
                                 g_s = -g_a * alpha  # ∂α/∂σ = −o e^{−σ} = −α
-                                gu -= g_s * (params[g, 2] * dx + params[g, 3] * dy)
-                                gv -= g_s * (params[g, 3] * dx + params[g, 4] * dy)
+                                gu -= g_s * (q[2] * dx + q[3] * dy)
+                                gv -= g_s * (q[3] * dx + q[4] * dy)
                                 ga += 0.5 * g_s * dx * dx
                                 gb += g_s * dx * dy
                                 gc += 0.5 * g_s * dy * dy
