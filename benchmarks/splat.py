@@ -1,7 +1,7 @@
 """Gaussian splatting: forward and forward+backward time, stage split and peak memory, against
 a dense PyTorch implementation of the same model; float32 accuracy against float64.
 
-    python -m benchmarks.splat [--sizes 10000:256x256 112000:648x420 ...] [--repeat 5]
+    python -m benchmarks.splat [--sizes 10000:256x256 112000:648x420 ...] [--repeat 3]
                                [--arch cpu] [--dense-limit 1e9] [--no-accuracy]
 
 Scene: N Gaussians with means uniform in the cube [−1, 1]³ seen from distance 3 (focal
@@ -41,6 +41,7 @@ import taichi_dr
 from taichi_dr.splat import pipeline
 
 KEYS = ("means", "quats", "scales", "opacities", "colors", "viewmats")
+SIZES = ("256x256", "648x420", "1024x1024")
 
 
 def scene(n: int, width: int, height: int, seed: int = 0, dtype=np.float32) -> dict:
@@ -210,18 +211,14 @@ def accuracy() -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    grid = [f"{n}:{size}" for n in (10000, 100000, 1000000) for size in SIZES]
     ap.add_argument(
         "--sizes",
         nargs="+",
-        default=[
-            "10000:256x256",
-            "112000:648x420",
-            "100000:1024x1024",
-            "1000000:1024x1024",
-        ],  # fmt: skip
-        help="N:WxH configurations",
+        default=[*grid, "112000:648x420"],
+        help="N:WxH configurations (default: the 3 × 3 grid, then 112,000 at 648×420)",
     )
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--dense-limit", type=float, default=1e9, help="largest N × pixels run dense")
     ap.add_argument("--no-accuracy", action="store_true")
