@@ -20,7 +20,8 @@ forward+backward — every scratch array of the splatter is one on the CPU.
 The dense PyTorch reference evaluates every Gaussian at every pixel (chunks of pixels with
 activation checkpointing, so its memory stays bounded) with torch's autograd; it runs where
 N × pixels ≤ ``--dense-limit`` and is otherwise estimated from its time per (pixel,
-Gaussian) pair at the smallest size (marked "est.").
+Gaussian) pair at the smallest size or ``--dense-per-pair`` (marked "est."). "cpu ms": the
+process CPU time of one forward+backward, all threads (less affected by other jobs).
 
 Accuracy (``--no-accuracy`` skips): 2,000 Gaussians at 128² in float32 against the dense
 implementation in float64: the fraction of pixel values within 2·10⁻⁴, the largest error,
@@ -30,6 +31,7 @@ float64 gradient.
 
 import argparse
 import os
+import resource
 import time
 import tracemalloc
 
@@ -171,13 +173,19 @@ def ours(s: dict, width: int, height: int, w: np.ndarray) -> dict:
     return times
 
 
-def ours_api(s: dict, width: int, height: int, w: np.ndarray) -> tuple[float, float]:
-    """Forward alone and forward+backward through the public API (seconds)."""
-    start = time.perf_counter()
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def ours_api(s: dict, width: int, height: int, w: np.ndarray) -> tuple[float, float, float]:
+    """Forward alone and forward+backward through the public API (wall seconds), and the
+    process CPU time of forward+backward (all threads; less sensitive to a shared machine)."""
+    start, cpu = time.perf_counter(), _cpu()
     r = taichi_dr.splat.render(*(s[k] for k in (*KEYS, "Ks")), width, height)
     fwd = time.perf_counter() - start
     r.backward(w)
-    return fwd, time.perf_counter() - start
+    return fwd, time.perf_counter() - start, _cpu() - cpu
 
 
 def peak_memory(s: dict, width: int, height: int, w: np.ndarray) -> float:
@@ -222,16 +230,22 @@ def main(argv=None):
     ap.add_argument("--arch", default="cpu")
     ap.add_argument("--dense-limit", type=float, default=1e9, help="largest N × pixels run dense")
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument(
+        "--dense-per-pair", type=float, help="seconds per (pixel, Gaussian) of the dense "
+        "implementation from an earlier run: estimates instead of running it",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     taichi_dr.init(arch=args.arch, precision="f32")
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"load: {os.getloadavg()}, {os.cpu_count()} CPUs, arch {args.arch}, float32")
     print(
-        f"{'N':>9} {'size':>10} {'pairs':>9} | {'fwd ms':>8} {'fwd+bwd':>8} | {'proj':>6} "
+        f"{'N':>9} {'size':>10} {'pairs':>9} | {'fwd ms':>8} {'fwd+bwd':>8} {'cpu ms':>7} | "
+        f"{'proj':>6} "
         f"{'bin':>6} {'comp':>6} {'comp_b':>6} {'proj_b':>6} | {'peak MB':>7} | "
-        f"{'dense fwd+bwd s':>15} {'ratio':>6}"
+        f"{'dense fwd+bwd s':>15} {'ratio':>6}",
+        flush=True,
     )
-    per_pair = None
+    per_pair = args.dense_per_pair
     for cfg in args.sizes:
         n, wh = cfg.split(":")
         n, (width, height) = int(n), (int(v) for v in wh.split("x"))
@@ -240,7 +254,7 @@ def main(argv=None):
         ours_api(s, width, height, w)  # compile
         api = [ours_api(s, width, height, w) for _ in range(args.repeat)]
         split = [ours(s, width, height, w) for _ in range(args.repeat)]
-        fwd, total = (float(np.median([a[i] for a in api])) for i in (0, 1))
+        fwd, total, cpu = (float(np.median([a[i] for a in api])) for i in (0, 1, 2))
         med = {k: float(np.median([t[k] for t in split])) for k in split[0]}
         peak = peak_memory(s, width, height, w)
         if n * width * height <= args.dense_limit:
@@ -255,7 +269,8 @@ def main(argv=None):
         ratio = f"{dense / total:6.0f}" if dense is not None else f"{'—':>6}"
         print(
             f"{n:9d} {width:4d}x{height:<5d} {med['pairs']:9.0f} | {1e3 * fwd:8.1f} "
-            f"{1e3 * total:8.1f} | {1e3 * med['project']:6.1f} {1e3 * med['bin']:6.1f} "
+            f"{1e3 * total:8.1f} {1e3 * cpu:7.1f} | {1e3 * med['project']:6.1f} "
+            f"{1e3 * med['bin']:6.1f} "
             f"{1e3 * med['composite']:6.1f} {1e3 * med['composite_bwd']:6.1f} "
             f"{1e3 * med['project_bwd']:6.1f} | {peak:7.1f} | {dense_text} {ratio}",
             flush=True,
