@@ -171,6 +171,12 @@ def rasterization(
     tensors = (means, quats, scales, opacities, colors, viewmats, Ks)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         raise UserError("rasterization() takes torch tensors; use taichi_dr.splat.render for NumPy")
+    backend.ensure_init()
+    if means.device.type == "cuda" and backend.current_arch() != "cuda":
+        raise UserError(
+            f"the tensors are on {means.device} but taichi_dr runs on "
+            f"{backend.current_arch()}; call taichi_dr.init('cuda') first or move them to the CPU"
+        )
     inp = pipeline.check_inputs(
         *(t.detach() for t in tensors), width, height, near_plane, far_plane, eps2d, sh_degree,
         None if backgrounds is None else backgrounds.detach(), render_mode,
