@@ -40,7 +40,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import taichi_dr
-from taichi_dr.splat import pipeline
+from taichi_dr.splat import pipeline, raster
 
 KEYS = ("means", "quats", "scales", "opacities", "colors", "viewmats")
 SIZES = ("256x256", "648x420", "1024x1024")
@@ -143,8 +143,6 @@ def ours(s: dict, width: int, height: int, w: np.ndarray) -> dict:
     )  # fmt: skip
     t1 = clock()
     feats = inp.colors
-    from taichi_dr.splat import raster
-
     tile_start, ids = raster.bin_tiles(pr["depths"], pr["tiles"], pr["boxes"], 1, len(feats),
                                        width, height)  # fmt: skip
     t2 = clock()
