@@ -29,7 +29,7 @@ import numpy as np
 from . import fit, scene
 from .camera import Camera
 from .errors import UserError
-from .render.pipeline import RenderSettings
+from .render.pipeline import Renderer, RenderSettings
 from .render.vertex import axis_angle
 
 APPS = ("geometry", "pose", "texture", "material", "lighting", "joint")
@@ -138,6 +138,22 @@ STUDIO = _lights(0.15, [((0.4, 0.8, 0.6), (0.9, 0.9, 0.9)), ((-0.7, 0.1, -0.3), 
 def _renderer(mesh, cams, args, shading="ggx"):
     settings = RenderSettings(shading=shading, mode=args.mode, background=(0.0, 0.0, 0.0))
     return fit.shared_renderer(mesh, cams, settings)
+
+
+def supersampled(mesh, cameras, settings, lights: dict, material=None, factor: int = 2):
+    """(views, H, W, 3) linear renders of ``mesh`` for ``cameras`` by the mesh renderer
+    (one batched call), box-filtered from ``factor``² samples per pixel: ground truth for
+    the fits of other scene representations (voxels, splats). ``lights`` and
+    ``material``: keyword dicts of ``Lights.reset`` / ``Material.set``."""
+    s = int(factor)
+    big = [Camera(c.view, c.proj, c.width * s, c.height * s, c.near, c.far) for c in cameras]
+    r = Renderer(mesh, big, settings)
+    r.lights.reset(**lights)
+    if material:
+        r.material.set(**material)
+    img = r.render().image.astype(np.float64)  # (views, sH, sW, 3)
+    B, h, w = img.shape[0], img.shape[1] // s, img.shape[2] // s
+    return img.reshape(B, h, s, w, s, 3).mean(axis=(2, 4))
 
 
 # --------------------------------------------------------------------------- metrics

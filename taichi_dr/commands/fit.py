@@ -1,7 +1,8 @@
 """``taichi-dr fit APP``: inverse rendering from a deliberately wrong start.
 
-APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`), or
-voxels (a density + colour voxel grid, dense and sparse: :mod:`taichi_dr.voxels.fit`).
+APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`),
+voxels (a density + colour voxel grid, dense and sparse: :mod:`taichi_dr.voxels.fit`) or
+splats (3D Gaussians fitted to renders of a textured mesh: :mod:`taichi_dr.splat.fit`).
 Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
 read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
 (settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
@@ -23,6 +24,7 @@ from ..camera import Camera, from_opencv
 from ..errors import UserError
 from ..fit import Fit, View
 from ..runner import Runner
+from ..splat import fit as splat_fit
 from ..viewer import ViewState
 from ..voxels import fit as voxel_fit
 
@@ -37,7 +39,7 @@ DEFAULTS = {  # iterations, resolution, views
 
 
 def add_arguments(parser):
-    parser.add_argument("app", choices=(*apps.APPS, "voxels"), help="what to recover")
+    parser.add_argument("app", choices=(*apps.APPS, "voxels", "splats"), help="what to recover")
     parser.add_argument("--iters", type=int, help="optimisation iterations (default per app)")
     parser.add_argument("--resolution", type=int, help="image width = height in pixels")
     parser.add_argument("--views", type=int, help="cameras (per light for lighting)")
@@ -85,6 +87,7 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
     voxel_fit.add_arguments(parser.add_argument_group("voxels (taichi_dr.voxels.fit)"))
+    splat_fit.add_arguments(parser)
 
 
 def load_cameras(path) -> list:
@@ -193,6 +196,8 @@ def _check(args):
 def run(args):
     if args.app == "voxels":
         return voxel_fit.run(args)
+    if args.app == "splats":
+        return splat_fit.run(args)
     backend.init(args.arch)
     backend.require_autodiff()
     _check(args)

@@ -1,5 +1,8 @@
 """``taichi-dr render MESH``: render a mesh file to ``image.png`` and ``aov.npz``.
 
+A 3D Gaussian Splatting ``.ply`` or a point-cloud ``.ply`` is rendered by the splatter
+instead (:mod:`taichi_dr.splat.cli`).
+
 Without ``--eye`` the camera frames the mesh: it looks at the bounding-box centre from
 the front-right, above, at a distance that fits the bounding sphere into the view.
 Lights: ``--light dir:X,Y,Z:R,G,B`` (direction towards the light) or
@@ -20,7 +23,7 @@ from ..scene import load_mesh
 
 
 def add_arguments(p) -> None:
-    p.add_argument("mesh", help="mesh file: obj, ply, stl, off, glb, gltf")
+    p.add_argument("mesh", help="mesh file: obj, ply, stl, off, glb, gltf (or a splat .ply)")
     p.add_argument("--eye", type=float, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--center", type=float, nargs=3, metavar=("X", "Y", "Z"))
     p.add_argument("--up", type=float, nargs=3, default=(0.0, 1.0, 0.0), metavar=("X", "Y", "Z"))
@@ -75,6 +78,10 @@ def frame_camera(mesh, args) -> Camera:
 
 
 def run(args) -> int:
+    from ..splat import cli as splat_cli
+
+    if splat_cli.handles(args.mesh):
+        return splat_cli.render(args)
     backend.init(args.arch, args.precision)
     mesh = load_mesh(args.mesh)
     camera = frame_camera(mesh, args)

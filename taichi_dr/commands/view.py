@@ -2,6 +2,8 @@
 
 With ``--headless`` no window opens: ``--frames`` frames are drawn into an invisible GGUI
 window (turning ``--spin`` degrees each) and the last is written to ``OUT/view.png``.
+A 3D Gaussian Splatting or point-cloud ``.ply`` is shown by the splatter
+(:mod:`taichi_dr.splat.cli`).
 """
 
 from .. import backend
@@ -13,7 +15,7 @@ from ..viewer import AOVS, Viewer, ViewState, run_headless, run_window
 
 
 def add_arguments(p) -> None:
-    p.add_argument("mesh", help="mesh file: obj, ply, stl, off, glb, gltf")
+    p.add_argument("mesh", help="mesh file: obj, ply, stl, off, glb, gltf (or a splat .ply)")
     p.add_argument("--resolution", type=int, nargs=2, default=(512, 512), metavar=("W", "H"))
     p.add_argument("--shading", choices=list(MODELS), default="blinn-phong")
     p.add_argument("--aov", choices=AOVS, default="image", help="what to show first")
@@ -30,6 +32,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..splat import cli as splat_cli
+
+    if splat_cli.handles(args.mesh):
+        return splat_cli.view(args)
     W, H = args.resolution
     check_resolution(W, H)
     if args.frames is not None and args.frames < 1:

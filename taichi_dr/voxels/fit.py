@@ -93,23 +93,18 @@ def target_mesh(path=None) -> scene.Mesh:
     return scene.load_mesh(ASSET) if ASSET.is_file() else scene.textured_sphere()
 
 
-def ground_truth(mesh, cameras, supersample: int = 2) -> np.ndarray:
+def ground_truth(mesh, cameras) -> np.ndarray:
     """(views, H, W, 3) linear images of ``mesh`` by the mesh renderer (Lambert, two
-    directional lights and ambient, white background), box-filtered from ``supersample``²
-    samples per pixel: every view in one batched call."""
-    from ..render.pipeline import Renderer, RenderSettings
+    directional lights and ambient, white background), supersampled 2×2."""
+    from ..apps import supersampled
+    from ..render.pipeline import RenderSettings
 
-    s = supersample
-    big = [Camera(c.view, c.proj, c.width * s, c.height * s, c.near, c.far) for c in cameras]
     settings = RenderSettings(shading="lambert", background=BACKGROUND, grads=("positions",))
-    r = Renderer(mesh, big, settings)
-    r.lights.reset(
+    lights = dict(
         ambient=(0.35, 0.35, 0.35),
         directional=[((0.4, 0.8, 0.6), (0.8, 0.8, 0.8)), ((-0.6, -0.2, -0.5), (0.35, 0.35, 0.4))],
     )
-    img = r.render().image.astype(np.float64)  # (B, sH, sW, 3)
-    B, h, w = img.shape[0], img.shape[1] // s, img.shape[2] // s
-    return img.reshape(B, h, s, w, s, 3).mean(axis=(2, 4))
+    return supersampled(mesh, cameras, settings, lights)
 
 
 def levels(n: int) -> list:
