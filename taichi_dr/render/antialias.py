@@ -35,6 +35,7 @@ def _blend_kernel(n_channels: int, real):
                 e = edges[2 * i + d]
                 if e[1] >= 0:
                     p, q, alpha = pair_crossing(i, d, e, clip, height, width)
+                    alpha = ti.min(ti.max(alpha, 0.0), 1.0)  # in [0, 1] but for nvdiffrast's rules
                     # alpha > ½: the front surface reaches into q; else q's reaches into p
                     to = ti.select(alpha > 0.5, q, p)
                     out[to] += ti.abs(alpha - 0.5) * (color[p + q - to] - color[to])

@@ -278,8 +278,10 @@ def _raster_items(
                         kk = (ti.cast(ti.bit_cast(d, ti.i32), ti.i64) << 32) | f
                         i = row + x
                         behind = True  # the previous layer (depth peeling only)
-                        if ti.static(peel):
+                        if ti.static(peel == 1):
                             behind = kk > floor_key[i]
+                        elif ti.static(peel == 2):  # strictly deeper: equal depths are culled
+                            behind = (kk >> 32) > (floor_key[i] >> 32)
                         if behind:
                             if ti.static(count):
                                 fragments[i] += 1
@@ -377,19 +379,22 @@ class Rasterizer:
         n_vertices: int,
         cull: str = "none",
         count: bool = False,
-        peel: bool = False,
+        peel: bool | str = False,
         triangle_id=None,
     ) -> None:
         """Rasterize view b's faces ``faces[start:start + count]`` (``ranges`` (B,) ivec2)
-        over its clip coordinates ``clip[b·V:(b + 1)·V]`` (V = ``n_vertices``) into a
-        ``frame`` of B views. ``cull``: "none", "back" or "front". ``peel=True`` keeps only
-        fragments behind the previous call's result (the next depth-peeling layer).
+        over its clip coordinates ``clip[b·V:(b + 1)·V]`` (V = ``n_vertices``; 0: one
+        vertex set shared by the views) into a ``frame`` of B views. ``cull``: "none",
+        "back" or "front". ``peel=True`` keeps only fragments behind the previous call's
+        result (the next depth-peeling layer; at equal depth, higher face ids are behind);
+        ``peel="depth"``: only fragments strictly deeper than it.
         ``triangle_id``: an int32 (B·H·W,) array to write the ids into (default: own)."""
+        peel = {False: 0, True: 1, "depth": 2}[peel]
         n_faces = faces.shape[0]
         n_items = frame.views * n_faces
         self._ensure(frame, n_items)
         tri, key, floor_key, fragments = self._pixels
-        _clear_keys(key, floor_key, fragments, bool(peel), bool(count))
+        _clear_keys(key, floor_key, fragments, peel > 0, bool(count))
         if n_items:
             edge_ab, edge_c, zplane, bbox, tile_count, tile_offset = self._items
             self.total.fill(0)
@@ -436,7 +441,7 @@ class Rasterizer:
                     floor_key,
                     fragments,
                     bool(count),
-                    bool(peel),
+                    peel,
                 )
         _resolve_keys(key, tri if triangle_id is None else triangle_id)
 
