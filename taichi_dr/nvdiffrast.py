@@ -531,15 +531,18 @@ class _Sample(torch.autograd.Function):
     def forward(ctx, tex, mips, uv, uv_da, bias, stack, modes, pixels_per_view, fold):
         stack = stack._replace(tex=tex.detach(), mips=mips.detach())
         d = [None if x is None else x.detach() for x in (uv, uv_da, bias)]
-        out = uv.new_empty((uv.shape[0], tex.shape[1]))
-        texturing.sample_stack(stack, *d, *modes, pixels_per_view, out)
-        ctx.save_for_backward(tex, mips, uv, uv_da, bias)
-        ctx.stack, ctx.modes, ctx.ppv, ctx.fold = stack, modes, pixels_per_view, fold
+        n = uv.shape[0]
+        out = uv.new_empty((n, tex.shape[1]))
+        addr = torch.empty(n * texturing.TAPS, dtype=torch.int32, device=uv.device)
+        weights = uv.new_empty((n * texturing.TAPS, 4))
+        texturing.sample_stack(stack, *d, *modes, pixels_per_view, addr, weights, out)
+        ctx.save_for_backward(tex, mips, uv, uv_da, bias, addr, weights)
+        ctx.stack, ctx.modes, ctx.fold = stack, modes, fold
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        tex, mips, uv, uv_da, bias = ctx.saved_tensors
+        tex, mips, uv, uv_da, bias, addr, weights = ctx.saved_tensors
         need = ctx.needs_input_grad
         stack = ctx.stack._replace(tex=tex.detach(), mips=mips.detach())
         g_tex = torch.zeros_like(tex) if need[0] or ctx.fold else None
@@ -547,10 +550,11 @@ class _Sample(torch.autograd.Function):
         g_uv = torch.zeros_like(uv) if need[2] else None
         g_da = torch.zeros_like(uv_da) if uv_da is not None and need[3] else None
         g_bias = torch.zeros_like(bias) if bias is not None and need[4] else None
-        texturing.sample_stack_backward(
+        texturing.sample_backward(
             stack, uv.detach(), None if uv_da is None else uv_da.detach(),
-            None if bias is None else bias.detach(), *ctx.modes, ctx.ppv,
-            g_out.contiguous(), (g_tex, g_mips, g_uv, g_da, g_bias),
+            None if bias is None else bias.detach(), *ctx.modes, addr, weights,
+            g_out.contiguous(), uv.new_empty((uv.shape[0], 3)),
+            (g_tex, g_mips, g_uv, g_da, g_bias),
         )  # fmt: skip
         if ctx.fold and g_mips is not None and len(ctx.stack.table) > 1:
             t, m = _with_grad(tex, g_tex), _with_grad(mips, g_mips)

@@ -11,6 +11,7 @@ torch = pytest.importorskip(
     "torch", reason="PyTorch is not installed; pip install 'taichi-dr[torch]' to run these"
 )
 import reference  # noqa: E402
+from conftest import project  # noqa: E402
 
 import taichi_dr.nvdiffrast as dr  # noqa: E402
 from taichi_dr import Camera  # noqa: E402
@@ -50,15 +51,6 @@ def small():
     ]
     hom = np.c_[v, np.ones(len(v))]
     return np.stack([hom @ c.mvp.T for c in cams]), mesh.faces.astype(np.int32)
-
-
-def project(*outputs, k=3):
-    """k fixed random weighted sums of ``outputs``: gradcheck then checks the full
-    Jacobian over the inputs with k backward passes instead of one per output element."""
-    flat = torch.cat([o.reshape(-1) for o in outputs])
-    g = torch.Generator().manual_seed(flat.numel())
-    weights = torch.rand(k, flat.numel(), generator=g, dtype=flat.dtype) - 0.5
-    return weights @ flat
 
 
 def ndc(H, W):

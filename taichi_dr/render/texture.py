@@ -15,7 +15,7 @@ import taichi as ti
 from .. import backend
 from ..errors import UserError
 from . import arrays
-from .arrays import IVec3, Real, Vec2, Vec3
+from .arrays import Int, IVec3, Real, Vec2, Vec3, Vec4
 
 FILTERS = ("nearest", "bilinear", "trilinear")
 WRAPS = ("repeat", "clamp")
@@ -496,137 +496,41 @@ def _lod(uv_da: ti.template(), i, cube: ti.i32, w0, h0, ds, dt):
     return lod, G, DX, DY
 
 
-@ti.func
-def _level_taps(face, s, t, h, w, boundary: ti.i32, nearest: ti.i32):
-    """The 4 bilinear taps (or 1 nearest) of (s, t) on a level of h × w texels: local
-    addresses (ivec4, −1: none) within the level, weights and their derivatives by s
-    and t (vec4 each)."""
-    addr = ti.Vector([-1, -1, -1, -1])
-    wt = ti.Vector([0.0, 0.0, 0.0, 0.0])
-    ws = ti.Vector([0.0, 0.0, 0.0, 0.0])
-    wv = ti.Vector([0.0, 0.0, 0.0, 0.0])
-    if boundary == 0:  # wrap: the fractional part (slope 1)
-        s, t = s - ti.floor(s), t - ti.floor(t)
-    if nearest:
-        x, y = _floor(ti.min(ti.max(s, -2.0), 2.0) * w), _floor(ti.min(ti.max(t, -2.0), 2.0) * h)
-        ok = True
-        if boundary == 2:
-            ok = 0 <= x and x < w and 0 <= y and y < h
-        x, y = ti.min(ti.max(x, 0), w - 1), ti.min(ti.max(y, 0), h - 1)
-        if ok:
-            addr[0] = (face * h + y) * w + x
-            wt[0] = 1.0
-    else:
-        x, y = s * w - 0.5, t * h - 0.5
-        sx, sy = ti.cast(w, float), ti.cast(h, float)  # ∂x/∂s, ∂y/∂t
-        if boundary == 1:  # clamp to the edge texels' centres: no slope where clamped
-            sx = ti.select(x < 0.0 or x > w - 1.0, 0.0, sx)
-            sy = ti.select(y < 0.0 or y > h - 1.0, 0.0, sy)
-            x, y = ti.min(ti.max(x, 0.0), w - 1.0), ti.min(ti.max(y, 0.0), h - 1.0)
-        else:
-            x, y = ti.min(ti.max(x, -2.0), w + 1.0), ti.min(ti.max(y, -2.0), h + 1.0)
-        x0, y0 = _floor(x), _floor(y)
-        fx, fy = x - x0, y - y0
-        wt = ti.Vector([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])
-        ws = sx * ti.Vector([fy - 1, 1 - fy, -fy, fy])
-        wv = sy * ti.Vector([fx - 1, -fx, 1 - fx, fx])
-        corner = -1
-        for m in ti.static(range(4)):
-            xm, ym = x0 + m % 2, y0 + m // 2
-            if boundary == 0:
-                xm, ym = xm % w, ym % h
-            elif boundary == 1:
-                xm, ym = ti.min(xm, w - 1), ti.min(ym, h - 1)
-            out_x, out_y = xm < 0 or xm >= w, ym < 0 or ym >= h
-            if boundary == 3:
-                if out_x and out_y:
-                    corner = m
-                else:
-                    f2, y2, x2 = face, ym, xm
-                    if out_x or out_y:
-                        f2, y2, x2 = _cube_texel(face, ym, xm, w)
-                    addr[m] = (f2 * h + y2) * w + x2
-            elif not (out_x or out_y):
-                addr[m] = (face * h + ym) * w + xm
-        if corner >= 0:  # a cube corner: the missing tap is the mean of the three texels
-            for m in ti.static(range(4)):
-                if m != corner:
-                    wt[m] += wt[corner] / 3.0
-                    ws[m] += ws[corner] / 3.0
-                    wv[m] += wv[corner] / 3.0
-            for m in ti.static(range(4)):
-                if m == corner:
-                    wt[m], ws[m], wv[m] = 0.0, 0.0, 0.0
-    return addr, wt, ws, wv
+TAPS = 8  # per pixel: the 4 bilinear taps in each of 2 mip levels
 
 
 @ti.func
-def _setup(
-    i,
-    levels: ti.template(),
-    n_faces,
-    n_images,
-    pixels_per_view,
-    mip_stride,
-    uv: ti.template(),
-    uv_da: ti.template(),
-    bias: ti.template(),
-    filter,
-    boundary,
-    has_da,
-    has_bias,
-):
-    """Everything pixel i's lookup needs: its taps in up to two levels (global row of
-    ``tex`` for level 0, of ``mips`` otherwise), level weights, and what the reverse pass
-    needs to send gradients to uv, uv_da and the bias."""
+def _pixel_lod(i, levels: ti.template(), uv: ti.template(), uv_da: ti.template(),
+               bias: ti.template(), filter, boundary, has_da, has_bias):  # fmt: skip
+    """Pixel i's (valid, face, s, t, unclamped level ℓ, levels k0 and k1, the weight of
+    k1) for ``filter`` (an index into NV_FILTERS)."""
     cube = ti.cast(boundary == 3, ti.i32)
     valid, face, s, t, ds, dt, gs, gt, gm, m = _coords(uv, i, cube)
-    b = ti.select(n_images > 1, i // pixels_per_view, 0)
     top = levels.shape[0] - 1
     base = levels[0]
-    lod_raw, G, DX, DY = 0.0, ti.Matrix([[0.0, 0.0], [0.0, 0.0]]), ds * 0.0, ds * 0.0
+    lod_raw = 0.0
     if filter >= 2:
         if has_da:
-            lod_raw, G, DX, DY = _lod(uv_da, i, cube, base[2] * 1.0, base[1] * 1.0, ds, dt)
+            lod_raw = _lod(uv_da, i, cube, base[2] * 1.0, base[1] * 1.0, ds, dt)[0]
         if has_bias:
             lod_raw += bias[i]
     lod = ti.min(ti.max(lod_raw, 0.0), top * 1.0)
     k0 = ti.min(_floor(lod), top)
     frac = ti.select(filter == 3, lod - k0, 0.0)
-    k1 = ti.min(k0 + 1, top)
-    lw = ti.Vector([1.0 - frac, frac])
-    slope = filter == 3 and lod_raw > 0.0 and lod_raw < top and valid
-    addr = ti.Matrix([[-1, -1, -1, -1], [-1, -1, -1, -1]])
-    wt = ti.Matrix([[0.0] * 4, [0.0] * 4])
-    ws = ti.Matrix([[0.0] * 4, [0.0] * 4])
-    wv = ti.Matrix([[0.0] * 4, [0.0] * 4])
-    if valid:
-        for j in ti.static(range(2)):
-            k = k0
-            need = True
-            if ti.static(j == 1):
-                k = k1
-                need = frac > 0.0
-            if need:
-                info = levels[k]
-                a, w4, s4, v4 = _level_taps(
-                    face, s, t, info[1], info[2], boundary, ti.cast(filter == 0, ti.i32)
-                )
-                start = b * n_faces * base[1] * base[2]  # level 0: rows of tex
-                if k > 0:
-                    start = b * mip_stride + info[0]  # rows of mips
-                for q in ti.static(range(4)):
-                    if a[q] >= 0:
-                        addr[j, q] = start + a[q]
-                    wt[j, q], ws[j, q], wv[j, q] = w4[q], s4[q], v4[q]
-    src = ti.Vector([ti.select(k0 > 0, 1, 0), ti.select(k1 > 0, 1, 0)])
-    return valid, addr, src, wt, ws, wv, lw, slope, G, DX, DY, ds, dt, gs, gt, gm, m, s, t
+    return valid, face, s, t, lod_raw, k0, ti.min(k0 + 1, top), frac
+
+
+@ti.func
+def _weight(qx, qy, fx, fy, sx, sy):
+    """Bilinear weight of tap (qx, qy) ∈ {0, 1}² at fractions (fx, fy), and its derivatives
+    by s and t (sx = ∂x/∂s, sy = ∂y/∂t)."""
+    wx = ti.select(qx == 1, fx, 1.0 - fx)
+    wy = ti.select(qy == 1, fy, 1.0 - fy)
+    return wx * wy, sx * ti.select(qx == 1, 1.0, -1.0) * wy, sy * ti.select(qy == 1, 1.0, -1.0) * wx
 
 
 @ti.kernel
-def _sample_kernel(
-    tex: Real2,
-    mips: Real2,
+def _taps(
     levels: IVec3,
     n_faces: ti.i32,
     n_images: ti.i32,
@@ -639,38 +543,139 @@ def _sample_kernel(
     boundary: ti.i32,
     has_da: ti.i32,
     has_bias: ti.i32,
-    out: Real2,
+    addr: Int,
+    weights: Vec4,
 ):
+    base = levels[0]
+    for i in range(addr.shape[0] // TAPS):
+        valid, face, s, t, lod_raw, k0, k1, frac = _pixel_lod(
+            i, levels, uv, uv_da, bias, filter, boundary, has_da, has_bias
+        )
+        image = ti.select(n_images > 1, i // pixels_per_view, 0)
+        if boundary == 0:  # wrap: the fractional part (slope 1)
+            s, t = s - ti.floor(s), t - ti.floor(t)
+        for k in range(TAPS):  # a runtime loop: one copy of the tap code to compile
+            j, q = k // 4, k % 4
+            a = -1
+            wv = ti.Vector([0.0, 0.0, 0.0, 0.0])
+            if valid and (j == 0 or frac > 0.0) and (filter > 0 or q == 0):
+                level = ti.select(j == 0, k0, k1)
+                info = levels[level]
+                h, w = info[1], info[2]
+                f, x, y = face, 0, 0
+                wq, dws, dwt = 1.0, 0.0, 0.0
+                ok = True
+                if filter == 0:  # nearest: the texel under (s, t) of level 0
+                    x = _floor(ti.min(ti.max(s, -2.0), 2.0) * w)
+                    y = _floor(ti.min(ti.max(t, -2.0), 2.0) * h)
+                    if boundary == 2:
+                        ok = 0 <= x and x < w and 0 <= y and y < h
+                    x, y = ti.min(ti.max(x, 0), w - 1), ti.min(ti.max(y, 0), h - 1)
+                else:
+                    xf, yf = s * w - 0.5, t * h - 0.5
+                    sx, sy = w * 1.0, h * 1.0  # ∂x/∂s, ∂y/∂t
+                    if boundary == 1:  # clamp to the edge texels' centres: no slope there
+                        sx = ti.select(xf < 0.0 or xf > w - 1.0, 0.0, sx)
+                        sy = ti.select(yf < 0.0 or yf > h - 1.0, 0.0, sy)
+                        xf, yf = ti.min(ti.max(xf, 0.0), w - 1.0), ti.min(ti.max(yf, 0.0), h - 1.0)
+                    else:
+                        xf, yf = (
+                            ti.min(ti.max(xf, -2.0), w + 1.0),
+                            ti.min(ti.max(yf, -2.0), h + 1.0),
+                        )
+                    x0, y0 = _floor(xf), _floor(yf)
+                    fx, fy = xf - x0, yf - y0
+                    qx, qy = q % 2, q // 2
+                    wq, dws, dwt = _weight(qx, qy, fx, fy, sx, sy)
+                    x, y = x0 + qx, y0 + qy
+                    if boundary == 0:
+                        x, y = x % w, y % h
+                    elif boundary == 1:
+                        x, y = ti.min(x, w - 1), ti.min(y, h - 1)
+                    out_x, out_y = x < 0 or x >= w, y < 0 or y >= h
+                    if boundary == 2:
+                        ok = not (out_x or out_y)
+                    elif boundary == 3:
+                        # a cube corner: the tap off both edges is the mean of the other three
+                        cx = ti.select(x0 < 0, 0, ti.select(x0 + 1 >= w, 1, -1))
+                        cy = ti.select(y0 < 0, 0, ti.select(y0 + 1 >= h, 1, -1))
+                        if cx >= 0 and cy >= 0:
+                            if qx == cx and qy == cy:
+                                ok = False
+                            else:
+                                wc, dcs, dct = _weight(cx, cy, fx, fy, sx, sy)
+                                wq, dws, dwt = wq + wc / 3.0, dws + dcs / 3.0, dwt + dct / 3.0
+                        if ok and (out_x or out_y):  # off one edge: the neighbouring face
+                            f, y, x = _cube_texel(face, y, x, w)
+                if ok:
+                    local = (f * h + y) * w + x
+                    if level == 0:
+                        a = image * n_faces * base[1] * base[2] + local
+                    else:
+                        a = -2 - (image * mip_stride + info[0] + local)
+                    wv = ti.Vector([(1.0 - frac) * wq, (1.0 - frac) * dws, (1.0 - frac) * dwt, -wq])
+                    if j == 1:
+                        wv = ti.Vector([frac * wq, frac * dws, frac * dwt, wq])
+            addr[i * TAPS + k] = a
+            weights[i * TAPS + k] = wv
+
+
+@ti.func
+def _fetch(tex: ti.template(), mips: ti.template(), a, c):
+    """Channel c of tap address a: a row of tex (a ≥ 0), of mips (a ≤ −2), or 0 (a = −1)."""
+    v = 0.0
+    if a >= 0:
+        v = tex[a, c]
+    elif a <= -2:
+        v = mips[-2 - a, c]
+    return v
+
+
+@ti.kernel
+def _gather(tex: Real2, mips: Real2, addr: Int, weights: Vec4, out: Real2):
     for i in range(out.shape[0]):
-        setup = _setup(
-            i, levels, n_faces, n_images, pixels_per_view, mip_stride, uv, uv_da, bias,
-            filter, boundary, has_da, has_bias,
-        )  # fmt: skip
-        addr, src, wt, lw = setup[1], setup[2], setup[3], setup[6]
         for c in range(out.shape[1]):
             acc = 0.0
-            for j in ti.static(range(2)):
-                for q in ti.static(range(4)):
-                    a = addr[j, q]
-                    if a >= 0:
-                        v = 0.0
-                        if src[j] == 0:
-                            v = tex[a, c]
-                        else:
-                            v = mips[a, c]
-                        acc += lw[j] * wt[j, q] * v
+            for q in ti.static(range(TAPS)):
+                a = addr[i * TAPS + q]
+                if a != -1:
+                    acc += weights[i * TAPS + q][0] * _fetch(tex, mips, a, c)
             out[i, c] = acc
 
 
 @ti.kernel
-def _sample_backward_kernel(
+def _gather_backward(
     tex: Real2,
     mips: Real2,
+    addr: Int,
+    weights: Vec4,
+    g_out: Real2,
+    g_tex: Real2,
+    g_mips: Real2,
+    g_coords: Vec3,
+    want_tex: ti.template(),
+    want_mips: ti.template(),
+):
+    for i in range(g_out.shape[0]):
+        acc = ti.Vector([0.0, 0.0, 0.0])  # ∂L/∂s, ∂L/∂t, ∂L/∂ℓ
+        for c in range(g_out.shape[1]):
+            g = g_out[i, c]
+            for q in ti.static(range(TAPS)):
+                a = addr[i * TAPS + q]
+                if a != -1:
+                    wv = weights[i * TAPS + q]
+                    acc += g * _fetch(tex, mips, a, c) * ti.Vector([wv[1], wv[2], wv[3]])
+                    if a >= 0:
+                        if ti.static(want_tex):
+                            g_tex[a, c] += g * wv[0]
+                    elif ti.static(want_mips):
+                        g_mips[-2 - a, c] += g * wv[0]
+        g_coords[i] = acc
+
+
+@ti.kernel
+def _coords_backward(
     levels: IVec3,
-    n_faces: ti.i32,
-    n_images: ti.i32,
-    pixels_per_view: ti.i32,
-    mip_stride: ti.i32,
     uv: Real2,
     uv_da: Real2,
     bias: Real,
@@ -678,48 +683,32 @@ def _sample_backward_kernel(
     boundary: ti.i32,
     has_da: ti.i32,
     has_bias: ti.i32,
-    g_out: Real2,
-    g_tex: Real2,
-    g_mips: Real2,
+    g_coords: Vec3,
     g_uv: Real2,
     g_da: Real2,
     g_bias: Real,
-    want_tex: ti.template(),
-    want_mips: ti.template(),
     want: ti.types.vector(3, ti.i32),
 ):
-    for i in range(g_out.shape[0]):
-        valid, addr, src, wt, ws, wv, lw, slope, G, DX, DY, ds, dt, gs, gt, gm, m, s, t = _setup(
-            i, levels, n_faces, n_images, pixels_per_view, mip_stride, uv, uv_da, bias,
-            filter, boundary, has_da, has_bias,
-        )  # fmt: skip
-        g_s, g_t, g_lod = 0.0, 0.0, 0.0
-        for c in range(g_out.shape[1]):
-            g = g_out[i, c]
-            level = ti.Vector([0.0, 0.0])
-            for j in ti.static(range(2)):
-                for q in ti.static(range(4)):
-                    a = addr[j, q]
-                    if a >= 0:
-                        v = 0.0
-                        if src[j] == 0:
-                            v = tex[a, c]
-                            if ti.static(want_tex):
-                                g_tex[a, c] += lw[j] * wt[j, q] * g
-                        else:
-                            v = mips[a, c]
-                            if ti.static(want_mips):
-                                g_mips[a, c] += lw[j] * wt[j, q] * g
-                        g_s += lw[j] * ws[j, q] * v * g
-                        g_t += lw[j] * wv[j, q] * v * g
-                        level[j] += wt[j, q] * v
-            g_lod += g * (level[1] - level[0])
-        if not slope:
+    top = levels.shape[0] - 1
+    base = levels[0]
+    for i in range(g_coords.shape[0]):
+        cube = ti.cast(boundary == 3, ti.i32)
+        valid, face, s, t, ds, dt, gs, gt, gm, m = _coords(uv, i, cube)
+        g_s, g_t, g_lod = g_coords[i][0], g_coords[i][1], g_coords[i][2]
+        lod_raw = 0.0
+        G = ti.Matrix([[0.0, 0.0], [0.0, 0.0]])
+        DX, DY = ds * 0.0, ds * 0.0
+        if filter >= 2:
+            if has_da:
+                lod_raw, G, DX, DY = _lod(uv_da, i, cube, base[2] * 1.0, base[1] * 1.0, ds, dt)
+            if has_bias:
+                lod_raw += bias[i]
+        if not (filter == 3 and lod_raw > 0.0 and lod_raw < top and valid):
             g_lod = 0.0
-        if valid and boundary == 3:
+        if cube:
             gd = g_s * ds + g_t * dt
-            if slope and has_da:
-                n = levels[0][2] * 1.0
+            if g_lod != 0.0 and has_da:
+                n = base[2] * 1.0
                 vs = g_lod * (G[0, 0] * DX + G[0, 1] * DY)
                 vt = g_lod * (G[1, 0] * DX + G[1, 1] * DY)
                 sc, tc = (s * 2.0 - 1.0) * m, (t * 2.0 - 1.0) * m
@@ -737,8 +726,8 @@ def _sample_backward_kernel(
             if want[0]:
                 g_uv[i, 0] = g_s
                 g_uv[i, 1] = g_t
-            if want[1] and slope and has_da:
-                w0, h0 = levels[0][2] * 1.0, levels[0][1] * 1.0
+            if want[1] and g_lod != 0.0 and has_da:
+                w0, h0 = base[2] * 1.0, base[1] * 1.0
                 g_da[i, 0] = g_lod * G[0, 0] * w0
                 g_da[i, 1] = g_lod * G[0, 1] * w0
                 g_da[i, 2] = g_lod * G[1, 0] * h0
@@ -780,16 +769,9 @@ def _scalar():
     return _SCALARS[key]
 
 
-def _sample_args(stack: Stack, uv, uv_da, bias, filter, boundary, pixels_per_view):
+def _lookup_args(uv, uv_da, bias, filter, boundary):
     check_modes(filter, boundary)
     return (
-        stack.tex,
-        stack.mips,
-        stack.levels,
-        stack.faces,
-        stack.images,
-        pixels_per_view,
-        mip_count(stack.table, stack.faces),
         uv,
         uv if uv_da is None else uv_da,
         _scalar() if bias is None else bias,
@@ -800,34 +782,61 @@ def _sample_args(stack: Stack, uv, uv_da, bias, filter, boundary, pixels_per_vie
     )
 
 
-def sample_stack(stack: Stack, uv, uv_da, bias, filter, boundary, pixels_per_view, out):
+def sample_stack(
+    stack: Stack, uv, uv_da, bias, filter, boundary, pixels_per_view, addr, weights, out
+) -> None:
     """``out`` (N, C) = the textures of ``stack`` at ``uv`` (N, 2), or cube-map directions
     (N, 3) for ``boundary="cube"``, with ``filter`` ∈ NV_FILTERS. Pixel i reads image
     i // ``pixels_per_view`` (or image 0 when there is one). Mip filters pick the level
     ℓ = log2 σ_max(J) (+ ``bias`` (N,)), J the texel-space Jacobian from ``uv_da`` (N, 4)
     = (∂s/∂X, ∂s/∂Y, ∂t/∂X, ∂t/∂Y), or (N, 6) direction derivatives for cube maps; either
     may be None (not both, for mip filters). Invalid coordinates (NaN, inf, a zero
-    direction) give 0."""
-    _sample_kernel(*_sample_args(stack, uv, uv_da, bias, filter, boundary, pixels_per_view), out)
+    direction) give 0. Also writes each lookup's TAPS taps, which the reverse pass reads:
+    ``addr`` (N·TAPS,) int32 (a row of ``tex`` if ≥ 0, row −2 − a of ``mips`` if ≤ −2,
+    none if −1) and ``weights`` (N·TAPS,) vec4 (the weight, its derivatives by s and t,
+    and the weight within its level, negated in the first level)."""
+    _taps(
+        stack.levels,
+        stack.faces,
+        stack.images,
+        pixels_per_view,
+        mip_count(stack.table, stack.faces),
+        *_lookup_args(uv, uv_da, bias, filter, boundary),
+        addr,
+        weights,
+    )
+    _gather(stack.tex, stack.mips, addr, weights, out)
 
 
-def sample_stack_backward(
-    stack: Stack, uv, uv_da, bias, filter, boundary, pixels_per_view, g_out, grads
+def sample_backward(
+    stack: Stack, uv, uv_da, bias, filter, boundary, addr, weights, g_out, g_coords, grads
 ) -> None:
-    """The reverse pass of :func:`sample_stack` (same inputs; ``g_out`` (N, C)): ``grads``
-    = (g_tex, g_mips, g_uv, g_da, g_bias), each None or an array shaped like its input;
-    adds into g_tex and g_mips, writes the per-pixel ones (allocate them zeroed)."""
+    """The reverse pass of :func:`sample_stack` (same inputs and taps; ``g_out`` (N, C);
+    ``g_coords`` (N,) vec3 work space): ``grads`` = (g_tex, g_mips, g_uv, g_da, g_bias),
+    each None or an array shaped like its input; adds into g_tex and g_mips, writes the
+    per-pixel ones (allocate them zeroed)."""
     g_tex, g_mips, g_uv, g_da, g_bias = grads
-    args = _sample_args(stack, uv, uv_da, bias, filter, boundary, pixels_per_view)
-    _sample_backward_kernel(
-        *args,
+    _gather_backward(
+        stack.tex,
+        stack.mips,
+        addr,
+        weights,
         g_out,
         stack.tex if g_tex is None else g_tex,
         stack.mips if g_mips is None else g_mips,
-        uv if g_uv is None else g_uv,
-        args[8] if g_da is None else g_da,
-        args[9] if g_bias is None else g_bias,
+        g_coords,
         g_tex is not None,
         g_mips is not None,
+    )
+    if g_uv is None and g_da is None and g_bias is None:
+        return
+    args = _lookup_args(uv, uv_da, bias, filter, boundary)
+    _coords_backward(
+        stack.levels,
+        *args,
+        g_coords,
+        uv if g_uv is None else g_uv,
+        args[1] if g_da is None else g_da,
+        args[2] if g_bias is None else g_bias,
         ti.Vector([int(g is not None) for g in (g_uv, g_da, g_bias)]),
     )
