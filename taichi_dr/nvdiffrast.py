@@ -442,7 +442,7 @@ class _Interpolate(torch.autograd.Function):
         g_da = g_da.contiguous() if len(selected) else g_out
         interpolation.attributes_backward(
             attr.detach(), ctx.stride, tri, rast.detach(), db.detach(), ctx.frame, selected,
-            g_out.contiguous(), g_da, g_attr, g_rast, rast if g_db is None else g_db,
+            g_out.contiguous(), g_da, g_attr, g_rast, g_rast if g_db is None else g_db,
         )  # fmt: skip
         return g_attr, g_rast, g_db, None, None, None, None
 
@@ -767,7 +767,7 @@ def antialias(color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0)
     if isinstance(pos_gradient_boost, bool) or not isinstance(pos_gradient_boost, int | float):
         _fail(f"pos_gradient_boost must be a number, got {pos_gradient_boost!r}")
     col = _float(color, "color", g.work).reshape(frame.pixels, -1)
-    r = _float(rast, "rast", g.work).reshape(-1, 4)
+    r = _float(rast, "rast", g.work).reshape(-1, 4).detach()  # no gradient to rast
     n = frame.pixels
     ids = torch.empty(n, dtype=torch.int32, device=g.work)
     depth = r.new_empty(n)
