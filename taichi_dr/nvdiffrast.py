@@ -32,11 +32,13 @@ have the dtype of the op's main float input.
 import logging
 import sys
 import types
+import weakref
 
 import numpy as np
 
 from . import backend
 from .errors import UserError
+from .render import antialias as blending
 from .render import interpolate as interpolation
 from .render import raster, silhouette
 from .render import texture as texturing
@@ -49,7 +51,7 @@ except ImportError as e:  # pragma: no cover - exercised only without torch
         "taichi_dr.nvdiffrast needs PyTorch; install it with: pip install 'taichi-dr[torch]'"
     ) from e
 
-from .torch import _Antialias, _with_grad, topology  # noqa: E402  (needs torch)
+from .torch import _with_grad, topology  # noqa: E402  (needs torch)
 
 __all__ = [
     "RasterizeTaichiContext",
@@ -161,10 +163,39 @@ def _indices(t, name: str, columns: int, device) -> "torch.Tensor":
     return t.to(device=device, dtype=torch.int32).contiguous()
 
 
+class _PerTensor:
+    """Values remembered per tensor object and version (weakly: forgotten with the tensor),
+    so that work done for a tensor is not redone while it is unchanged."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def get(self, t, key=()):
+        seen = self.entries.get(id(t))
+        if seen is not None and seen[0]() is t and seen[1] == (t._version, key):
+            return seen[2]
+        return None
+
+    def put(self, t, value, key=()):
+        slot = id(t)
+        forget = weakref.ref(t, lambda _: self.entries.pop(slot, None))
+        self.entries[slot] = (forget, (t._version, key), value)
+        return value
+
+
+_CHECKED = _PerTensor()  # index tensors whose range was checked, by vertex count
+_TOPOLOGY = _PerTensor()  # index tensor → its topology hash, when antialias built one
+_IDS = _PerTensor()  # rast tensor → its triangle ids (int32, −1 empty), from rasterize
+
+
 def _check_vertex_indices(tri: "torch.Tensor", n_vertices: int, what: str) -> None:
+    """Every index of ``tri`` lies in 0..n_vertices − 1 (checked once per tensor version)."""
+    if _CHECKED.get(tri, n_vertices):
+        return
     lo, hi = torch.aminmax(tri)
     if int(lo) < 0 or int(hi) >= n_vertices:
         _fail(f"tri indexes vertices {int(lo)}..{int(hi)}, but {what} has {n_vertices} vertices")
+    _CHECKED.put(tri, True, n_vertices)
 
 
 # --------------------------------------------------------------------------- contexts
@@ -259,7 +290,7 @@ class _Geometry:
         self.tri = _indices(tri, "tri", 3, work)
         F = self.tri.shape[0]
         V = pos.shape[-2]
-        _check_vertex_indices(self.tri, V, "pos")
+        _check_vertex_indices(tri, V, "pos")
         if self.instanced:
             self.views, self.stride = pos.shape[0], V
             self.ranges = torch.tensor([[0, F]], dtype=torch.int32).expand(self.views, 2)
@@ -287,6 +318,7 @@ class _Geometry:
 class _Rast(torch.autograd.Function):
     @staticmethod
     def forward(ctx, clip, tri, ids, frame, stride, with_db, grad_db):
+        ctx.set_materialize_grads(False)  # an unused rast_db sends no gradient
         rast = clip.new_empty((frame.pixels, 4))
         db = clip.new_empty((frame.pixels, 4)) if with_db else None
         interpolation.rasterized(clip.detach(), tri, ids, frame, stride, rast, db)
@@ -301,8 +333,11 @@ class _Rast(torch.autograd.Function):
         clip, tri, ids = ctx.saved_tensors
         c = _with_grad(clip)
         n = ctx.frame.pixels
+        if g_rast is None:
+            g_rast = clip.new_zeros((n, 4))
         rast = _with_grad(clip.new_empty((n, 4)), g_rast)
-        db = _with_grad(clip.new_empty((n, 4)), g_db) if ctx.grad_db else None
+        use_db = ctx.grad_db and g_db is not None
+        db = _with_grad(clip.new_empty((n, 4)), g_db) if use_db else None
         interpolation.rasterized(c, tri, ids, ctx.frame, ctx.stride, rast, db, backward=True)
         return c.grad, None, None, None, None, None, None
 
@@ -330,6 +365,7 @@ def _rasterize(glctx, pos, tri, resolution, ranges, grad_db, peel):
     rast, db = _Rast.apply(g.clip, g.tri, ids, frame, g.stride, glctx.output_db, grad_db)
     rast = rast.reshape(frame.shape(4)).to(device=g.device, dtype=g.dtype)
     db = db.reshape(frame.shape(db.shape[1])).to(device=g.device, dtype=g.dtype)
+    _IDS.put(rast, ids)  # antialias reads them instead of decoding rast again
     return rast, db
 
 
@@ -422,6 +458,7 @@ def _selected(diff_attrs, n_attrs: int) -> list:
 class _Interpolate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, attr, rast, db, tri, selected, frame, stride):
+        ctx.set_materialize_grads(False)
         n = frame.pixels
         out = attr.new_empty((n, attr.shape[1]))
         out_da = attr.new_empty((n, 2 * len(selected)))
@@ -437,9 +474,12 @@ class _Interpolate(torch.autograd.Function):
         attr, rast, db, tri, selected = ctx.saved_tensors
         n = ctx.frame.pixels
         g_attr = torch.zeros_like(attr) if ctx.needs_input_grad[0] else None
+        g_out = attr.new_zeros((n, attr.shape[1])) if g_out is None else g_out
         g_rast = rast.new_empty((n, 4))
-        g_db = rast.new_zeros((n, 4)) if len(selected) else None
-        g_da = g_da.contiguous() if len(selected) else g_out
+        use_da = len(selected) > 0 and g_da is not None
+        g_db = rast.new_zeros((n, 4)) if use_da else None
+        g_da = g_da.contiguous() if use_da else g_out
+        selected = selected if use_da else selected[:0]
         interpolation.attributes_backward(
             attr.detach(), ctx.stride, tri, rast.detach(), db.detach(), ctx.frame, selected,
             g_out.contiguous(), g_da, g_attr, g_rast, g_rast if g_db is None else g_db,
@@ -472,7 +512,7 @@ def interpolate(attr, rast, tri, rast_db=None, diff_attrs=None):
     stride = V if attr.dim() == 3 and attr.shape[0] > 1 else 0
     work = _start(_device(attr, rast, rast_db, tri if isinstance(tri, torch.Tensor) else None))
     tri32 = _indices(tri, "tri", 3, work)
-    _check_vertex_indices(tri32, V, "attr")
+    _check_vertex_indices(tri, V, "attr")
     selected = _selected(diff_attrs, A)
     if selected and rast_db is None:
         _fail("diff_attrs needs rast_db: pass the rast_db that rasterize() returned")
@@ -727,15 +767,22 @@ def antialias_construct_topology_hash(tri):
     return TopologyHash(topology(t), t.shape[0])
 
 
-class _ScaleGrad(torch.autograd.Function):
+class _Antialias(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
+    def forward(ctx, color, clip, edges, frame, boost):
+        out = color.detach().clone()
+        blending.blend(color.detach(), edges, clip.detach(), frame, out)
+        ctx.save_for_backward(color, clip, edges)
+        ctx.frame, ctx.boost = frame, boost
+        return out
 
     @staticmethod
-    def backward(ctx, g):
-        return g * ctx.scale, None
+    def backward(ctx, g_out):
+        color, clip, edges = ctx.saved_tensors
+        c, k = _with_grad(color), _with_grad(clip)
+        out = _with_grad(torch.empty_like(color), g_out)
+        blending.blend(c, edges, k, ctx.frame, out, backward=True)
+        return c.grad + g_out, k.grad * ctx.boost, None, None, None
 
 
 def antialias(color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0):
@@ -757,8 +804,10 @@ def antialias(color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0)
         _fail(f"instance mode - pos must have shape [{frame.views}, >0, 4] (minibatch of color), "
               f"got {list(pos.shape)}")  # fmt: skip
     g = _Geometry(pos, tri, None, views=frame.views)
-    if topology_hash is None:
-        topology_hash = antialias_construct_topology_hash(g.tri)
+    if topology_hash is None:  # built once per index tensor (and version)
+        topology_hash = _TOPOLOGY.get(tri) or _TOPOLOGY.put(
+            tri, antialias_construct_topology_hash(g.tri)
+        )
     if not isinstance(topology_hash, TopologyHash):
         _fail("topology_hash must come from antialias_construct_topology_hash(tri)")
     if topology_hash.n_triangles != g.tri.shape[0]:
@@ -769,17 +818,18 @@ def antialias(color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0)
     col = _float(color, "color", g.work).reshape(frame.pixels, -1)
     r = _float(rast, "rast", g.work).reshape(-1, 4).detach()  # no gradient to rast
     n = frame.pixels
-    ids = torch.empty(n, dtype=torch.int32, device=g.work)
-    depth = r.new_empty(n)
-    interpolation.rast_ids(r, ids, depth)
+    ids = _IDS.get(rast)
+    depth = r[:, 2].contiguous()  # z/w decides which triangle is in front
+    if ids is None or ids.device != g.work:
+        ids = torch.empty(n, dtype=torch.int32, device=g.work)
+        interpolation.rast_ids(r, ids, depth)
     edges = torch.empty((2 * n, 3), dtype=torch.int32, device=g.work)
     bits = torch.empty(frame.views * g.tri.shape[0], dtype=torch.int32, device=g.work)
     silhouette.detect(
         ids, depth, g.clip.detach(), g.tri, topology_hash.neighbours.to(g.work), g.ranges,
         frame, bits, edges, rules="nvdiffrast", shared=not g.instanced,
     )  # fmt: skip
-    clip = g.clip if pos_gradient_boost == 1 else _ScaleGrad.apply(g.clip, pos_gradient_boost)
-    out = _Antialias.apply(col, clip, edges, frame)
+    out = _Antialias.apply(col, g.clip, edges, frame, float(pos_gradient_boost))
     return out.reshape(color.shape).to(device=color.device, dtype=color.dtype)
 
 

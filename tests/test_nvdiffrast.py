@@ -15,6 +15,7 @@ from conftest import project  # noqa: E402
 
 import taichi_dr.nvdiffrast as dr  # noqa: E402
 from taichi_dr import Camera  # noqa: E402
+from taichi_dr.render import silhouette  # noqa: E402
 from taichi_dr.scene import icosphere  # noqa: E402
 
 H, W = 14, 18
@@ -353,7 +354,9 @@ def reference_antialias(color, rast, clip, faces):
     return out
 
 
-def test_antialias_matches_reference(glctx, scene, rng):
+@pytest.mark.parametrize("on_the_fly", [True, False])
+def test_antialias_matches_reference(glctx, scene, rng, on_the_fly, monkeypatch):
+    monkeypatch.setattr(silhouette, "ON_THE_FLY", 10**9 if on_the_fly else 0)
     clip, faces = scene
     tri = torch.tensor(faces)
     for pos, ranges in ((torch.tensor(clip), None), (torch.tensor(clip[1]), [[0, 80], [10, 60]])):

@@ -208,11 +208,12 @@ def _setup_items(
 
 
 @ti.kernel
-def _scan_items(n_items: ti.i32, tile_count: Int, tile_offset: Int, total: Int):
+def _scan_items(n_items: ti.i32, tile_count: Int, tile_offset: Int, total: Int) -> ti.i32:
     ti.loop_config(serialize=True)
     for k in range(n_items):
         tile_offset[k] = total[0]
         total[0] += tile_count[k]
+    return total[0]
 
 
 @ti.kernel
@@ -296,9 +297,11 @@ def _raster_items(
 
 @ti.kernel
 def _clear_keys(
-    key: I64, floor_key: I64, fragments: Int, peel: ti.template(), count: ti.template()
+    key: I64, floor_key: I64, fragments: Int, total: Int, peel: ti.template(), count: ti.template()
 ):
     for i in range(key.shape[0]):
+        if i == 0:
+            total[0] = 0  # the work-list count, here to save a launch
         if ti.static(peel):
             floor_key[i] = key[i]
         key[i] = ti.i64(EMPTY_KEY)
@@ -394,10 +397,9 @@ class Rasterizer:
         n_items = frame.views * n_faces
         self._ensure(frame, n_items)
         tri, key, floor_key, fragments = self._pixels
-        _clear_keys(key, floor_key, fragments, peel > 0, bool(count))
+        _clear_keys(key, floor_key, fragments, self.total, peel > 0, bool(count))
         if n_items:
             edge_ab, edge_c, zplane, bbox, tile_count, tile_offset = self._items
-            self.total.fill(0)
             tiles_x = (frame.width + TILE - 1) // TILE
             _setup_items(
                 clip,
@@ -419,8 +421,9 @@ class Rasterizer:
                 not self.serial_scan,
             )
             if self.serial_scan:
-                _scan_items(n_items, tile_count, tile_offset, self.total)
-            total = int(self.total[0])
+                total = _scan_items(n_items, tile_count, tile_offset, self.total)
+            else:
+                total = int(self.total[0])
             if total > self._work_capacity:  # grow, never drop faces
                 self._work_capacity = _capacity(total)
                 self._work = arrays.empty(self._work_capacity, 2, ti.i32)

@@ -154,6 +154,10 @@ def _silhouette_bits(neighbours: IVec3, ranges: IVec2, bits: Int):
 
 
 RULES = ("taichi_dr", "nvdiffrast")
+# nvdiffrast's rules test a front face's own edges only: for at most this many (view, face)
+# items the silhouette bits are computed where needed, saving two kernel launches per call;
+# above it, once per face (cheaper than per pixel pair for dense meshes)
+ON_THE_FLY = 4096
 TOLERANCE = 1.0 / 16.0  # nvdiffrast's rules: crossings this far past a centre still count
 
 
@@ -192,6 +196,33 @@ def _face_edge(
     return out
 
 
+@ti.func
+def _own_silhouettes(t: ti.i32, base: ti.i32, faces: ti.template(), neighbours: ti.template(),
+                     clip: ti.template()):  # fmt: skip
+    """Silhouette bits of face t computed on the spot (nvdiffrast's rules, every face
+    present): edge k is a silhouette unless its neighbour faces the same way on screen."""
+    v = faces[t] + base
+    area = facing(
+        ti.cast(clip[v[0]], ti.f64), ti.cast(clip[v[1]], ti.f64), ti.cast(clip[v[2]], ti.f64)
+    )
+    code = 0
+    for k in ti.static(range(3)):
+        n = neighbours[t][k]
+        same = False
+        if n >= 0:
+            u = faces[n] + base
+            c0, c1, c2 = (
+                ti.cast(clip[u[0]], ti.f64),
+                ti.cast(clip[u[1]], ti.f64),
+                ti.cast(clip[u[2]], ti.f64),
+            )
+            other = facing(c0, c1, c2)
+            same = (area > 0.0 and other > 0.0) or (area < 0.0 and other < 0.0)
+        if not same:
+            code |= 1 << k
+    return code
+
+
 @ti.kernel
 def _detect(
     tri: Int,
@@ -205,6 +236,7 @@ def _detect(
     n_vertices: ti.i32,
     edges: IVec3,
     nv: ti.template(),
+    on_the_fly: ti.template(),
 ):
     n, n_faces = tri.shape[0], faces.shape[0]
     for i in range(n):
@@ -237,7 +269,11 @@ def _detect(
                         if c > 0:
                             f = ti.select(c == 1, ring[0], ti.select(c == 2, ring[1], ring[2]))
                         if f >= 0:
-                            code = bits[b * n_faces + f] & SILHOUETTE
+                            code = 0
+                            if ti.static(on_the_fly):
+                                code = _own_silhouettes(f, b * n_vertices, faces, neighbours, clip)
+                            else:
+                                code = bits[b * n_faces + f] & SILHOUETTE
                             if code != 0:
                                 v = faces[f] + b * n_vertices
                                 e = _face_edge(code, v, y, x, d, front, clip, height, width, nv)
@@ -302,7 +338,8 @@ def detect(
     (c0 = −1 if none) and front = 1 when pixel i is the front triangle's pixel.
     ``rules="nvdiffrast"``: only the front triangle's own edges, which must run at least
     as much across the pair as along it and may cross up to 1/16 of the pair beyond a
-    centre (the blend clamps). ``shared``: ``clip`` (V,) is one vertex set for every view.
+    centre (the blend clamps); every face counts as present in every view (``ranges``
+    must be (0, F)). ``shared``: ``clip`` (V,) is one vertex set for every view.
     Not differentiable (run it outside the tape)."""
     n, views, n_faces = frame.pixels, frame.views, faces.shape[0]
     check_length(triangle_id, n, "triangle_id", "one per pixel")
@@ -316,8 +353,10 @@ def detect(
     if clip.shape[0] % views and not shared:
         raise UserError(f"clip has {clip.shape[0]} entries, not a multiple of {views} views")
     n_vertices = 0 if shared else clip.shape[0] // views
-    _facing_bits(clip, faces, ranges, n_vertices, bits)
-    _silhouette_bits(neighbours, ranges, bits)
+    on_the_fly = rules == "nvdiffrast" and views * n_faces <= ON_THE_FLY
+    if not on_the_fly:
+        _facing_bits(clip, faces, ranges, n_vertices, bits)
+        _silhouette_bits(neighbours, ranges, bits)
     _detect(
         triangle_id,
         depth,
@@ -330,4 +369,5 @@ def detect(
         n_vertices,
         edges,
         rules == "nvdiffrast",
+        on_the_fly,
     )
