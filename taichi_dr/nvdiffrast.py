@@ -330,6 +330,7 @@ class _Rast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_rast, g_db):
+        backend.require_autodiff()  # vulkan / metal: forward only
         clip, tri, ids = ctx.saved_tensors
         c = _with_grad(clip)
         n = ctx.frame.pixels
@@ -471,6 +472,7 @@ class _Interpolate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_da):
+        backend.require_autodiff()  # vulkan / metal: forward only
         attr, rast, db, tri, selected = ctx.saved_tensors
         n = ctx.frame.pixels
         g_attr = torch.zeros_like(attr) if ctx.needs_input_grad[0] else None
@@ -559,6 +561,7 @@ class _BuildMips(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_mips):
+        backend.require_autodiff()  # vulkan / metal: forward only
         (tex,) = ctx.saved_tensors
         t = _with_grad(tex)
         m = _with_grad(tex.new_empty(g_mips.shape), g_mips)
@@ -582,6 +585,7 @@ class _Sample(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out):
+        backend.require_autodiff()  # vulkan / metal: forward only
         tex, mips, uv, uv_da, bias, addr, weights = ctx.saved_tensors
         need = ctx.needs_input_grad
         stack = ctx.stack._replace(tex=tex.detach(), mips=mips.detach())
@@ -778,11 +782,13 @@ class _Antialias(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out):
+        backend.require_autodiff()  # vulkan / metal: forward only
         color, clip, edges = ctx.saved_tensors
-        c, k = _with_grad(color), _with_grad(clip)
+        g_out = g_out.contiguous()
+        c, k = _with_grad(color, g_out.clone()), _with_grad(clip)  # out = color + blend
         out = _with_grad(torch.empty_like(color), g_out)
         blending.blend(c, edges, k, ctx.frame, out, backward=True)
-        return c.grad + g_out, k.grad * ctx.boost, None, None, None
+        return c.grad, k.grad * ctx.boost, None, None, None
 
 
 def antialias(color, rast, pos, tri, topology_hash=None, pos_gradient_boost=1.0):

@@ -4,6 +4,8 @@ NumPy references written here from the documented conventions (row 0 at the bott
 gradient, instanced and range modes, broadcast attributes, ``diff_attrs``, contexts and bad
 input. (Textures: test_nvdiffrast_texture.py.)"""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -429,6 +431,16 @@ def test_contexts_log_level_and_dtypes(scene):
     dr.set_log_level(old)
     with pytest.raises(ValueError, match="log level"):
         dr.set_log_level(7)
+    saved = {k: sys.modules.pop(k) for k in ("nvdiffrast", "nvdiffrast.torch") if k in sys.modules}
+    try:
+        dr.install_alias()
+        import nvdiffrast.torch as alias
+
+        assert alias is dr and sys.modules["nvdiffrast"].__version__ == "0.4.0"
+    finally:
+        for k in ("nvdiffrast", "nvdiffrast.torch"):
+            sys.modules.pop(k, None)
+        sys.modules.update(saved)
 
 
 def _rast(c, p, t):
