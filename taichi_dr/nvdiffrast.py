@@ -89,23 +89,21 @@ _handler = logging.StreamHandler()
 _handler.setFormatter(logging.Formatter("taichi_dr.nvdiffrast: %(message)s"))
 _log.addHandler(_handler)
 _LEVELS = (logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
-_log_level = [1]
+_log.setLevel(logging.WARNING)
 
 
 def get_log_level() -> int:
     """The log level: 0 info, 1 warning (default), 2 error, 3 fatal."""
-    return _log_level[0]
+    return _LEVELS.index(_log.level)
 
 
 def set_log_level(level: int) -> None:
     """Show messages of ``level`` and above: 0 info, 1 warning, 2 error, 3 fatal."""
     if isinstance(level, bool) or not isinstance(level, int | np.integer) or not 0 <= level <= 3:
         _fail(f"log level must be 0 (info), 1 (warning), 2 (error) or 3 (fatal), got {level!r}")
-    _log_level[0] = int(level)
     _log.setLevel(_LEVELS[int(level)])
 
 
-_log.setLevel(_LEVELS[1])
 _WARNED: set = set()
 
 

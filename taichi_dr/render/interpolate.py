@@ -11,7 +11,10 @@ Functions over flat arrays (see ``arrays``): :func:`barycentrics` (and eye depth
 where empty), :func:`surface` (the renderer's pass: barycentrics, depth, world position,
 normal, colour and uv at once), :func:`footprint` (a pixel's size in uv units, for mip
 selection) and :func:`interpolate` (any C-vector attribute). Each takes
-``backward=True`` for its reverse pass where it is used outside a tape.
+``backward=True`` for its reverse pass where it is used outside a tape. In nvdiffrast's
+layout (for ``taichi_dr.nvdiffrast``): :func:`rasterized` ((u, v, z/w, id + 1) and the
+barycentrics' image-space derivatives) and :func:`attributes` (any channel count, with
+image-space derivatives).
 """
 
 import taichi as ti

@@ -5,6 +5,10 @@ corner (OpenGL), so texel coordinates are ``(u·w − ½, (1 − v)·h − ½)``
 "nearest", "bilinear", "trilinear" (bilinear in the two mip levels around the level of
 detail); wrap modes "repeat" and "clamp". Gradients reach ``texels`` through every mip
 level because the pyramid is rebuilt by differentiable kernels in ``forward``.
+
+The second half (for ``taichi_dr.nvdiffrast``) samples any channel count, batches of
+textures and cube maps, with nvdiffrast's texel layout and level-of-detail rule:
+:func:`build_mips`, :func:`sample_stack` and :func:`sample_backward`.
 """
 
 from typing import NamedTuple
