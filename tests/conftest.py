@@ -53,6 +53,18 @@ def shared_renderer(mesh, camera, **settings):
     return Renderer(mesh, camera, RenderSettings(**{**defaults, **settings}))
 
 
+def project(*outputs, k=3):
+    """k fixed random weighted sums of torch tensors ``outputs``: ``torch.autograd.gradcheck``
+    then checks the full Jacobian over the inputs with k backward passes, not one per
+    output element."""
+    import torch
+
+    flat = torch.cat([o.reshape(-1) for o in outputs])
+    g = torch.Generator().manual_seed(flat.numel())
+    weights = torch.rand(k, flat.numel(), generator=g, dtype=flat.dtype) - 0.5
+    return weights @ flat
+
+
 @pytest.fixture(scope="session")
 def ggui(tmp_path_factory):
     """Skips unless GGUI can open an (invisible) window: it needs a Vulkan driver."""

@@ -18,7 +18,7 @@ import taichi as ti
 
 from .. import backend
 from . import arrays
-from .arrays import IVec3, Vec4, channels
+from .arrays import IVec3, Vec4
 from .silhouette import check_pair_inputs, pair_crossing
 
 
@@ -35,6 +35,7 @@ def _blend_kernel(n_channels: int, real):
                 e = edges[2 * i + d]
                 if e[1] >= 0:
                     p, q, alpha = pair_crossing(i, d, e, clip, height, width)
+                    alpha = ti.min(ti.max(alpha, 0.0), 1.0)  # in [0, 1] but for nvdiffrast's rules
                     # alpha > ½: the front surface reaches into q; else q's reaches into p
                     to = ti.select(alpha > 0.5, q, p)
                     out[to] += ti.abs(alpha - 0.5) * (color[p + q - to] - color[to])
@@ -50,9 +51,9 @@ def antialias(color, edges, clip, frame, out) -> None:
     :func:`~taichi_dr.render.silhouette.detect`; ``clip`` (B·V,) vec4, the clip
     coordinates the edges were found with. Differentiable (Taichi reverse mode, e.g. under
     ``ti.ad.Tape``) in ``color`` and ``clip``; an input without gradient storage gets none."""
-    blend = _blend_kernel(check_pair_inputs(color, edges, frame, out), backend.real())
+    check_pair_inputs(color, edges, frame, out)
     arrays.copy(color, out)
-    blend(color, edges, clip, frame.height, frame.width, out)
+    blend(color, edges, clip, frame, out)
 
 
 def antialias_backward(color, edges, clip, frame, out) -> None:
@@ -60,7 +61,15 @@ def antialias_backward(color, edges, clip, frame, out) -> None:
     in a torch autograd Function: adds ``out.grad`` pulled back into ``color.grad`` and
     ``clip.grad``. The arrays carry their gradients: Taichi ndarrays with gradients, or
     torch tensors with ``requires_grad`` and ``.grad`` set; an input without gets none."""
-    blend = _blend_kernel(channels(color), backend.real())
-    blend.grad(color, edges, clip, frame.height, frame.width, out)
+    blend(color, edges, clip, frame, out, backward=True)
     if color.grad is not None:
         arrays.copy(out.grad, color.grad, add=True)  # the reverse of out = color
+
+
+def blend(color, edges, clip, frame, out, backward: bool = False) -> None:
+    """The edge blend alone: adds the silhouette blend of ``color`` into ``out``, which
+    holds ``color`` already (:func:`antialias` is ``out = color`` and this). Same arrays
+    as :func:`antialias`; ``backward=True`` adds ``out.grad`` through the blend (not
+    through ``out = color``) into ``color.grad`` and ``clip.grad``."""
+    kernel = _blend_kernel(check_pair_inputs(color, edges, frame, out), backend.real())
+    (kernel.grad if backward else kernel)(color, edges, clip, frame.height, frame.width, out)

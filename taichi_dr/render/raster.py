@@ -208,11 +208,12 @@ def _setup_items(
 
 
 @ti.kernel
-def _scan_items(n_items: ti.i32, tile_count: Int, tile_offset: Int, total: Int):
+def _scan_items(n_items: ti.i32, tile_count: Int, tile_offset: Int, total: Int) -> ti.i32:
     ti.loop_config(serialize=True)
     for k in range(n_items):
         tile_offset[k] = total[0]
         total[0] += tile_count[k]
+    return total[0]
 
 
 @ti.kernel
@@ -278,8 +279,10 @@ def _raster_items(
                         kk = (ti.cast(ti.bit_cast(d, ti.i32), ti.i64) << 32) | f
                         i = row + x
                         behind = True  # the previous layer (depth peeling only)
-                        if ti.static(peel):
+                        if ti.static(peel == 1):
                             behind = kk > floor_key[i]
+                        elif ti.static(peel == 2):  # strictly deeper: equal depths are culled
+                            behind = (kk >> 32) > (floor_key[i] >> 32)
                         if behind:
                             if ti.static(count):
                                 fragments[i] += 1
@@ -294,9 +297,11 @@ def _raster_items(
 
 @ti.kernel
 def _clear_keys(
-    key: I64, floor_key: I64, fragments: Int, peel: ti.template(), count: ti.template()
+    key: I64, floor_key: I64, fragments: Int, total: Int, peel: ti.template(), count: ti.template()
 ):
     for i in range(key.shape[0]):
+        if i == 0:
+            total[0] = 0  # the work-list count, here to save a launch
         if ti.static(peel):
             floor_key[i] = key[i]
         key[i] = ti.i64(EMPTY_KEY)
@@ -377,22 +382,24 @@ class Rasterizer:
         n_vertices: int,
         cull: str = "none",
         count: bool = False,
-        peel: bool = False,
+        peel: bool | str = False,
         triangle_id=None,
     ) -> None:
         """Rasterize view b's faces ``faces[start:start + count]`` (``ranges`` (B,) ivec2)
-        over its clip coordinates ``clip[b·V:(b + 1)·V]`` (V = ``n_vertices``) into a
-        ``frame`` of B views. ``cull``: "none", "back" or "front". ``peel=True`` keeps only
-        fragments behind the previous call's result (the next depth-peeling layer).
+        over its clip coordinates ``clip[b·V:(b + 1)·V]`` (V = ``n_vertices``; 0: one
+        vertex set shared by the views) into a ``frame`` of B views. ``cull``: "none",
+        "back" or "front". ``peel=True`` keeps only fragments behind the previous call's
+        result (the next depth-peeling layer; at equal depth, higher face ids are behind);
+        ``peel="depth"``: only fragments strictly deeper than it.
         ``triangle_id``: an int32 (B·H·W,) array to write the ids into (default: own)."""
+        peel = {False: 0, True: 1, "depth": 2}[peel]
         n_faces = faces.shape[0]
         n_items = frame.views * n_faces
         self._ensure(frame, n_items)
         tri, key, floor_key, fragments = self._pixels
-        _clear_keys(key, floor_key, fragments, bool(peel), bool(count))
+        _clear_keys(key, floor_key, fragments, self.total, peel > 0, bool(count))
         if n_items:
             edge_ab, edge_c, zplane, bbox, tile_count, tile_offset = self._items
-            self.total.fill(0)
             tiles_x = (frame.width + TILE - 1) // TILE
             _setup_items(
                 clip,
@@ -414,8 +421,9 @@ class Rasterizer:
                 not self.serial_scan,
             )
             if self.serial_scan:
-                _scan_items(n_items, tile_count, tile_offset, self.total)
-            total = int(self.total[0])
+                total = _scan_items(n_items, tile_count, tile_offset, self.total)
+            else:
+                total = int(self.total[0])
             if total > self._work_capacity:  # grow, never drop faces
                 self._work_capacity = _capacity(total)
                 self._work = arrays.empty(self._work_capacity, 2, ti.i32)
@@ -436,7 +444,7 @@ class Rasterizer:
                     floor_key,
                     fragments,
                     bool(count),
-                    bool(peel),
+                    peel,
                 )
         _resolve_keys(key, tri if triangle_id is None else triangle_id)
 

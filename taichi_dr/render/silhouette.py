@@ -153,6 +153,14 @@ def _silhouette_bits(neighbours: IVec3, ranges: IVec2, bits: Int):
                 ti.atomic_or(bits[k], sil)  # neighbours read only FRONT | BACK of this entry
 
 
+RULES = ("taichi_dr", "nvdiffrast")
+# nvdiffrast's rules test a front face's own edges only: for at most this many (view, face)
+# items the silhouette bits are computed where needed, saving two kernel launches per call;
+# above it, once per face (cheaper than per pixel pair for dense meshes)
+ON_THE_FLY = 4096
+TOLERANCE = 1.0 / 16.0  # nvdiffrast's rules: crossings this far past a centre still count
+
+
 @ti.func
 def _face_edge(
     code: ti.i32,
@@ -164,21 +172,55 @@ def _face_edge(
     clip: ti.template(),
     height: ti.i32,
     width: ti.i32,
+    nv: ti.template(),
 ):
     """A silhouette edge (i0, i1) of the face with clip indices ``v`` and silhouette bits
-    ``code`` crossing the segment of pair (y, x, d) between 0 and 1, or (−1, −1)."""
+    ``code`` crossing the segment of pair (y, x, d) between 0 and 1, or (−1, −1).
+    ``nv`` (nvdiffrast's rules): the edge must also run at least as much across the pair
+    as along it, and may cross up to ``TOLERANCE`` beyond either centre."""
     out = ti.Vector([-1, -1])
+    slack = ti.static(TOLERANCE if nv else 0.0)
     for k in ti.static(range(3)):
         i0, i1 = v[k], v[(k + 1) % 3]
         if out[0] < 0 and (code >> k) & 1 == 1 and clip[i0][3] > 0.0 and clip[i1][3] > 0.0:
             p0 = to_pixels(clip[i0], width, height)
             p1 = to_pixels(clip[i1], width, height)
             line = ti.Vector([x + 0.5, y + 0.5])[1 - d]
-            if (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and p0[1 - d] != p1[1 - d]:
+            steep = True
+            if ti.static(nv):
+                steep = ti.abs(p1[1 - d] - p0[1 - d]) >= ti.abs(p1[d] - p0[d])
+            if steep and (p0[1 - d] - line) * (p1[1 - d] - line) <= 0.0 and p0[1 - d] != p1[1 - d]:
                 a = crossing(clip[i0], clip[i1], y, x, d, front, width, height)
-                if 0.0 <= a and a <= 1.0:
+                if -slack <= a and a <= 1.0 + slack:
                     out = ti.Vector([i0, i1])
     return out
+
+
+@ti.func
+def _own_silhouettes(t: ti.i32, base: ti.i32, faces: ti.template(), neighbours: ti.template(),
+                     clip: ti.template()):  # fmt: skip
+    """Silhouette bits of face t computed on the spot (nvdiffrast's rules, every face
+    present): edge k is a silhouette unless its neighbour faces the same way on screen."""
+    v = faces[t] + base
+    area = facing(
+        ti.cast(clip[v[0]], ti.f64), ti.cast(clip[v[1]], ti.f64), ti.cast(clip[v[2]], ti.f64)
+    )
+    code = 0
+    for k in ti.static(range(3)):
+        n = neighbours[t][k]
+        same = False
+        if n >= 0:
+            u = faces[n] + base
+            c0, c1, c2 = (
+                ti.cast(clip[u[0]], ti.f64),
+                ti.cast(clip[u[1]], ti.f64),
+                ti.cast(clip[u[2]], ti.f64),
+            )
+            other = facing(c0, c1, c2)
+            same = (area > 0.0 and other > 0.0) or (area < 0.0 and other < 0.0)
+        if not same:
+            code |= 1 << k
+    return code
 
 
 @ti.kernel
@@ -193,6 +235,8 @@ def _detect(
     width: ti.i32,
     n_vertices: ti.i32,
     edges: IVec3,
+    nv: ti.template(),
+    on_the_fly: ti.template(),
 ):
     n, n_faces = tri.shape[0], faces.shape[0]
     for i in range(n):
@@ -217,17 +261,22 @@ def _detect(
                     ring = neighbours[t]
                     e = ti.Vector([-1, -1])
                     # T first; the contour often belongs to a thin rim face that covers no
-                    # pixel centre: then look one ring further, across T's edges. (A runtime
-                    # loop: unrolled, the kernel took seconds to compile.)
-                    for c in range(4):
+                    # pixel centre: then look one ring further, across T's edges (not with
+                    # nvdiffrast's rules). (A runtime loop: unrolled, the kernel took seconds
+                    # to compile.)
+                    for c in range(ti.static(1 if nv else 4)):
                         f = t
                         if c > 0:
                             f = ti.select(c == 1, ring[0], ti.select(c == 2, ring[1], ring[2]))
                         if f >= 0:
-                            code = bits[b * n_faces + f] & SILHOUETTE
+                            code = 0
+                            if ti.static(on_the_fly):
+                                code = _own_silhouettes(f, b * n_vertices, faces, neighbours, clip)
+                            else:
+                                code = bits[b * n_faces + f] & SILHOUETTE
                             if code != 0:
                                 v = faces[f] + b * n_vertices
-                                e = _face_edge(code, v, y, x, d, front, clip, height, width)
+                                e = _face_edge(code, v, y, x, d, front, clip, height, width, nv)
                         if e[0] >= 0:
                             break
                     if e[0] >= 0:
@@ -262,7 +311,19 @@ def check_pair_inputs(color, edges, frame, image) -> int:
     return channels(color)
 
 
-def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edges) -> None:
+def detect(
+    triangle_id,
+    depth,
+    clip,
+    faces,
+    neighbours,
+    ranges,
+    frame,
+    bits,
+    edges,
+    rules: str = "taichi_dr",
+    shared: bool = False,
+) -> None:
     """Find the silhouette edge between every pixel and its right and lower neighbour.
 
     Inputs: ``triangle_id`` (N,) int32 and ``depth`` (N,) (eye-space distance) per pixel
@@ -275,6 +336,10 @@ def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edg
     ``edges`` (2·N,) ivec3 at 2·i + d for pixel i and its right (d = 0) or lower (d = 1)
     neighbour: (front, c0, c1), the crossing silhouette edge as indices into ``clip``
     (c0 = −1 if none) and front = 1 when pixel i is the front triangle's pixel.
+    ``rules="nvdiffrast"``: only the front triangle's own edges, which must run at least
+    as much across the pair as along it and may cross up to 1/16 of the pair beyond a
+    centre (the blend clamps); every face counts as present in every view (``ranges``
+    must be (0, F)). ``shared``: ``clip`` (V,) is one vertex set for every view.
     Not differentiable (run it outside the tape)."""
     n, views, n_faces = frame.pixels, frame.views, faces.shape[0]
     check_length(triangle_id, n, "triangle_id", "one per pixel")
@@ -283,11 +348,15 @@ def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edg
     check_length(neighbours, n_faces, "neighbours", "one per face")
     check_length(bits, views * n_faces, "bits", "one per view and face")
     check_length(edges, 2 * n, "edges", "two per pixel")
-    if clip.shape[0] % views:
+    if rules not in RULES:
+        raise UserError(f"unknown silhouette rules {rules!r}; choose one of {RULES}")
+    if clip.shape[0] % views and not shared:
         raise UserError(f"clip has {clip.shape[0]} entries, not a multiple of {views} views")
-    n_vertices = clip.shape[0] // views
-    _facing_bits(clip, faces, ranges, n_vertices, bits)
-    _silhouette_bits(neighbours, ranges, bits)
+    n_vertices = 0 if shared else clip.shape[0] // views
+    on_the_fly = rules == "nvdiffrast" and views * n_faces <= ON_THE_FLY
+    if not on_the_fly:
+        _facing_bits(clip, faces, ranges, n_vertices, bits)
+        _silhouette_bits(neighbours, ranges, bits)
     _detect(
         triangle_id,
         depth,
@@ -299,4 +368,6 @@ def detect(triangle_id, depth, clip, faces, neighbours, ranges, frame, bits, edg
         frame.width,
         n_vertices,
         edges,
+        rules == "nvdiffrast",
+        on_the_fly,
     )
