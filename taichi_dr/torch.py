@@ -510,7 +510,7 @@ class _Soft(torch.autograd.Function):
         g_clip = torch.zeros_like(clip) if ctx.needs_input_grad[0] else None
         g_colors = torch.zeros_like(colors) if ctx.needs_input_grad[1] else None
         soft_blend.blend_backward(
-            ctx.candidates, clip, colors, ctx.params, sil, image,
+            ctx.candidates, clip.detach(), colors.detach(), ctx.params, sil, image,
             g_sil.contiguous(), g_image.contiguous(), g_clip, g_colors,
         )  # fmt: skip
         return g_clip, g_colors, None, None

@@ -81,15 +81,15 @@ def test_derivative_image_matches_reverse_mode_and_differences(
 
 
 def test_translation_derivative_is_linear_in_direction(setup):
-    """∂I/∂θ along a + b equals the sum along a and along b (one call each; to the
-    fourth-order difference's float64 accuracy, ~1e-10 of the derivative's scale)."""
+    """∂I/∂θ along a + b equals the sum along a and along b (one call each; to the central
+    difference's float64 round-off, ~1e-10 of the image over h = 1e-6)."""
     r = setup.r
     r.configure(mode="hard", shading="blinn-phong")
     a, b = np.array([0.3, 0.1, -0.2]), np.array([-0.1, 0.4, 0.2])
     da = derivative_image(r, "translation", direction=a)
     db = derivative_image(r, "translation", direction=b)
     dab = derivative_image(r, "translation", direction=a + b)
-    np.testing.assert_allclose(dab, da + db, atol=1e-9 * np.abs(dab).max())
+    np.testing.assert_allclose(dab, da + db, atol=1e-7 * np.abs(dab).max())
 
 
 def test_bad_parameters_are_user_errors(setup):
