@@ -8,9 +8,9 @@ level because the pyramid is rebuilt by differentiable kernels in ``forward``.
 
 ``Texture`` keeps the texels and the pyramid in flat ndarrays (compile-once kernels),
 ``build_pyramid`` fills the pyramid, the ``ti.func`` ``sample`` reads it inside any kernel
-and ``lookup`` samples n points. The second half (for ``taichi_dr.nvdiffrast``) samples any channel count, batches of
-textures and cube maps, with nvdiffrast's texel layout and level-of-detail rule:
-:func:`build_mips`, :func:`sample_stack` and :func:`sample_backward`.
+and ``lookup`` samples n points. The second half (for ``taichi_dr.nvdiffrast``) samples
+any channel count, batches of textures and cube maps, with nvdiffrast's texel layout and
+level-of-detail rule: :func:`build_mips`, :func:`sample_stack` and :func:`sample_backward`.
 """
 
 from typing import NamedTuple
