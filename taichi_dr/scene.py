@@ -399,6 +399,27 @@ def save_obj(path, mesh: Mesh) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def concatenate(meshes) -> tuple[Mesh, np.ndarray]:
+    """One mesh made of ``meshes`` (vertices and faces appended, face indices offset; uvs
+    kept when every mesh has them; no texture) and their face ranges (n, 2) rows (start,
+    count): a batch renders mesh k in view b with ``Renderer.set_face_ranges``."""
+    meshes = list(meshes)
+    if not meshes:
+        raise UserError("concatenate needs at least one mesh")
+    offsets = np.cumsum([0] + [m.num_vertices for m in meshes])
+    starts = np.cumsum([0] + [m.num_faces for m in meshes])
+    uvs = [m.uvs for m in meshes]
+    mesh = Mesh(
+        np.concatenate([m.vertices for m in meshes]),
+        np.concatenate([m.faces + o for m, o in zip(meshes, offsets)]),
+        np.concatenate([m.normals for m in meshes]),
+        np.concatenate(uvs) if all(u is not None for u in uvs) else None,
+        name="+".join(m.name for m in meshes),
+    )
+    ranges = np.stack([starts[:-1], np.diff(starts)], 1).astype(np.int32)
+    return mesh, ranges
+
+
 # ---------------------------------------------------------------------------- shapes
 
 

@@ -69,3 +69,24 @@ def test_bad_batches():
     r.set_positions(np.zeros((3, mesh.num_vertices, 3)) + mesh.vertices)
     with pytest.raises(UserError, match="position instances"):
         r.set_camera(_cams()[:2])
+
+
+def test_meshes_of_a_batch_by_face_ranges():
+    """Two meshes concatenated into one; view b draws mesh b (its face range) and equals a
+    single render of that mesh alone."""
+    from taichi_dr.scene import concatenate, torus
+
+    meshes = [blob(1), torus(0.8, 0.3, 12, 6)]
+    both, ranges = concatenate(meshes)
+    r = Renderer(both, _cams()[:2], RenderSettings("lambert", mode="antialias"))
+    r.set_face_ranges(ranges)
+    out = r.render()
+    for b, mesh in enumerate(meshes):
+        alone = Renderer(mesh, _cams()[b], RenderSettings("lambert", mode="antialias")).render()
+        np.testing.assert_allclose(out.image[b], alone.image, atol=1e-12)
+        ids = out.triangle_id[b]
+        np.testing.assert_array_equal(np.where(ids >= 0, ids - ranges[b, 0], -1), alone.triangle_id)
+    with pytest.raises(UserError, match="within the mesh"):
+        r.set_face_ranges([[0, 10**6], [0, 1]])
+    with pytest.raises(UserError, match="2 integer rows"):
+        r.set_face_ranges([[0, 1]])

@@ -333,6 +333,23 @@ class Renderer:
         arrays.detach(array, plain[1])
         return plain[1]
 
+    def set_face_ranges(self, ranges=None) -> None:
+        """Several meshes in one batch: ``ranges`` (B, 2) rows (start, count) — view b
+        draws faces start..start + count − 1 of the mesh (the meshes concatenated into one,
+        e.g. with :func:`~taichi_dr.scene.concatenate`); None: every view draws every face."""
+        F = self.mesh.num_faces
+        if ranges is None:
+            self._ranges = None
+            return
+        r = np.asarray(ranges)
+        if r.shape != (self.views, 2) or r.dtype.kind not in "iu":
+            raise UserError(
+                f"face ranges must be {self.views} integer rows (start, count), got {r.shape}"
+            )
+        if (r < 0).any() or (r.sum(1) > F).any():
+            raise UserError(f"face ranges must lie within the mesh's {F} faces, got {r.tolist()}")
+        self._ranges = ((self.views, F), arrays.from_numpy(r.astype(np.int32), dtype=ti.i32))
+
     def _face_ranges(self):
         F = self.mesh.num_faces
         if self._ranges is None or self._ranges[0] != (self.views, F):
