@@ -70,8 +70,10 @@ def _warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-def _real(t: "torch.Tensor", name: str) -> "torch.Tensor":
-    """``t`` as a contiguous tensor of the backend's float type (a copy only if needed)."""
+def _real(t: "torch.Tensor", name: str, finite: bool = True) -> "torch.Tensor":
+    """``t`` as a contiguous tensor of the backend's float type (a copy only if needed);
+    ``finite``: refuse NaN/inf (scene inputs; per-pixel tensors are not scanned — NaN there
+    propagates, as in any torch op)."""
     if not isinstance(t, torch.Tensor):
         raise UserError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     dtype = torch.float64 if backend.precision() == "f64" else torch.float32
@@ -83,7 +85,7 @@ def _real(t: "torch.Tensor", name: str) -> "torch.Tensor":
             "taichi_dr runs on the CPU: CUDA tensors are copied to the host and back each "
             "call; start it with taichi_dr.init('cuda') to keep them on the GPU",
         )
-    if not torch.isfinite(t).all():
+    if finite and not torch.isfinite(t).all():
         raise UserError(f"{name} contains NaN or inf; pass finite values")
     return t.to(dtype).contiguous()
 
@@ -246,7 +248,7 @@ def interpolate(attributes, fragments: Fragments, faces) -> "torch.Tensor":
 
 
 def _per_pixel(t, name: str, frame: Frame, channels: int) -> "torch.Tensor":
-    t = _real(t, name)
+    t = _real(t, name, finite=False)
     if tuple(t.shape) != frame.shape(channels):
         raise UserError(f"{name} must have shape {frame.shape(channels)}, got {tuple(t.shape)}")
     return t.reshape(frame.pixels, channels)
@@ -302,14 +304,14 @@ def texture(image, uv, footprint=None, filter: str = "bilinear", wrap: str = "re
         raise UserError(f"image must have shape (h, w, 3), got {tuple(img.shape)}")
     h, w = img.shape[:2]
     texturing.check_texture(h, w, filter, wrap)
-    uv = _real(uv, "uv")
+    uv = _real(uv, "uv", finite=False)
     if uv.shape[-1] != 2:
         raise UserError(f"uv must have shape (..., 2), got {tuple(uv.shape)}")
     lead = uv.shape[:-1]
     fp = (
         torch.zeros(lead, dtype=uv.dtype, device=uv.device)
         if footprint is None
-        else _real(footprint, "footprint")
+        else _real(footprint, "footprint", finite=False)
     )
     if tuple(fp.shape) != tuple(lead):
         raise UserError(f"footprint must have shape {tuple(lead)}, got {tuple(fp.shape)}")
@@ -455,7 +457,7 @@ def antialias(color, fragments: Fragments, clip, faces, topology=None) -> "torch
     from :func:`topology` (default: computed from ``faces`` by vertex index, each call).
     Use it last: masking or compositing after it drops the visibility gradient."""
     frame = _frame_of(fragments)
-    col = _real(color, "color")
+    col = _real(color, "color", finite=False)
     if tuple(col.shape[:3]) != frame.shape() or col.dim() != 4:
         raise UserError(f"color must have shape {frame.shape('C')}, got {tuple(col.shape)}")
     C = col.shape[3]
@@ -475,7 +477,7 @@ def antialias(color, fragments: Fragments, clip, faces, topology=None) -> "torch
     edges = torch.empty((2 * n, 3), dtype=torch.int32, device=col.device)
     bits = torch.empty(frame.views * len(faces), dtype=torch.int32, device=col.device)
     ranges = torch.tensor([[0, len(faces)]] * frame.views, dtype=torch.int32, device=col.device)
-    depth = torch.nan_to_num(fragments.depth.detach(), posinf=0.0).reshape(-1)
+    depth = fragments.depth.detach().reshape(-1)  # inf where empty: compared, never used
     silhouette.detect(
         fragments.triangle_id.reshape(-1),
         depth,
