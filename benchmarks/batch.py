@@ -30,7 +30,6 @@ from taichi_dr.camera import orbit
 from taichi_dr.render.pipeline import Renderer, RenderSettings
 from taichi_dr.scene import icosphere
 
-
 CLOCK = [time.perf_counter]  # process_time with --threads 1: steady on a shared machine
 
 
