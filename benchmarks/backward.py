@@ -17,22 +17,17 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import taichi as ti
+from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe, mitsuba_scene
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import taichi as ti  # noqa: E402
-from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe, mitsuba_scene  # noqa: E402
-
-import taichi_dr  # noqa: E402
-from taichi_dr.camera import Camera  # noqa: E402
-from taichi_dr.checks import _weighted_sum  # noqa: E402
-from taichi_dr.render import arrays  # noqa: E402
-from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
-from taichi_dr.scene import icosphere  # noqa: E402
+import taichi_dr
+from taichi_dr import Renderer, RenderSettings
+from taichi_dr.camera import Camera
+from taichi_dr.checks import _weighted_sum
+from taichi_dr.render import arrays
+from taichi_dr.scene import icosphere
 
 
 def median_time(fn, repeats: int) -> float:

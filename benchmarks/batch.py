@@ -25,9 +25,8 @@ import numpy as np
 import taichi as ti
 
 import taichi_dr
-from taichi_dr import Camera, losses
+from taichi_dr import Camera, Renderer, RenderSettings, losses
 from taichi_dr.camera import orbit
-from taichi_dr.render.pipeline import Renderer, RenderSettings
 from taichi_dr.scene import icosphere
 
 CLOCK = [time.perf_counter]  # process_time with --threads 1: steady on a shared machine
@@ -60,7 +59,7 @@ def first_frame(args) -> list:
 
 START = (
     "import time; t = time.perf_counter(); import taichi_dr; from taichi_dr import Camera; "
-    "from taichi_dr.render.pipeline import Renderer, RenderSettings; "
+    "from taichi_dr import Renderer, RenderSettings; "
     "taichi_dr.init('{arch}'); r = Renderer(taichi_dr.icosphere(4), "
     "Camera.look_at((0, 0.8, 2.9), width=256, height=256), RenderSettings('ggx')); "
     "r.render(); print(time.perf_counter() - t)"

@@ -16,11 +16,8 @@ Prints a table with ratios.
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's taichi_dr
 
 
 def interleaved(fns: dict, repeats: int) -> dict:

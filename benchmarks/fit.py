@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's taichi_dr
-
-from taichi_dr import apps, backend  # noqa: E402
-from taichi_dr.commands.fit import _goals_met  # noqa: E402
-from taichi_dr.fit import Fit  # noqa: E402
+from taichi_dr import apps, backend
+from taichi_dr.commands.fit import _goals_met
+from taichi_dr.fit import Fit
 
 
 def _args(**kw):

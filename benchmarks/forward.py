@@ -21,18 +21,14 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import taichi as ti
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from taichi_dr import backend  # noqa: E402
-from taichi_dr.camera import Camera  # noqa: E402
-from taichi_dr.render import blend, interpolate, shading  # noqa: E402
-from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
-from taichi_dr.scene import Mesh, icosphere, large_mesh  # noqa: E402
+from taichi_dr import Renderer, RenderSettings, backend
+from taichi_dr.camera import Camera
+from taichi_dr.render import blend, interpolate, shading
+from taichi_dr.scene import Mesh, icosphere, large_mesh
 
 EYE, FOV = (0.0, 0.8, 2.9), 45.0
 AMBIENT, LIGHT_DIR, LIGHT = 0.1, (0.3, 0.6, 1.0), 0.9  # the renderer's default lights

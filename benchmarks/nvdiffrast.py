@@ -14,20 +14,15 @@ Medians after a warm-up call, float32; the load average is printed with the numb
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+import taichi as ti
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import taichi as ti  # noqa: E402
-
-import taichi_dr  # noqa: E402
-import taichi_dr.nvdiffrast as dr  # noqa: E402
-from taichi_dr.scene import icosphere  # noqa: E402
+import taichi_dr
+import taichi_dr.nvdiffrast as dr
+from taichi_dr.scene import icosphere
 
 
 def median_ms(fn, repeats: int) -> float:

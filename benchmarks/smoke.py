@@ -16,11 +16,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's taichi_dr
 
 
 def _case(spec: dict) -> dict:

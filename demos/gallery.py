@@ -13,17 +13,16 @@ go to every fit (e.g. ``--resolution 32 --iters 2`` for a quick try).
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from taichi_dr.cli import main as cli_main
 
-from taichi_dr.cli import main as cli_main  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 CASES = {  # gallery name: taichi-dr fit arguments
     "geometry": ["geometry"],

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import taichi_dr  # noqa: E402
-from taichi_dr import io  # noqa: E402
-from taichi_dr.camera import Camera  # noqa: E402
-from taichi_dr.render.pipeline import Renderer, RenderSettings  # noqa: E402
-from taichi_dr.scene import Mesh, blob, icosphere, load_mesh  # noqa: E402
+import taichi_dr
+from taichi_dr import Renderer, RenderSettings, io
+from taichi_dr.camera import Camera
+from taichi_dr.scene import Mesh, blob, icosphere, load_mesh
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 LIGHTS = dict(

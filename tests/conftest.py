@@ -47,7 +47,7 @@ def gradcheck_scene():
 def shared_renderer(mesh, camera, **settings):
     """A renderer with the tests' default settings (the kernels compile once per process
     for every renderer, so a new one costs nothing)."""
-    from taichi_dr.render.pipeline import Renderer, RenderSettings
+    from taichi_dr import Renderer, RenderSettings
 
     defaults = {"shading": "blinn-phong", "cull": "none", "background": (0.0, 0.0, 0.0)}
     return Renderer(mesh, camera, RenderSettings(**{**defaults, **settings}))

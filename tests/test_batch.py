@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import taichi as ti
 
-from taichi_dr import Camera, UserError, losses
-from taichi_dr.render.pipeline import Renderer, RenderSettings
+from taichi_dr import Camera, Renderer, RenderSettings, UserError, losses
 from taichi_dr.scene import blob
 
 W, H = 20, 16

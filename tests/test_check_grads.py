@@ -151,8 +151,8 @@ def test_nmr_check_can_fail(scene):
     ],
 )
 def test_bad_mode_settings(kwargs, words):
+    from taichi_dr import RenderSettings
     from taichi_dr.errors import UserError
-    from taichi_dr.render.pipeline import RenderSettings
 
     with pytest.raises(UserError, match=words):
         RenderSettings(**kwargs)

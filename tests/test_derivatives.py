@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import taichi as ti
 
-from taichi_dr import Camera, UserError
+from taichi_dr import Camera, Renderer, RenderSettings, UserError
 from taichi_dr.checks import _weighted_sum
 from taichi_dr.render.derivatives import derivative_image, scalar_parameter
-from taichi_dr.render.pipeline import Renderer, RenderSettings
 from taichi_dr.scene import textured_sphere
 
 CASES = [  # (mode, shading, parameter, options)

@@ -8,10 +8,9 @@ import pytest
 from conftest import shared_renderer
 from reference import sample_texture
 
-from taichi_dr import Camera
+from taichi_dr import Camera, Renderer, RenderSettings
 from taichi_dr.errors import UserError
 from taichi_dr.render import arrays
-from taichi_dr.render.pipeline import Renderer, RenderSettings
 from taichi_dr.render.texture import Texture, lookup
 from taichi_dr.scene import Mesh
 

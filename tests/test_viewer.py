@@ -12,8 +12,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from taichi_dr import UserError, cli, icosphere, io, torus
-from taichi_dr.render.pipeline import Renderer
+from taichi_dr import Renderer, UserError, cli, icosphere, io, torus
 from taichi_dr.viewer import (
     AOVS,
     SHADING_KEYS,

@@ -5,17 +5,14 @@ camera looks down −z, clip space as ``glFrustum``)."""
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
+from taichi_dr.io import save_image
 
-from taichi_dr.io import save_image  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parser(description: str, **defaults) -> argparse.ArgumentParser:
