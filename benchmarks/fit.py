@@ -17,19 +17,18 @@ import sys
 import time
 from pathlib import Path
 
-from taichi_dr import apps, backend
+from taichi_dr import backend
+from taichi_dr.apps import inverse
+from taichi_dr.apps.fit import Fit
 from taichi_dr.commands.fit import _goals_met
-from taichi_dr.fit import Fit
 
 
-def _args(**kw):
-    base = dict(views=1, mode="antialias", seed=0, coarse_to_fine=False, precondition=True,
-                sigma_anneal=False, start_angle=30.0)  # fmt: skip
-    return argparse.Namespace(**{**base, **kw})
+def _options(**kw):
+    return inverse.FitOptions(**{"views": 1, "precondition": True, **kw})
 
 
 def run_fit(app_name, iters, check_every=1, **kw):
-    app = apps.build(app_name, _args(**kw))
+    app = inverse.build(app_name, _options(**kw))
     f = Fit(app.problem, iters)
     t0 = time.perf_counter()
     reached, metrics = None, {}

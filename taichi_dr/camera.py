@@ -121,6 +121,25 @@ class Camera:
         return np.linalg.inv(self.view)[:3, 3]
 
 
+def framing(
+    vertices, fov, width, height, eye=None, center=None, up=(0.0, 1.0, 0.0), near=None, far=None
+) -> Camera:
+    """A camera that shows all of ``vertices`` (N, 3): looking at ``center`` (default the
+    bounding-box centre) from ``eye`` (default: from the front-right-top, far enough for
+    the bounding sphere to fill ``fov`` degrees), with near/far around that sphere unless
+    given."""
+    lo, hi = vertices.min(0), vertices.max(0)
+    center = np.asarray(center if center is not None else (lo + hi) / 2, dtype=np.float64)
+    radius = max(np.linalg.norm(hi - lo) / 2, 1e-6)
+    if eye is None:
+        direction = np.array([0.45, 0.35, 0.82]) / np.linalg.norm([0.45, 0.35, 0.82])
+        eye = center + radius / np.sin(np.radians(fov) / 2) * 1.1 * direction
+    dist = np.linalg.norm(np.asarray(eye, dtype=np.float64) - center)
+    near = near if near is not None else max(dist - 2 * radius, dist * 1e-3)
+    far = far if far is not None else dist + 2 * radius
+    return Camera.look_at(eye, center, up, fov, width, height, near, far)
+
+
 def from_opencv(K, R, t, width, height, near=0.1, far=100.0) -> Camera:
     """Camera from OpenCV calibration: ``x_pix = K (R X + t)`` with x right, y down, z
     forward and pixel centres at integer coordinates (ours sit at +0.5)."""

@@ -69,7 +69,7 @@ def project(*outputs, k=3):
 def ggui(tmp_path_factory):
     """Skips unless GGUI can open an (invisible) window: it needs a Vulkan driver."""
     from taichi_dr import UserError
-    from taichi_dr.viewer import open_window
+    from taichi_dr.apps.viewer import open_window
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(tmp_path_factory.mktemp("ggui"))  # GGUI writes imgui.ini into the cwd

@@ -2,7 +2,6 @@
 outputs, --resume, fitting to image files, bad input, and the fit module's own kernels
 (blur, vertex normals, whole-pipeline gradients) against independent references."""
 
-import argparse
 import importlib.util
 import json
 import math
@@ -13,7 +12,8 @@ import numpy as np
 import pytest
 import taichi as ti
 
-from taichi_dr import apps, fit, io, scene
+from taichi_dr import io, scene
+from taichi_dr.apps import fit, inverse
 from taichi_dr.cli import main
 from taichi_dr.render import arrays
 from taichi_dr.render.arrays import Frame
@@ -28,11 +28,8 @@ def _run(app, out, *extra):
     return json.loads((out / "metrics.json").read_text())
 
 
-def _args(views, shading=None):
-    return argparse.Namespace(
-        resolution=RES, views=views, mode="antialias", seed=0, coarse_to_fine=False,
-        precondition=True, sigma_anneal=False, shading=shading,
-    )  # fmt: skip
+def _options(views, shading=None):
+    return inverse.FitOptions(resolution=RES, views=views, precondition=True, shading=shading)
 
 
 def _improved(data, metric, better="lower"):
@@ -107,12 +104,12 @@ def test_geometry_soft_improves(tmp_path):
 def test_fit_to_image_files(tmp_path):
     """Targets from files: render the pose app's target, save it as RGBA PNG with a
     look-at camera in the JSON format, and fit to it."""
-    app = apps.build("pose", _args(1))
+    app = inverse.build("pose", _options(1))
     view = app.problem.views[0]
     rgba = np.concatenate([view.target, view.alpha[..., None]], axis=2)
     io.save_image(tmp_path / "t.png", rgba)
     eye = view.camera.eye.tolist()
-    cams = {"width": RES, "height": RES, "cameras": [{"eye": eye, "fov": apps.FOV}]}
+    cams = {"width": RES, "height": RES, "cameras": [{"eye": eye, "fov": inverse.FOV}]}
     (tmp_path / "cams.json").write_text(json.dumps(cams))
     out = tmp_path / "o"
     data = _run("pose", out, "--iters", "8", "--target", str(tmp_path / "t.png"),
@@ -308,7 +305,7 @@ def test_material_gradients_match_central_differences(shading, names):
     """The whole batched iteration (masters written into every view, rasterize, shade,
     loss, gradients gathered back) against central differences of the loss in float64
     (with respect to the stored values: log shininess)."""
-    app = apps.build("material", _args(2, shading))
+    app = inverse.build("material", _options(2, shading))
     f = fit.Fit(app.problem, 10)
     f.evaluate()
     for name in names:
@@ -326,13 +323,15 @@ def test_material_gradients_match_central_differences(shading, names):
 def test_metrics_against_closed_forms():
     rng = np.random.default_rng(0)
     r = np.array([0.3, -0.2, 0.5])
-    assert apps.rotation_error_deg(apps.perturb_rotation(r, 30.0, rng), r) == pytest.approx(30.0)
+    assert inverse.rotation_error_deg(inverse.perturb_rotation(r, 30.0, rng), r) == pytest.approx(
+        30.0
+    )
     s = scene.icosphere(4)
-    assert apps.chamfer(s.vertices, s.faces, 1.1 * s.vertices, s.faces) == pytest.approx(
+    assert inverse.chamfer(s.vertices, s.faces, 1.1 * s.vertices, s.faces) == pytest.approx(
         0.1, rel=0.05
     )
-    assert apps.angle_deg([1, 0, 0], [1, 1, 0]) == pytest.approx(45.0)
-    assert apps.psnr(np.zeros(4), np.full(4, 0.1)) == pytest.approx(20.0)
+    assert inverse.angle_deg([1, 0, 0], [1, 1, 0]) == pytest.approx(45.0)
+    assert inverse.psnr(np.zeros(4), np.full(4, 0.1)) == pytest.approx(20.0)
     masks = [np.array([True, True, False, False])]
-    assert apps.mask_iou(masks, [np.array([True, False, True, False])]) == pytest.approx(1 / 3)
-    assert math.isclose(apps.rel_error([1.1, 0], np.array([1.0, 0])), 0.1)
+    assert inverse.mask_iou(masks, [np.array([True, False, True, False])]) == pytest.approx(1 / 3)
+    assert math.isclose(inverse.rel_error([1.1, 0], np.array([1.0, 0])), 0.1)

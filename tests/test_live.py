@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import skip
 
-from taichi_dr import live
-from taichi_dr.viewer import ViewState
+from taichi_dr.apps import live
+from taichi_dr.apps.orbit import ViewState
 
 
 def test_pause_step_and_views():

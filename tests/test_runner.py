@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from taichi_dr.apps.runner import Runner
 from taichi_dr.errors import UserError
-from taichi_dr.runner import Runner
 
 
 class _Quadratic:
@@ -119,7 +119,8 @@ class _Dashboard:
 
 
 def test_runner_writes_the_dashboard_headless(tmp_path):
-    from taichi_dr import io, live
+    from taichi_dr import io
+    from taichi_dr.apps import live
 
     app = _Quadratic()
     r = _runner(tmp_path)

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 
 from taichi_dr import Renderer, UserError, cli, icosphere, io, torus
-from taichi_dr.viewer import (
-    AOVS,
-    SHADING_KEYS,
-    Viewer,
-    ViewState,
-    open_window,
-    run_headless,
-)
+from taichi_dr.apps.orbit import AOVS, SHADING_KEYS, ViewState
+from taichi_dr.apps.viewer import Viewer, open_window, run_headless
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 48, 32  # not square: a transposed picture cannot pass

@@ -1,13 +1,13 @@
 """``taichi-dr fit APP``: inverse rendering from a deliberately wrong start.
 
-APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps`),
+APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps.inverse`),
 voxels (a density + colour voxel grid, dense and sparse: :mod:`taichi_dr.voxels.fit`) or
 splats (3D Gaussians fitted to renders of a textured mesh: :mod:`taichi_dr.splat.fit`).
 Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
 read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
 (settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
 progress.gif (target | current | error of the first view), dashboard.png (what the live
-view shows, see :mod:`taichi_dr.live`), params.json (start, final and true values of every
+view shows, see :mod:`taichi_dr.apps.live`), params.json (start, final and true values of every
 fitted parameter), mesh.obj (+ mesh.mtl, mesh.png: the texture), target.png, final.png and
 checkpoint.npz (``--resume`` continues from it). Without ``--headless`` a GGUI window shows
 the fit live: keys pause (space), single-step (s, n), switch the view (v, arrows), stop (q);
@@ -16,16 +16,18 @@ the mouse orbits the current model.
 
 import argparse
 import json
+from dataclasses import fields
 
 import numpy as np
 
-from .. import apps, backend, io, scene
+from .. import backend, io, scene
+from ..apps import inverse
+from ..apps.fit import Fit, View
+from ..apps.orbit import ViewState
+from ..apps.runner import Runner
 from ..camera import Camera, from_opencv
 from ..errors import UserError
-from ..fit import Fit, View
-from ..runner import Runner
 from ..splat import fit as splat_fit
-from ..viewer import ViewState
 from ..voxels import fit as voxel_fit
 
 DEFAULTS = {  # iterations, resolution, views
@@ -39,7 +41,9 @@ DEFAULTS = {  # iterations, resolution, views
 
 
 def add_arguments(parser):
-    parser.add_argument("app", choices=(*apps.APPS, "voxels", "splats"), help="what to recover")
+    parser.add_argument(
+        "app", choices=(*inverse.BUILDERS, "voxels", "splats"), help="what to recover"
+    )
     parser.add_argument("--iters", type=int, help="optimisation iterations (default per app)")
     parser.add_argument("--resolution", type=int, help="image width = height in pixels")
     parser.add_argument("--views", type=int, help="cameras (per light for lighting)")
@@ -119,7 +123,7 @@ def load_cameras(path) -> list:
                         c["eye"],
                         c.get("center", (0, 0, 0)),
                         c.get("up", (0, 1, 0)),
-                        c.get("fov", apps.FOV),
+                        c.get("fov", inverse.FOV),
                         W,
                         H,
                         near,
@@ -210,7 +214,8 @@ def run(args):
             raise UserError("all cameras in the cameras file must share one resolution")
         if (cameras[0].width, cameras[0].height) != (args.resolution, args.resolution):
             args.resolution = (cameras[0].width, cameras[0].height)
-    app = apps.build(args.app, args, target_mesh)
+    options = {f.name: getattr(args, f.name) for f in fields(inverse.FitOptions)}
+    app = inverse.build(args.app, inverse.FitOptions(**options), target_mesh)
     problem = app.problem
     if real_views is not None:
         problem.views = real_views
@@ -265,13 +270,13 @@ def run(args):
 
 
 class Dashboard:
-    """The live view of a fit (see :mod:`taichi_dr.runner`): target | current | error of
+    """The live view of a fit (see :mod:`taichi_dr.apps.runner`): target | current | error of
     any view, and the current model from an orbit camera around the unit ball that every
     scene is normalised into."""
 
     def __init__(self, fit: Fit):
         self.fit, self.views = fit, len(fit.problem.views)
-        self.orbit = ViewState(center=np.zeros(3), radius=1.0, fov=apps.FOV)
+        self.orbit = ViewState(center=np.zeros(3), radius=1.0, fov=inverse.FOV)
 
     def panels(self, view: int = 0) -> list:
         target = self.fit.problem.views[view].target

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io
-from ..camera import Camera
+from ..camera import Camera, framing
 from ..errors import UserError
 from ..render.pipeline import Renderer, RenderSettings
 from ..render.shading import MODELS
@@ -61,30 +61,23 @@ def parse_light(text: str):
     return kind, xyz, rgb
 
 
-def frame_camera(mesh, args) -> Camera:
-    lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
-    center = np.asarray(args.center if args.center else (lo + hi) / 2)
-    radius = max(np.linalg.norm(hi - lo) / 2, 1e-6)
-    if args.eye is not None:
-        eye = np.asarray(args.eye)
-    else:
-        distance = radius / np.sin(np.radians(args.fov) / 2) * 1.1
-        eye = center + distance * np.array([0.45, 0.35, 0.82]) / np.linalg.norm([0.45, 0.35, 0.82])
-    dist = np.linalg.norm(eye - center)
-    near = args.near if args.near is not None else max(dist - 2 * radius, dist * 1e-3)
-    far = args.far if args.far is not None else dist + 2 * radius
+def frame_camera(vertices, args) -> Camera:
+    """The camera of ``--eye/--center/--up/--fov/--near/--far/--resolution`` for
+    ``vertices`` (what is not given frames them, see :func:`taichi_dr.camera.framing`)."""
     W, H = args.resolution
-    return Camera.look_at(eye, center, args.up, args.fov, W, H, near, far)
+    return framing(
+        vertices, args.fov, W, H, args.eye, args.center or None, args.up, args.near, args.far
+    )
 
 
 def run(args) -> int:
     from ..splat import cli as splat_cli
 
     if splat_cli.handles(args.mesh):
-        return splat_cli.render(args)
+        return splat_cli.render(args, frame_camera)
     backend.init(args.arch, args.precision)
     mesh = load_mesh(args.mesh)
-    camera = frame_camera(mesh, args)
+    camera = frame_camera(mesh.vertices, args)
     settings = RenderSettings(
         shading=args.shading,
         cull=args.cull,

@@ -17,10 +17,10 @@ import numpy as np
 import taichi as ti
 
 from .. import backend, io
+from ..apps.runner import Runner
 from ..camera import orbit
 from ..errors import UserError
 from ..optim import Adam
-from ..runner import Runner
 from ..sim import Smoke, SmokeConfig, VolumeRenderer, grid_to_image, image_to_grid
 
 TASKS = ("init-velocity", "control", "volume")

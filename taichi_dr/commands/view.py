@@ -1,4 +1,4 @@
-"""``taichi-dr view MESH``: the interactive viewer (see :mod:`taichi_dr.viewer`).
+"""``taichi-dr view MESH``: the interactive viewer (see :mod:`taichi_dr.apps.viewer`).
 
 With ``--headless`` no window opens: ``--frames`` frames are drawn into an invisible GGUI
 window (turning ``--spin`` degrees each) and the last is written to ``OUT/view.png``.
@@ -7,11 +7,12 @@ A 3D Gaussian Splatting or point-cloud ``.ply`` is shown by the splatter
 """
 
 from .. import backend
+from ..apps.orbit import AOVS, ViewState
+from ..apps.viewer import Viewer, run_headless, run_window
 from ..camera import check_resolution
 from ..errors import UserError
 from ..render.shading import MODELS
 from ..scene import load_mesh
-from ..viewer import AOVS, Viewer, ViewState, run_headless, run_window
 
 
 def add_arguments(p) -> None:

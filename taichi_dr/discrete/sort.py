@@ -334,8 +334,35 @@ def sort_by_key(keys, values):
             f"sort_by_key: {keys.shape[0]} keys but {values.shape[0]} values; give one per key"
         )
     if arrays.is_torch(keys):
-        from ._torch import sort_by_key as torch_sort
-
-        return torch_sort(keys, values)
+        return _torch_sort_by_key().apply(keys, values)
     perm = argsort(keys)
     return _gathered(keys, perm), _gathered(values, perm), perm
+
+
+_TORCH_FUNCTION = []  # built on the first torch call: torch is imported only for its callers
+
+
+def _torch_sort_by_key():
+    """``sort_by_key`` as a ``torch.autograd.Function`` (its backward scatters the sorted
+    gradients back through the permutation)."""
+    if not _TORCH_FUNCTION:
+        import torch
+
+        class SortByKey(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, keys, values):
+                perm = argsort(keys.detach())
+                ctx.save_for_backward(perm)
+                ctx.mark_non_differentiable(perm)
+                return _gathered(keys.detach(), perm), _gathered(values.detach(), perm), perm
+
+            @staticmethod
+            def backward(ctx, grad_keys, grad_values, _grad_perm):
+                (perm,) = ctx.saved_tensors
+                needs = ctx.needs_input_grad
+                gk = scatter(grad_keys.contiguous(), perm) if needs[0] else None
+                gv = scatter(grad_values.contiguous(), perm) if needs[1] else None
+                return gk, gv
+
+        _TORCH_FUNCTION.append(SortByKey)
+    return _TORCH_FUNCTION[0]

@@ -11,7 +11,6 @@ is 0) and ``mask`` (alpha > ½).
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -82,15 +81,14 @@ def render_gaussians(g: Gaussians, camera, background=(0.0, 0.0, 0.0), near_plan
     return np.asarray(r.colors[0, ..., :3], np.float64), alpha, depth
 
 
-def render(args) -> int:
-    """``taichi-dr render SCENE.ply`` (the mesh options that do not apply are ignored)."""
-    from ..commands.render import frame_camera
-
+def render(args, frame_camera) -> int:
+    """``taichi-dr render SCENE.ply`` (the mesh options that do not apply are ignored);
+    ``frame_camera(vertices, args)`` is the mesh command's camera from its options."""
     backend.init(args.arch, args.precision)
     g = load(args.mesh)
     centre, radius = framing(g)
     bulk = np.array([centre - radius, centre + radius])
-    camera = frame_camera(SimpleNamespace(vertices=bulk), args)
+    camera = frame_camera(bulk, args)
     start = time.perf_counter()
     image, alpha, depth = render_gaussians(g, camera, args.background)
     seconds = time.perf_counter() - start
@@ -109,8 +107,8 @@ def render(args) -> int:
 
 
 class SplatViewer:
-    """The viewer's renderer for Gaussians (the interface of :class:`taichi_dr.viewer.Viewer`):
-    renders a :class:`~taichi_dr.viewer.ViewState` into a picture (sRGB-encoded; GGUI's
+    """The viewer's renderer for Gaussians (the interface of :class:`taichi_dr.apps.viewer.Viewer`):
+    renders a :class:`~taichi_dr.apps.orbit.ViewState` into a picture (sRGB-encoded; GGUI's
     [x, y] with y up from :meth:`canvas_image`). AOVs: image, depth (near bright), mask
     (alpha); the mesh-only AOVs show the image."""
 
@@ -147,7 +145,8 @@ class SplatViewer:
 
 def view(args) -> int:
     """``taichi-dr view SCENE.ply``: the interactive viewer (or ``--headless`` PNG)."""
-    from ..viewer import ViewState, run_headless, run_window
+    from ..apps.orbit import ViewState
+    from ..apps.viewer import run_headless, run_window
 
     W, H = args.resolution
     check_resolution(W, H)

@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import taichi as ti
 
-from .. import apps, backend, io, optim, scene
+from .. import backend, io, optim, scene
+from ..apps import inverse
+from ..apps.orbit import ViewState
+from ..apps.runner import Runner
 from ..camera import Camera
 from ..errors import UserError
 from ..render.pipeline import RenderSettings
-from ..runner import Runner
-from ..viewer import ViewState
 from . import camera as cameras
 from .pipeline import render
 from .ply import SH_C0, Gaussians, write_gaussians
@@ -88,14 +89,14 @@ def sphere_cameras(n: int, size: int, offset: float = 0.0) -> list:
 def ground_truth(mesh: scene.Mesh, cams: list) -> np.ndarray:
     """(V, H, W, 3) renders of ``mesh`` by the mesh renderer, supersampled 2×2."""
     settings = RenderSettings(shading="lambert", background=(0, 0, 0), grads=("positions",))
-    return apps.supersampled(mesh, cams, settings, LIGHTS, {"base_color": (1.0, 1.0, 1.0)})
+    return inverse.supersampled(mesh, cams, settings, LIGHTS, {"base_color": (1.0, 1.0, 1.0)})
 
 
 def target_mesh(path=None) -> scene.Mesh:
     if path is not None:
-        return apps.normalise(scene.load_mesh(path))
+        return inverse.normalise(scene.load_mesh(path))
     mesh = scene.load_mesh(ASSET) if ASSET.is_file() else scene.textured_sphere()
-    return apps.normalise(mesh)
+    return inverse.normalise(mesh)
 
 
 # ------------------------------------------------------------------------ the model
@@ -282,7 +283,7 @@ class SplatFit:
         if it >= RELOCATE_FROM and (it + 1) % RELOCATE_EVERY == 0:
             self._relocate(v)
         self.values = v
-        record = {"loss": loss, "psnr_train_view": apps.psnr(image, target)}
+        record = {"loss": loss, "psnr_train_view": inverse.psnr(image, target)}
         if (it + 1) % EVAL_EVERY == 0:
             record["psnr_test"] = self.test_psnr()[0]
         return record
@@ -305,14 +306,14 @@ class SplatFit:
         """Mean held-out PSNR (dB) and the per-view values."""
         v = self.model.get()
         values = [
-            apps.psnr(np.asarray(self.render_view(*vk, v).colors[0], np.float64), t)
+            inverse.psnr(np.asarray(self.render_view(*vk, v).colors[0], np.float64), t)
             for vk, t in zip(self.test_view, self.test)
         ]
         return float(np.mean(values)), values
 
 
 class Dashboard:
-    """The live view (see :mod:`taichi_dr.runner`): held-out target | current | error, and
+    """The live view (see :mod:`taichi_dr.apps.runner`): held-out target | current | error, and
     the current Gaussians from an orbit camera."""
 
     def __init__(self, fit: SplatFit):

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io, scene
-from ..apps import normalise, psnr
+from ..apps.inverse import normalise, psnr
+from ..apps.runner import Runner
 from ..camera import Camera, orbit_eyes
 from ..errors import UserError
-from ..runner import Runner
 from ..sim.volume import ray_table
 from .grid import DenseGrid, March, SparseGrid, check_resolution, resample
 
@@ -96,7 +96,7 @@ def target_mesh(path=None) -> scene.Mesh:
 def ground_truth(mesh, cameras) -> np.ndarray:
     """(views, H, W, 3) linear images of ``mesh`` by the mesh renderer (Lambert, two
     directional lights and ambient, white background), supersampled 2×2."""
-    from ..apps import supersampled
+    from ..apps.inverse import supersampled
     from ..render.pipeline import RenderSettings
 
     settings = RenderSettings(shading="lambert", background=BACKGROUND, grads=("positions",))

@@ -1,5 +1,5 @@
 """The inverse-rendering applications of ``taichi-dr fit``: each builds a
-:class:`~taichi_dr.fit.Problem` from a deliberately wrong start and measures how close the
+:class:`~taichi_dr.apps.fit.Problem` from a deliberately wrong start and measures how close the
 fit gets to the ground truth.
 
 =========  ===========================================  ==========================================
@@ -26,15 +26,34 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fit, scene
-from .camera import Camera
-from .errors import UserError
-from .render.pipeline import Renderer, RenderSettings
-from .render.vertex import axis_angle
+from .. import scene
+from ..camera import Camera
+from ..errors import UserError
+from ..render.pipeline import Renderer, RenderSettings
+from ..render.vertex import axis_angle
+from . import fit
 
-APPS = ("geometry", "pose", "texture", "material", "lighting", "joint")
 TEXTURE_SIZE = 256  # every mesh gets a texture of this size (white when it has none)
 DISTANCE, FOV = 3.2, 45.0
+
+
+@dataclass
+class FitOptions:
+    """What an application is built from: ``views`` cameras of ``resolution`` (an int for
+    square images, or (width, height)), visibility gradients ``mode``, random ``seed``, and
+    the geometry/pose options (large-step ``precondition``ing, ``coarse_to_fine`` blur,
+    soft-mode ``sigma_anneal``, the pose's ``start_angle``); ``shading`` picks the material
+    app's model (None: ggx)."""
+
+    views: int = 8
+    resolution: int | tuple = 64
+    mode: str = "antialias"
+    seed: int = 0
+    precondition: bool = False
+    coarse_to_fine: bool = False
+    sigma_anneal: bool = False
+    shading: str | None = None
+    start_angle: float = 30.0  # pose: degrees between the start and the true rotation
 
 
 @dataclass
@@ -79,9 +98,9 @@ def textured_blob(seed: int = 0) -> scene.Mesh:
     return scene.Mesh(d * r[:, None], s.faces, None, s.uvs, s.texture, name="textured_blob")
 
 
-def image_size(args) -> tuple:
-    """(width, height) from ``args.resolution`` (an int for square images, or a pair)."""
-    res = args.resolution
+def image_size(options: FitOptions) -> tuple:
+    """(width, height) from ``options.resolution`` (an int for square images, or a pair)."""
+    res = options.resolution
     return (res, res) if isinstance(res, int) else tuple(res)
 
 
@@ -135,8 +154,8 @@ def _material(base=(0.8, 0.8, 0.8), roughness=0.6, metallic=0.0, specular=0.5) -
 STUDIO = _lights(0.15, [((0.4, 0.8, 0.6), (0.9, 0.9, 0.9)), ((-0.7, 0.1, -0.3), (0.4, 0.45, 0.5))])
 
 
-def _renderer(mesh, cams, args, shading="ggx"):
-    settings = RenderSettings(shading=shading, mode=args.mode, background=(0.0, 0.0, 0.0))
+def _renderer(mesh, cams, options: FitOptions, shading="ggx"):
+    settings = RenderSettings(shading=shading, mode=options.mode, background=(0.0, 0.0, 0.0))
     return fit.shared_renderer(mesh, cams, settings)
 
 
@@ -180,7 +199,7 @@ def chamfer(v_a, f_a, v_b, f_b, count: int = 20000, seed: int = 0) -> float:
     neighbours by :class:`taichi_dr.discrete.KDTree`."""
     import trimesh
 
-    from .discrete import KDTree
+    from ..discrete import KDTree
 
     pa = trimesh.sample.sample_surface(trimesh.Trimesh(v_a, f_a, process=False), count, seed=seed)
     pb = trimesh.sample.sample_surface(trimesh.Trimesh(v_b, f_b, process=False), count, seed=seed)
@@ -224,45 +243,45 @@ _NORMALISE_ROWS = ("normalise",)
 # --------------------------------------------------------------------------- applications
 
 
-def build(name: str, args, target_mesh: scene.Mesh | None = None) -> App:
-    """Build application ``name`` from parsed ``args`` (resolution, views, mode,
-    precondition, coarse_to_fine, seed); ``target_mesh`` replaces the built-in shape."""
-    if name not in APPS:
-        raise UserError(f"unknown application {name!r}; choose one of {', '.join(APPS)}")
+def build(name: str, options: FitOptions, target_mesh: scene.Mesh | None = None) -> App:
+    """Build application ``name`` (one of ``BUILDERS``) from ``options``; ``target_mesh``
+    replaces the built-in shape."""
+    if name not in BUILDERS:
+        raise UserError(f"unknown application {name!r}; choose one of {', '.join(BUILDERS)}")
     if name == "texture" and target_mesh is not None and target_mesh.texture is None:
         raise UserError(
             f"fit texture: --target-mesh {target_mesh.name!r} has no texture; "
             "give a mesh with UVs and a texture"
         )
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(options.seed)
     target = normalise(target_mesh) if target_mesh is not None else None
-    return globals()[f"_build_{name}"](args, rng, target)
+    return BUILDERS[name](options, rng, target)
 
 
 def _truth(params) -> dict:
     return {p.name: p.truth for p in params}
 
 
-def _build_geometry(args, rng, target):
-    target = target or normalise(scene.blob(4, seed=args.seed, amplitude=0.3))
+def _build_geometry(options: FitOptions, rng, target):
+    target = target or normalise(scene.blob(4, seed=options.seed, amplitude=0.3))
     sphere = scene.icosphere(4)
     radius = np.linalg.norm(target.vertices, axis=1).mean()
     start = normalise(sphere)
     start.vertices = start.vertices * radius
-    cams = rig(args.views, image_size(args))
-    r = _renderer(target, cams, args)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(target, cams, options)
     fixed = {**STUDIO, **_material(roughness=0.6)}
     problem = fit.Problem(
         r,
         [fit.View(c) for c in cams],
-        [fit.Param("mesh.positions", start.vertices, 0.02 if args.precondition else 0.005)],
+        [fit.Param("mesh.positions", start.vertices, 0.02 if options.precondition else 0.005)],
         fixed,
-        precondition=args.precondition,
+        precondition=options.precondition,
         large_steps_lambda=20.0,
-        regularize={} if args.precondition else {"laplacian": 2.0, "normal": 0.01},
+        regularize={} if options.precondition else {"laplacian": 2.0, "normal": 0.01},
         recompute_normals=True,
-        blur_sigma=min(image_size(args)) / 64 if args.coarse_to_fine else 0.0,
-        sigma_anneal=(3e-4, 3e-5) if args.sigma_anneal else None,
+        blur_sigma=min(image_size(options)) / 64 if options.coarse_to_fine else 0.0,
+        sigma_anneal=(3e-4, 3e-5) if options.sigma_anneal else None,
     )
     fit.render_targets(problem, {"mesh.positions": target.vertices})
     target_masks = [v.alpha > 0.5 for v in problem.views]
@@ -288,14 +307,14 @@ def _build_geometry(args, rng, target):
     )
 
 
-def _build_pose(args, rng, target):
+def _build_pose(options: FitOptions, rng, target):
     mesh = target or normalise(textured_blob())
-    cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(mesh, cams, options)
     diag = float(np.linalg.norm(mesh.vertices.max(0) - mesh.vertices.min(0)))
     r_true = math.radians(20.0) * _random_unit(rng)
     t_true = 0.05 * diag * _random_unit(rng)
-    angle = getattr(args, "start_angle", 30.0)
+    angle = options.start_angle
     r_start = perturb_rotation(r_true, angle, rng)
     t_start = t_true + 0.1 * diag * _random_unit(rng)
     params = [
@@ -307,7 +326,7 @@ def _build_pose(args, rng, target):
         [fit.View(c) for c in cams],
         params,
         {**STUDIO, **_material(roughness=0.8)},
-        blur_sigma=min(image_size(args)) / 16 if args.coarse_to_fine else 0.0,
+        blur_sigma=min(image_size(options)) / 16 if options.coarse_to_fine else 0.0,
         blur_until=0.5,
         lr_decay=0.99,
     )
@@ -332,10 +351,10 @@ def _build_pose(args, rng, target):
     )
 
 
-def _build_texture(args, rng, target):
+def _build_texture(options: FitOptions, rng, target):
     mesh = target or normalise(textured_blob())
-    cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(mesh, cams, options)
     truth = mesh.texture.astype(np.float64)
     lights = _lights(0.5, [((0.3, 1.0, 0.5), (0.6, 0.6, 0.6))])
     params = [fit.Param("texture.texels", np.full_like(truth, 0.5), 0.02, _clip(0, 1), truth)]
@@ -430,14 +449,14 @@ MATERIAL_CASES = {  # shading: (truth, start) of the fitted material fields
 MATERIAL_CASES["blinn-phong"] = MATERIAL_CASES["phong"]
 
 
-def _build_material(args, rng, target):
-    """``args.shading`` (default ggx) picks the reflectance model and the fitted fields:
+def _build_material(options: FitOptions, rng, target):
+    """``options.shading`` (default ggx) picks the reflectance model and the fitted fields:
     GGX base colour, roughness, metallic; or (Blinn-)Phong base colour, specular and
     shininess (stepped in log space)."""
-    shading = getattr(args, "shading", None) or "ggx"
+    shading = options.shading or "ggx"
     mesh = target or normalise(scene.icosphere(4))
-    cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args, shading)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(mesh, cams, options, shading)
     lights = _lights(
         0.05,
         [
@@ -475,14 +494,14 @@ SH_TRUTH = np.array(
 )
 
 
-def _build_lighting(args, rng, target):
+def _build_lighting(options: FitOptions, rng, target):
     """Three captures, one light kind each (the object lit by the directional light alone,
     by the point light alone and by the SH environment alone): summed in one picture a
     directional light and an order-2 SH environment are nearly indistinguishable (a
     clamped cosine is ≈ 98 % order-2 SH), see the README's note on ambiguity."""
     mesh = target or normalise(scene.icosphere(4))
-    cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(mesh, cams, options)
     d_true = np.array([0.5, 0.8, 0.4]) / np.linalg.norm([0.5, 0.8, 0.4])
     scene_true = _lights(
         0.0, [(d_true, (1.2, 1.0, 0.8))], [((1.5, 1.0, 2.0), (6.0, 6.0, 6.0))], SH_TRUTH
@@ -532,14 +551,14 @@ def _sh_start() -> np.ndarray:
     return s
 
 
-def _build_joint(args, rng, target):
+def _build_joint(options: FitOptions, rng, target):
     """Material (base colour, roughness) and the directional light (direction, colour)
     at once, no ambient light: the diffuse term only fixes base colour × light colour; the
     specular highlight (F0 = 0.04, independent of the base colour) fixes the light's
     colour, and several views keep a highlight in sight."""
     mesh = target or normalise(scene.icosphere(4))
-    cams = rig(args.views, image_size(args))
-    r = _renderer(mesh, cams, args)
+    cams = rig(options.views, image_size(options))
+    r = _renderer(mesh, cams, options)
     d_true = np.array([0.5, 0.8, 0.4]) / np.linalg.norm([0.5, 0.8, 0.4])
     light_true = _lights(0.0, [(d_true, (1.5, 1.3, 1.1))])
     light_start = _lights(0.0, [((0.0, 1.0, 1.0), (0.8, 0.8, 0.8))])
@@ -565,3 +584,13 @@ def _build_joint(args, rng, target):
     return App(
         "joint", problem, mesh, lambda f, it=None: _errors(f, params), goals, "base_color_error_rel"
     )
+
+
+BUILDERS = {
+    "geometry": _build_geometry,
+    "pose": _build_pose,
+    "texture": _build_texture,
+    "material": _build_material,
+    "lighting": _build_lighting,
+    "joint": _build_joint,
+}

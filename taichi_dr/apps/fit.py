@@ -14,7 +14,7 @@ Parameters are named by the renderer's arrays: ``"mesh.positions"`` (V, 3),
 axis-angle radians... For a packed parameter the fit keeps a master copy on the device
 and writes it into every view's set but where a view overrides it (views of one batch
 share the parameter; their gradients add up). The applications themselves (what is
-fitted, from which wrong start, with which metric) live in :mod:`taichi_dr.apps`.
+fitted, from which wrong start, with which metric) live in :mod:`taichi_dr.apps.inverse`.
 """
 
 import math
@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import taichi as ti
 
-from . import backend, losses, optim
-from .camera import Camera
-from .errors import UserError
-from .render import arrays
-from .render.arrays import Int, IVec3, Real, Vec3
-from .render.lights import MAX_DIRECTIONAL, MAX_POINT
-from .render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
-from .scene import Mesh
+from .. import backend, losses, optim
+from ..camera import Camera
+from ..errors import UserError
+from ..render import arrays
+from ..render.arrays import Int, IVec3, Real, Vec3
+from ..render.lights import MAX_DIRECTIONAL, MAX_POINT
+from ..render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
+from ..scene import Mesh
 
 ARRAYS = {"mesh.positions": "positions", "texture.texels": "texture"}  # optimised in place
 PACKED = {"material": "material", "lights": "lights", "vertex": "camera"}  # stage → group

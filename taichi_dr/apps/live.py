@@ -9,9 +9,9 @@ A *dashboard* picture (H_total, W_total, 3), linear RGB, row 0 at the top::
     +----------+---------------------+
 
 :class:`LiveState` is the pure-Python part (pause, single steps, selected view, the orbit
-camera as a :class:`~taichi_dr.viewer.ViewState`), driven by GGUI key names and cursor
+camera as a :class:`~taichi_dr.apps.orbit.ViewState`), driven by GGUI key names and cursor
 positions; :func:`loss_plot` rasterizes the loss curve with numpy; :func:`compose` lays
-the panels out. The runner (:mod:`taichi_dr.runner`) owns the window; headless runs write
+the panels out. The runner (:mod:`taichi_dr.apps.runner`) owns the window; headless runs write
 the final dashboard as ``dashboard.png``.
 """
 
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from .viewer import ViewState
+from .orbit import ViewState
 
 CONTROLS = """\
 space  pause / resume       s, n  single step (pauses)      v, Right / Left  next / previous view

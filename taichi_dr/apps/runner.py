@@ -4,8 +4,8 @@ An application supplies ``step(it) -> {"loss": float, other metrics...}`` (``"do
 ends the run after that iteration, e.g. once the metric's target is met) and, optionally,
 ``panels() -> [(H, W, 3) arrays]`` (e.g. target | current | error, the GIF frames), a state
 (``get() -> {name: array}``, ``set({name: array})``) to checkpoint, and a *dashboard* for the
-live view (:mod:`taichi_dr.live`): an object with ``views`` (count), ``panels(view)`` (the
-panels of view number ``view``), ``orbit`` (a start :class:`~taichi_dr.viewer.ViewState` or
+live view (:mod:`taichi_dr.apps.live`): an object with ``views`` (count), ``panels(view)`` (the
+panels of view number ``view``), ``orbit`` (a start :class:`~taichi_dr.apps.orbit.ViewState` or
 None) and ``render(view_state) -> (H, W, 3)`` (the current model from that orbit camera).
 
 The runner loops with a progress bar, stops with a clear message when the loss turns
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, live
-from .errors import UserError
+from .. import io
+from ..errors import UserError
+from . import live
 
 
 class Runner:
