@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import taichi as ti
 
-from taichi_dr import io, scene
+from taichi_dr import UserError, io, scene
 from taichi_dr.apps import fit, inverse
 from taichi_dr.cli import main
 from taichi_dr.render import arrays
@@ -49,8 +49,8 @@ def test_pose_outputs_and_resume(tmp_path):
     assert _improved(data, "rotation_error_deg")
     assert data["iterations"][0]["rotation_error_deg"] == pytest.approx(30.0, abs=1.0)
     params = json.loads((out / "params.json").read_text())
-    assert set(params) == {"vertex.pose_rotation", "vertex.pose_translation"}
-    assert {"start", "final", "truth"} <= set(params["vertex.pose_rotation"])
+    assert set(params) == {"pose.rotation", "pose.translation"}
+    assert {"start", "final", "truth"} <= set(params["pose.rotation"])
     for name in (
         "loss.png",
         "progress.gif",
@@ -318,6 +318,22 @@ def test_material_gradients_match_central_differences(shading, names):
             vals.append(f.evaluate())
         m.from_numpy(x0)
         assert float(g[0]) == pytest.approx((vals[0] - vals[1]) / 2e-6, rel=1e-5), name
+
+
+def test_parameter_names_in_the_fields_words():
+    """Every per-view name reaches the view parameters, material and lights names reach
+    theirs, and an unknown name is refused with the list of names."""
+    r = inverse.build("pose", _options(1)).problem.renderer
+    for name, attr in fit.VIEW.items():
+        assert fit.packed_of(r, name) == (r.vertex.params, attr)
+    assert fit.packed_of(r, "material.roughness") == (r.material, "roughness")
+    assert fit.packed_of(r, "lights.sh") == (r.lights, "sh")
+    assert fit.grad_groups(["pose.rotation", "camera.fov", "vertices"]) in {
+        ("camera", "positions"),
+        ("positions", "camera"),
+    }
+    with pytest.raises(UserError, match="camera.fov"):
+        fit.packed_of(r, "vertex.fov")
 
 
 def test_metrics_against_closed_forms():

@@ -8,14 +8,15 @@ one ``ti.ad.Tape`` with the image loss summed over the views (plus the soft-silh
 in mode "soft" and mesh regularizers), then one optimizer step (Adam, or large steps for
 vertex positions). Nothing goes through the host inside an iteration but the loss value.
 
-Parameters are named by the renderer's arrays: ``"mesh.positions"`` (V, 3),
-``"texture.texels"`` (H, W, 3) — optimised in place — and the packed ones
-``"material.roughness"`` (), ``"lights.sh"`` (9, 3), ``"vertex.pose_rotation"`` (3,)
-axis-angle radians... For a packed parameter the fit keeps a master copy on the device
-and writes it into every view's set but where a view overrides it (views of one batch
-share the parameter; their gradients add up). The applications themselves (what is
-fitted, from which wrong start, with which metric) live in :mod:`taichi_dr.apps.inverse`.
-"""
+Parameters are named in the field's words: ``"vertices"`` (V, 3) and ``"texture"``
+(H, W, 3) — optimised in place — and the packed ones: ``"material.roughness"`` (),
+``"lights.sh"`` (9, 3) (the names of :class:`~taichi_dr.render.Material` and
+:class:`~taichi_dr.render.Lights`), ``"pose.rotation"`` (3,) axis-angle radians,
+``"pose.translation"``, ``"camera.rotation"``, ``"camera.translation"``, ``"camera.fov"``...
+For a packed parameter the fit keeps a master copy on the device and writes it into every
+view's set but where a view overrides it (views of one batch share the parameter; their
+gradients add up). The applications themselves (what is fitted, from which wrong start, with
+which metric) live in :mod:`taichi_dr.apps.inverse`."""
 
 import math
 from dataclasses import dataclass, field
@@ -32,8 +33,15 @@ from ..render.lights import MAX_DIRECTIONAL, MAX_POINT
 from ..render.pipeline import GRAD_GROUPS, Renderer, RenderSettings
 from ..scene import Mesh
 
-ARRAYS = {"mesh.positions": "positions", "texture.texels": "texture"}  # optimised in place
-PACKED = {"material": "material", "lights": "lights", "vertex": "camera"}  # stage → group
+ARRAYS = {"vertices": "positions", "texture": "texture"}  # optimised in place: name → group
+VIEW = {  # the per-view parameters: name → ViewParameters field
+    "pose.rotation": "pose_rotation",
+    "pose.translation": "pose_translation",
+    "camera.rotation": "camera_rotation",
+    "camera.translation": "camera_translation",
+    "camera.fov": "fov",
+}
+PACKED = {"material": "material", "lights": "lights", "pose": "camera", "camera": "camera"}
 
 
 def shared_renderer(mesh: Mesh, cameras, settings: RenderSettings) -> Renderer:
@@ -56,13 +64,16 @@ def grad_groups(names) -> tuple:
 
 
 def packed_of(renderer: Renderer, name: str):
-    """(packed parameter object, parameter name) of ``"stage.name"``."""
+    """(packed parameter object, its field) of a packed parameter's name."""
+    if name in VIEW:
+        return renderer.vertex.params, VIEW[name]
     stage, _, attr = name.partition(".")
     owner = {"material": renderer.material, "lights": renderer.lights}.get(stage)
-    if stage == "vertex":
-        owner = renderer.vertex.params
     if owner is None or attr not in owner.layout.names:
-        raise UserError(f"unknown renderer parameter {name!r}")
+        raise UserError(
+            f"unknown parameter {name!r}; fit vertices, texture, material.*, lights.*, "
+            f"{', '.join(VIEW)}"
+        )
     return owner, attr
 
 
@@ -207,7 +218,7 @@ class Problem:
     views: list
     params: list
     fixed: dict = field(default_factory=dict)
-    precondition: bool = False  # large steps on "mesh.positions"
+    precondition: bool = False  # large steps on the vertices
     large_steps_lambda: float = 20.0
     regularize: dict = field(default_factory=dict)  # {"laplacian": w, "normal": w, "edge": w}
     recompute_normals: bool = False
@@ -221,9 +232,9 @@ class Problem:
 def _write(renderer: Renderer, name: str, value, view=None) -> None:
     """Set parameter ``name`` of the renderer (in every view's set, or in ``view``'s)."""
     value = np.asarray(value, dtype=np.float64)
-    if name == "mesh.positions":
+    if name == "vertices":
         renderer.mesh.positions.from_numpy(value.reshape(-1, 3).astype(backend.np_real()))
-    elif name == "texture.texels":
+    elif name == "texture":
         renderer.texture.upload(value)
     else:
         owner, attr = packed_of(renderer, name)
@@ -335,7 +346,7 @@ class Fit:
         groups = [(m.value, self.params[n].lr) for n, m in self.masters.items()] + [
             (a, self.params[n].lr)
             for n, a in self.arrays.items()
-            if not (problem.precondition and n == "mesh.positions")
+            if not (problem.precondition and n == "vertices")
         ]
         self.adam = optim.Adam(groups, schedule=schedule) if groups else None
         self.large_steps = None
@@ -344,22 +355,22 @@ class Fit:
                 r.mesh.positions,
                 r.mesh.faces.to_numpy(),
                 lam=problem.large_steps_lambda,
-                lr=self.params["mesh.positions"].lr,
+                lr=self.params["vertices"].lr,
                 schedule=schedule,
             )
         self._result = None  # host copy of the last rendering, made on demand
         self.loss_start = None
 
     def _array(self, name: str):
-        if name == "mesh.positions":
+        if name == "vertices":
             return self.r.mesh.positions
         if self.r.texture is None:
-            raise UserError("fitting texture.texels needs a textured mesh")
+            raise UserError("fitting the texture needs a textured mesh")
         return self.r.texture.texels
 
     def _regularizers(self):
         reg, r = self.problem.regularize, self.r
-        if "mesh.positions" not in self.arrays:
+        if "vertices" not in self.arrays:
             return []
         kinds = {
             "laplacian": losses.LaplacianLoss,
@@ -372,10 +383,10 @@ class Fit:
     def values(self) -> dict:
         """Current parameter values {name: array} (host copies)."""
         out = {name: m.host() for name, m in self.masters.items()}
-        if "mesh.positions" in self.arrays:
-            out["mesh.positions"] = self.r.mesh.positions.to_numpy().astype(np.float64)
-        if "texture.texels" in self.arrays:
-            out["texture.texels"] = self.r.texture.image().astype(np.float64)
+        if "vertices" in self.arrays:
+            out["vertices"] = self.r.mesh.positions.to_numpy().astype(np.float64)
+        if "texture" in self.arrays:
+            out["texture"] = self.r.texture.image().astype(np.float64)
         return out
 
     def blur_sigma(self, it: int) -> float:

@@ -3,11 +3,11 @@
 fit gets to the ground truth.
 
 =========  ===========================================  ==========================================
-app        fitted (renderer fields)                     metrics (goal)
+app        fitted (parameter names)                     metrics (goal)
 =========  ===========================================  ==========================================
-geometry   mesh.positions (icosphere → target mesh)     chamfer / bbox diagonal (≤ 1 %), IoU (≥ .97)
-pose       vertex.pose_rotation, pose_translation       rotation error (≤ 1°), translation (≤ 1 %)
-texture    texture.texels                               PSNR on visible texels (≥ 30 dB)
+geometry   vertices (icosphere → target mesh)           chamfer / bbox diagonal (≤ 1 %), IoU (≥ .97)
+pose       pose.rotation, pose.translation              rotation error (≤ 1°), translation (≤ 1 %)
+texture    texture                                      PSNR on visible texels (≥ 30 dB)
 material   material.base_color, roughness, metallic     relative errors (≤ 5 %)
            (``shading="phong"``/``"blinn-phong"``:
            base_color, specular, shininess)
@@ -274,7 +274,7 @@ def _build_geometry(options: FitOptions, rng, target):
     problem = fit.Problem(
         r,
         [fit.View(c) for c in cams],
-        [fit.Param("mesh.positions", start.vertices, 0.02 if options.precondition else 0.005)],
+        [fit.Param("vertices", start.vertices, 0.02 if options.precondition else 0.005)],
         fixed,
         precondition=options.precondition,
         large_steps_lambda=20.0,
@@ -283,7 +283,7 @@ def _build_geometry(options: FitOptions, rng, target):
         blur_sigma=min(image_size(options)) / 64 if options.coarse_to_fine else 0.0,
         sigma_anneal=(3e-4, 3e-5) if options.sigma_anneal else None,
     )
-    fit.render_targets(problem, {"mesh.positions": target.vertices})
+    fit.render_targets(problem, {"vertices": target.vertices})
     target_masks = [v.alpha > 0.5 for v in problem.views]
     r.set_mesh(start)
     diag = float(np.linalg.norm(target.vertices.max(0) - target.vertices.min(0)))
@@ -292,7 +292,7 @@ def _build_geometry(options: FitOptions, rng, target):
     def metrics(f, it=None):
         out = {"iou": mask_iou(f.masks, target_masks)}
         if it is None or it % 10 == 0:
-            v = f.values()["mesh.positions"][:V]
+            v = f.values()["vertices"][:V]
             out["chamfer_rel"] = chamfer(v, start.faces, target.vertices, target.faces) / diag
         return out
 
@@ -318,8 +318,8 @@ def _build_pose(options: FitOptions, rng, target):
     r_start = perturb_rotation(r_true, angle, rng)
     t_start = t_true + 0.1 * diag * _random_unit(rng)
     params = [
-        fit.Param("vertex.pose_rotation", r_start, 0.03, truth=r_true),
-        fit.Param("vertex.pose_translation", t_start, 0.02, truth=t_true),
+        fit.Param("pose.rotation", r_start, 0.03, truth=r_true),
+        fit.Param("pose.translation", t_start, 0.02, truth=t_true),
     ]
     problem = fit.Problem(
         r,
@@ -335,10 +335,8 @@ def _build_pose(options: FitOptions, rng, target):
     def metrics(f, it=None):
         v = f.values()
         return {
-            "rotation_error_deg": rotation_error_deg(v["vertex.pose_rotation"], r_true),
-            "translation_error_rel": float(
-                np.linalg.norm(v["vertex.pose_translation"] - t_true) / diag
-            ),
+            "rotation_error_deg": rotation_error_deg(v["pose.rotation"], r_true),
+            "translation_error_rel": float(np.linalg.norm(v["pose.translation"] - t_true) / diag),
         }
 
     return App(
@@ -357,7 +355,7 @@ def _build_texture(options: FitOptions, rng, target):
     r = _renderer(mesh, cams, options)
     truth = mesh.texture.astype(np.float64)
     lights = _lights(0.5, [((0.3, 1.0, 0.5), (0.6, 0.6, 0.6))])
-    params = [fit.Param("texture.texels", np.full_like(truth, 0.5), 0.02, _clip(0, 1), truth)]
+    params = [fit.Param("texture", np.full_like(truth, 0.5), 0.02, _clip(0, 1), truth)]
     problem = fit.Problem(
         r, [fit.View(c) for c in cams], params, {**lights, **_material(roughness=1.0)}
     )
@@ -365,7 +363,7 @@ def _build_texture(options: FitOptions, rng, target):
     visible = _visible_texels(problem, truth.shape[:2])
 
     def metrics(f, it=None):
-        t = f.values()["texture.texels"]
+        t = f.values()["texture"]
         return {
             "psnr_visible": psnr(t[visible], truth[visible]),
             "visible_fraction": float(visible.mean()),

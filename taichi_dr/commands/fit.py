@@ -226,7 +226,7 @@ def run(args):
             problem.renderer.configure(shading="unlit")
             problem.fixed["material.base_color"] = np.ones(3)
             t = problem.renderer.texture
-            problem.fixed["texture.texels"] = np.ones((t.height, t.width, 3))
+            problem.fixed["texture"] = np.ones((t.height, t.width, 3))
 
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     runner = Runner(
@@ -312,11 +312,11 @@ def _save_outputs(out, app, fit):
         params[p.name] = entry
     r = fit.r
     V = app.mesh.num_vertices
-    if "mesh.positions" in values:
-        params["mesh.positions"]["final"] = values["mesh.positions"][:V].tolist()
-        params["mesh.positions"]["start"] = np.asarray(app.mesh.vertices).tolist()
+    if "vertices" in values:
+        params["vertices"]["final"] = values["vertices"][:V].tolist()
+        params["vertices"]["start"] = np.asarray(app.mesh.vertices).tolist()
     io.save_json(out / "params.json", params)
-    vertices = values.get("mesh.positions", r.mesh.positions.to_numpy())[:V]
+    vertices = values.get("vertices", r.mesh.positions.to_numpy())[:V]
     texture = r.texture.image() if r.texture is not None else None
     mesh = scene.Mesh(vertices, app.mesh.faces, None, app.mesh.uvs, texture, name=app.name)
     scene.save_obj(out / "mesh.obj", mesh)
