@@ -115,7 +115,7 @@ def _accumulate_normals(positions: Vec3, faces: IVec3, normals: Vec3):
         normals[c] += fn
 
 
-def vertex_normals(mesh) -> None:
+def recompute_normals(mesh) -> None:
     """Area-weighted vertex normals of the renderer's ``mesh`` (MeshBuffers) written into
     ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the tape before
     ``shade``; the vertex stage normalises them)."""
@@ -255,7 +255,7 @@ def render_targets(problem: Problem, values: dict) -> None:
     r = problem.renderer
     setup(problem, values)
     if problem.recompute_normals:
-        vertex_normals(r.mesh)
+        recompute_normals(r.mesh)
     out = r.render()
     for b, view in enumerate(problem.views):
         view.target = out.image[b].astype(np.float64)
@@ -437,7 +437,7 @@ class Fit:
         r.rasterize()
         with ti.ad.Tape(self.loss):
             if p.recompute_normals:
-                vertex_normals(r.mesh)
+                recompute_normals(r.mesh)
             r.shade()
             image = r.image
             if sigma > 0:
@@ -481,7 +481,7 @@ class Fit:
         else:
             self._write_parameters()
         if self.problem.recompute_normals:
-            vertex_normals(r.mesh)
+            recompute_normals(r.mesh)
         out = r.render()
         if view_index is None:
             return out.image, out.mask
