@@ -1,9 +1,10 @@
-"""Soft mode on degenerate scenes (issue 17): the loss and every gradient stay finite.
+"""Soft mode on degenerate scenes (issue 17): the loss and every gradient stay finite
+(and, as a guard, in the other modes too).
 
 A vertex exactly at the camera centre, the camera inside the mesh, edge-on, zero-area
 and near-plane-crossing faces, coincident vertices, a zero normal and faces behind the
-camera, each rendered at 32² by one shared renderer (one compile) with point and
-directional lights; the loss weights the image and the silhouette."""
+camera, each rendered at 32² by one shared renderer per mode with point and directional
+lights; the loss weights the image and the coverage."""
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import taichi_dr
 from taichi_dr import backend
 from taichi_dr.camera import Camera
 from taichi_dr.render import arrays
+from taichi_dr.render.pipeline import MODES
 from taichi_dr.scene import Mesh
 
 SIZE = 32
@@ -106,20 +108,20 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def renderer():
+@pytest.fixture(scope="module", params=MODES)
+def renderer(request):
     from conftest import shared_renderer
 
     v, f, _ = _sphere()
     cam = Camera.look_at(eye=EYE, fov=45, width=SIZE, height=SIZE, near=0.5, far=10.0)
-    r = shared_renderer(Mesh(v, f), cam, mode="soft")
+    r = shared_renderer(Mesh(v, f), cam, mode=request.param)
     r.lights.reset(**LIGHTS)
     weights = np.random.default_rng(5).uniform(-1, 1, (SIZE * SIZE, 3))
     return r, arrays.from_numpy(weights)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
-def test_soft_degenerate_scene_has_finite_gradients(renderer, case):
+def test_degenerate_scene_has_finite_gradients(renderer, case):
     r, weights = renderer
     vertices, faces, normals, eye = case()
     colors = np.random.default_rng(2).uniform(0.3, 1.0, (len(vertices), 3))
@@ -145,9 +147,10 @@ def test_soft_degenerate_scene_has_finite_gradients(renderer, case):
     assert np.abs(grads["positions"].to_numpy()).max() > 0  # the scene is seen
 
 
-def test_soft_smaller_mesh_after_larger_one(renderer):
-    """The vertex stage's outputs shrink with the mesh (the per-vertex shading loops over
-    them): a renderer that drew a larger mesh renders a smaller one like a fresh one."""
+def test_smaller_mesh_after_larger_one(renderer):
+    """The vertex stage's outputs shrink with the mesh (soft mode's per-vertex shading
+    loops over them): a renderer that drew a larger mesh renders a smaller one like a
+    fresh one."""
     from conftest import shared_renderer
 
     r, _ = renderer
@@ -159,7 +162,7 @@ def test_soft_smaller_mesh_after_larger_one(renderer):
     sphere = taichi_dr.icosphere(1)
     r.set_mesh(sphere)
     got = r.render().image
-    fresh = shared_renderer(sphere, cam, mode="soft")
+    fresh = shared_renderer(sphere, cam, mode=r.settings.mode)
     fresh.lights.reset(**LIGHTS)
     expected = fresh.render().image
     np.testing.assert_array_equal(got, expected)
