@@ -16,6 +16,7 @@ import numpy as np
 import taichi as ti
 
 from . import backend
+from .ad.gradcheck import central_difference
 from .camera import Camera
 from .errors import UserError
 from .render import arrays
@@ -142,15 +143,14 @@ def compare(
     top = np.argsort(-np.abs(grad))[: (count + 1) // 2]
     rest = np.setdiff1d(np.arange(flat.size), top)
     pick = np.concatenate([top, scene.rng.choice(rest, min(count // 2, len(rest)), False)])
-    fd = np.empty(len(pick))
-    for j, i in enumerate(pick):
-        values = []
-        for step in (h, -h):
-            x = flat.copy()
-            x[i] += step
-            parameter.set(x.reshape(base.shape))
-            values.append(scene.value(rasterize))
-        fd[j] = (values[0] - values[1]) / (2 * h)
+
+    def loss_at(sample):
+        x = flat.copy()
+        x[pick] = sample
+        parameter.set(x.reshape(base.shape))
+        return scene.value(rasterize)
+
+    fd = central_difference(loss_at, flat[pick], h)
     parameter.set(base)
     err = np.abs(grad[pick] - fd)
     rel = err.max() / max(np.abs(fd).max(), 1e-8)

@@ -597,3 +597,48 @@ class LargeSteps:
         self.adam.load_state_dict(state)
         self.u.from_numpy(_checked(state, "u", self.u.to_numpy(), "u"))
         self._write_positions()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoint:
+    """Parameters and the optimizers over them as one flat dict of NumPy arrays: the state
+    an application hands the runner (``get`` / ``set``). Keys: ``param/<name>`` for each
+    of ``params`` (name → Taichi ndarray or field) and ``<prefix>/<key>`` for each entry
+    of each of ``optimizers``' :meth:`state_dict` (prefix → optimizer, e.g. ``adam/steps``,
+    ``adam/m/0``). ``set`` refuses a checkpoint whose parameters are missing or shaped
+    otherwise before anything changes, naming ``settings``: the options that decide the
+    shapes (e.g. "grid or steps")."""
+
+    def __init__(self, params: dict, optimizers: dict, settings: str):
+        self.params = params
+        self.optimizers = optimizers
+        self.settings = settings
+
+    def get(self) -> dict:
+        out = {f"param/{name}": x.to_numpy() for name, x in self.params.items()}
+        for prefix, opt in self.optimizers.items():
+            out.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
+        return out
+
+    def set(self, state: dict) -> None:
+        mismatch = UserError(
+            f"--resume: the checkpoint was written with other settings ({self.settings} "
+            "differ); use the same flags or another --out folder"
+        )
+        values = []
+        for name, x in self.params.items():
+            value = np.asarray(state.get(f"param/{name}", np.zeros(0)))
+            like = x.to_numpy()
+            if value.shape != like.shape:
+                raise mismatch
+            values.append((x, value.astype(like.dtype)))
+        for prefix in self.optimizers:
+            if not any(k.startswith(prefix + "/") for k in state):
+                raise mismatch
+        for prefix, opt in self.optimizers.items():
+            n = len(prefix) + 1
+            opt.load_state_dict({k[n:]: v for k, v in state.items() if k.startswith(prefix + "/")})
+        for x, value in values:
+            x.from_numpy(value)

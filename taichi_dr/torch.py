@@ -37,7 +37,7 @@ from .render.antialias import antialias_backward
 from .render.arrays import Frame
 from .render.lights import LIGHT_LAYOUT, LIGHTS_SIZE, Lights
 from .render.shading import MATERIAL_LAYOUT, MATERIAL_SIZE, MODELS, Material
-from .render.soft_faces import soft_params
+from .render.soft_faces import SIGMA, soft_params
 from .render.soft_select import SoftCandidates
 from .render.vertex import VIEW_LAYOUT
 
@@ -519,7 +519,7 @@ class _Soft(torch.autograd.Function):
 
 
 def soft_rasterize(
-    clip, faces, colors, resolution, sigma=1e-4, gamma=1e-4, eps=1e-3, faces_per_pixel=50,
+    clip, faces, colors, resolution, sigma=SIGMA, gamma=1e-4, eps=1e-3, faces_per_pixel=50,
     near=0.1, far=100.0, background=(0.0, 0.0, 0.0), ranges=None,
 ) -> tuple:  # fmt: skip
     """Soft Rasterizer (Liu et al. 2019; see ``soft_blend``) of B views: ``clip`` (B, V, 4)

@@ -251,13 +251,13 @@ def test_gaussian_blur_matches_scipy_and_is_linear():
     assert np.abs(x.grad.to_numpy().reshape(2, H * W, 3) - expected).max() < 1e-12
 
 
-def test_vertex_normals_match_numpy_and_gradient():
+def test_recompute_normals_match_numpy_and_gradient():
     from taichi_dr.render.mesh import MeshBuffers
 
     mesh = scene.blob(1, seed=3)
     buf = MeshBuffers()
     buf.upload(mesh)
-    fit.vertex_normals(buf)
+    fit.recompute_normals(buf)
     n = buf.normals.to_numpy()
     ref = scene.vertex_normals(mesh.vertices, mesh.faces)
     unit = n / np.linalg.norm(n, axis=1, keepdims=True)
@@ -274,7 +274,7 @@ def test_vertex_normals_match_numpy_and_gradient():
                 loss[None] += wf[i, c] * normals[i][c]
 
     with ti.ad.Tape(loss):
-        fit.vertex_normals(buf)
+        fit.recompute_normals(buf)
         dot(w, buf.normals, loss)
     grad = buf.positions.grad.to_numpy()
 

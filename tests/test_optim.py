@@ -139,6 +139,36 @@ def test_state_dict_round_trip(rng, container, make):
         fresh.load_state_dict({k: v for k, v in state.items() if k != "steps"})
 
 
+@pytest.mark.parametrize("container", ["ndarray", "field"])
+def test_checkpoint_round_trip_and_mismatch(rng, container):
+    """optim.Checkpoint: parameters and Adam's state through an .npz continue identically;
+    a checkpoint of other shapes or without the optimizer is refused before anything
+    changes, naming the settings."""
+    (a, b), _, grads = params_and_grads(rng, 5, container)
+    opt = optim.Adam([a, b], lr=0.1)
+    run(opt, (a, b), grads[:3])
+    state = optim.Checkpoint({"a": a, "b": b}, {"adam": opt}, "grid").get()
+    assert sorted(state) == ["adam/m/0", "adam/m/1", "adam/steps", "adam/v/0", "adam/v/1",
+                             "param/a", "param/b"]  # fmt: skip
+    want = run(opt, (a, b), grads[3:])
+    fresh = optim.Adam([a, b], lr=0.1)
+    optim.Checkpoint({"a": a, "b": b}, {"adam": fresh}, "grid").set(
+        dict(np.load(npz_round_trip(state)))
+    )
+    assert fresh.steps == 3
+    for got, w in zip(run(fresh, (a, b), grads[3:]), want):
+        np.testing.assert_array_equal(got, w)
+    before = a.to_numpy()
+    for bad in (
+        {**state, "param/a": state["param/a"][:2]},
+        {k: v for k, v in state.items() if not k.startswith("adam/")},
+    ):
+        with pytest.raises(UserError, match=r"other settings \(grid differ\)"):
+            optim.Checkpoint({"a": a, "b": b}, {"adam": fresh}, "grid").set(bad)
+        np.testing.assert_array_equal(a.to_numpy(), before)
+        assert fresh.steps == 5
+
+
 def npz_round_trip(state):
     """``state`` written to and read back from an in-memory .npz (as checkpoints are)."""
     import io

@@ -126,7 +126,7 @@ def _accumulate_normals(positions: Vec3, faces: IVec3, normals: Vec3):
         normals[c] += fn
 
 
-def vertex_normals(mesh) -> None:
+def recompute_normals(mesh) -> None:
     """Area-weighted vertex normals of the renderer's ``mesh`` (MeshBuffers) written into
     ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the tape before
     ``shade``; the vertex stage normalises them)."""
@@ -266,7 +266,7 @@ def render_targets(problem: Problem, values: dict) -> None:
     r = problem.renderer
     setup(problem, values)
     if problem.recompute_normals:
-        vertex_normals(r.mesh)
+        recompute_normals(r.mesh)
     out = r.render()
     for b, view in enumerate(problem.views):
         view.target = out.image[b].astype(np.float64)
@@ -448,7 +448,7 @@ class Fit:
         r.rasterize()
         with ti.ad.Tape(self.loss):
             if p.recompute_normals:
-                vertex_normals(r.mesh)
+                recompute_normals(r.mesh)
             r.shade()
             image = r.image
             if sigma > 0:
@@ -492,7 +492,7 @@ class Fit:
         else:
             self._write_parameters()
         if self.problem.recompute_normals:
-            vertex_normals(r.mesh)
+            recompute_normals(r.mesh)
         out = r.render()
         if view_index is None:
             return out.image, out.mask
@@ -529,41 +529,22 @@ class Fit:
         self._result = None
 
     # ---- checkpoint state ------------------------------------------------------------------
-    def _optimizers(self):
-        out = []
-        if self.adam is not None:
-            out.append(("adam", self.adam))
-        if self.large_steps is not None:
-            out.append(("large_steps", self.large_steps.adam))
-        return out
-
-    def _state_arrays(self) -> dict:
-        out = {f"param/{n}": m.value for n, m in self.masters.items()}
-        out.update({f"param/{n}": a for n, a in self.arrays.items()})
-        if self.large_steps is not None:
-            out["large_steps/u"] = self.large_steps.u
-        return out
+    def checkpoint(self) -> optim.Checkpoint:
+        """The fitted parameters and the optimizers' states (see ``optim.Checkpoint``)."""
+        params = {n: m.value for n, m in self.masters.items()}
+        params.update(self.arrays)
+        optimizers = {"adam": self.adam, "large_steps": self.large_steps}
+        return optim.Checkpoint(
+            params,
+            {k: opt for k, opt in optimizers.items() if opt is not None},
+            settings="mesh, texture, resolution or --precondition",
+        )
 
     def get(self) -> dict:
-        out = {k: a.to_numpy() for k, a in self._state_arrays().items()}
-        for prefix, opt in self._optimizers():
-            out.update({f"{prefix}/{k}": v for k, v in opt.state_dict().items()})
-        return out
+        return self.checkpoint().get()
 
     def set(self, state: dict) -> None:
-        try:
-            for key, a in self._state_arrays().items():
-                a.from_numpy(_same_shape(state[key], a))
-            for prefix, opt in self._optimizers():
-                n = len(prefix) + 1
-                opt.load_state_dict(
-                    {k[n:]: v for k, v in state.items() if k.startswith(prefix + "/")}
-                )
-        except KeyError as exc:
-            raise UserError(
-                f"--resume: the checkpoint lacks {exc.args[0]!r}; it was written with other "
-                "settings (e.g. --precondition); use the same flags or another --out folder"
-            ) from None
+        self.checkpoint().set(state)
 
 
 def _mesh_of(r: Renderer) -> Mesh:
@@ -575,13 +556,3 @@ def _mesh_of(r: Renderer) -> Mesh:
         m.normals.to_numpy()[: m.num_vertices].astype(np.float64),
         m.uvs.to_numpy().astype(np.float64) if m.has_uvs else None,
     )
-
-
-def _same_shape(a, like):
-    a = np.asarray(a)
-    if a.shape != like.to_numpy().shape:
-        raise UserError(
-            "--resume: the checkpoint was written with other settings (mesh, texture or "
-            "resolution differ); use the same flags or another --out folder"
-        )
-    return a

@@ -20,7 +20,7 @@ from .. import backend, io
 from ..apps.runner import Runner
 from ..camera import orbit
 from ..errors import UserError
-from ..optim import Adam
+from ..optim import Adam, Checkpoint
 from ..sim import Smoke, SmokeConfig, VolumeRenderer, grid_to_image, image_to_grid
 
 TASKS = ("init-velocity", "control", "volume")
@@ -121,27 +121,6 @@ def _mse(a: ti.template(), b: ti.template(), loss: ti.template(), inv_n: float):
 def _clamp_nonnegative(f: ti.template()):
     for I in ti.grouped(f):
         f[I] = ti.max(f[I], 0.0)
-
-
-class _AdamState:
-    """The parameters (``param/i``) and Adam's state (``adam/...``, its ``state_dict``) as
-    arrays: the runner's checkpoint state."""
-
-    def __init__(self, opt: Adam):
-        self.opt = opt
-
-    def get(self) -> dict:
-        out = {f"param/{i}": f.to_numpy() for i, f in enumerate(self.opt.params)}
-        out.update({f"adam/{k}": a for k, a in self.opt.state_dict().items()})
-        return out
-
-    def set(self, arrays: dict):
-        for i, f in enumerate(self.opt.params):
-            if arrays.get(f"param/{i}", np.zeros(0)).shape != f.shape:
-                raise UserError("checkpoint does not match these settings (grid or steps differ)")
-        self.opt.load_state_dict({k[5:]: a for k, a in arrays.items() if k.startswith("adam/")})
-        for i, f in enumerate(self.opt.params):
-            f.from_numpy(arrays[f"param/{i}"].astype(backend.np_real()))
 
 
 def _gray(img):
@@ -314,7 +293,8 @@ def run(args):
         task.after_step()
         return {"loss": value, "mse": value, "reduction": 1 - value / mse0}
 
-    runner.run(step, iters, state=_AdamState(opt), panels=task.panels)
+    state = Checkpoint(dict(enumerate(opt.params)), {"adam": opt}, settings="grid or steps")
+    runner.run(step, iters, state=state, panels=task.panels)
     mse = evaluate()
     frames = rollout_frames()
     io.write_video(runner.out / "rollout_after.gif", frames)

@@ -36,7 +36,7 @@ from .lights import Lights
 from .mesh import MeshBuffers
 from .raster import Rasterizer
 from .shading import MODELS, Material
-from .soft_faces import soft_params
+from .soft_faces import SIGMA, soft_params
 from .soft_select import SoftCandidates
 from .texture import Texture
 from .vertex import VertexStage
@@ -73,7 +73,7 @@ class RenderSettings:
     texture_filter: str = "trilinear"
     texture_wrap: str = "repeat"
     layers: int = 1
-    sigma: float = 1e-4
+    sigma: float = SIGMA
     gamma: float = 1e-4
     eps: float = 1e-3
     faces_per_pixel: int = 50

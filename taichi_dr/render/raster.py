@@ -36,7 +36,7 @@ from . import arrays
 from .arrays import Frame, Int, IVec2, IVec3, Vec3, Vec4
 
 SUBPIXEL = 256  # snapping grid: 1/256 pixel
-TILE = 8  # tile edge in pixels
+BIN_TILE = 8  # edge of the binning tiles in pixels: a speed trade-off, any size works
 COORD_LIMIT = 1 << 29  # |snapped coordinate| bound, keeps edge functions inside int64
 EMPTY_KEY = np.iinfo(np.int64).max
 
@@ -200,7 +200,8 @@ def _setup_items(
             y1 = ti.min((hi[1] - SUBPIXEL // 2) // SUBPIXEL, H - 1)
             bbox[k] = ti.Vector([x0, y0, x1, y1])
             if x0 <= x1 and y0 <= y1:
-                count = (x1 // TILE - x0 // TILE + 1) * (y1 // TILE - y0 // TILE + 1)
+                tiles_x = x1 // BIN_TILE - x0 // BIN_TILE + 1
+                count = tiles_x * (y1 // BIN_TILE - y0 // BIN_TILE + 1)
         tile_count[k] = count
         if ti.static(atomic):
             if count > 0:
@@ -224,8 +225,8 @@ def _bin_items(
         if tile_count[k] > 0:
             b = bbox[k]
             j = tile_offset[k]
-            for ty in range(b[1] // TILE, b[3] // TILE + 1):
-                for tx in range(b[0] // TILE, b[2] // TILE + 1):
+            for ty in range(b[1] // BIN_TILE, b[3] // BIN_TILE + 1):
+                for tx in range(b[0] // BIN_TILE, b[2] // BIN_TILE + 1):
                     work[j] = ti.Vector([k, ty * tiles_x + tx])
                     j += 1
 
@@ -262,16 +263,16 @@ def _raster_items(
         )
         c0, c1, c2, c3 = edge_c[4 * k], edge_c[4 * k + 1], edge_c[4 * k + 2], edge_c[4 * k + 3]
         zp = zplane[k]
-        xa = ti.max(b[0], tx * TILE)
+        xa = ti.max(b[0], tx * BIN_TILE)
         px = ti.i64(xa) * SUBPIXEL + SUBPIXEL // 2
-        for y in range(ti.max(b[1], ty * TILE), ti.min(b[3], ty * TILE + TILE - 1) + 1):
+        for y in range(ti.max(b[1], ty * BIN_TILE), ti.min(b[3], ty * BIN_TILE + BIN_TILE - 1) + 1):
             py = ti.i64(y) * SUBPIXEL + SUBPIXEL // 2
             e0 = ab0[0] * px + ab0[1] * py + c0
             e1 = ab1[0] * px + ab1[1] * py + c1
             e2 = ab2[0] * px + ab2[1] * py + c2
             e3 = ab3[0] * px + ab3[1] * py + c3
             row = (view * height + y) * width
-            for x in range(xa, ti.min(b[2], tx * TILE + TILE - 1) + 1):
+            for x in range(xa, ti.min(b[2], tx * BIN_TILE + BIN_TILE - 1) + 1):
                 if e0 >= 0 and e1 >= 0 and e2 >= 0 and e3 >= 0:
                     z = zp[0] + zp[1] * (x + 0.5) + zp[2] * (y + 0.5)
                     if z <= 1.0:
@@ -400,7 +401,7 @@ class Rasterizer:
         _clear_keys(key, floor_key, fragments, self.total, peel > 0, bool(count))
         if n_items:
             edge_ab, edge_c, zplane, bbox, tile_count, tile_offset = self._items
-            tiles_x = (frame.width + TILE - 1) // TILE
+            tiles_x = (frame.width + BIN_TILE - 1) // BIN_TILE
             _setup_items(
                 clip,
                 faces,

@@ -67,7 +67,7 @@ from .soft_faces import (
     pixel_step,
 )
 from .soft_select import (
-    TILE,
+    MASK_TILE,
     SoftCandidates,
     box_tiles,
     length,
@@ -168,7 +168,7 @@ def _blend_forward(
         # The weights are summed shifted by m, the running maximum of ε and z (online
         # softmax: rescaled whenever m grows), started at a lower bound of the final m
         # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
-        shift = ti.Vector([eps] * (TILE * TILE))
+        shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
             lo = depth_range[slot_draw[slot]][0]
@@ -176,10 +176,11 @@ def _blend_forward(
             while bits != ti.u64(0):
                 bits, bit = next_pixel(bits)
                 shift[bit] = ti.max(shift[bit], lo)
-        miss = ti.Vector([1.0] * (TILE * TILE))  # Π (1 − D): 0 only where the silhouette is 1
-        total = ti.Vector.zero(float, TILE * TILE)  # Σ w
-        color_sum = ti.Matrix.zero(float, TILE * TILE, 3)  # Σ w C
-        for bit in range(TILE * TILE):
+        # Π (1 − D): 0 only where the silhouette is 1
+        miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))
+        total = ti.Vector.zero(float, MASK_TILE * MASK_TILE)  # Σ w
+        color_sum = ti.Matrix.zero(float, MASK_TILE * MASK_TILE, 3)  # Σ w C
+        for bit in range(MASK_TILE * MASK_TILE):
             w = ti.exp((eps - shift[bit]) * inv_gamma)
             total[bit] = w
             for c in ti.static(range(3)):
@@ -195,7 +196,7 @@ def _blend_forward(
             bits = mask[slot]
             while bits != ti.u64(0):
                 bits, bit = next_pixel(bits)
-                p = pixel_center(y0 + bit // TILE, x0 + bit % TILE, step)
+                p = pixel_center(y0 + bit // MASK_TILE, x0 + bit % MASK_TILE, step)
                 inside, nearest, l_near, out, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
                 miss[bit] *= out
                 m = shift[bit]
@@ -214,10 +215,10 @@ def _blend_forward(
                         color_sum[bit, c] += wk * color[c]
                 pairs[k] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
                 k += 1
-        for y in range(y0, ti.min(y0 + TILE, height)):
-            for x in range(x0, ti.min(x0 + TILE, width)):
+        for y in range(y0, ti.min(y0 + MASK_TILE, height)):
+            for x in range(x0, ti.min(x0 + MASK_TILE, width)):
                 i = (v * height + y) * width + x
-                bit = (y - y0) * TILE + x - x0
+                bit = (y - y0) * MASK_TILE + x - x0
                 silhouette[i] = 1.0 - miss[bit]
                 image[i] = ti.Vector([color_sum[bit, c] for c in ti.static(range(3))]) / total[bit]
                 denominator[i] = total[bit]
@@ -370,7 +371,7 @@ def _face_adjoints(
                     j += 1
                     while bits != ti.u64(0):
                         bits, bit = next_pixel(bits)
-                        y, x = ty * TILE + bit // TILE, tx * TILE + bit % TILE
+                        y, x = ty * MASK_TILE + bit // MASK_TILE, tx * MASK_TILE + bit % MASK_TILE
                         i = (row0 + y) * width + x
                         _pair_adjoint(face, pairs[k], adjoint, i, y, x, view, g)
                         k += 1

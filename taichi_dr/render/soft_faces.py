@@ -43,7 +43,7 @@ from . import arrays
 INV_SIGMA, INV_GAMMA, EPS, RADIUS2, RADIUS, NEAR, FAR, INV_SPAN, BACKGROUND = range(9)
 NUM_PARAMS = BACKGROUND + 3
 
-SIGMA = 1e-4  # the default σ, as RenderSettings.sigma (PyTorch3D's fit-mesh tutorial)
+SIGMA = 1e-4  # the default σ everywhere (RenderSettings, torch ops): PyTorch3D's fit-mesh tutorial
 
 # Array arguments of the soft rasterizer's kernels. Taichi never differentiates them (the
 # blend's adjoint is hand-written), so arrays with and without gradient storage share one

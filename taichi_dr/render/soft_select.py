@@ -60,7 +60,7 @@ from .soft_faces import (
     pixel_step,
 )
 
-TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
+MASK_TILE = 8  # tile edge in pixels, fixed: a tile's 64 pixels are the bits of one u64 mask
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
@@ -79,14 +79,14 @@ def tile_origin(t: ti.i32, tiles_x: ti.i32, tiles_y: ti.i32):
     b = t // per_view
     local = t - b * per_view
     ty = local // tiles_x
-    return b, ty * TILE, (local - ty * tiles_x) * TILE
+    return b, ty * MASK_TILE, (local - ty * tiles_x) * MASK_TILE
 
 
 @ti.func
 def box_tiles(box):
     """Tile range (tx0, ty0, tx1, ty1) of a pixel box (x0, y0, x1, y1); empty when
     tx0 > tx1."""
-    t = ti.Vector([box[0] // TILE, box[1] // TILE, box[2] // TILE, box[3] // TILE])
+    t = box // MASK_TILE
     return ti.select(box[0] <= box[2] and box[1] <= box[3], t, ti.Vector([0, 0, -1, -1]))
 
 
@@ -270,7 +270,7 @@ def _select(
     for t in range(n_tiles):
         scale, step, r2 = iso_scale(height, width), pixel_step(height, width), params[RADIUS2]
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
-        y1, x1 = ti.min(y0 + TILE, height) - 1, ti.min(x0 + TILE, width) - 1
+        y1, x1 = ti.min(y0 + MASK_TILE, height) - 1, ti.min(x0 + MASK_TILE, width) - 1
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 count[(v * height + y) * width + x] = 0
@@ -287,7 +287,7 @@ def _select(
                     d2, inside = distance(s, ln, al, p * scale)[:2]
                     if inside or d2 <= r2:
                         i = (v * height + y) * width + x
-                        bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
+                        bit = ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
                         m = count[i]
                         if m < K:
                             candidates[i * K + m] = slot
@@ -434,7 +434,7 @@ class SoftCandidates:
         real, H, W, K = backend.real(), frame.height, frame.width, int(K)
         self.frame, self.K, self.faces, self.ranges = frame, K, faces, ranges
         self.vertices, self.fmax = vertices, fmax
-        self.tiles = (W + TILE - 1) // TILE, (H + TILE - 1) // TILE
+        self.tiles = (W + MASK_TILE - 1) // MASK_TILE, (H + MASK_TILE - 1) // MASK_TILE
         self.n_records = frame.views * fmax
         self.n_tiles = frame.views * self.tiles[0] * self.tiles[1]
         for name, shape in RECORDS.items():

@@ -181,7 +181,7 @@ class VertexStage:
         self.grad = bool(grad)
         self.camera_grad = True  # False: the backward leaves pose and camera alone
         self.views = 0
-        self.capacity = 0  # vertices (all views) the outputs hold
+        self.capacity = 0  # vertices (all views) the outputs hold: exactly B·V
         self.params = None
         self._base = None
         self._written = None  # parameters the matrices were last built from
@@ -249,7 +249,7 @@ class VertexStage:
         ``positions``, ``normals`` (V,) vec3 shared by the views, or (B·V,) when
         ``batched``."""
         n = self.views * n_vertices
-        if n > self.capacity:
+        if n != self.capacity:  # per-vertex kernels downstream loop over the whole array
             self.capacity = n
             self.world = arrays.empty(n, 3, grad=self.grad)
             self.normal = arrays.empty(n, 3, grad=self.grad)

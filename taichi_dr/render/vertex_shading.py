@@ -17,6 +17,15 @@ from .lights import LIGHTS_SIZE
 from .shading import MODELS, shade_point
 
 
+@ti.func
+def unit(v):
+    """v / |v|, and 0 for v = 0 with a finite gradient there (``normalized`` divides by
+    |v| + ε, whose gradient is 0/0 at v = 0: a vertex at the camera centre, a zero
+    normal)."""
+    n2 = v.dot(v)
+    return v / ti.sqrt(ti.select(n2 > 0.0, n2, 1.0))
+
+
 @ti.kernel
 def _shade_vertices(
     model: ti.template(),
@@ -35,12 +44,10 @@ def _shade_vertices(
     for i in range(world.shape[0]):
         b = i // vertices
         p = world[i]
-        v = (eye[b] - p).normalized(1e-12)
+        v = unit(eye[b] - p)
         s = b if ti.static(lights_batched) else 0
         color = albedo[i - b * vertices + b * albedo_stride]
-        out[i] = shade_point(
-            model, color, normal[i].normalized(1e-12), v, p, material, lights, counts, s
-        )
+        out[i] = shade_point(model, color, unit(normal[i]), v, p, material, lights, counts, s)
 
 
 def shade_vertices(

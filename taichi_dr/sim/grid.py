@@ -73,6 +73,29 @@ def accumulate(f: ti.template(), s, I, v, atomic: ti.template()):
         f[s, I] = f[s, I] + v
 
 
+@ti.func
+def clamped_cell(x, n):
+    """Base node b and fraction x − b of lattice coordinate x on an axis of n ≥ 2 nodes
+    (node k at k), x clamped to [0, n − 1]: the linear stencil is nodes b and b + 1."""
+    x = ti.math.clamp(x, 0.0, n - 1.0)
+    b = ti.min(ti.cast(x, ti.i32), n - 2)
+    return b, x - b
+
+
+@ti.func
+def corner_weight(frac, corner: ti.template(), skip: ti.template()):
+    """Multilinear weight of stencil ``corner`` (0/1 per axis) at fractions ``frac``: the
+    product over axes, except axis ``skip`` (−1: none), of frac or 1 − frac."""
+    w = 1.0
+    for a in ti.static(range(len(corner))):
+        if ti.static(a != skip):
+            if ti.static(corner[a]):
+                w *= frac[a]
+            else:
+                w *= 1.0 - frac[a]
+    return w
+
+
 @ti.data_oriented
 class MacGrid:
     """Static description of the grid: shape, per-side boundary kinds, and Taichi helpers
@@ -147,10 +170,9 @@ class MacGrid:
                 frac[a] = g[a] - fl
                 slope[a] = 1.0
             else:
-                x = ti.math.clamp(g[a], 0.0, n - 1.0)
-                b = ti.min(ti.cast(x, ti.i32), n - 2)
+                b, f = clamped_cell(g[a], n)
                 base[a] = b
-                frac[a] = x - b
+                frac[a] = f
                 slope[a] = ti.select((g[a] > 0.0) & (g[a] < n - 1.0), 1.0, 0.0)
         return base, frac, slope
 
@@ -168,18 +190,6 @@ class MacGrid:
         return idx
 
     @ti.func
-    def _weight(self, frac, corner: ti.template(), skip: ti.template()):
-        """Product over axes (except ``skip``) of the linear weights of ``corner``."""
-        w = 1.0
-        for a in ti.static(range(self.dim)):
-            if ti.static(a != skip):
-                if ti.static(corner[a]):
-                    w *= frac[a]
-                else:
-                    w *= 1.0 - frac[a]
-        return w
-
-    @ti.func
     def sample(self, f: ti.template(), s, pos, c: ti.template()):
         """(Bi/tri)linear sample of slot ``s`` of field ``f`` (indexed ``f[s, I]``; cells for
         c = -1, else faces of component c) at ``pos`` (cells). Clamped at non-periodic sides,
@@ -187,7 +197,7 @@ class MacGrid:
         base, frac, _ = self._locate(pos, c)
         result = 0.0
         for corner in ti.static(self._corners()):
-            result += self._weight(frac, corner, -1) * f[s, self._corner(base, corner, c)]
+            result += corner_weight(frac, corner, -1) * f[s, self._corner(base, corner, c)]
         return result
 
     @ti.func
@@ -199,10 +209,10 @@ class MacGrid:
         dpos = slope * 0.0
         for corner in ti.static(self._corners()):
             idx = self._corner(base, corner, c)
-            accumulate(f.grad, s, idx, self._weight(frac, corner, -1) * g, atomic)
+            accumulate(f.grad, s, idx, corner_weight(frac, corner, -1) * g, atomic)
             v = f[s, idx]
             for a in ti.static(range(self.dim)):
-                dpos[a] += (2.0 * corner[a] - 1.0) * v * self._weight(frac, corner, a)
+                dpos[a] += (2.0 * corner[a] - 1.0) * v * corner_weight(frac, corner, a)
         return dpos * slope * g
 
     def _corners(self):

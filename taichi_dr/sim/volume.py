@@ -27,6 +27,7 @@ import taichi as ti
 
 from .. import backend
 from ..errors import UserError
+from .grid import clamped_cell, corner_weight
 
 MAX_SAMPLES = 1 << 28
 
@@ -182,21 +183,10 @@ class VolumeRenderer:
     def _lookup(self, density: ti.template(), p):
         """Trilinear density at model-space point ``p`` (clamped to the cell centres)."""
         lo, inv_h = ti.Vector(ti.static(self._lo_list)), ti.Vector(ti.static(self._inv_h_list))
-        g = (p - lo) * inv_h - 0.5
-        base = ti.Vector.zero(ti.i32, 3)
-        frac = g * 0.0
-        for a in ti.static(range(3)):
-            n = ti.static(self.shape[a])
-            x = ti.math.clamp(g[a], 0.0, n - 1.0)
-            b = ti.min(ti.cast(x, ti.i32), n - 2)
-            base[a] = b
-            frac[a] = x - b
+        base, frac = _cell((p - lo) * inv_h - 0.5, ti.static(self.shape))
         result = 0.0
         for corner in ti.static(ti.grouped(ti.ndrange(2, 2, 2))):
-            w = 1.0
-            for a in ti.static(range(3)):
-                w *= frac[a] * corner[a] + (1.0 - frac[a]) * (1 - corner[a])
-            result += w * density[base + corner]
+            result += corner_weight(frac, corner, -1) * density[base + corner]
         return result
 
     @ti.kernel
@@ -286,27 +276,23 @@ def ray_table(cameras, lo, hi) -> np.ndarray:
 
 
 @ti.func
-def _cell(p, prm: ti.template(), n):
-    """Base cell (i32 3-vector) and fractions of the trilinear stencil at model point p."""
+def _cell(g, n):
+    """Base cell (i32 3-vector) and fractions of the trilinear stencil at g = (x − lo) / h
+    − 0.5, x a model point (cell centres at whole g), clamped to the n[a] centres per axis."""
     base = ti.Vector.zero(ti.i32, 3)
     frac = ti.Vector.zero(float, 3)
     for a in ti.static(range(3)):
-        x = ti.math.clamp((p[a] - prm[a]) / prm[3] - 0.5, 0.0, n[a] - 1.0)
-        b = ti.min(ti.cast(x, ti.i32), n[a] - 2)
+        b, f = clamped_cell(g[a], n[a])
         base[a] = b
-        frac[a] = x - b
+        frac[a] = f
     return base, frac
 
 
 @ti.func
-def _corner_weight(frac, corner: ti.template()):
-    w = 1.0
-    for a in ti.static(range(3)):
-        if ti.static(corner[a]):
-            w *= frac[a]
-        else:
-            w *= 1.0 - frac[a]
-    return w
+def _model_cell(p, prm: ti.template(), n):
+    """:func:`_cell` of model point p with the packed lo and cell size of ``prm``."""
+    lo = ti.Vector([prm[0], prm[1], prm[2]])
+    return _cell((p - lo) / prm[3] - 0.5, n)
 
 
 @ti.func
@@ -329,7 +315,7 @@ def _near(near: ti.template(), base, block, sparse: ti.template()):
 def _sample(grid: ti.template(), base, frac):
     v = ti.Vector.zero(float, 4)
     for corner in ti.static(ti.grouped(ti.ndrange(2, 2, 2))):
-        w = _corner_weight(frac, corner)
+        w = corner_weight(frac, corner, -1)
         for c in ti.static(range(4)):
             v[c] += w * grid[base[0] + corner[0], base[1] + corner[1], base[2] + corner[2], c]
     return v
@@ -353,7 +339,7 @@ def _scatter(
     much the loss wants density there) of every stencil cell into its block's ``pull``."""
     for corner in ti.static(ti.grouped(ti.ndrange(2, 2, 2))):
         I = base + corner
-        w = _corner_weight(frac, corner)
+        w = corner_weight(frac, corner, -1)
         if ti.static(sparse):
             if g[0] < 0:
                 pull[I[0] // block, I[1] // block, I[2] // block] += -w * g[0]
@@ -394,7 +380,7 @@ def march_rgba(
     C = ti.Vector.zero(float, 3)
     i = 0
     while i < count and T > prm[8]:
-        base, frac = _cell(o + (t0 + (i + 0.5) * ds) * d, prm, n)
+        base, frac = _model_cell(o + (t0 + (i + 0.5) * ds) * d, prm, n)
         if _near(near, base, block, sparse):
             v = _sample(grid, base, frac)
             a = 1.0 - ti.exp(-v[0] * ds)
@@ -430,7 +416,7 @@ def march_rgba_adjoint(
     acc = ti.Vector.zero(float, 3)
     i = 0
     while i < count and T > prm[8]:
-        base, frac = _cell(o + (t0 + (i + 0.5) * ds) * d, prm, n)
+        base, frac = _model_cell(o + (t0 + (i + 0.5) * ds) * d, prm, n)
         if _near(near, base, block, sparse):
             v = _sample(grid, base, frac)
             a = 1.0 - ti.exp(-v[0] * ds)
