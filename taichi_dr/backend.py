@@ -132,6 +132,20 @@ def require_autodiff() -> None:
         )
 
 
+class Tape(ti.ad.Tape):
+    """``ti.ad.Tape`` that runs no backward pass when its body raised.
+
+    Taichi's tape always differentiates on exit, so an error inside the ``with`` block (a
+    :class:`UserError` about NaN, say) would be followed by a backward pass over a partial
+    recording, which fails with a second, unrelated exception that hides the first. This
+    tape lets the original error through unchanged; use it wherever a tape is entered."""
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.eval_on_exit = False
+        return super().__exit__(exc_type, exc, tb)
+
+
 def write(field, value) -> None:
     """Set a Taichi field from a NumPy array of its shape (0-d scalar fields included),
     converting to the field's dtype."""

@@ -435,7 +435,7 @@ class Fit:
             target = self.blurred_target
         self._write_parameters()
         r.rasterize()
-        with ti.ad.Tape(self.loss):
+        with backend.Tape(self.loss):
             if p.recompute_normals:
                 vertex_normals(r.mesh)
             r.shade()

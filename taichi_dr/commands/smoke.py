@@ -306,7 +306,7 @@ def run(args):
 
     def step(it):
         opt.zero_grad()
-        with ti.ad.Tape(loss, clear_gradients=False):
+        with backend.Tape(loss, clear_gradients=False):
             loss[None] = 0.0
             task.objective(loss)
         value = loss[None]
