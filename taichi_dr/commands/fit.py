@@ -249,7 +249,8 @@ def run(args):
     dashboard = Dashboard(fit)
     runner.run(step, args.iters, state=fit, panels=dashboard.panels, dashboard=dashboard)
     fit.render_current()
-    final = {"loss_start": fit.loss_start, "loss": _final_loss(runner)}
+    first = runner.records[0]["loss"] if runner.records else None  # iteration 0, also resumed
+    final = {"loss_start": first, "loss": _final_loss(runner)}
     if app.synthetic:
         final.update(app.metrics(fit, None))
         final["goals"] = {k: f"{op} {v}" for k, (op, v) in app.goals.items()}
@@ -261,7 +262,7 @@ def run(args):
     print(
         f"fit {args.app}: {shown}" + (f"; goal met: {final['goal_met']}" if app.synthetic else "")
     )
-    return 0
+    return 130 if runner.interrupted else 0
 
 
 class Dashboard:
