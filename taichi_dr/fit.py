@@ -348,7 +348,6 @@ class Fit:
                 schedule=schedule,
             )
         self._result = None  # host copy of the last rendering, made on demand
-        self.loss_start = None
 
     def _array(self, name: str):
         if name == "mesh.positions":
@@ -413,8 +412,6 @@ class Fit:
         if self.large_steps is not None:
             self.large_steps.step()
         self._project()
-        if self.loss_start is None:
-            self.loss_start = total
         return {"loss": total}
 
     def _write_parameters(self) -> None:
