@@ -11,11 +11,22 @@ import taichi as ti
 from .errors import UserError
 
 ARCHS = ("cpu", "cuda", "vulkan", "metal", "gpu")
-_TI_ARCH = {"cpu": "cpu", "cuda": "cuda", "vulkan": "vulkan", "metal": "metal", "gpu": "gpu"}
 # Archs whose reverse-mode autodiff we trust (see shared TAICHI_NOTES: vulkan's is broken).
 AUTODIFF_ARCHS = ("cpu", "cuda")
 
 _state: dict = {"arch": None, "precision": None, "requested": None, "forward_mode": False}
+
+
+GPU_ORDER = ("cuda", "metal", "vulkan")  # what "gpu" tries, in Taichi's order (no OpenGL)
+# Starts Taichi on one arch in a child process and prints the arch it got. Some drivers
+# crash the process while being probed (Taichi's OpenGL probe segfaults on machines without
+# GPU drivers), so no arch but cpu is ever tried in this process before the probe passed.
+_PROBE = (
+    "import sys, taichi as ti; "
+    "ti.init(arch=getattr(ti, sys.argv[1]), enable_fallback=False, log_level=ti.ERROR); "
+    "print('ARCH', ti.lang.impl.current_cfg().arch.name)"
+)
+_probed: dict = {}
 
 
 def _arch_name(ti_arch) -> str:
@@ -23,20 +34,35 @@ def _arch_name(ti_arch) -> str:
     return {"x64": "cpu", "arm64": "cpu"}.get(name, name)
 
 
-def _try(arch: str) -> bool:
-    """True when ``arch`` can really be started here (probes, then resets Taichi)."""
-    try:
-        ti.init(arch=getattr(ti, _TI_ARCH[arch]), enable_fallback=False, log_level=ti.ERROR)
-        ok = _arch_name(ti.lang.impl.current_cfg().arch) == arch or arch == "gpu"
-    except Exception:
-        ok = False
-    ti.reset()
-    return ok
+def _probe(archs) -> None:
+    """Probe each arch of ``archs`` (not yet probed) in its own child process, in parallel."""
+    import subprocess
+    import sys
+
+    todo = [a for a in archs if a not in _probed]
+    procs = {
+        a: subprocess.Popen(
+            [sys.executable, "-c", _PROBE, a],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for a in todo
+    }
+    for arch, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = ""
+        got = [ln.split()[1] for ln in out.splitlines() if ln.startswith("ARCH ")]
+        _probed[arch] = proc.returncode == 0 and got == [arch]
 
 
 def available_archs() -> list[str]:
-    """Archs that start on this machine (probing them; slow, used for error messages)."""
-    return [a for a in ("cpu", "cuda", "vulkan", "metal") if _try(a)]
+    """Archs that start on this machine (each probed once, in a child process)."""
+    _probe(GPU_ORDER)
+    return ["cpu"] + [a for a in GPU_ORDER if _probed[a]]
 
 
 def init(
@@ -61,13 +87,23 @@ def init(
         raise UserError(f"unknown precision {precision!r}; choose f32 or f64")
     if _state["requested"] == (arch, precision) and not kwargs:
         return _state["arch"]
+    target = arch
+    if arch != "cpu":  # probed in a child process first: a crashing driver cannot kill us
+        _probe(GPU_ORDER if arch == "gpu" else (arch,))
+        usable = [a for a in (GPU_ORDER if arch == "gpu" else (arch,)) if _probed[a]]
+        if not usable:
+            raise UserError(
+                f"arch {arch!r} is not available on this machine (available: "
+                f"{', '.join(available_archs())}); pass --arch cpu or install the driver"
+            )
+        target = usable[0]
     if _state["arch"] is not None:
         ti.reset()
     options = dict(offline_cache=True, log_level=ti.WARN, fast_math=False)
     options.update(kwargs)
     try:
         ti.init(
-            arch=getattr(ti, _TI_ARCH[arch]),
+            arch=getattr(ti, target),
             default_fp=ti.f64 if precision == "f64" else ti.f32,
             enable_fallback=False,
             **options,
@@ -75,7 +111,7 @@ def init(
         got = _arch_name(ti.lang.impl.current_cfg().arch)
     except Exception:
         got = None
-    if got is None or (arch != "gpu" and got != arch) or (arch == "gpu" and got == "cpu"):
+    if got != target:
         ti.reset()
         _state.update(arch=None, precision=None, requested=None)
         avail = ", ".join(available_archs()) or "none"

@@ -107,6 +107,20 @@ def test_api_error(fn, words):
         assert w in message, message
 
 
+# ------------------------------------------------------------------ archs
+def test_arch_probe_that_crashes_is_an_error(monkeypatch, capsys, tmp_path):
+    """Taichi's GPU probe can segfault (OpenGL without drivers: exit 139, no message); the
+    probe runs in a child process, so a crash there is an error here."""
+    from taichi_dr import backend
+
+    monkeypatch.setattr(backend, "_probed", {})
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    monkeypatch.setattr(backend, "_PROBE", crash)
+    for arch in ("gpu", "vulkan"):
+        line = _one_error_line(capsys, ["render", SPHERE, "--arch", arch, "--out", tmp_path])
+        assert f"arch {arch!r} is not available" in line and "(available: cpu)" in line
+
+
 # ------------------------------------------------------------------ output folders
 def test_stale_temporary_files_are_removed(tmp_path):
     """Files a killed run left (its process is gone) go; a live writer's and others stay."""
@@ -223,6 +237,6 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint(tmp_path):
 
 
 def test_case_count():
-    n = len(CLI) + len(API) + len(CHECKPOINTS) + 3
+    n = len(CLI) + len(API) + len(CHECKPOINTS) + 5
     print(f"bad-input cases: {n}")
     assert n >= 25
