@@ -157,6 +157,27 @@ def np_real():
     return np.float64 if precision() == "f64" else np.float32
 
 
+# Coordinates whose squares stay finite (with headroom for sums of a few squares):
+# float32 overflows at 3.4e38, so |x| ≳ 1.8e19 gave NaN pixels.
+MAX_MAGNITUDE = {"f32": 1e18, "f64": 1e150}
+
+
+def check_magnitude(values, what: str, precision_: str | None = None) -> None:
+    """Raise :class:`UserError` when ``values`` are too large for ``precision_`` (default:
+    the current precision)."""
+    import numpy as np
+
+    prec = precision_ or precision() or "f32"
+    limit = MAX_MAGNITUDE[prec]
+    biggest = float(np.max(np.abs(values))) if np.size(values) else 0.0
+    if biggest > limit:
+        fix = "rescale the scene (e.g. to metres)" + (" or use precision f64" * (prec == "f32"))
+        raise UserError(
+            f"{what} reach {biggest:.3g}, beyond {limit:.0e} where {prec} arithmetic overflows; "
+            + fix
+        )
+
+
 def require_autodiff() -> None:
     """Raise a clear error when reverse-mode gradients are asked for on an arch where
     Taichi 1.7.4's reverse mode is known to be wrong (vulkan, metal)."""

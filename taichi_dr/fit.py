@@ -120,7 +120,7 @@ def vertex_normals(mesh) -> None:
     ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the tape before
     ``shade``; the vertex stage normalises them)."""
     _clear_vectors(mesh.normals)
-    _accumulate_normals(mesh.positions, mesh.faces, mesh.normals)
+    _accumulate_normals(mesh.positions, mesh.distinct, mesh.normals)
 
 
 @ti.kernel
@@ -342,7 +342,7 @@ class Fit:
         if problem.precondition:
             self.large_steps = optim.LargeSteps(
                 r.mesh.positions,
-                r.mesh.faces.to_numpy(),
+                r.mesh.distinct.to_numpy(),
                 lam=problem.large_steps_lambda,
                 lr=self.params["mesh.positions"].lr,
                 schedule=schedule,
@@ -365,7 +365,7 @@ class Fit:
             "normal": losses.NormalConsistencyLoss,
             "edge": losses.EdgeLengthLoss,
         }
-        faces = r.mesh.faces.to_numpy()
+        faces = r.mesh.distinct.to_numpy()  # each surface triangle once
         return [(kinds[k](r.mesh.positions, faces), w) for k, w in reg.items() if w]
 
     def values(self) -> dict:

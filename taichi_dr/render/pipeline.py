@@ -20,6 +20,7 @@ renderer's gradients start from zero in each new ``ti.ad.Tape`` (the first ``sha
 inside a tape clears them); ``zero_grad()`` clears them by hand.
 """
 
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -224,8 +225,9 @@ class Renderer:
         return self.frame.views
 
     def set_mesh(self, mesh: Mesh, colors=None) -> None:
-        """Upload geometry (and its texture, when it has one and UVs)."""
-        self.mesh.upload(mesh, colors)
+        """Upload geometry (a :class:`Mesh`, validated again, or a ``trimesh.Trimesh``)
+        and its texture, when it has one and UVs."""
+        mesh = self.mesh.upload(mesh, colors)
         self._ranges = None
         if mesh.texture is not None:
             if mesh.uvs is None:
@@ -388,14 +390,50 @@ class Renderer:
         elif mode == "soft":
             if self.candidates is None:
                 self.candidates = SoftCandidates()
+            faces, ranges = self._surface_ranges()
+            self._warn_near_plane(faces, ranges)
             self.candidates.select(
                 self.vertex.clip,
-                self.mesh.faces,
-                self._face_ranges(),
+                faces,
+                ranges,
                 self.frame,
                 self._soft_params(),
                 self.settings.faces_per_pixel,
             )
+
+    def _surface_ranges(self):
+        """``mesh.distinct`` and each view's face range as rows of it (soft coverage sums
+        each surface triangle once: no degenerate faces, no duplicates)."""
+        ranges, m = self._face_ranges(), self.mesh
+        cached = getattr(self, "_surface", None)
+        if cached is None or cached[0] is not ranges or cached[1] is not m.distinct:
+            spans = ranges.to_numpy().reshape(-1, 2)
+            first = np.searchsorted(m.distinct_index, spans[:, 0])
+            end = np.searchsorted(m.distinct_index, spans.sum(axis=1))
+            rows = np.stack([first, end - first], axis=1).astype(np.int32)
+            cached = self._surface = (ranges, m.distinct, arrays.from_numpy(rows, dtype=ti.i32))
+        return m.distinct, cached[2]
+
+    def _warn_near_plane(self, faces, ranges) -> None:
+        """Mode soft draws no face with a vertex in front of the near plane (it does not
+        clip): warn once per renderer when some face crosses it."""
+        if getattr(self, "_near_warned", False):
+            return
+        clip = self.vertex.clip.to_numpy().reshape(self.views, -1, 4)
+        f, spans = faces.to_numpy().reshape(-1, 3), ranges.to_numpy().reshape(-1, 2)
+        for b, (start, count) in enumerate(spans):
+            front = (clip[b, :, 2] < -clip[b, :, 3])[f[start : start + count]]
+            crossing = int(np.sum(front.any(axis=1) & ~front.all(axis=1)))
+            if crossing:
+                self._near_warned = True
+                warnings.warn(
+                    f"mode 'soft' drops the {crossing} faces that cross the camera's near "
+                    f"plane in view {b} (it does not clip them, unlike the other modes); move "
+                    "the camera back or lower its near distance",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return
 
     def _soft_params(self):
         s, c = self.settings, self.cameras[0]
