@@ -111,10 +111,13 @@ def load_image(path, srgb: bool = True) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image file {str(path)!r} does not exist; check the path")
-    try:
-        data = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many types
-        raise UserError(f"cannot read image {str(path)!r} ({exc}); use PNG or JPEG") from None
+    try:  # Pillow only: other plugins turn a damaged PNG into advice to install ffmpeg
+        data = np.asarray(iio.imread(path, plugin="pillow"))
+    except Exception:  # imageio raises many types
+        raise UserError(
+            f"cannot read image {str(path)!r}: the file is damaged or not in an image format "
+            "Pillow reads (PNG, JPEG, BMP, TIFF, ...); re-export it as PNG"
+        ) from None
     scale = 65535.0 if data.dtype == np.uint16 else 255.0 if data.dtype == np.uint8 else 1.0
     x = data.astype(np.float32) / scale
     if x.ndim == 2:

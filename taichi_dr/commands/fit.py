@@ -16,11 +16,12 @@ the mouse orbits the current model.
 
 import argparse
 import json
+import math
 
 import numpy as np
 
 from .. import apps, backend, io, scene
-from ..camera import Camera, from_opencv
+from ..camera import Camera, check_depth_range, from_opencv, numbers
 from ..errors import UserError
 from ..fit import Fit, View
 from ..runner import Runner
@@ -104,32 +105,27 @@ def load_cameras(path) -> list:
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
         raise UserError(f'cameras file {path!r} needs an object with a "cameras" list')
     try:
-        W, H = int(data["width"]), int(data["height"])
-        near, far = float(data.get("near", 0.1)), float(data.get("far", 100.0))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f'cameras file {path!r} needs numeric "width" and "height"') from None
+        size = [data.get(k) for k in ("width", "height")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+            raise UserError(f'"width" and "height" must be integers, got {size[0]!r}, {size[1]!r}')
+        W, H = size
+        near = float(numbers(data.get("near", 0.1), (), '"near"'))
+        far = float(numbers(data.get("far", 100.0), (), '"far"'))
+        check_depth_range(near, far)
+    except UserError as exc:
+        raise UserError(f"cameras file {path!r}: {exc}") from None
     cams = []
     for k, c in enumerate(data["cameras"]):
         try:
-            if "K" in c:
-                cams.append(from_opencv(c["K"], c["R"], c["t"], W, H, near, far))
+            if not isinstance(c, dict) or not ("eye" in c or {"K", "R", "t"} <= set(c)):
+                raise UserError('give "eye" (look-at) or "K", "R", "t" (OpenCV)')
+            if "eye" in c:
+                view = (c["eye"], c.get("center", (0, 0, 0)), c.get("up", (0, 1, 0)))
+                cams.append(Camera.look_at(*view, c.get("fov", apps.FOV), W, H, near, far))
             else:
-                cams.append(
-                    Camera.look_at(
-                        c["eye"],
-                        c.get("center", (0, 0, 0)),
-                        c.get("up", (0, 1, 0)),
-                        c.get("fov", apps.FOV),
-                        W,
-                        H,
-                        near,
-                        far,
-                    )
-                )
-        except (KeyError, TypeError) as exc:
-            raise UserError(
-                f'camera {k} in {path!r} needs "eye" (look-at) or "K", "R", "t" (OpenCV): {exc}'
-            ) from None
+                cams.append(from_opencv(c["K"], c["R"], c["t"], W, H, near, far))
+        except UserError as exc:
+            raise UserError(f"camera {k} in {path!r}: {exc}") from None
     if not cams:
         raise UserError(f"cameras file {path!r} lists no cameras")
     return cams
@@ -185,6 +181,8 @@ def _check(args):
             raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.resolution > 4096:
         raise UserError(f"--resolution must be at most 4096, got {args.resolution}")
+    if not math.isfinite(args.start_angle):
+        raise UserError(f"--start-angle must be a finite number of degrees, got {args.start_angle}")
     if args.shading is not None and args.app != "material":
         raise UserError("--shading applies to fit material only")
     if bool(args.target) != bool(args.cameras):

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io
-from ..camera import Camera
+from ..camera import Camera, check_fov
 from ..errors import UserError
+from ..render.lights import Lights
 from ..render.pipeline import Renderer, RenderSettings
-from ..render.shading import MODELS
+from ..render.shading import MODELS, Material
 from ..scene import load_mesh
 
 
@@ -62,6 +63,7 @@ def parse_light(text: str):
 
 
 def frame_camera(mesh, args) -> Camera:
+    check_fov(args.fov)  # before it is used to place the eye
     lo, hi = mesh.vertices.min(0), mesh.vertices.max(0)
     center = np.asarray(args.center if args.center else (lo + hi) / 2)
     radius = max(np.linalg.norm(hi - lo) / 2, 1e-6)
@@ -83,8 +85,6 @@ def run(args) -> int:
     if splat_cli.handles(args.mesh):
         return splat_cli.render(args)
     backend.init(args.arch, args.precision)
-    mesh = load_mesh(args.mesh)
-    camera = frame_camera(mesh, args)
     settings = RenderSettings(
         shading=args.shading,
         cull=args.cull,
@@ -92,19 +92,24 @@ def run(args) -> int:
         texture_filter=args.texture_filter,
         layers=args.layers,
     )
-    renderer = Renderer(mesh, camera, settings)
     lights = [parse_light(t) for t in (args.light or ["dir:0.4,0.7,0.6:1,1,1"])]
-    renderer.lights.reset(
+    lights = dict(
         ambient=args.ambient,
         directional=[(x, c) for k, x, c in lights if k == "dir"],
         point=[(x, c) for k, x, c in lights if k == "point"],
     )
-    renderer.material.set(
+    material = dict(
         base_color=args.base_color,
         roughness=args.roughness,
         metallic=args.metallic,
         opacity=args.opacity,
     )
+    Lights(**lights), Material(**material)  # bad values are refused before any work
+    mesh = load_mesh(args.mesh)
+    camera = frame_camera(mesh, args)
+    renderer = Renderer(mesh, camera, settings)
+    renderer.lights.reset(**lights)
+    renderer.material.set(**material)
     start = time.perf_counter()
     out = renderer.render()
     seconds = time.perf_counter() - start

@@ -20,16 +20,17 @@ renderer's gradients start from zero in each new ``ti.ad.Tape`` (the first ``sha
 inside a tape clears them); ``zero_grad()`` clears them by hand.
 """
 
+import math
 import warnings
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import taichi as ti
 
-from .. import backend
+from .. import backend, memory
 from ..camera import Camera
 from ..errors import UserError
-from ..scene import Mesh
+from ..scene import Mesh, validate_texture
 from . import arrays, blend, interpolate, nmr, shading, silhouette, soft_blend
 from .antialias import antialias
 from .arrays import Frame
@@ -39,7 +40,7 @@ from .raster import Rasterizer
 from .shading import MODELS, Material
 from .soft_faces import soft_params
 from .soft_select import SoftCandidates
-from .texture import Texture
+from .texture import FILTERS, WRAPS, Texture
 from .vertex import VertexStage
 from .vertex_shading import shade_vertices
 
@@ -97,8 +98,18 @@ class RenderSettings:
         if self.cull not in ("none", "back", "front"):
             raise UserError(f"unknown cull mode {self.cull!r}; choose none, back or front")
         for name in ("sigma", "gamma"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise UserError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and 0 <= self.eps < 1):
+            raise UserError(
+                f"eps (the background's normalised depth in soft mode) must lie in [0, 1), "
+                f"got {self.eps}"
+            )
+        if self.texture_filter not in FILTERS or self.texture_wrap not in WRAPS:
+            raise UserError(
+                f"texture_filter must be one of {', '.join(FILTERS)} and texture_wrap one of "
+                f"{', '.join(WRAPS)}, got {self.texture_filter!r}, {self.texture_wrap!r}"
+            )
         if int(self.faces_per_pixel) != self.faces_per_pixel or self.faces_per_pixel < 1:
             raise UserError(
                 f"faces_per_pixel (K) must be a positive integer, got {self.faces_per_pixel}"
@@ -106,8 +117,10 @@ class RenderSettings:
         if int(self.layers) != self.layers or self.layers < 1:
             raise UserError(f"layers must be a positive integer, got {self.layers}")
         bg = np.asarray(self.background, dtype=np.float64)
-        if bg.shape != (3,) or not np.all(np.isfinite(bg)):
-            raise UserError(f"background must be a finite RGB colour, got {self.background}")
+        if bg.shape != (3,) or not np.all(np.isfinite(bg)) or bg.min() < 0:
+            raise UserError(
+                f"background must be 3 finite numbers ≥ 0 (linear RGB), got {self.background}"
+            )
 
     def differentiates(self, group: str) -> bool:
         return group in self.grads
@@ -253,6 +266,7 @@ class Renderer:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"texture must be an RGB image (H, W, 3), got shape {image.shape}")
+        image = validate_texture(image)  # finite, ≥ 0
         h, w = image.shape[:2]
         t, s = self.texture, self.settings
         if t is None or (t.height, t.width, t.filter, t.wrap) != (
@@ -268,6 +282,16 @@ class Renderer:
         """Change settings (e.g. ``shading="ggx"``, ``cull="back"``, ``layers=3``)."""
         settings = replace(self.settings, **changes)
         old, self.settings = self.settings, settings
+        if (settings.mode, settings.layers, settings.faces_per_pixel) != (
+            old.mode,
+            old.layers,
+            old.faces_per_pixel,
+        ):
+            try:
+                self._check_memory()
+            except UserError:
+                self.settings = old
+                raise
         if (settings.texture_filter, settings.texture_wrap) != (
             old.texture_filter,
             old.texture_wrap,
@@ -292,6 +316,7 @@ class Renderer:
         self.camera = camera
         self.cameras = cameras
         self.frame = Frame(len(cameras), h, w)
+        self._check_memory()  # before any buffer of this resolution is allocated
         self.vertex.set_cameras(cameras)
         if self.pixels is not None and self.pixels.frame != self.frame:
             self.pixels = None
@@ -302,6 +327,24 @@ class Renderer:
                 f"the mesh has {self.mesh.instances} position instances but {len(cameras)} "
                 "cameras; set_positions with one (V, 3) set or one per camera first"
             )
+
+    def _check_memory(self) -> None:
+        """Refuse (``UserError`` with the estimate) a frame and settings whose arrays
+        cannot fit in the memory available now."""
+        s, f, m = self.settings, self.frame, self.mesh
+        need = memory.render_bytes(
+            f.pixels, m.num_faces, m.num_vertices, s.mode, s.layers, s.faces_per_pixel, f.views
+        )
+        views = f" x {f.views} views" if f.views > 1 else ""
+        memory.check(
+            need,
+            f"rendering {f.width}x{f.height} pixels{views}"
+            + (f" in {s.layers} layers" if s.layers > 1 else "")
+            + (f" in soft mode with K = {s.faces_per_pixel}" if s.mode == "soft" else ""),
+            "lower the resolution"
+            + (" or the layers" if s.layers > 1 else "")
+            + (" or faces_per_pixel" if s.mode == "soft" else ""),
+        )
 
     def set_lights_per_view(self) -> None:
         """One light set per view (``lights.set(view=b, ...)`` then changes view b's)."""
@@ -569,6 +612,8 @@ class Renderer:
         self.rasterize()
         if self.settings.layers == 1:
             self.shade()
+            if self.settings.mode == "soft":  # its AOVs are the hard raster's surface
+                self._shade_layer()
             return self.result()
         p = self._buffers()
         material = self.material.array(False)
