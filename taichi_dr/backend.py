@@ -14,7 +14,13 @@ ARCHS = ("cpu", "cuda", "vulkan", "metal", "gpu")
 # Archs whose reverse-mode autodiff we trust (see shared TAICHI_NOTES: vulkan's is broken).
 AUTODIFF_ARCHS = ("cpu", "cuda")
 
-_state: dict = {"arch": None, "precision": None, "requested": None, "forward_mode": False}
+_state: dict = {
+    "arch": None,
+    "precision": None,
+    "requested": None,
+    "forward_mode": False,
+    "deterministic": False,
+}
 
 
 GPU_ORDER = ("cuda", "metal", "vulkan")  # what "gpu" tries, in Taichi's order (no OpenGL)
@@ -66,7 +72,11 @@ def available_archs() -> list[str]:
 
 
 def init(
-    arch: str = "cpu", precision: str | None = None, forward_mode: bool | None = None, **kwargs
+    arch: str = "cpu",
+    precision: str | None = None,
+    forward_mode: bool | None = None,
+    deterministic: bool | None = None,
+    **kwargs,
 ) -> str:
     """Start Taichi on ``arch`` ∈ {cpu, cuda, vulkan, metal, gpu} with float ``precision``.
 
@@ -74,6 +84,10 @@ def init(
     ``forward_mode=True`` gives every differentiable field a dual as well, for
     ``ti.ad.FwdMode`` derivative images (twice the memory of those fields); ``None``
     keeps the current setting. It applies to fields allocated afterwards.
+    ``deterministic=True`` runs CPU kernels on one thread, so float atomic adds (gradient
+    sums) happen in one order and a computation repeats bit for bit; on GPUs it changes
+    nothing (their atomics still add in varying order). ``None`` keeps the current setting
+    (off on first start).
     Returns the arch really obtained ("gpu" resolves to cuda, vulkan or metal). Raises
     :class:`UserError` with a one-line message when the arch is unknown or unavailable.
     """
@@ -85,7 +99,9 @@ def init(
         _state["forward_mode"] = bool(forward_mode)
     if precision not in ("f32", "f64"):
         raise UserError(f"unknown precision {precision!r}; choose f32 or f64")
-    if _state["requested"] == (arch, precision) and not kwargs:
+    if deterministic is None:
+        deterministic = _state["deterministic"]
+    if _state["requested"] == (arch, precision, deterministic) and not kwargs:
         return _state["arch"]
     target = arch
     if arch != "cpu":  # probed in a child process first: a crashing driver cannot kill us
@@ -100,6 +116,8 @@ def init(
     if _state["arch"] is not None:
         ti.reset()
     options = dict(offline_cache=True, log_level=ti.WARN, fast_math=False)
+    if deterministic:
+        options["cpu_max_num_threads"] = 1
     options.update(kwargs)
     try:
         ti.init(
@@ -113,7 +131,7 @@ def init(
         got = None
     if got != target:
         ti.reset()
-        _state.update(arch=None, precision=None, requested=None)
+        _state.update(arch=None, precision=None, requested=None, deterministic=False)
         avail = ", ".join(available_archs()) or "none"
         raise UserError(
             f"arch {arch!r} is not available on this machine (available: {avail}); "
@@ -121,7 +139,12 @@ def init(
         )
     if precision == "f64" and got == "metal":
         raise UserError("metal has no float64; use precision='f32' or --arch cpu")
-    _state.update(arch=got, precision=precision, requested=(arch, precision))
+    _state.update(
+        arch=got,
+        precision=precision,
+        deterministic=deterministic,
+        requested=(arch, precision, deterministic),
+    )
     return got
 
 
@@ -137,6 +160,11 @@ def current_arch() -> str | None:
 
 def precision() -> str | None:
     return _state["precision"]
+
+
+def deterministic() -> bool:
+    """Whether CPU kernels run on one thread (see :func:`init`)."""
+    return _state["deterministic"]
 
 
 def real():

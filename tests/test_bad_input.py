@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -454,6 +455,134 @@ def test_cli_reports_a_user_error_hidden_by_a_later_exception(monkeypatch, capsy
     assert line == "error: the real problem; the fix"
 
 
+# ------------------------------------------------------------------ degenerate scenes
+def _edge_on(pos, r):
+    """Every face flattened into the plane through the object centre and the eye: all of
+    them are seen exactly edge-on."""
+    eye = r.camera.eye
+    n = np.cross(eye, (0.0, 1.0, 0.0))
+    n /= np.linalg.norm(n)
+    return pos - np.outer(pos @ n, n)
+
+
+def _zero_area(pos, r):
+    out = pos.copy()
+    out[1] = out[0]  # a collapsed edge: zero-area faces
+    out[5] = out[4] + (out[6] - out[4]) * 0.5  # a vertex on its neighbours' line
+    return out
+
+
+def _at_eye(pos, r):
+    """The vertex nearest the camera moved exactly onto the camera centre (clip w = 0)."""
+    out = pos.copy()
+    out[np.argmax(pos @ r.camera.eye)] = r.camera.eye
+    assert (r.camera.view @ [*r.camera.eye, 1])[2] == 0  # exactly
+    return out
+
+
+# (positions from the scene's positions, camera translation in eye space)
+DEGENERATE = {
+    "camera-inside-mesh": (None, (0, 0, 2.6)),
+    "near-plane-crossing": (None, (0, 0, 2.1)),
+    "behind-camera": (None, (0, 0, 6.0)),
+    "edge-on": (_edge_on, (0, 0, 0)),
+    "zero-area": (_zero_area, (0, 0, 0)),
+    "coincident-vertices": (lambda pos, r: np.broadcast_to(pos[0], pos.shape), (0, 0, 0)),
+    "vertex-at-camera-centre": (_at_eye, (0, 0, 0)),
+}
+KERNEL_FIXES = {  # (case, mode): what the lead's kernel rewrite must change
+    ("vertex-at-camera-centre", "soft"): "lead: soft's VertexShader normalises eye - p with "
+    "Taichi's normalized(1e-12) = v / (sqrt(v.v) + eps), whose derivative at v = 0 is 0 * inf "
+    "= NaN even in unlit shading; NaN reaches positions, the eye (camera) and, through the "
+    "complex-step pose/camera Jacobian, fov: use v / sqrt(v.v + eps) instead",
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_degenerate_scene_is_finite(case, mode, gradcheck_scene, request):
+    """No NaN or inf in the image, the coverage or any gradient (positions, camera
+    translation, fov) of the degenerate-scene set, in every visibility mode. The camera
+    looks down −z from (0, 0, 3), so a vertex put on it has clip w = 0 exactly."""
+    from taichi_dr.camera import Camera
+    from taichi_dr.checks import array_parameter, packed_parameter
+
+    if (case, mode) in KERNEL_FIXES:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KERNEL_FIXES[case, mode]))
+    scene = gradcheck_scene
+    r = scene.r
+    camera, pos = r.camera, r.mesh.positions.to_numpy()
+    move, translation = DEGENERATE[case]
+    try:
+        r.configure(mode=mode)
+        r.set_camera(Camera.look_at((0, 0, 3), (0, 0, 0), (0, 1, 0), 40, 24, 24, 0.5, 10))
+        if move is not None:
+            r.mesh.positions.from_numpy(move(pos.astype(np.float64), r).astype(pos.dtype))
+        r.vertex.params.set(camera_translation=translation)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # soft mode warns about near-plane crossings
+            outputs = {"positions": scene.gradient(array_parameter(r.mesh.positions))}
+        outputs["image"] = r.image.to_numpy()
+        outputs["alpha"] = r.alpha.to_numpy()
+        for name in ("camera_translation", "fov"):
+            outputs[name] = packed_parameter(r.vertex.params, name).grad()
+        bad = [name for name, a in outputs.items() if not np.all(np.isfinite(a))]
+        assert not bad, f"NaN/inf in {bad}"
+    finally:
+        r.mesh.positions.from_numpy(pos)
+        r.set_camera(camera)
+        r.configure(mode="hard")
+
+
+def test_soft_mode_warns_about_faces_crossing_the_near_plane():
+    """A floor that runs from far in front of the camera to behind it: the hard
+    rasterizer clips its two faces at the near plane and draws the visible part; soft mode
+    does not draw a face with a vertex in front of the near plane (README, "Soft
+    rasterizer"), and says so once per renderer."""
+    from taichi_dr.scene import Mesh
+
+    floor = Mesh(
+        [[-1, -0.3, -5], [1, -0.3, -5], [1, -0.3, 4], [-1, -0.3, 4]], [[0, 1, 2], [0, 2, 3]]
+    )
+    hard = _renderer(floor, mode="hard").render().mask
+    assert hard.sum() > 100
+    r = _renderer(floor, mode="soft")
+    with pytest.warns(UserWarning, match="drops the 2 faces that cross the camera's near plane"):
+        r.render()
+    assert r.alpha.to_numpy().max() < 1e-6  # as documented: nothing drawn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r.render()  # once per renderer
+    facing = Mesh([[-1, -1, 0], [1, -1, 0], [0, 1, 0]], [[0, 1, 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _renderer(facing, mode="soft").render().alpha.max() > 0.5  # no crossing: silent
+
+
+# ------------------------------------------------------------------ reproducible fits
+def test_fit_repeats_bit_for_bit_with_one_seed(tmp_path):
+    """``taichi-dr fit`` is deterministic by default (CPU kernels on one thread, so float
+    atomics add in one order): two runs with one seed give identical losses and metrics.
+    In a fresh process, because this one already runs Taichi on all threads."""
+    code = (
+        "import sys, taichi as ti\n"
+        "from taichi_dr.cli import main\n"
+        "for k in '12':\n"
+        "    assert main(['fit', 'material', '--headless', '--views', '1', '--iters', '3',\n"
+        "                 '--resolution', '32', '--seed', '5', '--out', sys.argv[1] + k]) == 0\n"
+        "print('threads', ti.lang.impl.current_cfg().cpu_max_num_threads)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], env=env,
+                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "threads 1" in res.stdout
+    first, second = (json.loads((tmp_path / f"run{k}" / "metrics.json").read_text()) for k in "12")
+    assert first["settings"]["deterministic"] is True
+    assert first["losses"] == second["losses"] and first["iterations"] == second["iterations"]
+    assert first["final"] == second["final"]
+
+
 # ------------------------------------------------------------------ archs
 def test_arch_probe_that_crashes_is_an_error(monkeypatch, capsys, tmp_path):
     """Taichi's GPU probe can segfault (OpenGL without drivers: exit 139, no message); the
@@ -683,7 +812,36 @@ def test_ctrl_c_stops_after_the_iteration_with_a_checkpoint(tmp_path):
     assert np.all(again.x == 5)
 
 
+def test_fit_ctrl_c_and_resume(tmp_path, monkeypatch):
+    """Ctrl-C in a fit: exit 130 after the current iteration, with a checkpoint there and
+    the usual outputs; --resume then reports the whole run (loss_start of iteration 0,
+    wall time of both parts)."""
+    from taichi_dr import fit
+
+    out = tmp_path / "fit"
+    argv = ["fit", "pose", "--headless", "--resolution", "32", "--views", "1", "--out", str(out)]
+    step = fit.Fit.step
+
+    def interrupted_step(self, it):
+        if it == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, it)
+
+    monkeypatch.setattr(fit.Fit, "step", interrupted_step)
+    assert main([*argv, "--iters", "4", "--checkpoint-every", "10"]) == 130
+    first = json.loads((out / "metrics.json").read_text())
+    assert len(first["losses"]) == 2 and (out / "params.json").is_file()
+    with np.load(out / "checkpoint.npz") as data:
+        assert int(data["iteration"]) == 2
+    monkeypatch.setattr(fit.Fit, "step", step)
+    assert main([*argv, "--iters", "4", "--resume"]) == 0
+    whole = json.loads((out / "metrics.json").read_text())
+    assert whole["losses"][:2] == first["losses"] and len(whole["losses"]) == 4
+    assert whole["final"]["loss_start"] == first["losses"][0]
+    assert whole["wall_time_s"] > first["wall_time_s"]
+
+
 def test_case_count():
-    n = len(CLI) + len(API) + len(CHECKPOINTS) + len(MODES) + 12
+    n = len(CLI) + len(API) + len(CHECKPOINTS) + len(MODES) * (1 + len(DEGENERATE)) + 16
     print(f"bad-input cases: {n}")
     assert n >= 25

@@ -84,6 +84,13 @@ def add_arguments(parser):
     parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
     parser.add_argument("--cameras", metavar="JSON", help="cameras of the --target images")
     parser.add_argument("--start-angle", type=float, default=30.0, help="pose: degrees off")
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU kernels on one thread, so a seed repeats a fit bit for bit (default: on, "
+        "unless this process already runs Taichi)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
@@ -196,9 +203,13 @@ def run(args):
         return voxel_fit.run(args)
     if args.app == "splats":
         return splat_fit.run(args)
-    backend.init(args.arch)
-    backend.require_autodiff()
     _check(args)
+    deterministic = args.deterministic
+    if deterministic is None:  # on, but never restart a Taichi that already holds fields
+        deterministic = True if backend.current_arch() is None else None
+    backend.init(args.arch, deterministic=deterministic)
+    backend.require_autodiff()
+    args.deterministic = backend.deterministic()  # what ran, for metrics.json
     target_mesh = scene.load_mesh(args.target_mesh) if args.target_mesh else None
     real_views = masks_only = None
     if args.target:
