@@ -785,11 +785,19 @@ def test_bad_checkpoint(how, words, tmp_path):
 
 
 def test_resume_keeps_wall_time(tmp_path):
+    """After --resume the wall time covers both parts (it described the last one only)."""
+    import time
+
+    def slow_step(it):
+        time.sleep(0.1)
+        return app.step(it)
+
+    app = _Counter()
     first = _runner(tmp_path)
-    first.run(_Counter().step, 2, state=_Counter())
+    first.run(slow_step, 2, state=app)
     resumed = _runner(tmp_path, resume=True)
-    resumed.run(_Counter().step, 4, state=_Counter())
-    assert resumed.wall_time > first.wall_time > 0
+    resumed.run(slow_step, 4, state=app)
+    assert first.wall_time >= 0.2 and resumed.wall_time >= first.wall_time + 0.2
     assert [r["iteration"] for r in resumed.records] == [0, 1, 2, 3]
 
 
