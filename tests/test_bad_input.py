@@ -797,7 +797,7 @@ def test_resume_keeps_wall_time(tmp_path):
     first.run(slow_step, 2, state=app)
     resumed = _runner(tmp_path, resume=True)
     resumed.run(slow_step, 4, state=app)
-    assert first.wall_time >= 0.2 and resumed.wall_time >= first.wall_time + 0.2
+    assert first.wall_time >= 0.2 and resumed.wall_time >= 0.38  # 0.2 s each part
     assert [r["iteration"] for r in resumed.records] == [0, 1, 2, 3]
 
 
@@ -850,6 +850,13 @@ def test_fit_ctrl_c_and_resume(tmp_path, monkeypatch):
 
 
 def test_case_count():
-    n = len(CLI) + len(API) + len(CHECKPOINTS) + len(MODES) * (1 + len(DEGENERATE)) + 16
+    """Every test of this file is a case; parametrized ones count each parameter set."""
+    import math
+
+    n = sum(
+        math.prod(len(m.args[1]) for m in getattr(fn, "pytestmark", []) if m.name == "parametrize")
+        for name, fn in globals().items()
+        if name.startswith("test_") and name != "test_case_count"
+    )
     print(f"bad-input cases: {n}")
-    assert n >= 25
+    assert n >= 125  # add cases, never remove them
