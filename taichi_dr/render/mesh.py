@@ -6,9 +6,10 @@ Owns Taichi ndarrays (compile-once kernels read them, see ``arrays``): ``positio
 (F,) ivec3 int32, the mesh's faces as given (triangle ids index them), ``neighbours`` (F,)
 ivec3 (the face across each edge, −1 on a boundary; for silhouette edges) and ``distinct``
 (D,) ivec3, each surface triangle once (:func:`~taichi_dr.scene.distinct_faces`: no
-degenerate faces, no later duplicates; rows ``distinct_index`` of ``faces``) for what sums
-over the surface (soft coverage, normals, regularizers). Buffers are allocated for the mesh
-uploaded, so a mesh of any size can follow any other (no recompilation).
+degenerate faces, no later duplicates; rows ``distinct_index`` of ``faces``, host copy
+``surface``) for what sums over the surface (soft coverage, normals, regularizers). Buffers
+are allocated for the mesh uploaded, so a mesh of any size can follow any other (no
+recompilation).
 """
 
 import numpy as np
@@ -53,9 +54,8 @@ class MeshBuffers:
             edge_neighbours(mesh.vertices, mesh.faces).reshape(-1, 3), dtype=ti.i32
         )
         self.distinct_index = distinct_faces(mesh.vertices, mesh.faces)
-        self.distinct = arrays.from_numpy(
-            mesh.faces[self.distinct_index].astype(np.int32), dtype=ti.i32
-        )
+        self.surface = mesh.faces[self.distinct_index].astype(np.int32)  # host copy
+        self.distinct = arrays.from_numpy(self.surface, dtype=ti.i32)
         self.num_vertices, self.num_faces, self.instances = V, F, 1
         return mesh
 

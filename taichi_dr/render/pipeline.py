@@ -434,7 +434,7 @@ class Renderer:
             if self.candidates is None:
                 self.candidates = SoftCandidates()
             faces, ranges = self._surface_ranges()
-            self._warn_near_plane(faces, ranges)
+            self._warn_near_plane()
             self.candidates.select(
                 self.vertex.clip,
                 faces,
@@ -454,18 +454,19 @@ class Renderer:
             first = np.searchsorted(m.distinct_index, spans[:, 0])
             end = np.searchsorted(m.distinct_index, spans.sum(axis=1))
             rows = np.stack([first, end - first], axis=1).astype(np.int32)
-            cached = self._surface = (ranges, m.distinct, arrays.from_numpy(rows, dtype=ti.i32))
+            cached = (ranges, m.distinct, arrays.from_numpy(rows, dtype=ti.i32), rows)
+            self._surface = cached
         return m.distinct, cached[2]
 
-    def _warn_near_plane(self, faces, ranges) -> None:
+    def _warn_near_plane(self) -> None:
         """Mode soft draws no face with a vertex in front of the near plane (it does not
         clip): warn once per renderer when some face crosses it."""
         if getattr(self, "_near_warned", False):
             return
         clip = self.vertex.clip.to_numpy().reshape(self.views, -1, 4)
-        f, spans = faces.to_numpy().reshape(-1, 3), ranges.to_numpy().reshape(-1, 2)
-        for b, (start, count) in enumerate(spans):
-            front = (clip[b, :, 2] < -clip[b, :, 3])[f[start : start + count]]
+        faces = self.mesh.surface
+        for b, (start, count) in enumerate(self._surface[3]):
+            front = (clip[b, :, 2] < -clip[b, :, 3])[faces[start : start + count]]
             crossing = int(np.sum(front.any(axis=1) & ~front.all(axis=1)))
             if crossing:
                 self._near_warned = True
