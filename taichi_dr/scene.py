@@ -139,15 +139,17 @@ def distinct_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Indices (int64, ascending) of the faces that make up the surface: each set of three
     vertex indices once (its first face, whatever the order or winding of later copies),
     without degenerate faces (a repeated vertex index, or a doubled area below 1e-14 of the
-    squared bounding-box diagonal: sides ~1e-7 of the mesh size, below float32 resolution)."""
+    squared bounding-box diagonal: sides ~1e-7 of the mesh size, below float32 resolution).
+    ``vertices`` that are not (V, 3) positions (e.g. bare indices) skip the area test."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
     if len(f) == 0:
         return np.zeros(0, dtype=np.int64)
-    repeated = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])
-    diag2 = float(np.sum((v.max(axis=0) - v.min(axis=0)) ** 2))
-    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    keep = ~repeated & (np.linalg.norm(cross, axis=1) > _DEGENERATE_AREA * diag2)
+    keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
+    if v.ndim == 2 and v.shape[1] == 3:
+        diag2 = float(np.sum((v.max(axis=0) - v.min(axis=0)) ** 2))
+        cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        keep &= np.linalg.norm(cross, axis=1) > _DEGENERATE_AREA * diag2
     _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
     unique = np.zeros(len(f), dtype=bool)
     unique[first] = True
