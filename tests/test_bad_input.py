@@ -695,6 +695,10 @@ def test_render_memory_is_estimated_before_allocating(monkeypatch, capsys, tmp_p
     assert "rendering 8192x8192 pixels needs about" in line and "8.0 GiB are available" in line
     line = _one_error_line(capsys, ["render", SPHERE, "--layers", "100000", "--out", tmp_path])
     assert "in 100000 layers needs about" in line and "lower the resolution or the layers" in line
+    r = Renderer(m, cameras[0])
+    with pytest.raises(UserError, match="in 1000000 layers needs about"):
+        r.configure(layers=1_000_000)
+    assert r.settings.layers == 1 and r.render().image.shape == (32, 40, 3)  # unchanged
 
 
 # ------------------------------------------------------------------ output folders

@@ -281,17 +281,10 @@ class Renderer:
     def configure(self, **changes) -> None:
         """Change settings (e.g. ``shading="ggx"``, ``cull="back"``, ``layers=3``)."""
         settings = replace(self.settings, **changes)
+        sizing = ("mode", "layers", "faces_per_pixel")  # what the buffers' sizes depend on
+        if any(getattr(settings, k) != getattr(self.settings, k) for k in sizing):
+            self._check_memory(self.frame, settings)
         old, self.settings = self.settings, settings
-        if (settings.mode, settings.layers, settings.faces_per_pixel) != (
-            old.mode,
-            old.layers,
-            old.faces_per_pixel,
-        ):
-            try:
-                self._check_memory()
-            except UserError:
-                self.settings = old
-                raise
         if (settings.texture_filter, settings.texture_wrap) != (
             old.texture_filter,
             old.texture_wrap,
@@ -312,11 +305,12 @@ class Renderer:
         if len(sizes) > 1:
             raise UserError(f"the cameras of one batch must share a resolution, got {sizes}")
         (w, h) = sizes.pop()
+        frame = Frame(len(cameras), h, w)
+        self._check_memory(frame, self.settings)  # before any buffer of this size exists
         self.single = isinstance(camera, Camera)
         self.camera = camera
         self.cameras = cameras
-        self.frame = Frame(len(cameras), h, w)
-        self._check_memory()  # before any buffer of this resolution is allocated
+        self.frame = frame
         self.vertex.set_cameras(cameras)
         if self.pixels is not None and self.pixels.frame != self.frame:
             self.pixels = None
@@ -328,10 +322,10 @@ class Renderer:
                 "cameras; set_positions with one (V, 3) set or one per camera first"
             )
 
-    def _check_memory(self) -> None:
-        """Refuse (``UserError`` with the estimate) a frame and settings whose arrays
-        cannot fit in the memory available now."""
-        s, f, m = self.settings, self.frame, self.mesh
+    def _check_memory(self, f: Frame, s: RenderSettings) -> None:
+        """Refuse (``UserError`` with the estimate) frame ``f`` with settings ``s`` when
+        their arrays cannot fit in the memory available now."""
+        m = self.mesh
         need = memory.render_bytes(
             f.pixels, m.num_faces, m.num_vertices, s.mode, s.layers, s.faces_per_pixel, f.views
         )
