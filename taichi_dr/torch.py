@@ -655,7 +655,7 @@ def _check_range(renderer, name: str, t) -> None:
     """Raise :class:`UserError` for values the renderer cannot use: out of a material's,
     light's or view parameter's range (e.g. fov in (0, 180)), negative colours or texels,
     coordinates too large for the precision."""
-    value = t.detach().cpu().numpy().astype(np.float64)
+    value = t.detach().cpu().numpy()  # no copy for CPU tensors
     if name in ("colors", "texture") and value.min() < 0:
         raise UserError(f"input {name} must be ≥ 0 (linear RGB), got a minimum of {value.min()}")
     if name == "positions":
