@@ -15,11 +15,32 @@ import numpy as np
 from .errors import UserError
 
 
-def _vec3(v, name):
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.shape != (3,) or not np.all(np.isfinite(a)):
-        raise UserError(f"{name} must be 3 finite numbers, got {v!r}")
+def numbers(value, shape: tuple, name: str) -> np.ndarray:
+    """``value`` as a finite float64 array of ``shape``, or a :class:`UserError` naming
+    ``name`` (strings, wrong lengths, NaN and inf are refused)."""
+    try:
+        if isinstance(value, (str, bytes)):
+            raise ValueError
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.shape != shape or not np.all(np.isfinite(a)):
+        what = "a finite number" if shape == () else f"{'x'.join(map(str, shape))} finite numbers"
+        shown = value.tolist() if isinstance(value, np.ndarray) else value
+        raise UserError(f"{name} must be {what}, got {' '.join(repr(shown).split())[:120]}")
     return a
+
+
+def _vec3(v, name):
+    return numbers(np.ravel(v) if isinstance(v, np.ndarray) else v, (3,), name)
+
+
+def check_fov(fov) -> float:
+    """A vertical field of view in degrees, in (0, 180)."""
+    fov = float(numbers(fov, (), "fov"))
+    if not 0.0 < fov < 180.0:
+        raise UserError(f"fov must lie in (0, 180) degrees, got {fov}")
+    return fov
 
 
 def look_at(eye, center, up=(0.0, 1.0, 0.0)) -> np.ndarray:
@@ -47,8 +68,7 @@ def check_depth_range(near: float, far: float) -> None:
 
 def perspective(fov_y: float, aspect: float, near: float, far: float) -> np.ndarray:
     """Projection matrix of gluPerspective; ``fov_y`` in degrees, ``aspect`` = W / H."""
-    if not (0.0 < fov_y < 180.0):
-        raise UserError(f"fov must lie in (0, 180) degrees, got {fov_y}")
+    fov_y = check_fov(fov_y)
     if not aspect > 0:
         raise UserError(f"aspect must be positive, got {aspect}")
     check_depth_range(near, far)
@@ -63,8 +83,16 @@ def perspective(fov_y: float, aspect: float, near: float, far: float) -> np.ndar
 
 
 def check_resolution(width: int, height: int, max_pixels: int = 1 << 26) -> None:
-    if int(width) != width or int(height) != height or width <= 0 or height <= 0:
-        raise UserError(f"resolution must be two positive integers, got {width}x{height}")
+    ok = all(
+        isinstance(n, (int, np.integer, float, np.floating))
+        and not isinstance(n, bool)
+        and math.isfinite(n)
+        and int(n) == n
+        and n > 0
+        for n in (width, height)
+    )
+    if not ok:
+        raise UserError(f"resolution must be two positive integers, got {width!r}x{height!r}")
     if width * height > max_pixels or max(width, height) > 16384:
         raise UserError(
             f"resolution {width}x{height} is too large for memory "
@@ -85,7 +113,14 @@ class Camera:
     model: np.ndarray = field(default_factory=lambda: np.eye(4))
 
     def __post_init__(self):
+        """Validate: 4x4 finite matrices (an invertible view), integer size, 0 < near < far
+        — for cameras built directly as for :meth:`look_at` and :func:`from_opencv`."""
+        for name in ("view", "proj", "model"):
+            setattr(self, name, numbers(getattr(self, name), (4, 4), f"camera {name} matrix"))
+        if abs(np.linalg.det(self.view[:3, :3])) < 1e-12:
+            raise UserError("camera view matrix is singular; build it with look_at or from_opencv")
         check_resolution(self.width, self.height)
+        self.width, self.height = int(self.width), int(self.height)
         check_depth_range(self.near, self.far)
 
     @classmethod
@@ -143,11 +178,13 @@ def framing(
 def from_opencv(K, R, t, width, height, near=0.1, far=100.0) -> Camera:
     """Camera from OpenCV calibration: ``x_pix = K (R X + t)`` with x right, y down, z
     forward and pixel centres at integer coordinates (ours sit at +0.5)."""
-    K = np.asarray(K, dtype=np.float64)
-    R = np.asarray(R, dtype=np.float64)
-    t = np.asarray(t, dtype=np.float64).reshape(3)
-    if K.shape != (3, 3) or R.shape != (3, 3):
-        raise UserError("K and R must be 3x3 matrices")
+    K, R, t = numbers(K, (3, 3), "K"), numbers(R, (3, 3), "R"), numbers(t, (3,), "t")
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and np.allclose(K[2], (0, 0, 1))):
+        raise UserError(
+            f"K must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, got {K.tolist()}"
+        )
+    if not (np.allclose(R @ R.T, np.eye(3), atol=1e-5) and np.linalg.det(R) > 0):
+        raise UserError(f"R must be a rotation matrix (orthonormal, det +1), got {R.tolist()}")
     check_resolution(width, height)
     check_depth_range(near, far)
     flip = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL eye axes

@@ -125,7 +125,7 @@ class Scene:
 
     def gradient(self, parameter: Parameter) -> np.ndarray:
         self.r.rasterize()
-        with ti.ad.Tape(self.loss):
+        with backend.Tape(self.loss):
             self.r.shade()
             _weighted_sum(self.r.image, self.weights, self.loss)
         return parameter.grad().astype(np.float64)
@@ -263,7 +263,7 @@ def nmr_downhill(
         loss_at(off)
         target.copy_from(r.image)
         before = loss_at((0.0, 0.0, 0.0))
-        with ti.ad.Tape(scene.loss):
+        with backend.Tape(scene.loss):
             r.shade()
             _squared_error(r.image, target, scene.loss)
         g = v.params.grad("pose_translation")

@@ -1,7 +1,9 @@
 """``taichi-dr``: the single command-line entry point (also ``python -m taichi_dr``).
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args)``; every one gets the common flags ``--arch --headless --out --seed``.
+``run(args)``; every one gets the common flags ``--arch --headless --out --seed``. The
+output folder is checked (and cleaned of killed runs' temporary files) before a command
+starts, unless its module sets ``WRITES_OUTPUT = False``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 
 from .backend import ARCHS
 from .errors import UserError
+from .io import prepare_output
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,11 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Run ``taichi-dr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run ``taichi-dr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status:
+    2 with one ``error:`` line for bad input, 130 after Ctrl-C."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        command = importlib.import_module(COMMANDS[args.command][0])
+        if getattr(command, "WRITES_OUTPUT", True):
+            prepare_output(args.out)  # before any work: never compute, then fail to save
+        return command.run(args) or 0
+    except KeyboardInterrupt:
+        print(f"{args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        cause = user_error(exc)
+        if cause is None:
+            raise  # a bug: the traceback is the useful report
+        print(f"error: {cause}", file=sys.stderr)
         return 2
+
+
+def user_error(exc: BaseException) -> UserError | None:
+    """``exc`` if it is a :class:`UserError`, else the first one it was raised while
+    handling (e.g. a library that failed again while cleaning up after our error)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UserError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -15,14 +15,18 @@ import numpy as np
 
 from .errors import UserError
 
+TMP_PREFIX = ".tmp-"  # temporary files are named .tmp-PID-XXXX: the writer's process id
+
 
 def atomic_write(path, write, suffix=None):
     """Create ``path`` (and its folders) all at once: ``write(tmp)`` fills a temporary file
     beside it (``suffix``: its extension, default the path's), which then replaces ``path``,
-    so a reader never sees a half-written file and an interrupted run leaves the old one."""
+    so a reader never sees a half-written file and an interrupted run leaves the old one
+    (a killed run leaves its temporary file: :func:`prepare_output` removes it later)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
+    prefix = f"{TMP_PREFIX}{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix or path.suffix)
     os.close(fd)
     try:
         write(tmp)
@@ -32,6 +36,42 @@ def atomic_write(path, write, suffix=None):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def prepare_output(folder) -> Path:
+    """Make sure ``folder`` is a writable folder before any work starts (created if
+    missing), and remove the temporary files that killed runs left in it (those whose
+    writer process no longer runs). Raises :class:`UserError` naming the folder."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {str(path)!r} is a file, not a folder; pick a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=f"{TMP_PREFIX}{os.getpid()}-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to the output folder {str(path)!r} ({exc.strerror}); "
+            "pick a writable folder with --out"
+        ) from None
+    for stale in path.glob(TMP_PREFIX + "*"):
+        if stale.is_file() and not _running(stale.name[len(TMP_PREFIX) :].split("-")[0]):
+            stale.unlink(missing_ok=True)
+    return path
+
+
+def _running(pid: str) -> bool:
+    """Whether process ``pid`` (a string from a file name) exists on this machine."""
+    if not pid.isdigit():
+        return False  # not written by atomic_write: nobody owns it
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # another user's live process
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -71,10 +111,13 @@ def load_image(path, srgb: bool = True) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image file {str(path)!r} does not exist; check the path")
-    try:
-        data = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many types
-        raise UserError(f"cannot read image {str(path)!r} ({exc}); use PNG or JPEG") from None
+    try:  # Pillow only: other plugins turn a damaged PNG into advice to install ffmpeg
+        data = np.asarray(iio.imread(path, plugin="pillow"))
+    except Exception:  # imageio raises many types
+        raise UserError(
+            f"cannot read image {str(path)!r}: the file is damaged or not in an image format "
+            "Pillow reads (PNG, JPEG, BMP, TIFF, ...); re-export it as PNG"
+        ) from None
     scale = 65535.0 if data.dtype == np.uint16 else 255.0 if data.dtype == np.uint8 else 1.0
     x = data.astype(np.float32) / scale
     if x.ndim == 2:

@@ -5,10 +5,14 @@ A :class:`Mesh` holds NumPy arrays: ``vertices`` (V, 3) float64, ``faces`` (F, 3
 optional ``uvs`` (V, 2) with v up (OpenGL: v = 0 is the bottom row of the texture image),
 optional ``texture`` (H, W, 3) linear float32 with row 0 at the top.
 
-:func:`load_mesh` reads OBJ, PLY, STL, OFF and glTF/GLB files; :meth:`Mesh.from_arrays` and
-:func:`validate_mesh` check in-memory meshes the same way. Degenerate faces (a repeated
-vertex index or negligible area) and duplicate faces are dropped with a warning; everything
-else that is wrong is a :class:`UserError` naming the problem and the fix.
+Every :class:`Mesh` is validated when it is built (``Mesh(...)``, :meth:`Mesh.from_arrays`,
+:func:`load_mesh`, :func:`as_mesh`); whatever is wrong is a :class:`UserError` naming the
+problem and the fix. The faces are kept exactly as given, so a triangle id indexes the
+input's faces (as OpenGL's primitive id, nvdiffrast and PyTorch3D do): a degenerate face (a
+repeated vertex index or negligible area) covers no pixel, and a duplicate face (the same
+three vertices, any order) loses every pixel to its first copy — the rasterizer's zero-area
+test and lower-id tie rule. Computations that sum over the surface (normals, soft coverage,
+mesh regularizers) use :func:`distinct_faces`, each surface triangle once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backend
 from .errors import UserError
 from .io import atomic_write, load_image, save_image, srgb_to_linear
 
@@ -39,17 +44,49 @@ class Mesh:
     name: str = "mesh"
 
     def __post_init__(self):
-        self.vertices = _as_array(self.vertices, np.float64, (None, 3), self.name, "vertices")
-        self.faces = _as_array(self.faces, np.int32, (None, 3), self.name, "faces")
-        V = len(self.vertices)
-        _check_face_range(self.faces, V, self.name)
-        if self.normals is None:
-            self.normals = vertex_normals(self.vertices, self.faces)
-        self.normals = _as_array(self.normals, np.float64, (V, 3), self.name, "normals")
+        """Validate and convert every array (see :func:`validate_mesh`)."""
+        name = self.name
+        v = _as_array(self.vertices, np.float64, (None, 3), name, "vertices")
+        f = _as_array(self.faces, np.int64, (None, 3), name, "faces")
+        if len(v) == 0 or len(f) == 0:
+            raise UserError(
+                f"mesh {name!r} is empty ({len(v)} vertices, {len(f)} faces); "
+                "give a mesh with at least one triangle"
+            )
+        bad = ~np.all(np.isfinite(v), axis=1)
+        if bad.any():
+            raise UserError(
+                f"mesh {name!r} has {int(bad.sum())} vertices with NaN or inf coordinates "
+                f"(first: vertex {int(np.argmax(bad))}); fix or remove them"
+            )
+        backend.check_magnitude(v, f"mesh {name!r} vertex coordinates", "f64")
+        _check_face_range(f, len(v), name)
+        f = f.astype(np.int32)
+        if len(distinct_faces(v, f)) == 0:
+            raise UserError(
+                f"mesh {name!r} has no face with an area (all {len(f)} are degenerate); "
+                "check the file's faces and units"
+            )
         if self.uvs is not None:
-            self.uvs = _as_array(self.uvs, np.float64, (V, 2), self.name, "uvs")
+            self.uvs = _as_array(self.uvs, np.float64, (len(v), 2), name, "uvs")
+            if not np.all(np.isfinite(self.uvs)):
+                raise UserError(f"mesh {name!r} has NaN or inf UVs; fix the texture coordinates")
         if self.texture is not None:
-            self.texture = np.ascontiguousarray(self.texture, dtype=np.float32)
+            if self.uvs is None:
+                raise UserError(
+                    f"mesh {name!r} has no UVs; a texture needs texture coordinates — "
+                    "export the mesh with UVs (OBJ 'vt', glTF TEXCOORD_0) or drop the texture"
+                )
+            self.texture = validate_texture(self.texture, name=f"texture of mesh {name!r}")
+        computed = vertex_normals(v, f)
+        if self.normals is None:
+            n = computed
+        else:
+            n = _as_array(self.normals, np.float64, (len(v), 3), name, "normals")
+            length = np.linalg.norm(n, axis=1, keepdims=True)
+            valid = np.isfinite(length) & (length > 1e-12)
+            n = np.where(valid, n / np.where(valid, length, 1.0), computed)
+        self.vertices, self.faces, self.normals = v, f, n
 
     @classmethod
     def from_arrays(
@@ -57,7 +94,7 @@ class Mesh:
     ) -> Mesh:
         """A validated mesh from arrays (see :func:`validate_mesh`); normals are computed
         (area-weighted) when not given, ``texture`` may be an array or an image file."""
-        return _clean(vertices, faces, normals, uvs, texture, name)
+        return cls(vertices, faces, normals, uvs, texture, name)
 
     @property
     def num_vertices(self) -> int:
@@ -98,10 +135,33 @@ def _check_face_range(faces: np.ndarray, num_vertices: int, name: str) -> None:
         )
 
 
+def distinct_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Indices (int64, ascending) of the faces that make up the surface: each set of three
+    vertex indices once (its first face, whatever the order or winding of later copies),
+    without degenerate faces (a repeated vertex index, or a doubled area below 1e-14 of the
+    squared bounding-box diagonal: sides ~1e-7 of the mesh size, below float32 resolution).
+    ``vertices`` that are not (V, 3) positions (e.g. bare indices) skip the area test."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    if len(f) == 0:
+        return np.zeros(0, dtype=np.int64)
+    keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
+    if v.ndim == 2 and v.shape[1] == 3:
+        diag2 = float(np.sum((v.max(axis=0) - v.min(axis=0)) ** 2))
+        cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+        keep &= np.linalg.norm(cross, axis=1) > _DEGENERATE_AREA * diag2
+    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
+    unique = np.zeros(len(f), dtype=bool)
+    unique[first] = True
+    return np.nonzero(keep & unique)[0]
+
+
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Area-weighted vertex normals (V, 3); zero-area neighbourhoods get +z."""
+    """Area-weighted vertex normals (V, 3) over the :func:`distinct_faces` (a duplicate face
+    counts once); zero-area neighbourhoods get +z."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces, dtype=np.int64)
+    f = f[distinct_faces(v, f)] if len(f) else f
     n = np.zeros_like(v)
     if len(f):
         fn = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
@@ -162,82 +222,46 @@ def validate_texture(texture, power_of_two: bool = False, name: str = "texture")
 
 
 def validate_mesh(mesh: Mesh) -> Mesh:
-    """Check a mesh and return a cleaned copy.
+    """Check a mesh again (its arrays may have been changed after it was built) and return
+    a validated copy.
 
     Errors (:class:`UserError`): no vertices or faces, NaN/inf vertices or UVs, face indices
-    out of range, a texture without UVs, a bad texture, no faces left after cleaning.
-    Dropped with a warning: degenerate faces (repeated index, or doubled area below 1e-14 of
-    the squared bounding-box diagonal) and duplicate faces (same three vertices, any order;
-    the first is kept). Invalid normals (NaN, zero) are replaced by area-weighted ones and
-    all normals are normalised. Vertex indices are never changed.
-    """
-    return _clean(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, mesh.texture, mesh.name)
+    that are not integers or out of range, no face with an area, a texture without UVs, a
+    bad texture. Faces are kept as given (see the module docstring). Invalid normals (NaN,
+    zero) are replaced by area-weighted ones and all normals are normalised. Vertex indices
+    are never changed."""
+    return Mesh(mesh.vertices, mesh.faces, mesh.normals, mesh.uvs, mesh.texture, mesh.name)
 
 
-def _clean(vertices, faces, normals, uvs, texture, name) -> Mesh:
-    v = _as_array(vertices, np.float64, (None, 3), name, "vertices")
-    f = _as_array(faces, np.int64, (None, 3), name, "faces")
-    if len(v) == 0 or len(f) == 0:
-        raise UserError(
-            f"mesh {name!r} is empty ({len(v)} vertices, {len(f)} faces); "
-            "give a mesh with at least one triangle"
-        )
-    bad = ~np.all(np.isfinite(v), axis=1)
-    if bad.any():
-        raise UserError(
-            f"mesh {name!r} has {int(bad.sum())} vertices with NaN or inf coordinates "
-            f"(first: vertex {int(np.argmax(bad))}); fix or remove them"
-        )
-    _check_face_range(f, len(v), name)
-    f = _drop_bad_faces(v, f, name)
-    uv = None
-    if uvs is not None:
-        uv = _as_array(uvs, np.float64, (len(v), 2), name, "uvs")
-        if not np.all(np.isfinite(uv)):
-            raise UserError(f"mesh {name!r} has NaN or inf UVs; fix the texture coordinates")
-    tex = None
-    if texture is not None:
-        if uv is None:
-            raise UserError(
-                f"mesh {name!r} has no UVs; a texture needs texture coordinates — "
-                "export the mesh with UVs (OBJ 'vt', glTF TEXCOORD_0) or drop the texture"
-            )
-        tex = validate_texture(texture, name=f"texture of mesh {name!r}")
-    computed = vertex_normals(v, f)
-    if normals is None:
-        n = computed
-    else:
-        n = _as_array(normals, np.float64, (len(v), 3), name, "normals")
-        length = np.linalg.norm(n, axis=1, keepdims=True)
-        valid = np.isfinite(length) & (length > 1e-12)
-        n = np.where(valid, n / np.where(valid, length, 1.0), computed)
-    return Mesh(v, f.astype(np.int32), n, uv, tex, name)
+def as_mesh(mesh) -> Mesh:
+    """A validated :class:`Mesh` from a :class:`Mesh` (checked again) or a
+    ``trimesh.Trimesh`` (its vertices, faces, vertex normals, UVs and texture)."""
+    if isinstance(mesh, Mesh):
+        return validate_mesh(mesh)
+    try:
+        import trimesh
+    except ImportError:  # pragma: no cover - trimesh is a dependency
+        trimesh = None
+    if trimesh is not None and isinstance(mesh, trimesh.Trimesh):
+        v, f, n, uv, tex = _part(mesh, np.eye(4), weld=False)
+        tex = None if tex is None else _image_to_linear(tex)
+        return Mesh(v, f, n, uv, tex, name=str(mesh.metadata.get("name", "trimesh")))
+    raise UserError(
+        f"expected a taichi_dr.Mesh or a trimesh.Trimesh, got {type(mesh).__name__}; "
+        "build one with taichi_dr.Mesh(vertices, faces) or taichi_dr.load_mesh(path)"
+    )
 
 
-def _drop_bad_faces(v: np.ndarray, f: np.ndarray, name: str) -> np.ndarray:
-    """``f`` without degenerate and duplicate faces (warns with the counts)."""
-    repeated = (f[:, 0] == f[:, 1]) | (f[:, 1] == f[:, 2]) | (f[:, 0] == f[:, 2])
-    diag2 = float(np.sum((v.max(axis=0) - v.min(axis=0)) ** 2))
-    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    tiny = np.linalg.norm(cross, axis=1) <= _DEGENERATE_AREA * diag2
-    degenerate = repeated | tiny
-    _, first = np.unique(np.sort(f, axis=1), axis=0, return_index=True)
-    duplicate = np.ones(len(f), dtype=bool)
-    duplicate[first] = False
-    duplicate &= ~degenerate
-    n_deg, n_dup = int(degenerate.sum()), int(duplicate.sum())
-    if n_deg + n_dup == len(f):
-        raise UserError(
-            f"mesh {name!r} has no faces left after dropping {n_deg} degenerate and "
-            f"{n_dup} duplicate faces; check the file's faces and units"
-        )
-    if n_deg or n_dup:
+def _report_redundant_faces(mesh: Mesh) -> None:
+    """Warn when a loaded mesh has degenerate or duplicate faces (they are kept)."""
+    redundant = mesh.num_faces - len(distinct_faces(mesh.vertices, mesh.faces))
+    if redundant:
         warnings.warn(
-            f"mesh {name!r}: dropped {n_deg} degenerate (zero-area or repeated-vertex) and "
-            f"{n_dup} duplicate faces of {len(f)}; clean the mesh to silence this",
-            stacklevel=4,
+            f"mesh {mesh.name!r}: {redundant} of {mesh.num_faces} faces are degenerate or "
+            "duplicates; they are kept, so triangle ids index the file's faces, but cover no "
+            "pixel (a duplicate loses to its first copy) — clean the mesh to silence this",
+            stacklevel=3,
         )
-    return f[~(degenerate | duplicate)]
 
 
 # ---------------------------------------------------------------------------- loading
@@ -256,6 +280,10 @@ def load_mesh(path, texture=None) -> Mesh:
     linear float array, see :func:`validate_texture`) replaces the file's texture.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(
+            f"mesh path {str(path)!r} is a folder, not a mesh file; give the file inside it"
+        )
     if not path.is_file():
         raise UserError(f"mesh file {str(path)!r} does not exist; check the path")
     ext = path.suffix.lower().lstrip(".")
@@ -266,6 +294,8 @@ def load_mesh(path, texture=None) -> Mesh:
         )
     import trimesh
 
+    if ext == "obj":
+        _check_obj_indices(path)
     try:
         scene = trimesh.load_scene(str(path), file_type=ext, process=False)
     except Exception as exc:  # trimesh's loaders raise many types
@@ -289,7 +319,7 @@ def load_mesh(path, texture=None) -> Mesh:
     offsets = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
     vertices = np.concatenate([p[0] for p in parts])
     faces = np.concatenate([p[1] + o for p, o in zip(parts, offsets)])
-    normals = np.concatenate([p[2] for p in parts])  # NaN rows: computed by _clean
+    normals = np.concatenate([p[2] for p in parts])  # NaN rows: computed by Mesh
     uvs = None
     if all(p[3] is not None for p in parts):
         uvs = np.concatenate([p[3] for p in parts])
@@ -299,7 +329,57 @@ def load_mesh(path, texture=None) -> Mesh:
         )
     if texture is None and uvs is not None:
         texture = _single_texture([p[4] for p in parts], name)
-    return _clean(vertices, faces, normals, uvs, texture, name)
+        if texture is None and ext == "obj":
+            _warn_unreadable_textures(path, name)
+    mesh = Mesh(vertices, faces, normals, uvs, texture, name)
+    _report_redundant_faces(mesh)
+    return mesh
+
+
+def _check_obj_indices(path: Path) -> None:
+    """OBJ vertex indices start at 1 (negative ones count back); refuse a face index 0
+    (trimesh would silently read it as the last vertex)."""
+    import re
+
+    text = path.read_text(errors="replace")
+    hit = re.search(r"^f(?:[ \t]+\S+)*?[ \t]+-?0(?:/\S*)?(?=\s|$)", text, re.M)
+    if hit:
+        line = text.count("\n", 0, hit.start()) + 1
+        raise UserError(
+            f"OBJ file {str(path)!r}, line {line}: face index 0; OBJ indices start at 1 "
+            "(negative ones count back from the last vertex) — fix the face list"
+        )
+
+
+def _warn_unreadable_textures(path: Path, name: str) -> None:
+    """Warn about each map_Kd texture of an OBJ's materials that is missing or unreadable
+    (trimesh drops such textures without a word)."""
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.startswith("mtllib"):
+            continue
+        mtl = path.parent / line.split(None, 1)[-1].strip()
+        if not mtl.is_file():
+            warnings.warn(
+                f"mesh {name!r}: material file {mtl.name!r} does not exist; rendering "
+                "without its textures — fix the mtllib line or pass texture=...",
+                stacklevel=3,
+            )
+            continue
+        for entry in mtl.read_text(errors="replace").splitlines():
+            if entry.strip().startswith("map_Kd"):
+                image = mtl.parent / entry.split()[-1]
+                problem = "does not exist"
+                if image.is_file():
+                    try:
+                        load_image(image)
+                        continue
+                    except UserError:
+                        problem = "is not a readable image"
+                warnings.warn(
+                    f"mesh {name!r}: texture {image.name!r} (map_Kd in {mtl.name}) {problem}; "
+                    "rendering without it — fix the .mtl file or pass texture=...",
+                    stacklevel=3,
+                )
 
 
 def _part(geometry, transform: np.ndarray, weld: bool):
@@ -364,10 +444,14 @@ def _single_texture(images, name):
 
 
 def _image_to_linear(image) -> np.ndarray:
-    """A PIL image (sRGB) → linear float32 (H, W, C); alpha stays as is."""
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+    """A PIL image (sRGB) → linear float32 (H, W, C); alpha stays as is. 16-bit grey
+    images (PIL modes I;16* and I) are scaled by 65535 (PIL's RGB conversion clips them)."""
+    scale = 255.0
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scale = 65535.0
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
         image = image.convert("RGBA")
-    x = np.asarray(image, dtype=np.float64) / 255.0
+    x = np.asarray(image, dtype=np.float64) / scale
     if x.ndim == 2:
         x = x[..., None]
     c = 1 if x.shape[2] <= 2 else 3

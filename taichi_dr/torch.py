@@ -651,6 +651,22 @@ def _seed():
     return _SEEDS[key]
 
 
+def _check_range(renderer, name: str, t) -> None:
+    """Raise :class:`UserError` for values the renderer cannot use: out of a material's,
+    light's or view parameter's range (e.g. fov in (0, 180)), coordinates too large for the
+    precision. Colours and texels may be negative (linear values; an optimizer may step
+    below zero), as in the native renderer."""
+    value = t.detach().cpu().numpy()  # no copy for CPU tensors
+    if name == "positions":
+        backend.check_magnitude(value, "input positions")
+    packed = _slot(renderer, name)[2]
+    if packed is not None:
+        owner = {VIEW: renderer.vertex.params, MATERIAL_LAYOUT.names: renderer.material}
+        owner = next((o for names, o in owner.items() if name in names), renderer.lights)
+        for row in value.reshape(packed[2], *packed[0].shapes[name]):  # one check per set
+            owner.check({name: row})
+
+
 def render(renderer, **inputs) -> "torch.Tensor":
     """The renderer's image — (H, W, 3), or (B, H, W, 3) for a batch of cameras — as a
     differentiable function of the named tensors ``inputs``: ``positions``, ``normals``,
@@ -678,5 +694,6 @@ def render(renderer, **inputs) -> "torch.Tensor":
             raise UserError(f"input {name} must have shape {tuple(expected)}, got {tuple(t.shape)}")
         if not torch.isfinite(t).all():
             raise UserError(f"input {name} contains NaN or inf; pass finite values")
+        _check_range(renderer, name, t)
         tensors.append(t)
     return _Render.apply(renderer, names, *tensors)

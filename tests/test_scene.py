@@ -9,7 +9,14 @@ from PIL import Image
 
 from taichi_dr import UserError, load_mesh
 from taichi_dr.io import srgb_to_linear
-from taichi_dr.scene import Mesh, icosphere, torus, validate_mesh, validate_texture
+from taichi_dr.scene import (
+    Mesh,
+    distinct_faces,
+    icosphere,
+    torus,
+    validate_mesh,
+    validate_texture,
+)
 
 FORMATS = ["obj", "ply", "stl", "off", "glb", "gltf"]
 WITH_NORMALS = {"obj", "ply", "glb", "gltf"}
@@ -196,7 +203,7 @@ BAD_FILES = [
         "0 0 0\n1 0 0\n0 1 0\n3 0 1 7\n",
         "vertex index 7 but only 3 vertices",
     ),
-    ("flat.obj", TRI + "f 1 2 2\n", "no faces left after dropping 1 degenerate"),
+    ("flat.obj", TRI + "f 1 2 2\n", "no face with an area"),
     ("data.xyz", "0 0 0\n", "unsupported format '.xyz'; convert it"),
 ]
 
@@ -219,12 +226,15 @@ def test_point_cloud_ply_has_no_triangles(tmp_path):
         load_mesh(tmp_path / "pc.ply")
 
 
-def test_degenerate_and_duplicate_faces_dropped_with_warning(tmp_path):
+def test_degenerate_and_duplicate_faces_kept_with_warning(tmp_path):
     text = TRI + "v 2 0 0\nf 1 2 3\nf 1 1 3\nf 1 2 4\nf 3 1 2\nf 2 3 1\n"  # 1 + 2 deg + 2 dup
     (tmp_path / "dirty.obj").write_text(text)
-    with pytest.warns(UserWarning, match="dropped 2 degenerate .* and 2 duplicate faces of 5"):
+    with pytest.warns(
+        UserWarning, match="4 of 5 faces are degenerate or duplicates; they are kept"
+    ):
         m = load_mesh(tmp_path / "dirty.obj")
-    np.testing.assert_array_equal(m.faces, [[0, 1, 2]])
+    np.testing.assert_array_equal(m.faces, [[0, 1, 2], [0, 0, 2], [0, 1, 3], [2, 0, 1], [1, 2, 0]])
+    np.testing.assert_array_equal(distinct_faces(m.vertices, m.faces), [0])
     assert m.num_vertices == 4  # indices are never renumbered
 
 
@@ -248,7 +258,7 @@ def test_texture_without_uvs(tmp_path):
         (np.eye(3), [[0, 1, 3]], r"vertex index 3 but only 3 vertices; .* in \[0, 3\)"),
         (np.eye(3), [[0, -1, 2]], "vertex index -1"),
         ([[0, 0, 0], [1, 0, 0], [0, np.inf, 0]], [[0, 1, 2]], "NaN or inf coordinates"),
-        (np.eye(3), [[0, 0, 1]], "no faces left"),
+        (np.eye(3), [[0, 0, 1]], "no face with an area"),
     ],
 )
 def test_from_arrays_bad_input(vertices, faces, message):

@@ -131,7 +131,7 @@ def recompute_normals(mesh) -> None:
     ``mesh.normals`` from ``mesh.positions``, differentiably (call inside the tape before
     ``shade``; the vertex stage normalises them)."""
     _clear_vectors(mesh.normals)
-    _accumulate_normals(mesh.positions, mesh.faces, mesh.normals)
+    _accumulate_normals(mesh.positions, mesh.distinct, mesh.normals)
 
 
 @ti.kernel
@@ -353,13 +353,12 @@ class Fit:
         if problem.precondition:
             self.large_steps = optim.LargeSteps(
                 r.mesh.positions,
-                r.mesh.faces.to_numpy(),
+                r.mesh.distinct.to_numpy(),
                 lam=problem.large_steps_lambda,
                 lr=self.params["vertices"].lr,
                 schedule=schedule,
             )
         self._result = None  # host copy of the last rendering, made on demand
-        self.loss_start = None
 
     def _array(self, name: str):
         if name == "vertices":
@@ -377,7 +376,7 @@ class Fit:
             "normal": losses.NormalConsistencyLoss,
             "edge": losses.EdgeLengthLoss,
         }
-        faces = r.mesh.faces.to_numpy()
+        faces = r.mesh.distinct.to_numpy()  # each surface triangle once
         return [(kinds[k](r.mesh.positions, faces), w) for k, w in reg.items() if w]
 
     def values(self) -> dict:
@@ -424,8 +423,6 @@ class Fit:
         if self.large_steps is not None:
             self.large_steps.step()
         self._project()
-        if self.loss_start is None:
-            self.loss_start = total
         return {"loss": total}
 
     def _write_parameters(self) -> None:
@@ -446,7 +443,7 @@ class Fit:
             target = self.blurred_target
         self._write_parameters()
         r.rasterize()
-        with ti.ad.Tape(self.loss):
+        with backend.Tape(self.loss):
             if p.recompute_normals:
                 recompute_normals(r.mesh)
             r.shade()

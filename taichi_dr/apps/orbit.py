@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..camera import Camera
+from ..camera import Camera, check_fov, numbers
 from ..errors import UserError
 from ..scene import Mesh
 
@@ -57,6 +57,11 @@ class ViewState:
             raise UserError(f"unknown shading {self.shading!r}; choose one of {names}")
         if self.aov not in AOVS:
             raise UserError(f"unknown AOV {self.aov!r}; choose one of {', '.join(AOVS)}")
+        self.fov = check_fov(self.fov)
+        for name in ("aspect", "azimuth", "elevation", "distance"):
+            setattr(self, name, float(numbers(getattr(self, name), (), name)))
+        if not self.aspect > 0:
+            raise UserError(f"aspect must be positive, got {self.aspect}")
         if self.distance <= 0:  # fit the bounding sphere into the narrower field of view
             half = math.atan(math.tan(math.radians(self.fov) / 2) * min(self.aspect, 1.0))
             self.distance = self.radius / math.sin(half) * 1.1

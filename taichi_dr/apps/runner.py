@@ -10,7 +10,10 @@ None) and ``render(view_state) -> (H, W, 3)`` (the current model from that orbit
 
 The runner loops with a progress bar, stops with a clear message when the loss turns
 NaN/inf, keeps per-iteration records, writes ``checkpoint.npz`` every ``checkpoint_every``
-iterations (atomically; ``resume=True`` continues from it), and, when a display exists and
+iterations (atomically; ``resume=True`` continues from it, after checking that the file is
+intact, finite and fits ``iterations``), stops after the current iteration on Ctrl-C
+(``interrupted``; a checkpoint at that iteration, then the outputs as usual; a second
+Ctrl-C quits at once), and, when a display exists and
 ``headless`` is false, shows the dashboard (or the panels) in a GGUI window whose keys pause,
 single-step, switch the view and stop (``live.CONTROLS``). :meth:`finish` writes
 ``metrics.json``, ``loss.png``, ``progress.gif`` and ``dashboard.png`` (the final dashboard:
@@ -20,7 +23,11 @@ the window's picture, also when headless).
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +51,19 @@ class Runner:
         key_metric: str = "loss",
         frame_every: int = 1,
     ):
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = io.prepare_output(out_dir)
         self.app, self.settings = app, dict(settings)
         self.checkpoint_every, self.resume = int(checkpoint_every), resume
         self.key_metric, self.frame_every = key_metric, max(1, int(frame_every))
         self.records: list[dict] = []
         self.frames: list[np.ndarray] = []
         self.wall_time = 0.0
+        self._t0 = None  # perf_counter at the start of the current run
         self._window = None
         self._drawn, self._picture_cache = None, None
         self.live: live.LiveState | None = None
         self.dashboard = None
+        self.interrupted = False  # Ctrl-C stopped the last run
         self._headless = headless or not os.environ.get("DISPLAY")
         if self._headless:
             reason = "--headless" if headless else "no display (DISPLAY is unset)"
@@ -67,53 +75,84 @@ class Runner:
 
     def run(self, step, iterations: int, state=None, panels=None, dashboard=None) -> list[dict]:
         """Run ``step`` for iterations [start, iterations) (fewer when the user stops the
-        live view); returns the per-iteration records."""
+        live view or presses Ctrl-C); returns the per-iteration records."""
         from tqdm import tqdm
 
-        start = self._load_checkpoint(state) if self.resume else 0
+        start = self._load_checkpoint(state, iterations) if self.resume else 0
         self.dashboard = dashboard
         views = dashboard.views if dashboard is not None else 1
         self.live = live.LiveState(views, orbit=getattr(dashboard, "orbit", None))
-        t0 = time.perf_counter()
+        self._t0 = time.perf_counter()
         bar = tqdm(initial=start, total=iterations, desc=self.app)
-        it = start
-        while it < iterations:
-            if not self._poll(panels):
-                print(f"{self.app}: stopped at iteration {it}", flush=True)
-                if state is not None and self.checkpoint_every and it > start:
-                    self._save_checkpoint(it, state)  # --resume continues from here
-                break
-            if not self.live.take_step():
-                continue
-            record = {k: float(v) for k, v in step(it).items()}
-            done = bool(record.pop("done", False))
-            if not np.isfinite(record["loss"]):
-                raise UserError(
-                    f"{self.app}: the loss became {record['loss']} at iteration {it}; "
-                    "lower the learning rate or the time step"
-                )
-            self.records.append({"iteration": it, **record})
-            shown = {"loss": f"{record['loss']:.4g}"}
-            if self.key_metric in record:
-                shown[self.key_metric] = f"{record[self.key_metric]:.4g}"
-            bar.set_postfix(shown)
-            bar.update(1)
-            last = it == iterations - 1 or done
-            if panels is not None and (it % self.frame_every == 0 or last):
-                self.frames.append(_side_by_side(panels()).astype(np.float32))
-            if (
-                state is not None
-                and self.checkpoint_every
-                and ((it + 1) % self.checkpoint_every == 0 or last)
-            ):
-                self._save_checkpoint(it + 1, state)
-            it += 1
-            if done:
-                print(f"\n{self.app}: done after {it} iterations", flush=True)
-                break
-        bar.close()
-        self.wall_time += time.perf_counter() - t0
+        it, done = start, False
+        with self._ctrl_c() as pressed, bar:  # closing the bar ends its line, also on errors
+            while it < iterations and not done:
+                self.interrupted = bool(pressed)
+                if self.interrupted or not self._poll(panels):
+                    why = "interrupted (Ctrl-C)" if self.interrupted else "stopped"
+                    print(f"\n{self.app}: {why} at iteration {it}", flush=True)
+                    if state is not None and self.checkpoint_every and it > start:
+                        self._save_checkpoint(it, state)  # --resume continues from here
+                    break
+                if self.live.take_step():
+                    done = self._iterate(it, iterations, step, state, panels, bar)
+                    it += 1
+        self.wall_time = self._elapsed()
+        self._t0 = None
         return self.records
+
+    def _elapsed(self) -> float:
+        """Seconds spent in :meth:`run`, over all runs of this output folder (a resumed
+        run starts from the checkpoint's time)."""
+        return self.wall_time + (time.perf_counter() - self._t0 if self._t0 else 0.0)
+
+    def _iterate(self, it, iterations, step, state, panels, bar) -> bool:
+        """Iteration ``it``: step, record, frame, checkpoint; True when the step says done."""
+        record = {k: float(v) for k, v in step(it).items()}
+        done = bool(record.pop("done", False))
+        if not np.isfinite(record["loss"]):
+            raise UserError(
+                f"{self.app}: the loss became {record['loss']} at iteration {it}; "
+                "lower the learning rate or the time step"
+            )
+        self.records.append({"iteration": it, **record})
+        shown = {"loss": f"{record['loss']:.4g}"}
+        if self.key_metric in record:
+            shown[self.key_metric] = f"{record[self.key_metric]:.4g}"
+        bar.set_postfix(shown)
+        bar.update(1)
+        last = it == iterations - 1 or done
+        if panels is not None and (it % self.frame_every == 0 or last):
+            self.frames.append(_side_by_side(panels()).astype(np.float32))
+        if (
+            state is not None
+            and self.checkpoint_every
+            and ((it + 1) % self.checkpoint_every == 0 or last)
+        ):
+            self._save_checkpoint(it + 1, state)
+        if done:
+            print(f"\n{self.app}: done after {it + 1} iterations", flush=True)
+        return done
+
+    @contextmanager
+    def _ctrl_c(self):
+        """Yields a list that becomes non-empty on the first Ctrl-C (SIGINT) while the block
+        runs, so the loop can stop between iterations with a consistent state; the second
+        Ctrl-C raises KeyboardInterrupt as usual. Only in the main thread."""
+        pressed: list = []
+        if threading.current_thread() is not threading.main_thread():
+            yield pressed
+            return
+
+        def handler(signum, frame):
+            pressed.append(signum)
+            signal.signal(signal.SIGINT, previous)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield pressed
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def finish(self, final_metrics: dict) -> dict:
         """Write ``metrics.json`` (settings, per-iteration records, final metrics, wall time),
@@ -144,24 +183,49 @@ class Runner:
             app=np.array(self.app),
             iteration=np.array(iteration),
             losses=losses.reshape(-1, 2),
+            wall_time=np.array(self._elapsed()),
             **arrays,
         )
 
-    def _load_checkpoint(self, state) -> int:
+    def _load_checkpoint(self, state, iterations: int) -> int:
+        """Restore ``state`` and the records from ``checkpoint.npz``; returns its iteration.
+        A damaged file, an unknown layout, NaN/inf values or an iteration outside
+        [0, iterations] is a :class:`UserError` naming the file and the fix."""
         path = self.checkpoint_path
         if not path.is_file():
             raise UserError(f"--resume: no checkpoint at {path}; run once without --resume")
-        with np.load(path) as data:
-            if str(data["app"]) != self.app:
-                raise UserError(
-                    f"--resume: {path} belongs to {str(data['app'])!r}, not {self.app!r}; "
-                    "use another --out folder"
-                )
-            arrays = {k[len("state/") :]: data[k] for k in data.files if k.startswith("state/")}
-            iteration = int(data["iteration"])
-            self.records = [{"iteration": int(i), "loss": float(v)} for i, v in data["losses"]]
+        damaged = f"--resume: {path} is damaged or not a checkpoint"
+        fix = "delete it (or pick another --out folder) and run without --resume"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                app = str(data["app"])
+                iteration = data["iteration"]
+                losses = np.asarray(data["losses"], dtype=np.float64)
+                wall_time = float(data["wall_time"]) if "wall_time" in data.files else 0.0
+                arrays = {k[6:]: data[k] for k in data.files if k.startswith("state/")}
+        except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{damaged} ({type(exc).__name__}); {fix}") from None
+        if app != self.app:
+            raise UserError(
+                f"--resume: {path} belongs to {app!r}, not {self.app!r}; use another --out folder"
+            )
+        if iteration.shape != () or iteration.dtype.kind not in "iu" or iteration < 0:
+            raise UserError(f"{damaged} (iteration {iteration}); {fix}")
+        iteration = int(iteration)
+        if iteration > iterations:
+            raise UserError(
+                f"--resume: {path} is at iteration {iteration}, past the {iterations} asked for; "
+                f"pass --iters {iteration + 1} or more, or another --out folder"
+            )
+        numbers = [losses, *(a for a in arrays.values() if a.dtype.kind in "fiu")]
+        if losses.ndim != 2 or losses.shape[1] != 2 or len(losses) > iteration:
+            raise UserError(f"{damaged} (loss records of shape {losses.shape}); {fix}")
+        if not all(np.all(np.isfinite(a)) for a in numbers) or not np.isfinite(wall_time):
+            raise UserError(f"--resume: {path} holds NaN or inf values; {fix}")
         if state is not None:
             state.set(arrays)
+        self.records = [{"iteration": int(i), "loss": float(v)} for i, v in losses]
+        self.wall_time = wall_time
         print(f"{self.app}: resumed from {path} at iteration {iteration}")
         return iteration
 

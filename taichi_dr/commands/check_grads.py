@@ -4,6 +4,8 @@ central differences and print a table; exit status 1 if any check fails."""
 from .. import backend
 from ..checks import HEADER, OPS, run_checks
 
+WRITES_OUTPUT = False  # prints a table only
+
 
 def add_arguments(p) -> None:
     p.add_argument("--op", choices=OPS, default=None, help="check only this op")

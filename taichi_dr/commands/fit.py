@@ -16,6 +16,7 @@ the mouse orbits the current model.
 
 import argparse
 import json
+import math
 from dataclasses import fields
 
 import numpy as np
@@ -25,7 +26,7 @@ from ..apps import inverse
 from ..apps.fit import Fit, View
 from ..apps.orbit import ViewState
 from ..apps.runner import Runner
-from ..camera import Camera, from_opencv
+from ..camera import Camera, check_depth_range, from_opencv, numbers
 from ..errors import UserError
 from ..splat import fit as splat_fit
 from ..voxels import fit as voxel_fit
@@ -87,6 +88,13 @@ def add_arguments(parser):
     parser.add_argument("--target", nargs="+", metavar="IMAGE", help="target images")
     parser.add_argument("--cameras", metavar="JSON", help="cameras of the --target images")
     parser.add_argument("--start-angle", type=float, default=30.0, help="pose: degrees off")
+    parser.add_argument(
+        "--deterministic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="CPU kernels on one thread, so a seed repeats a fit bit for bit (default: on, "
+        "unless this process already runs Taichi)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
@@ -108,32 +116,27 @@ def load_cameras(path) -> list:
     if not isinstance(data, dict) or not isinstance(data.get("cameras"), list):
         raise UserError(f'cameras file {path!r} needs an object with a "cameras" list')
     try:
-        W, H = int(data["width"]), int(data["height"])
-        near, far = float(data.get("near", 0.1)), float(data.get("far", 100.0))
-    except (KeyError, TypeError, ValueError):
-        raise UserError(f'cameras file {path!r} needs numeric "width" and "height"') from None
+        size = [data.get(k) for k in ("width", "height")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in size):
+            raise UserError(f'"width" and "height" must be integers, got {size[0]!r}, {size[1]!r}')
+        W, H = size
+        near = float(numbers(data.get("near", 0.1), (), '"near"'))
+        far = float(numbers(data.get("far", 100.0), (), '"far"'))
+        check_depth_range(near, far)
+    except UserError as exc:
+        raise UserError(f"cameras file {path!r}: {exc}") from None
     cams = []
     for k, c in enumerate(data["cameras"]):
         try:
-            if "K" in c:
-                cams.append(from_opencv(c["K"], c["R"], c["t"], W, H, near, far))
+            if not isinstance(c, dict) or not ("eye" in c or {"K", "R", "t"} <= set(c)):
+                raise UserError('give "eye" (look-at) or "K", "R", "t" (OpenCV)')
+            if "eye" in c:
+                view = (c["eye"], c.get("center", (0, 0, 0)), c.get("up", (0, 1, 0)))
+                cams.append(Camera.look_at(*view, c.get("fov", inverse.FOV), W, H, near, far))
             else:
-                cams.append(
-                    Camera.look_at(
-                        c["eye"],
-                        c.get("center", (0, 0, 0)),
-                        c.get("up", (0, 1, 0)),
-                        c.get("fov", inverse.FOV),
-                        W,
-                        H,
-                        near,
-                        far,
-                    )
-                )
-        except (KeyError, TypeError) as exc:
-            raise UserError(
-                f'camera {k} in {path!r} needs "eye" (look-at) or "K", "R", "t" (OpenCV): {exc}'
-            ) from None
+                cams.append(from_opencv(c["K"], c["R"], c["t"], W, H, near, far))
+        except UserError as exc:
+            raise UserError(f"camera {k} in {path!r}: {exc}") from None
     if not cams:
         raise UserError(f"cameras file {path!r} lists no cameras")
     return cams
@@ -189,6 +192,8 @@ def _check(args):
             raise UserError(f"{flag} must be at least 1, got {getattr(args, name)}")
     if args.resolution > 4096:
         raise UserError(f"--resolution must be at most 4096, got {args.resolution}")
+    if not math.isfinite(args.start_angle):
+        raise UserError(f"--start-angle must be a finite number of degrees, got {args.start_angle}")
     if args.shading is not None and args.app != "material":
         raise UserError("--shading applies to fit material only")
     if bool(args.target) != bool(args.cameras):
@@ -202,9 +207,13 @@ def run(args):
         return voxel_fit.run(args)
     if args.app == "splats":
         return splat_fit.run(args)
-    backend.init(args.arch)
-    backend.require_autodiff()
     _check(args)
+    deterministic = args.deterministic
+    if deterministic is None:  # on, but never restart a Taichi that already holds fields
+        deterministic = True if backend.current_arch() is None else None
+    backend.init(args.arch, deterministic=deterministic)
+    backend.require_autodiff()
+    args.deterministic = backend.deterministic()  # what ran, for metrics.json
     target_mesh = scene.load_mesh(args.target_mesh) if args.target_mesh else None
     real_views = masks_only = None
     if args.target:
@@ -254,7 +263,8 @@ def run(args):
     dashboard = Dashboard(fit)
     runner.run(step, args.iters, state=fit, panels=dashboard.panels, dashboard=dashboard)
     fit.render_current()
-    final = {"loss_start": fit.loss_start, "loss": _final_loss(runner)}
+    first = runner.records[0]["loss"] if runner.records else None  # iteration 0, also resumed
+    final = {"loss_start": first, "loss": _final_loss(runner)}
     if app.synthetic:
         final.update(app.metrics(fit, None))
         final["goals"] = {k: f"{op} {v}" for k, (op, v) in app.goals.items()}
@@ -266,7 +276,7 @@ def run(args):
     print(
         f"fit {args.app}: {shown}" + (f"; goal met: {final['goal_met']}" if app.synthetic else "")
     )
-    return 0
+    return 130 if runner.interrupted else 0
 
 
 class Dashboard:

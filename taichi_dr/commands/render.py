@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io
-from ..camera import Camera, framing
+from ..camera import Camera, check_fov, framing
 from ..errors import UserError
+from ..render.lights import Lights
 from ..render.pipeline import Renderer, RenderSettings
-from ..render.shading import MODELS
+from ..render.shading import MODELS, Material
 from ..scene import load_mesh
 
 
@@ -64,6 +65,7 @@ def parse_light(text: str):
 def frame_camera(vertices, args) -> Camera:
     """The camera of ``--eye/--center/--up/--fov/--near/--far/--resolution`` for
     ``vertices`` (what is not given frames them, see :func:`taichi_dr.camera.framing`)."""
+    check_fov(args.fov)  # before it is used to place the eye
     W, H = args.resolution
     return framing(
         vertices, args.fov, W, H, args.eye, args.center or None, args.up, args.near, args.far
@@ -76,8 +78,6 @@ def run(args) -> int:
     if splat_cli.handles(args.mesh):
         return splat_cli.render(args, frame_camera)
     backend.init(args.arch, args.precision)
-    mesh = load_mesh(args.mesh)
-    camera = frame_camera(mesh.vertices, args)
     settings = RenderSettings(
         shading=args.shading,
         cull=args.cull,
@@ -85,19 +85,24 @@ def run(args) -> int:
         texture_filter=args.texture_filter,
         layers=args.layers,
     )
-    renderer = Renderer(mesh, camera, settings)
     lights = [parse_light(t) for t in (args.light or ["dir:0.4,0.7,0.6:1,1,1"])]
-    renderer.lights.reset(
+    lights = dict(
         ambient=args.ambient,
         directional=[(x, c) for k, x, c in lights if k == "dir"],
         point=[(x, c) for k, x, c in lights if k == "point"],
     )
-    renderer.material.set(
+    material = dict(
         base_color=args.base_color,
         roughness=args.roughness,
         metallic=args.metallic,
         opacity=args.opacity,
     )
+    Lights(**lights), Material(**material)  # bad values are refused before any work
+    mesh = load_mesh(args.mesh)
+    camera = frame_camera(mesh.vertices, args)
+    renderer = Renderer(mesh, camera, settings)
+    renderer.lights.reset(**lights)
+    renderer.material.set(**material)
     start = time.perf_counter()
     out = renderer.render()
     seconds = time.perf_counter() - start

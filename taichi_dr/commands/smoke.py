@@ -13,6 +13,8 @@ silently resized). Writes metrics.json, loss.png, progress.gif, rollout_before.g
 rollout_after.gif, rollout_after.mp4, target.png, final.png and checkpoint.npz to ``--out``.
 """
 
+import math
+
 import numpy as np
 import taichi as ti
 
@@ -37,8 +39,8 @@ def add_arguments(parser):
     parser.add_argument("--grid", type=int, help="cells per side (default 128; volume 32)")
     parser.add_argument("--steps", type=int, help="simulation steps (default 100; volume 24)")
     parser.add_argument("--dt", type=float, default=1.0, help="time step (default 1)")
-    parser.add_argument("--iters", type=int, default=0, help="optimisation iterations")
-    parser.add_argument("--lr", type=float, default=0.0, help="Adam learning rate")
+    parser.add_argument("--iters", type=int, help="optimisation iterations (default per task)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default per task)")
     parser.add_argument("--solver", choices=("jacobi", "cg"), default="jacobi")
     parser.add_argument("--jacobi-iters", type=int, default=10)
     parser.add_argument("--advection", choices=("semi-lagrangian", "maccormack"))
@@ -85,8 +87,10 @@ def load_target(path, n: int) -> np.ndarray:
 
 
 def _checkerboard(n: int) -> np.ndarray:
+    """8 × 8 squares (1-cell squares on grids smaller than 8)."""
     i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    return (((i // (n // 8)) + (j // (n // 8))) % 2).astype(np.float64)
+    size = max(n // 8, 1)
+    return (((i // size) + (j // size)) % 2).astype(np.float64)
 
 
 def _blob(n: int) -> np.ndarray:
@@ -249,10 +253,17 @@ def run(args):
     limit = 512 if args.task == "volume" else 4096
     if not 4 <= n <= limit:
         raise UserError(f"--grid must lie in [4, {limit}], got {n}")
+    iters = iters if args.iters is None else args.iters
+    lr = lr if args.lr is None else args.lr
+    if iters < 1:
+        raise UserError(f"--iters must be at least 1, got {iters}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a positive number, got {lr}")
+    if args.checkpoint_every < 0 or args.frame_every < 1:
+        raise UserError("--checkpoint-every must be ≥ 0 (0: never) and --frame-every ≥ 1")
     task_cls = _VolumeTask if args.task == "volume" else _ImageTask
     task = task_cls(args, n, steps if args.steps is None else args.steps)
     sim = task.sim
-    iters, lr = args.iters or iters, args.lr or lr
     opt = Adam(task.params, lr)
     real = backend.real()
     loss = ti.field(real, (), needs_grad=True)
@@ -285,7 +296,7 @@ def run(args):
 
     def step(it):
         opt.zero_grad()
-        with ti.ad.Tape(loss, clear_gradients=False):
+        with backend.Tape(loss, clear_gradients=False):
             loss[None] = 0.0
             task.objective(loss)
         value = loss[None]
@@ -305,4 +316,4 @@ def run(args):
         {"mse_start": mse0, "mse": mse, "reduction": reduction, "goal_met": bool(reduction >= 0.9)}
     )
     print(f"smoke {args.task}: target MSE {mse0:.4g} -> {mse:.4g} ({100 * reduction:.1f} % lower)")
-    return 0
+    return 130 if runner.interrupted else 0

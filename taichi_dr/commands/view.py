@@ -6,6 +6,8 @@ A 3D Gaussian Splatting or point-cloud ``.ply`` is shown by the splatter
 (:mod:`taichi_dr.splat.cli`).
 """
 
+import math
+
 from .. import backend
 from ..apps.orbit import AOVS, ViewState
 from ..apps.viewer import Viewer, run_headless, run_window
@@ -41,6 +43,8 @@ def run(args) -> int:
     check_resolution(W, H)
     if args.frames is not None and args.frames < 1:
         raise UserError(f"--frames must be at least 1, got {args.frames}")
+    if not math.isfinite(args.spin):
+        raise UserError(f"--spin must be a finite number of degrees, got {args.spin}")
     backend.init(args.arch)
     mesh = load_mesh(args.mesh)
     state = ViewState.framing(

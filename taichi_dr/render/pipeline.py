@@ -20,15 +20,17 @@ renderer's gradients start from zero in each new ``ti.ad.Tape`` (the first ``sha
 inside a tape clears them); ``zero_grad()`` clears them by hand.
 """
 
+import math
+import warnings
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import taichi as ti
 
-from .. import backend
+from .. import backend, memory
 from ..camera import Camera
 from ..errors import UserError
-from ..scene import Mesh
+from ..scene import Mesh, validate_texture
 from . import arrays, blend, interpolate, nmr, shading, silhouette, soft_blend
 from .antialias import antialias
 from .arrays import Frame
@@ -38,7 +40,7 @@ from .raster import Rasterizer
 from .shading import MODELS, Material
 from .soft_faces import SIGMA, soft_params
 from .soft_select import SoftCandidates
-from .texture import Texture
+from .texture import FILTERS, WRAPS, Texture
 from .vertex import VertexStage
 from .vertex_shading import shade_vertices
 
@@ -96,8 +98,18 @@ class RenderSettings:
         if self.cull not in ("none", "back", "front"):
             raise UserError(f"unknown cull mode {self.cull!r}; choose none, back or front")
         for name in ("sigma", "gamma"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise UserError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not (math.isfinite(self.eps) and 0 <= self.eps < 1):
+            raise UserError(
+                f"eps (the background's normalised depth in soft mode) must lie in [0, 1), "
+                f"got {self.eps}"
+            )
+        if self.texture_filter not in FILTERS or self.texture_wrap not in WRAPS:
+            raise UserError(
+                f"texture_filter must be one of {', '.join(FILTERS)} and texture_wrap one of "
+                f"{', '.join(WRAPS)}, got {self.texture_filter!r}, {self.texture_wrap!r}"
+            )
         if int(self.faces_per_pixel) != self.faces_per_pixel or self.faces_per_pixel < 1:
             raise UserError(
                 f"faces_per_pixel (K) must be a positive integer, got {self.faces_per_pixel}"
@@ -105,8 +117,10 @@ class RenderSettings:
         if int(self.layers) != self.layers or self.layers < 1:
             raise UserError(f"layers must be a positive integer, got {self.layers}")
         bg = np.asarray(self.background, dtype=np.float64)
-        if bg.shape != (3,) or not np.all(np.isfinite(bg)):
-            raise UserError(f"background must be a finite RGB colour, got {self.background}")
+        if bg.shape != (3,) or not np.all(np.isfinite(bg)) or bg.min() < 0:
+            raise UserError(
+                f"background must be 3 finite numbers ≥ 0 (linear RGB), got {self.background}"
+            )
 
     def differentiates(self, group: str) -> bool:
         return group in self.grads
@@ -224,8 +238,9 @@ class Renderer:
         return self.frame.views
 
     def set_mesh(self, mesh: Mesh, colors=None) -> None:
-        """Upload geometry (and its texture, when it has one and UVs)."""
-        self.mesh.upload(mesh, colors)
+        """Upload geometry (a :class:`Mesh`, validated again, or a ``trimesh.Trimesh``)
+        and its texture, when it has one and UVs."""
+        mesh = self.mesh.upload(mesh, colors)
         self._ranges = None
         if mesh.texture is not None:
             if mesh.uvs is None:
@@ -251,6 +266,7 @@ class Renderer:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"texture must be an RGB image (H, W, 3), got shape {image.shape}")
+        image = validate_texture(image)  # finite, ≥ 0
         h, w = image.shape[:2]
         t, s = self.texture, self.settings
         if t is None or (t.height, t.width, t.filter, t.wrap) != (
@@ -265,6 +281,9 @@ class Renderer:
     def configure(self, **changes) -> None:
         """Change settings (e.g. ``shading="ggx"``, ``cull="back"``, ``layers=3``)."""
         settings = replace(self.settings, **changes)
+        sizing = ("mode", "layers", "faces_per_pixel")  # what the buffers' sizes depend on
+        if any(getattr(settings, k) != getattr(self.settings, k) for k in sizing):
+            self._check_memory(self.frame, settings)
         old, self.settings = self.settings, settings
         if (settings.texture_filter, settings.texture_wrap) != (
             old.texture_filter,
@@ -286,10 +305,12 @@ class Renderer:
         if len(sizes) > 1:
             raise UserError(f"the cameras of one batch must share a resolution, got {sizes}")
         (w, h) = sizes.pop()
+        frame = Frame(len(cameras), h, w)
+        self._check_memory(frame, self.settings)  # before any buffer of this size exists
         self.single = isinstance(camera, Camera)
         self.camera = camera
         self.cameras = cameras
-        self.frame = Frame(len(cameras), h, w)
+        self.frame = frame
         self.vertex.set_cameras(cameras)
         if self.pixels is not None and self.pixels.frame != self.frame:
             self.pixels = None
@@ -300,6 +321,24 @@ class Renderer:
                 f"the mesh has {self.mesh.instances} position instances but {len(cameras)} "
                 "cameras; set_positions with one (V, 3) set or one per camera first"
             )
+
+    def _check_memory(self, f: Frame, s: RenderSettings) -> None:
+        """Refuse (``UserError`` with the estimate) frame ``f`` with settings ``s`` when
+        their arrays cannot fit in the memory available now."""
+        m = self.mesh
+        need = memory.render_bytes(
+            f.pixels, m.num_faces, m.num_vertices, s.mode, s.layers, s.faces_per_pixel, f.views
+        )
+        views = f" x {f.views} views" if f.views > 1 else ""
+        memory.check(
+            need,
+            f"rendering {f.width}x{f.height} pixels{views}"
+            + (f" in {s.layers} layers" if s.layers > 1 else "")
+            + (f" in soft mode with K = {s.faces_per_pixel}" if s.mode == "soft" else ""),
+            "lower the resolution"
+            + (" or the layers" if s.layers > 1 else "")
+            + (" or faces_per_pixel" if s.mode == "soft" else ""),
+        )
 
     def set_lights_per_view(self) -> None:
         """One light set per view (``lights.set(view=b, ...)`` then changes view b's)."""
@@ -388,14 +427,51 @@ class Renderer:
         elif mode == "soft":
             if self.candidates is None:
                 self.candidates = SoftCandidates()
+            faces, ranges = self._surface_ranges()
+            self._warn_near_plane()
             self.candidates.select(
                 self.vertex.clip,
-                self.mesh.faces,
-                self._face_ranges(),
+                faces,
+                ranges,
                 self.frame,
                 self._soft_params(),
                 self.settings.faces_per_pixel,
             )
+
+    def _surface_ranges(self):
+        """``mesh.distinct`` and each view's face range as rows of it (soft coverage sums
+        each surface triangle once: no degenerate faces, no duplicates)."""
+        ranges, m = self._face_ranges(), self.mesh
+        cached = getattr(self, "_surface", None)
+        if cached is None or cached[0] is not ranges or cached[1] is not m.distinct:
+            spans = ranges.to_numpy().reshape(-1, 2)
+            first = np.searchsorted(m.distinct_index, spans[:, 0])
+            end = np.searchsorted(m.distinct_index, spans.sum(axis=1))
+            rows = np.stack([first, end - first], axis=1).astype(np.int32)
+            cached = (ranges, m.distinct, arrays.from_numpy(rows, dtype=ti.i32), rows)
+            self._surface = cached
+        return m.distinct, cached[2]
+
+    def _warn_near_plane(self) -> None:
+        """Mode soft draws no face with a vertex in front of the near plane (it does not
+        clip): warn once per renderer when some face crosses it."""
+        if getattr(self, "_near_warned", False):
+            return
+        clip = self.vertex.clip.to_numpy().reshape(self.views, -1, 4)
+        faces = self.mesh.surface
+        for b, (start, count) in enumerate(self._surface[3]):
+            front = (clip[b, :, 2] < -clip[b, :, 3])[faces[start : start + count]]
+            crossing = int(np.sum(front.any(axis=1) & ~front.all(axis=1)))
+            if crossing:
+                self._near_warned = True
+                warnings.warn(
+                    f"mode 'soft' drops the {crossing} faces that cross the camera's near "
+                    f"plane in view {b} (it does not clip them, unlike the other modes); move "
+                    "the camera back or lower its near distance",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                return
 
     def _soft_params(self):
         s, c = self.settings, self.cameras[0]
@@ -531,6 +607,8 @@ class Renderer:
         self.rasterize()
         if self.settings.layers == 1:
             self.shade()
+            if self.settings.mode == "soft":  # its AOVs are the hard raster's surface
+                self._shade_layer()
             return self.result()
         p = self._buffers()
         material = self.material.array(False)

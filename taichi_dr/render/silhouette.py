@@ -17,15 +17,39 @@ import numpy as np
 import taichi as ti
 
 from ..errors import UserError
+from ..scene import distinct_faces
 from . import arrays
 from .arrays import Int, IVec2, IVec3, Real, Vec4, channels, check_length
 
 
 def edge_neighbours(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(F, 3) int32: the face across edge k = (v_k, v_{k+1}) of each face, −1 if the edge
-    is a boundary or non-manifold. Vertices at identical positions count as one."""
-    _, weld = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
-    f = weld.reshape(-1)[np.asarray(faces)]
+    is a boundary or non-manifold. Vertices at identical positions count as one. Among the
+    :func:`~taichi_dr.scene.distinct_faces` only: a duplicate face gets its first copy's
+    row, a degenerate face −1s, and no face has them as a neighbour."""
+    positions, weld = np.unique(np.asarray(vertices), axis=0, return_inverse=True)
+    welded = weld.reshape(-1)[np.asarray(faces)]
+    keep = distinct_faces(positions, welded)
+    out = np.full((len(welded), 3), -1, dtype=np.int32)
+    inner = _neighbours(welded[keep])
+    out[keep] = np.where(inner >= 0, keep[np.maximum(inner, 0)], -1)
+    _, first, same = np.unique(
+        np.sort(welded, axis=1), axis=0, return_index=True, return_inverse=True
+    )
+    first = first[same.reshape(-1)]  # each face's first face with the same three vertices
+    copy = np.nonzero(np.isin(first, keep) & (first != np.arange(len(welded))))[0]
+    orig = first[copy]
+    for k in range(3):  # a copy's edge k is some edge j of its first face, in any order
+        a, b = welded[copy, k], welded[copy, (k + 1) % 3]
+        for j in range(3):
+            pa, pb = welded[orig, j], welded[orig, (j + 1) % 3]
+            hit = ((a == pa) & (b == pb)) | ((a == pb) & (b == pa))
+            out[copy[hit], k] = out[orig[hit], j]
+    return out
+
+
+def _neighbours(f: np.ndarray) -> np.ndarray:
+    """:func:`edge_neighbours` of faces ``f`` (F, 3) that are all distinct."""
     F = len(f)
     a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
     b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])

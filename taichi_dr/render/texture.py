@@ -48,7 +48,8 @@ def check_texture(height: int, width: int, filter: str, wrap: str) -> None:
     if filter == "trilinear" and not (_is_pow2(height) and _is_pow2(width)):
         raise UserError(
             f"mipmapped textures need power-of-two sizes, got {width}x{height}; "
-            "resize the texture or use filter='bilinear'"
+            "resize the texture or use texture_filter='bilinear' "
+            "(command line: --texture-filter bilinear)"
         )
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import taichi as ti
 
 from .. import backend
+from ..errors import UserError
 from . import arrays
 from .arrays import Real, Vec3, Vec4
 from .packed import Layout, Packed
@@ -162,6 +163,15 @@ class ViewParameters(Packed):
     layout = VIEW_LAYOUT
     defaults = dict(fov=45.0)
     kind = "view parameter"
+
+    def check(self, values: dict) -> dict:
+        values = super().check(values)
+        if "fov" in values and not np.all((values["fov"] > 0) & (values["fov"] < 180)):
+            raise UserError(f"fov must lie in (0, 180) degrees, got {values['fov'].tolist()}")
+        for name in ("pose_translation", "camera_translation"):
+            if name in values:
+                backend.check_magnitude(values[name], f"view parameter {name}")
+        return values
 
 
 class VertexStage:

@@ -32,6 +32,9 @@ from .grid import MacGrid, accumulate, check_shape
 from .pressure import PressureSolver
 
 ADVECTION = ("semi-lagrangian", "maccormack")
+# A step whose CFL number needs more substeps than this is refused (the work would be
+# unbounded: dt = 1e6 asked for 25,001 substeps per step).
+MAX_SUBSTEPS = 64
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,13 @@ class Smoke:
         if cfl <= self.cfg.cfl_limit:
             return 1
         n = math.ceil(cfl / self.cfg.cfl_limit)
+        if n > MAX_SUBSTEPS:
+            raise UserError(
+                f"dt = {self.cfg.dt:g} moves the fastest smoke {cfl:.3g} cells per step: that "
+                f"needs {n:.3g} substeps per step, more than {MAX_SUBSTEPS}; lower dt to at most "
+                f"{MAX_SUBSTEPS * self.cfg.cfl_limit / self._max_speed():.3g} (or the learning "
+                "rate, if the optimisation made the flow this fast)"
+            )
         warnings.warn(
             f"CFL number {cfl:.2f} exceeds the limit {self.cfg.cfl_limit}: taking {n} substeps "
             "per step (lower dt to avoid this)",
