@@ -20,7 +20,6 @@ from pathlib import Path
 from taichi_dr import backend
 from taichi_dr.apps import inverse
 from taichi_dr.apps.fit import Fit
-from taichi_dr.commands.fit import _goals_met
 
 
 def _options(**kw):
@@ -36,7 +35,7 @@ def run_fit(app_name, iters, check_every=1, **kw):
         f.step(it)
         if (it + 1) % check_every == 0 or it == iters - 1:
             metrics = app.metrics(f, 0 if app_name == "geometry" else it)
-            if _goals_met(app.goals, metrics):
+            if inverse.goals_met(app.goals, metrics):
                 reached = it + 1
                 break
     return reached, metrics, time.perf_counter() - t0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from taichi_dr import io
+from taichi_dr.apps.smoke import taichi_logo
 from taichi_dr.cli import main
-from taichi_dr.commands.smoke import taichi_logo
 
 ROOT = Path(__file__).resolve().parents[1]
 

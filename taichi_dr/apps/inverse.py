@@ -26,12 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import scene
+from .. import io, scene
 from ..camera import Camera
 from ..errors import UserError
 from ..render.pipeline import Renderer, RenderSettings
 from ..render.vertex import axis_angle
 from . import fit
+from .fit import Fit
+from .orbit import ViewState
+from .runner import Runner
 
 TEXTURE_SIZE = 256  # every mesh gets a texture of this size (white when it has none)
 DISTANCE, FOV = 3.2, 45.0
@@ -592,3 +595,91 @@ BUILDERS = {
     "lighting": _build_lighting,
     "joint": _build_joint,
 }
+
+
+# --------------------------------------------------------------------------- running
+
+
+def optimise(app: App, runner: Runner, iterations: int, stop_at_goal: bool = False) -> dict:
+    """Run ``app``'s fit for ``iterations`` under ``runner`` (checkpoints, metrics, live
+    view; synthetic apps record their metrics each iteration and may stop at the goal),
+    write the outputs (params.json, mesh.obj, target.png, final.png) and return the final
+    metrics (also in metrics.json)."""
+    fit = Fit(app.problem, iterations)
+    reached = {}
+
+    def step(it):
+        record = fit.step(it)
+        if app.synthetic:
+            record.update(app.metrics(fit, it))
+            if "goal" not in reached and goals_met(app.goals, record):
+                reached["goal"] = it + 1
+                record["done"] = stop_at_goal
+        return record
+
+    dashboard = Dashboard(fit)
+    runner.run(step, iterations, state=fit, panels=dashboard.panels, dashboard=dashboard)
+    fit.render_current()
+    records = runner.records  # iteration 0 first, also after --resume
+    final = {"loss_start": records[0]["loss"] if records else None}
+    final["loss"] = records[-1]["loss"] if records else None
+    if app.synthetic:
+        final.update(app.metrics(fit, None))
+        final["goals"] = {k: f"{op} {v}" for k, (op, v) in app.goals.items()}
+        final["goal_met"] = goals_met(app.goals, final)
+        final["iterations_to_goal"] = reached.get("goal")
+    metrics = runner.finish(final)
+    save_outputs(runner.out, app, fit)
+    return metrics["final"]
+
+
+class Dashboard:
+    """The live view of a fit (see :mod:`taichi_dr.apps.runner`): target | current | error of
+    any view, and the current model from an orbit camera around the unit ball that every
+    scene is normalised into."""
+
+    def __init__(self, fit: Fit):
+        self.fit, self.views = fit, len(fit.problem.views)
+        self.orbit = ViewState(center=np.zeros(3), radius=1.0, fov=FOV)
+
+    def panels(self, view: int = 0) -> list:
+        target = self.fit.problem.views[view].target
+        current = self.fit.last_images[view]
+        current = np.zeros_like(target) if current is None else current  # before step 1
+        return [target, current, np.abs(current - target)]
+
+    def render(self, state: ViewState) -> np.ndarray:
+        r = self.fit.r
+        return self.fit.preview(state.camera(r.width, r.height))
+
+
+def goals_met(goals, values) -> bool:
+    """Whether every ``goals`` entry (metric: (\"<=\" or \">=\", threshold)) holds in ``values``."""
+    for name, (op, threshold) in goals.items():
+        v = values.get(name)
+        if v is None or not (v <= threshold if op == "<=" else v >= threshold):
+            return False
+    return True
+
+
+def save_outputs(out, app: App, fit: Fit) -> None:
+    """params.json, mesh.obj (+ texture), target.png and final.png (first view)."""
+    values = fit.values()
+    params = {}
+    for p in app.problem.params:
+        entry = {"start": np.asarray(p.start).tolist(), "final": values[p.name].tolist()}
+        if p.truth is not None:
+            entry["truth"] = np.asarray(p.truth).tolist()
+        params[p.name] = entry
+    r = fit.r
+    V = app.mesh.num_vertices
+    if "vertices" in values:
+        params["vertices"]["final"] = values["vertices"][:V].tolist()
+        params["vertices"]["start"] = np.asarray(app.mesh.vertices).tolist()
+    io.save_json(out / "params.json", params)
+    vertices = values.get("vertices", r.mesh.positions.to_numpy())[:V]
+    texture = r.texture.image() if r.texture is not None else None
+    mesh = scene.Mesh(vertices, app.mesh.faces, None, app.mesh.uvs, texture, name=app.name)
+    scene.save_obj(out / "mesh.obj", mesh)
+    io.save_image(out / "target.png", app.problem.views[0].target)
+    io.save_image(out / "final.png", fit.last_images[0])

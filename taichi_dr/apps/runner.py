@@ -69,6 +69,23 @@ class Runner:
             reason = "--headless" if headless else "no display (DISPLAY is unset)"
             print(f"{app}: running headless ({reason}); results go to {self.out}")
 
+    @classmethod
+    def from_args(cls, args, app: str, settings: dict | None = None, key_metric="loss", **kw):
+        """A runner from a command's options (``out``, ``headless``, ``checkpoint_every``,
+        ``resume``, ``frame_every``; ``kw`` overrides them); ``settings`` default to all
+        of the options (recorded in metrics.json)."""
+        options = dict(
+            out_dir=args.out,
+            headless=args.headless,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            frame_every=args.frame_every,
+        )
+        options.update(kw)
+        if settings is None:
+            settings = {k: v for k, v in vars(args).items() if k != "func"}
+        return cls(app=app, settings=settings, key_metric=key_metric, **options)
+
     @property
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.npz"

@@ -23,8 +23,7 @@ import numpy as np
 
 from .. import backend, io, scene
 from ..apps import inverse
-from ..apps.fit import Fit, View
-from ..apps.orbit import ViewState
+from ..apps.fit import View
 from ..apps.runner import Runner
 from ..camera import Camera, check_depth_range, from_opencv, numbers
 from ..errors import UserError
@@ -237,98 +236,10 @@ def run(args):
             t = problem.renderer.texture
             problem.fixed["texture"] = np.ones((t.height, t.width, 3))
 
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
-    runner = Runner(
-        args.out,
-        f"fit-{args.app}",
-        settings,
-        headless=args.headless,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        key_metric=app.key_metric,
-        frame_every=args.frame_every,
-    )
-    fit = Fit(problem, args.iters)
-    reached = {}
-
-    def step(it):
-        record = fit.step(it)
-        if app.synthetic:
-            record.update(app.metrics(fit, it))
-            if "goal" not in reached and _goals_met(app.goals, record):
-                reached["goal"] = it + 1
-                record["done"] = args.stop_at_target
-        return record
-
-    dashboard = Dashboard(fit)
-    runner.run(step, args.iters, state=fit, panels=dashboard.panels, dashboard=dashboard)
-    fit.render_current()
-    first = runner.records[0]["loss"] if runner.records else None  # iteration 0, also resumed
-    final = {"loss_start": first, "loss": _final_loss(runner)}
-    if app.synthetic:
-        final.update(app.metrics(fit, None))
-        final["goals"] = {k: f"{op} {v}" for k, (op, v) in app.goals.items()}
-        final["goal_met"] = _goals_met(app.goals, final)
-        final["iterations_to_goal"] = reached.get("goal")
-    metrics = runner.finish(final)
-    _save_outputs(runner.out, app, fit)
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics["final"].items() if isinstance(v, float))
+    runner = Runner.from_args(args, f"fit-{args.app}", key_metric=app.key_metric)
+    final = inverse.optimise(app, runner, args.iters, args.stop_at_target)
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
     print(
         f"fit {args.app}: {shown}" + (f"; goal met: {final['goal_met']}" if app.synthetic else "")
     )
     return 130 if runner.interrupted else 0
-
-
-class Dashboard:
-    """The live view of a fit (see :mod:`taichi_dr.apps.runner`): target | current | error of
-    any view, and the current model from an orbit camera around the unit ball that every
-    scene is normalised into."""
-
-    def __init__(self, fit: Fit):
-        self.fit, self.views = fit, len(fit.problem.views)
-        self.orbit = ViewState(center=np.zeros(3), radius=1.0, fov=inverse.FOV)
-
-    def panels(self, view: int = 0) -> list:
-        target = self.fit.problem.views[view].target
-        current = self.fit.last_images[view]
-        current = np.zeros_like(target) if current is None else current  # before step 1
-        return [target, current, np.abs(current - target)]
-
-    def render(self, state: ViewState) -> np.ndarray:
-        r = self.fit.r
-        return self.fit.preview(state.camera(r.width, r.height))
-
-
-def _final_loss(runner):
-    return runner.records[-1]["loss"] if runner.records else None
-
-
-def _goals_met(goals, values) -> bool:
-    for name, (op, threshold) in goals.items():
-        v = values.get(name)
-        if v is None or not (v <= threshold if op == "<=" else v >= threshold):
-            return False
-    return True
-
-
-def _save_outputs(out, app, fit):
-    """params.json, mesh.obj (+ texture), target.png and final.png (first view)."""
-    values = fit.values()
-    params = {}
-    for p in app.problem.params:
-        entry = {"start": np.asarray(p.start).tolist(), "final": values[p.name].tolist()}
-        if p.truth is not None:
-            entry["truth"] = np.asarray(p.truth).tolist()
-        params[p.name] = entry
-    r = fit.r
-    V = app.mesh.num_vertices
-    if "vertices" in values:
-        params["vertices"]["final"] = values["vertices"][:V].tolist()
-        params["vertices"]["start"] = np.asarray(app.mesh.vertices).tolist()
-    io.save_json(out / "params.json", params)
-    vertices = values.get("vertices", r.mesh.positions.to_numpy())[:V]
-    texture = r.texture.image() if r.texture is not None else None
-    mesh = scene.Mesh(vertices, app.mesh.faces, None, app.mesh.uvs, texture, name=app.name)
-    scene.save_obj(out / "mesh.obj", mesh)
-    io.save_image(out / "target.png", app.problem.views[0].target)
-    io.save_image(out / "final.png", fit.last_images[0])

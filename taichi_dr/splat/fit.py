@@ -358,10 +358,10 @@ def run(args) -> int:
         raise UserError("fit splats renders its own ground truth; use --target-mesh MESH")
     fit = SplatFit(args, target_mesh(args.target_mesh))
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    runner = Runner(
-        args.out, "fit-splats", settings, headless=args.headless,
-        checkpoint_every=max(args.checkpoint_every, args.iters // 10), resume=args.resume,
-        key_metric="psnr_train_view", frame_every=max(args.frame_every, args.iters // 60),
+    runner = Runner.from_args(
+        args, "fit-splats", settings, key_metric="psnr_train_view",
+        checkpoint_every=max(args.checkpoint_every, args.iters // 10),
+        frame_every=max(args.frame_every, args.iters // 60),
     )  # fmt: skip
     dashboard = Dashboard(fit)
     runner.run(fit.step, args.iters, state=fit, panels=dashboard.panels, dashboard=dashboard)

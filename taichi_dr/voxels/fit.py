@@ -308,9 +308,8 @@ def fit_one(storage, args, train, held_out, out) -> dict:
     fit = VoxelFit(storage, args, train, held_out)
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     settings.update(storage=storage, levels=fit.levels, lr=(LR_DENSITY, LR_COLOUR))
-    runner = Runner(out, f"fit-voxels-{storage}", settings, headless=args.headless,
-                    checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    key_metric="psnr_held_out", frame_every=args.frame_every)  # fmt: skip
+    runner = Runner.from_args(args, f"fit-voxels-{storage}", settings,
+                              key_metric="psnr_held_out", out_dir=out)  # fmt: skip
     runner.run(fit.step, args.iters, state=fit, panels=fit.panels)
     final = {
         "psnr_held_out": fit.held_out_psnr(),
