@@ -271,15 +271,34 @@ def _depth(bary: ti.template(), depth: ti.template(), r, p):
 
 
 @ti.func
-def _farthest(candidates: ti.template(), candidate_depth: ti.template(), i, K):
-    """Index k < K of pixel i's farthest candidate: the largest (depth, slot)."""
+def _find_farthest(
+    candidates: ti.template(), candidate_depth: ti.template(), farthest: ti.template(),
+    limit: ti.template(), i, K,
+):  # fmt: skip
+    """Pixel i's farthest candidate, the largest (depth, slot): its index k < K into
+    ``farthest[i]``, its depth into ``limit[i]``."""
     worst = 0
     for k in range(1, K):
         zk = candidate_depth[i * K + k]
         zw = candidate_depth[i * K + worst]
         if zk > zw or (zk == zw and candidates[i * K + k] > candidates[i * K + worst]):
             worst = k
-    return worst
+    farthest[i] = worst
+    limit[i] = candidate_depth[i * K + worst]
+
+
+@ti.func
+def _reach_disk(screen: ti.template(), r):
+    """A disk (centre, radius²), isotropic units, holding every point within r of the
+    face with screen vertices ``screen``: centred on the vertices' mean, its radius the
+    farthest vertex's distance plus r, widened far beyond rounding."""
+    centre = (screen[0, :] + screen[1, :] + screen[2, :]) / 3.0
+    far2 = 0.0
+    for v in ti.static(range(3)):
+        far2 = ti.max(far2, (screen[v, :] - centre).norm_sqr())
+    slack = 2.0**-16 * (1.0 + ti.abs(centre[0]) + ti.abs(centre[1]))
+    reach = (ti.sqrt(far2) + r) * (1.0 + 2.0**-10) + slack
+    return centre, reach * reach
 
 
 @ti.kernel
@@ -308,6 +327,7 @@ def _select(
     candidate_depth: Real,
     count: Int,
     farthest: Int,
+    limit: Real,
     overflow: Int,
     n_slots: ti.i32,
     slot_pairs: Int,
@@ -315,8 +335,8 @@ def _select(
     """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
     (``tile_near``): each pixel keeps the first K faces within reach; once more than K
     are (it *overflows*; only then are depths computed), a nearer face replaces the
-    farthest (``farthest``: its index), so the K kept are the least (depth, slot) in any
-    processing order. Candidates are slots until the end, then face ids; bit
+    farthest (``farthest``: its index, ``limit``: its depth), so the K kept are the least
+    (depth, slot) in any processing order. Candidates are slots until the end, then face ids; bit
     (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it.
 
     Depth-bounded rejection, exact: a face's depth anywhere is at least its key (its
@@ -361,7 +381,7 @@ def _select(
                     while rest != ti.u64(0):
                         rest, k = next_pixel(rest)
                         i = (v * height + y0 + k // TILE) * width + x0 + k % TILE
-                        bound = ti.max(bound, candidate_depth[i * K + farthest[i]])
+                        bound = ti.max(bound, limit[i])
                 if near > bound:
                     if full == pixels:
                         stop = n
@@ -369,16 +389,20 @@ def _select(
                     mask[slot] = ti.u64(0)
                     continue
             s, ln, al = screen[r], line[r], along[r]
+            centre, reach2 = _reach_disk(s, params[RADIUS])
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
                 for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
                     i = (v * height + y) * width + x
                     bit = ti.u64(1) << ti.u64((y - y0) * TILE + x - x0)
                     if full & bit != ti.u64(0):
-                        if near > candidate_depth[i * K + farthest[i]]:
+                        if near > limit[i]:
                             continue
                     p = pixel_center(y, x, step)
-                    d2, inside = distance(s, ln, al, p * scale)[:2]
+                    q = p * scale
+                    if (q - centre).norm_sqr() > reach2:
+                        continue
+                    d2, inside = distance(s, ln, al, q)[:2]
                     if inside or d2 <= r2:
                         m = count[i]
                         if m < K:
@@ -391,18 +415,18 @@ def _select(
                                 for k in range(K):
                                     g = slot_draw[candidates[i * K + k]]
                                     candidate_depth[i * K + k] = _depth(bary, depth, g, p)
-                                farthest[i] = _farthest(candidates, candidate_depth, i, K)
+                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
                                 bound = math.inf  # it does not cover this pixel yet
                                 tight = False
                             worst = i * K + farthest[i]
                             z = _depth(bary, depth, r, p)
-                            zw = candidate_depth[worst]
+                            zw = limit[i]
                             if z < zw or (z == zw and slot < candidates[worst]):
                                 evicted = candidates[worst]
                                 mask[evicted] = mask[evicted] & ~bit
                                 candidates[worst] = slot
                                 candidate_depth[worst] = z
-                                farthest[i] = _farthest(candidates, candidate_depth, i, K)
+                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
                                 bits |= bit
                                 tight = False
             mask[slot] = bits
@@ -561,12 +585,14 @@ class SoftCandidates:
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("farthest", frame.pixels, ti.i32)
+        self.buffer("limit", frame.pixels, real)
         self.buffer("overflow", 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
             *self.records()[:5], self.keys, self.tile_start, self.tile_near, self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
+            self.limit,
             self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
