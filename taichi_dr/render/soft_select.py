@@ -71,8 +71,9 @@ from .soft_faces import (
 
 TILE = 8  # binning tile edge in pixels: a tile's 64 pixels are the bits of a u64
 # relative rounding allowance of a depth interpolated with clamped barycentrics below its
-# face's least vertex depth (a few ulps; these are thousands)
-NEAR_MARGIN = {"f32": 2.0**-12, "f64": 2.0**-40}
+# face's least vertex depth: about 8 ulps (4 for the barycentrics' sum, 3 for the dot
+# product, 1 for the product with the margin); these are 64
+NEAR_MARGIN = {"f32": 2.0**-18, "f64": 2.0**-47}
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
