@@ -288,20 +288,6 @@ def _find_farthest(
     limit[i] = candidate_depth[i * K + worst]
 
 
-@ti.func
-def _reach_disk(screen: ti.template(), r):
-    """A disk (centre, radius²), isotropic units, holding every point within r of the
-    face with screen vertices ``screen``: centred on the vertices' mean, its radius the
-    farthest vertex's distance plus r, widened far beyond rounding."""
-    centre = (screen[0, :] + screen[1, :] + screen[2, :]) / 3.0
-    far2 = 0.0
-    for v in ti.static(range(3)):
-        far2 = ti.max(far2, (screen[v, :] - centre).norm_sqr())
-    slack = 2.0**-16 * (1.0 + ti.abs(centre[0]) + ti.abs(centre[1]))
-    reach = (ti.sqrt(far2) + r) * (1.0 + 2.0**-10) + slack
-    return centre, reach * reach
-
-
 @ti.kernel
 def _select(
     ranges: IVec2,
@@ -390,7 +376,6 @@ def _select(
                     mask[slot] = ti.u64(0)
                     continue
             s, ln, al = screen[r], line[r], along[r]
-            centre, reach2 = _reach_disk(s, params[RADIUS])
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
                 for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
@@ -400,10 +385,7 @@ def _select(
                         if near > limit[i]:
                             continue
                     p = pixel_center(y, x, step)
-                    q = p * scale
-                    if (q - centre).norm_sqr() > reach2:
-                        continue
-                    d2, inside = distance(s, ln, al, q)[:2]
+                    d2, inside = distance(s, ln, al, p * scale)[:2]
                     if inside or d2 <= r2:
                         m = count[i]
                         if m < K:
