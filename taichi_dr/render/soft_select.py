@@ -361,7 +361,7 @@ def _select(
             for y in range(ya, yb + 1):
                 covered |= row << ti.u64(y * TILE)
             if covered & ~full == ti.u64(0):
-                if near > bound and not tight:
+                if near <= bound and not tight:  # tighten the bound
                     bound = -math.inf
                     tight = True
                     rest = full
