@@ -354,27 +354,28 @@ def _select(
             r = slot_draw[slot]
             near = keys[r] * lower
             b = box[r]
-            ya, yb = ti.max(b[1], y0) - y0, ti.min(b[3], y1) - y0
-            xa, xb = ti.max(b[0], x0) - x0, ti.min(b[2], x1) - x0
-            row = ((ti.u64(1) << ti.u64(xb - xa + 1)) - ti.u64(1)) << ti.u64(xa)
-            covered = ti.u64(0)  # the pixels of the face's box in this tile
-            for y in range(ya, yb + 1):
-                covered |= row << ti.u64(y * TILE)
-            if covered & ~full == ti.u64(0):
-                if near <= bound and not tight:  # tighten the bound
-                    bound = -math.inf
-                    tight = True
-                    rest = full
-                    while rest != ti.u64(0):
-                        rest, k = next_pixel(rest)
-                        i = (v * height + y0 + k // TILE) * width + x0 + k % TILE
-                        bound = ti.max(bound, limit[i])
-                if near > bound:
-                    if full == pixels:
-                        stop = n
-                        break
-                    mask[slot] = ti.u64(0)
-                    continue
+            if full != ti.u64(0):  # else no pixel can skip the face
+                ya, yb = ti.max(b[1], y0) - y0, ti.min(b[3], y1) - y0
+                xa, xb = ti.max(b[0], x0) - x0, ti.min(b[2], x1) - x0
+                row = ((ti.u64(1) << ti.u64(xb - xa + 1)) - ti.u64(1)) << ti.u64(xa)
+                covered = ti.u64(0)  # the pixels of the face's box in this tile
+                for y in range(ya, yb + 1):
+                    covered |= row << ti.u64(y * TILE)
+                if covered & ~full == ti.u64(0):
+                    if near <= bound and not tight:  # tighten the bound
+                        bound = -math.inf
+                        tight = True
+                        rest = full
+                        while rest != ti.u64(0):
+                            rest, k = next_pixel(rest)
+                            i = (v * height + y0 + k // TILE) * width + x0 + k % TILE
+                            bound = ti.max(bound, limit[i])
+                    if near > bound:
+                        if full == pixels:
+                            stop = n
+                            break
+                        mask[slot] = ti.u64(0)
+                        continue
             s, ln, al = screen[r], line[r], along[r]
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
