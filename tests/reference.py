@@ -137,12 +137,14 @@ def sample_texture(img, uv, mode, wrap, footprint=0.0):
 
 
 def soft_reference(
-    clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None, candidates=False
-):
+    clip, faces, colors, W, H, sigma, gamma, eps, near, far, bg, K=None, r2=None, candidates=False,
+    depths=False,
+):  # fmt: skip
     """Float64 brute force over every face (no binning), written from the documented
     formulas: keeps, per pixel, the K faces nearest in depth (ties: lower face id) among
     those inside or within squared distance r2. Returns (silhouette, image, count), and
-    with ``candidates`` each pixel's set of kept face ids (a list, row-major)."""
+    with ``candidates`` each pixel's set of kept face ids (a list, row-major), with
+    ``depths`` each pixel's (depth, face id) of every face within reach, sorted."""
     m = min(W, H)
     sx, sy = W / m, H / m
     xs = (np.arange(W) + 0.5) / W * 2 - 1
@@ -207,7 +209,8 @@ def soft_reference(
         sil[i] = 1 - np.exp(log_t)
         img[i] = csum / wsum
     out = sil.reshape(H, W), img.reshape(H, W, 3), count.reshape(H, W)
-    return (*out, kept) if candidates else out
+    out = (*out, kept) if candidates else out
+    return (*out, [sorted(t[:2] for t in ts) for ts in terms]) if depths else out
 
 
 def soft_corner_cases(rng):

@@ -143,6 +143,36 @@ def test_k_truncation_keeps_the_nearest(scene, rng):
     assert np.abs(new["image"][0] - img).max() < 1e-9
 
 
+def test_depth_bounded_rejection_keeps_the_nearest_on_a_dense_mesh(rng):
+    """A denser sphere filling the view, K = 4: every pixel of a tile overflows, so
+    selection skips faces by depth per pixel, per face and per tile; the candidate sets
+    and the number of truncated pixels still equal brute force's."""
+    mesh = taichi_dr.icosphere(3)
+    cam = Camera.look_at(eye=(0.2, 0.3, 1.6), fov=60, width=W, height=H, near=NEAR, far=FAR)
+    p = np.concatenate([mesh.vertices, np.ones((mesh.num_vertices, 1))], 1)
+    clip, faces = p @ cam.mvp.T, mesh.faces.astype(np.int32)
+    colors = rng.random((mesh.num_vertices, 3))
+    wa, wb = weights(rng)
+    new = new_render(clip, faces, np.array([[0, len(faces)]]), colors, 1e-3, 1e-2, wa, wb, K=4)
+    args = (clip, faces, colors, W, H, 1e-3, 1e-2, 1e-3, NEAR, FAR, np.array(BG))
+    r2 = radius(1e-3, 1e-4) ** 2
+    sil, img, count, kept, ranked = soft_reference(*args, K=4, r2=r2, candidates=True, depths=True)
+    reach = np.array([len(r) for r in ranked]).reshape(H, W)  # faces within reach
+    assert (reach[:8, 8:16] > 4).all()  # a whole tile overflows
+    assert new["truncated"] == (reach > 4).sum()
+    np.testing.assert_array_equal(new["count"][0], count)
+    cand = new["candidates"][0].reshape(H * W, 4)
+    same = np.array([set(c[:n]) == k for c, n, k in zip(cand, count.ravel(), kept)])
+    for c, r in (cr for cr, ok in zip(zip(cand, ranked), same) if not ok):
+        # only a tie at the 4th depth (to rounding: clamped barycentrics) may differ
+        z4 = r[3][0]
+        assert r[4][0] - z4 <= 1e-12 * z4 and set(c) <= {f for z, f in r if z <= z4 * (1 + 1e-12)}
+    assert same.mean() > 0.95
+    same = same.reshape(H, W)
+    assert np.abs(new["silhouette"][0] - sil)[same].max() < 1e-10
+    assert np.abs(new["image"][0] - img)[same].max() < 1e-9
+
+
 def test_two_instanced_views_each_equal_a_single_view(scene, rng):
     """Instanced mode: both views draw all faces of their own clip coordinates; shared
     colours get the sum of both views' gradients."""

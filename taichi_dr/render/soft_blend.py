@@ -187,13 +187,15 @@ def _blend_forward(
                 color_sum[bit, c] = w * background[c]
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
+            bits = mask[slot]
+            if bits == ti.u64(0):  # no pixel kept the face
+                continue
             r = slot_draw[slot]
             s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
             idx = _draw_vertices(faces, ranges, fmax, r)[1]
             cols = _vertex_colors(colors, batched, idx, v, vertices)
             zn_hi = depth_range[r][1]
             k = slot_pairs[slot]
-            bits = mask[slot]
             while bits != ti.u64(0):
                 bits, bit = next_pixel(bits)
                 p = pixel_center(y0 + bit // MASK_TILE, x0 + bit % MASK_TILE, step)

@@ -12,13 +12,22 @@ pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
 
 * Binning: each (view, face) *draw* gets its screen box dilated by r; every 8×8-pixel
   tile under the box gives a *slot* (draw, tile), numbered draw by draw (so in face
-  order within a view); a serial prefix sum lists each tile's slots in that order.
-* One thread per tile then goes face by face over its slots: each pixel keeps the first
-  K faces within reach and, once more than K are (the pixel *overflows*; depths are only
-  computed then), replaces its farthest one (ties: the higher face id) by a nearer face.
+  order within a view); serial passes list each tile's slots in that order (for the
+  blend) and nearest first (for selection).
+* One thread per tile then goes face by face over its slots, nearest first (by each
+  face's least vertex depth, its *key*): each pixel keeps the first K faces within reach
+  and, once more than K are (the pixel *overflows*; depths are only computed then),
+  replaces its farthest one (the largest (depth, face id)) by a nearer face, so it ends
+  with the K least (depth, face id) whatever the order. The order makes depth-bounded
+  rejection pay: an interpolated depth is never below the key (up to rounding, allowed
+  for by ``NEAR_MARGIN``), so an overflowed pixel skips, without its distance, a face
+  whose key is beyond its farthest candidate; a face whose box in the tile holds only
+  such pixels is skipped whole, and once every pixel of the tile overflowed the first
+  such face ends the tile (all later keys are larger). Exact: the same candidates as
+  looking at every face.
   Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
   face; pairs are numbered slot by slot in mask-bit order (``slot_pairs``), which is how
-  the blend finds each pair's record.
+  the blend finds each pair's record; the blend walks each tile's slots in draw order.
 
 Layout (``arrays``): views b = 0..B−1 of H × W pixels, pixel index i = (b·H + y)·W + x;
 clip (B·V,) vec4; faces (F,) ivec3; ranges (B,) ivec2 = (start, count) per view. Draw
@@ -61,6 +70,10 @@ from .soft_faces import (
 )
 
 MASK_TILE = 8  # tile edge in pixels, fixed: a tile's 64 pixels are the bits of one u64 mask
+# relative rounding allowance of a depth interpolated with clamped barycentrics below its
+# face's least vertex depth: about 8 ulps (4 for the barycentrics' sum, 3 for the dot
+# product, 1 for the product with the margin); these are 64
+NEAR_MARGIN = {"f32": 2.0**-18, "f64": 2.0**-47}
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
@@ -197,6 +210,14 @@ def _bin_count(
 
 
 @ti.kernel
+def _depth_keys(box: IVec4, depth: Vec3, n_records: ti.i32, keys: Real):
+    """Each draw's nearest eye depth (its vertices' least clip w; +inf when not drawn)."""
+    for r in range(n_records):
+        b = box[r]
+        keys[r] = ti.select(b[0] <= b[2], ti.min(depth[r][0], depth[r][1], depth[r][2]), math.inf)
+
+
+@ti.kernel
 def _bin_fill(
     box: IVec4,
     n_records: ti.i32,
@@ -207,12 +228,16 @@ def _bin_fill(
     slot_start: Int,
     tile_start: Int,
     tile_fill: Int,
+    order: Int,
     tile_slots: Int,
+    tile_near: Int,
     slot_draw: Int,
 ):
+    """Each tile's slots, in ascending draw order (``tile_slots``, for the blend) and
+    nearest first (``tile_near``, for selection: the draws taken in ``order``)."""
     for t in range(n_tiles):
         tile_fill[t] = tile_start[t]
-    ti.loop_config(serialize=True)  # slots stay in ascending draw order in every tile
+    ti.loop_config(serialize=True)
     for r in range(n_records):
         first = r // fmax * tiles_x * tiles_y
         b = box_tiles(box[r])
@@ -224,12 +249,43 @@ def _bin_fill(
                 slot_draw[j] = r
                 tile_fill[t] = tile_fill[t] + 1
                 j += 1
+    for t in range(n_tiles):
+        tile_fill[t] = tile_start[t]
+    ti.loop_config(serialize=True)
+    for n in range(n_records):
+        r = order[n]
+        first = r // fmax * tiles_x * tiles_y
+        b = box_tiles(box[r])
+        j = slot_start[r]
+        for ty in range(b[1], b[3] + 1):
+            for tx in range(b[0], b[2] + 1):
+                t = first + ty * tiles_x + tx
+                tile_near[tile_fill[t]] = j
+                tile_fill[t] = tile_fill[t] + 1
+                j += 1
 
 
 @ti.func
 def _depth(bary: ti.template(), depth: ti.template(), r, p):
     """Eye-space depth of draw r at NDC point p (clamped barycentrics)."""
     return barycentrics(bary[r], p)[0].dot(depth[r])
+
+
+@ti.func
+def _find_farthest(
+    candidates: ti.template(), candidate_depth: ti.template(), farthest: ti.template(),
+    limit: ti.template(), i, K,
+):  # fmt: skip
+    """Pixel i's farthest candidate, the largest (depth, slot): its index k < K into
+    ``farthest[i]``, its depth into ``limit[i]``."""
+    worst = 0
+    for k in range(1, K):
+        zk = candidate_depth[i * K + k]
+        zw = candidate_depth[i * K + worst]
+        if zk > zw or (zk == zw and candidates[i * K + k] > candidates[i * K + worst]):
+            worst = k
+    farthest[i] = worst
+    limit[i] = candidate_depth[i * K + worst]
 
 
 @ti.kernel
@@ -249,45 +305,89 @@ def _select(
     along: Mat3,
     bary: Mat3,
     depth: Vec3,
+    keys: Real,
     tile_start: Int,
-    tile_slots: Int,
+    tile_near: Int,
     slot_draw: Int,
     mask: U64,
     candidates: Int,
     candidate_depth: Real,
     count: Int,
+    farthest: Int,
+    limit: Real,
     overflow: Int,
     n_slots: ti.i32,
     slot_pairs: Int,
 ) -> ti.types.vector(2, ti.i32):
-    """One thread per tile (it owns its pixels and its slots' masks), face by face:
-    each pixel keeps the K nearest faces within reach, as slots first, then face ids;
-    bit (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it. Depths are
-    only computed for pixels with more than K faces within reach. Then each slot's
-    first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
+    """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
+    (``tile_near``): each pixel keeps the first K faces within reach; once more than K
+    are (it *overflows*; only then are depths computed), a nearer face replaces the
+    farthest (``farthest``: its index, ``limit``: its depth), so the K kept are the least
+    (depth, slot) in any processing order. Candidates are slots until the end, then face ids; bit
+    (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it.
+
+    Depth-bounded rejection, exact: a face's depth anywhere is at least its key (its
+    least vertex depth) up to rounding, so once a pixel overflowed, a face whose key,
+    lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped without
+    its distance; once every pixel of the tile overflowed and the key exceeds an upper
+    bound of all their farthest depths, so do all later (farther-keyed) faces: the tile
+    is done. Then each slot's first pair (``slot_pairs``); returns (pairs, pixels that
+    overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
         scale, step, r2 = iso_scale(height, width), pixel_step(height, width), params[RADIUS2]
+        lower = 1.0 - ti.static(NEAR_MARGIN[backend.precision()])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         y1, x1 = ti.min(y0 + MASK_TILE, height) - 1, ti.min(x0 + MASK_TILE, width) - 1
+        pixels = ti.u64(0)  # the tile's pixels inside the image
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 count[(v * height + y) * width + x] = 0
+                pixels |= ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
         full = ti.u64(0)  # pixels that had more than K faces within reach
+        bound = math.inf  # ≥ the farthest depth of every pixel in ``full``
+        tight = False  # whether ``bound`` is their maximum (no change since)
+        stop = tile_start[t + 1]  # the first slot not looked at
         for n in range(tile_start[t], tile_start[t + 1]):
-            slot = tile_slots[n]
+            slot = tile_near[n]
             r = slot_draw[slot]
+            near = keys[r] * lower
             b = box[r]
+            if full != ti.u64(0):  # else no pixel can skip the face
+                ya, yb = ti.max(b[1], y0) - y0, ti.min(b[3], y1) - y0
+                xa, xb = ti.max(b[0], x0) - x0, ti.min(b[2], x1) - x0
+                row = ((ti.u64(1) << ti.u64(xb - xa + 1)) - ti.u64(1)) << ti.u64(xa)
+                covered = ti.u64(0)  # the pixels of the face's box in this tile
+                for y in range(ya, yb + 1):
+                    covered |= row << ti.u64(y * MASK_TILE)
+                if covered & ~full == ti.u64(0):
+                    if near <= bound and not tight:  # tighten the bound
+                        bound = -math.inf
+                        tight = True
+                        rest = full
+                        while rest != ti.u64(0):
+                            rest, k = next_pixel(rest)
+                            i = (v * height + y0 + k // MASK_TILE) * width + x0 + k % MASK_TILE
+                            bound = ti.max(bound, limit[i])
+                    if near > bound:
+                        if full == pixels:
+                            stop = n
+                            break
+                        mask[slot] = ti.u64(0)
+                        continue
             s, ln, al = screen[r], line[r], along[r]
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
                 for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
+                    i = (v * height + y) * width + x
+                    bit = ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
+                    if full & bit != ti.u64(0):
+                        if near > limit[i]:
+                            continue
                     p = pixel_center(y, x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
                     if inside or d2 <= r2:
-                        i = (v * height + y) * width + x
-                        bit = ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
                         m = count[i]
                         if m < K:
                             candidates[i * K + m] = slot
@@ -299,23 +399,23 @@ def _select(
                                 for k in range(K):
                                     g = slot_draw[candidates[i * K + k]]
                                     candidate_depth[i * K + k] = _depth(bary, depth, g, p)
-                            # replace the farthest (ties: the higher slot = face id)
-                            worst = 0
-                            for k in range(1, K):
-                                zk = candidate_depth[i * K + k]
-                                zw = candidate_depth[i * K + worst]
-                                if zk > zw or (
-                                    zk == zw and candidates[i * K + k] > candidates[i * K + worst]
-                                ):
-                                    worst = k
+                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
+                                bound = math.inf  # it does not cover this pixel yet
+                                tight = False
+                            worst = i * K + farthest[i]
                             z = _depth(bary, depth, r, p)
-                            if z < candidate_depth[i * K + worst]:
-                                evicted = candidates[i * K + worst]
+                            zw = limit[i]
+                            if z < zw or (z == zw and slot < candidates[worst]):
+                                evicted = candidates[worst]
                                 mask[evicted] = mask[evicted] & ~bit
-                                candidates[i * K + worst] = slot
-                                candidate_depth[i * K + worst] = z
+                                candidates[worst] = slot
+                                candidate_depth[worst] = z
+                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
                                 bits |= bit
+                                tight = False
             mask[slot] = bits
+        for n in range(stop, tile_start[t + 1]):
+            mask[tile_near[n]] = ti.u64(0)
         start = ranges[v][0] - v * fmax  # face id = draw + start
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
@@ -334,6 +434,11 @@ def _select(
 def _capacity(n: int) -> int:
     """Buffer length for n items: a power of two, at least 1024 (grown, never shrunk)."""
     return max(1 << max(n - 1, 1).bit_length(), 1024)
+
+
+def _padded(a: np.ndarray, n: int) -> np.ndarray:
+    """``a`` followed by zeros up to length n (a whole buffer for ``from_numpy``)."""
+    return np.concatenate([a, np.zeros(n - len(a), a.dtype)])
 
 
 def host(array) -> np.ndarray:
@@ -446,23 +551,33 @@ class SoftCandidates:
         self.buffer("slot_start", self.n_records + 1, ti.i32)
         self.buffer("tile_start", self.n_tiles + 1, ti.i32)
         self.n_slots = _bin_count(self.box, *tiling, self.slot_start, self.tile_start)
-        for name in ("tile_fill", "tile_slots", "slot_draw"):
-            self.buffer(name, self.n_tiles if name == "tile_fill" else self.n_slots, ti.i32)
+        self.buffer("keys", self.n_records, real)
+        _depth_keys(self.box, self.depth, self.n_records, self.keys)
+        order = np.argsort(self.keys.to_numpy()[: self.n_records], kind="stable")
+        self.buffer("order", self.n_records, ti.i32).from_numpy(
+            _padded(order.astype(np.int32), self.order.shape[0])
+        )
+        self.buffer("tile_fill", self.n_tiles, ti.i32)
+        for name in ("tile_slots", "tile_near", "slot_draw"):
+            self.buffer(name, self.n_slots, ti.i32)
         _bin_fill(
-            self.box, *tiling, self.slot_start, self.tile_start, self.tile_fill,
-            self.tile_slots, self.slot_draw,
+            self.box, *tiling, self.slot_start, self.tile_start, self.tile_fill, self.order,
+            self.tile_slots, self.tile_near, self.slot_draw,
         )  # fmt: skip
         self.buffer("mask", self.n_slots, ti.u64)
         self.buffer("candidates", frame.pixels * K, ti.i32)
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
+        self.buffer("farthest", frame.pixels, ti.i32)
+        self.buffer("limit", frame.pixels, real)
         self.buffer("overflow", 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
-            *self.records()[:5], self.tile_start, self.tile_slots, self.slot_draw, self.mask,
-            self.candidates, self.candidate_depth, self.count, self.overflow, self.n_slots,
-            self.slot_pairs,
+            *self.records()[:5], self.keys, self.tile_start, self.tile_near, self.slot_draw,
+            self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
+            self.limit,
+            self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
         self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
