@@ -217,6 +217,21 @@ def _depth_keys(box: IVec4, depth: Vec3, n_records: ti.i32, keys: Real):
         keys[r] = ti.select(b[0] <= b[2], ti.min(depth[r][0], depth[r][1], depth[r][2]), math.inf)
 
 
+@ti.func
+def _append_slots(r, fmax, tiles_x, tiles_y, box: ti.template(), slot_start: ti.template(),
+                  tile_fill: ti.template(), out: ti.template()):  # fmt: skip
+    """Append draw r's slots to the lists ``out`` of the tiles under its box."""
+    first = r // fmax * tiles_x * tiles_y
+    b = box_tiles(box[r])
+    j = slot_start[r]
+    for ty in range(b[1], b[3] + 1):
+        for tx in range(b[0], b[2] + 1):
+            t = first + ty * tiles_x + tx
+            out[tile_fill[t]] = j
+            tile_fill[t] = tile_fill[t] + 1
+            j += 1
+
+
 @ti.kernel
 def _bin_fill(
     box: IVec4,
@@ -234,35 +249,21 @@ def _bin_fill(
     slot_draw: Int,
 ):
     """Each tile's slots, in ascending draw order (``tile_slots``, for the blend) and
-    nearest first (``tile_near``, for selection: the draws taken in ``order``)."""
+    nearest first (``tile_near``, for selection: the draws taken in ``order``); each
+    slot's draw (``slot_draw``)."""
+    for r in range(n_records):
+        for j in range(slot_start[r], slot_start[r + 1]):
+            slot_draw[j] = r
     for t in range(n_tiles):
         tile_fill[t] = tile_start[t]
     ti.loop_config(serialize=True)
     for r in range(n_records):
-        first = r // fmax * tiles_x * tiles_y
-        b = box_tiles(box[r])
-        j = slot_start[r]
-        for ty in range(b[1], b[3] + 1):
-            for tx in range(b[0], b[2] + 1):
-                t = first + ty * tiles_x + tx
-                tile_slots[tile_fill[t]] = j
-                slot_draw[j] = r
-                tile_fill[t] = tile_fill[t] + 1
-                j += 1
+        _append_slots(r, fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_slots)
     for t in range(n_tiles):
         tile_fill[t] = tile_start[t]
     ti.loop_config(serialize=True)
     for n in range(n_records):
-        r = order[n]
-        first = r // fmax * tiles_x * tiles_y
-        b = box_tiles(box[r])
-        j = slot_start[r]
-        for ty in range(b[1], b[3] + 1):
-            for tx in range(b[0], b[2] + 1):
-                t = first + ty * tiles_x + tx
-                tile_near[tile_fill[t]] = j
-                tile_fill[t] = tile_fill[t] + 1
-                j += 1
+        _append_slots(order[n], fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_near)
 
 
 @ti.func
