@@ -149,6 +149,62 @@ def sh_in_use(lights: ti.template(), s):
     return used
 
 
+ALL_SLOTS = (MAX_DIRECTIONAL, MAX_POINT, False, True)
+"""The lights a shading kernel compiles: (directional slots, point slots, exact, SH).
+Every slot, each skipped at run time beyond the light set's count, and the SH environment
+(compiled once); or with ``exact`` True exactly the first slots, which every set uses, and
+the SH term only where ``SH`` is True (compiled per count: no branches, whose reverse pass
+Taichi makes slow)."""
+
+
+def light_slots(lights, light_counts) -> tuple:
+    """The exact lights (see ``ALL_SLOTS``) of packed ``lights`` and ``light_counts``:
+    the SH term where a coefficient is not 0 or ``lights`` has gradients; every slot when
+    the sets' counts differ."""
+    counts = light_counts.to_numpy().reshape(-1, 2)
+    if (counts != counts[0]).any():
+        return ALL_SLOTS
+    sh = getattr(lights, "grad", None) is not None
+    sh = sh or bool(lights.to_numpy().reshape(-1, LIGHTS_SIZE)[:, SH : SH + 27].any())
+    return (int(counts[0, 0]), int(counts[0, 1]), True, sh)
+
+
+def _slot(i: int) -> tuple:
+    """Light slot i as (kind, index): (0, i) directional, then (1, i − 4) point."""
+    return (0, i) if i < MAX_DIRECTIONAL else (1, i - MAX_DIRECTIONAL)
+
+
+@ti.func
+def _light(
+    model: ti.template(),
+    i: ti.template(),
+    albedo,
+    n,
+    v,
+    p,
+    lights: ti.template(),
+    o,
+    f0,
+    material: ti.template(),
+):
+    """The light reflected from light slot i (directional, then point) of the set at
+    ``lights[o]``."""
+    l = ti.Vector([0.0, 0.0, 1.0])
+    light = ti.Vector([0.0, 0.0, 0.0])
+    if ti.static(i < MAX_DIRECTIONAL):
+        l = arrays.vec3_at(lights, o + DIR_DIRECTION + 3 * i).normalized(1e-12)
+        light = arrays.vec3_at(lights, o + DIR_COLOR + 3 * i)
+    else:
+        j = 3 * (i - MAX_DIRECTIONAL)
+        d = arrays.vec3_at(lights, o + POINT_POSITION + j) - p
+        dist2 = ti.max(d.dot(d), 1e-12)
+        l = d / ti.sqrt(dist2)
+        light = arrays.vec3_at(lights, o + POINT_COLOR + j) / dist2
+    ks, shin = material[SPECULAR], material[SHININESS]
+    rough, metal = material[ROUGHNESS], material[METALLIC]
+    return light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
+
+
 @ti.func
 def _radiance(
     model: ti.template(),
@@ -161,38 +217,25 @@ def _radiance(
     counts: ti.template(),
     s,
     sh,
+    slots: ti.template(),
 ):
-    """``radiance``, with the SH environment only where ``sh`` is not 0."""
+    """``radiance``, with the SH environment only where ``sh`` is not 0, over the light
+    ``slots`` (see ``ALL_SLOTS``)."""
     o = s * LIGHTS_SIZE
     ambient = arrays.vec3_at(lights, o + AMBIENT)
-    if sh != 0:
-        ambient = ambient + sh_irradiance_at(lights, o + SH, n)
+    if ti.static(slots[3]):
+        if sh != 0:
+            ambient = ambient + sh_irradiance_at(lights, o + SH, n)
     c = albedo * ambient
-    ks = material[SPECULAR]
-    shin = material[SHININESS]
-    rough = material[ROUGHNESS]
     metal = material[METALLIC]
-    f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
+    f0 = (1.0 - metal) * 0.08 * material[SPECULAR] + metal * albedo
     for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
-        # lights beyond the count are skipped (a runtime branch: no recompilation)
-        used = (
-            counts[2 * s] > i
-            if ti.static(i < MAX_DIRECTIONAL)
-            else (counts[2 * s + 1] > i - MAX_DIRECTIONAL)
-        )
-        if used:
-            l = ti.Vector([0.0, 0.0, 1.0])
-            light = ti.Vector([0.0, 0.0, 0.0])
-            if ti.static(i < MAX_DIRECTIONAL):
-                l = arrays.vec3_at(lights, o + DIR_DIRECTION + 3 * i).normalized(1e-12)
-                light = arrays.vec3_at(lights, o + DIR_COLOR + 3 * i)
-            else:
-                j = 3 * (i - MAX_DIRECTIONAL)
-                d = arrays.vec3_at(lights, o + POINT_POSITION + j) - p
-                dist2 = ti.max(d.dot(d), 1e-12)
-                l = d / ti.sqrt(dist2)
-                light = arrays.vec3_at(lights, o + POINT_COLOR + j) / dist2
-            c += light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
+        kind, slot = ti.static(_slot(i))
+        if ti.static(slot < slots[kind]):
+            if ti.static(slots[2]):
+                c += _light(model, i, albedo, n, v, p, lights, o, f0, material)
+            elif counts[2 * s + kind] > slot:  # beyond the set's count: skipped at run time
+                c += _light(model, i, albedo, n, v, p, lights, o, f0, material)
     return c
 
 
@@ -211,7 +254,7 @@ def radiance(
     """Radiance leaving point p with unit normal n towards unit view direction v under
     light set ``s`` (packed ``lights``, ``counts``) with the packed ``material``; albedo
     includes the base colour. Shared by the per-pixel and the per-vertex shading."""
-    return _radiance(model, albedo, n, v, p, material, lights, counts, s, 1)
+    return _radiance(model, albedo, n, v, p, material, lights, counts, s, 1, ALL_SLOTS)
 
 
 @ti.func
@@ -226,15 +269,17 @@ def _shade_point(
     counts: ti.template(),
     s,
     sh,
+    slots: ti.template(),
 ):
-    """``shade_point``, with the SH environment only where ``sh`` is not 0."""
+    """``shade_point``, with the SH environment only where ``sh`` is not 0, over the
+    light ``slots`` (see ``ALL_SLOTS``)."""
     n = n * ti.select(n.dot(v) < 0.0, -1.0, 1.0)
     albedo = arrays.vec3_at(material, BASE_COLOR) * color
     out = albedo
     if ti.static(model == MODELS["normals"]):
         out = n * 0.5 + 0.5
     elif ti.static(model != MODELS["unlit"]):
-        out = _radiance(model, albedo, n, v, p, material, lights, counts, s, sh)
+        out = _radiance(model, albedo, n, v, p, material, lights, counts, s, sh, slots)
     return out
 
 
@@ -253,7 +298,7 @@ def shade_point(
     """The colour of ``model`` at point p: ``color`` (vertex colour × texture) times the
     base colour lit by ``radiance``, or the normal / albedo views; n is flipped towards
     v (two-sided)."""
-    return _shade_point(model, color, n, v, p, material, lights, counts, s, 1)
+    return _shade_point(model, color, n, v, p, material, lights, counts, s, 1, ALL_SLOTS)
 
 
 @ti.kernel
@@ -433,6 +478,7 @@ def _surface(
     sh,
     texels: ti.template(),
     levels: ti.template(),
+    slots: ti.template(),
 ):
     """The shaded colour of face t ≥ 0 of view b at NDC point ``ndc`` (a pixel centre,
     ``height`` × ``width`` pixels): interpolation, texture and ``_shade_point`` with light
@@ -449,7 +495,7 @@ def _surface(
         c *= sample(texels, levels, filter, wrap, uv, size)
     v = (eye - p).normalized(1e-12)
     n = lerp(lam, normal, base, f).normalized(1e-12)
-    return _shade_point(model, c, n, v, p, material, lights, counts, s, sh)
+    return _shade_point(model, c, n, v, p, material, lights, counts, s, sh, slots)
 
 
 @ti.kernel
@@ -482,6 +528,7 @@ def _shade_surface(
     image: Vec3,
     alpha: Real,
     forward: ti.template(),
+    slots: ti.template(),
 ):
     """One flat loop over the pixels; differentiable (Taichi's reverse mode) with
     ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0."""
@@ -501,6 +548,7 @@ def _shade_surface(
                 model, textured, filter, wrap, t, b, arrays.pixel_ndc(y, x, height, width),
                 height, width, n_vertices, colors_stride, uvs_stride, clip, faces, world,
                 normal, colors, uvs, eye[b], material, lights, counts, s, sh, texels, levels,
+                slots,
             )  # fmt: skip
             a = material[OPACITY]
         image[i] = a * out + (1.0 - a) * background[ti.select(background.shape[0] == 1, 0, i)]
@@ -508,13 +556,14 @@ def _shade_surface(
 
 
 @ti.ad.grad_replaced
-def _shade_pixels(args: tuple) -> None:
-    _shade_surface(*args, True)
+def _shade_pixels(args: tuple, lights, light_counts) -> None:
+    _shade_surface(*args, True, ALL_SLOTS)
 
 
 @ti.ad.grad_for(_shade_pixels)
-def _shade_pixels_grad(args: tuple) -> None:
-    _shade_surface.grad(*args, False)
+def _shade_pixels_grad(args: tuple, lights, light_counts) -> None:
+    """The reverse pass, compiled for the lights in use (see ``ALL_SLOTS``)."""
+    _shade_surface.grad(*args, False, light_slots(lights, light_counts))
 
 
 def shade_surface(
@@ -591,7 +640,4 @@ def shade_surface(
         image,
         alpha,
     )
-    if backward:
-        _shade_surface.grad(*args, False)
-    else:
-        _shade_pixels(args)
+    (_shade_pixels.grad if backward else _shade_pixels)(args, lights, light_counts)
