@@ -77,20 +77,17 @@ def reflected(
 ):
     """π f_r · cos θ of ``model`` for unit normal n, light direction l and view direction
     v; 0 when the light is behind the surface (shared by every shading kernel)."""
-    out = ti.Vector([0.0, 0.0, 0.0])
     nl = n.dot(l)
-    if nl > 0.0:
-        if ti.static(model == MODELS["ggx"]):
-            out = ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
-        else:
-            out = albedo * nl
-        if ti.static(model == MODELS["phong"]):
-            r = 2.0 * nl * n - l
-            out += ks * ti.pow(ti.max(r.dot(v), 1e-12), shininess)
-        if ti.static(model == MODELS["blinn-phong"]):
-            h = (l + v).normalized(1e-12)
-            out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
-    return out
+    out = albedo * nl
+    if ti.static(model == MODELS["ggx"]):
+        out = ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+    if ti.static(model == MODELS["phong"]):
+        r = 2.0 * nl * n - l
+        out += ks * ti.pow(ti.max(r.dot(v), 1e-12), shininess)
+    if ti.static(model == MODELS["blinn-phong"]):
+        h = (l + v).normalized(1e-12)
+        out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
+    return ti.select(nl > 0.0, out, 0.0)
 
 
 MATERIAL_LAYOUT = Layout(
@@ -531,19 +528,16 @@ def _shade_surface(
     slots: ti.template(),
 ):
     """One flat loop over the pixels; differentiable (Taichi's reverse mode) with
-    ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0."""
+    ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0.
+    No local is assigned on both sides of a runtime branch (nor in ``reflected``): Taichi's
+    reverse pass keeps such locals on its autodiff stacks, which made it 1.4× slower."""
     for i in range(tri.shape[0]):
         t = tri[i]
-        out = ti.Vector([0.0, 0.0, 0.0])
-        a = 0.0
+        bg = background[ti.select(background.shape[0] == 1, 0, i)]
         if t >= 0:
             b, y, x = arrays.pixel(i, height, width)
-            s = 0
-            if ti.static(batched):
-                s = b
-            sh = 1
-            if ti.static(forward):
-                sh = sh_in_use(lights, s)
+            s = b if ti.static(batched) else 0
+            sh = sh_in_use(lights, s) if ti.static(forward) else 1
             out = _surface(
                 model, textured, filter, wrap, t, b, arrays.pixel_ndc(y, x, height, width),
                 height, width, n_vertices, colors_stride, uvs_stride, clip, faces, world,
@@ -551,8 +545,11 @@ def _shade_surface(
                 slots,
             )  # fmt: skip
             a = material[OPACITY]
-        image[i] = a * out + (1.0 - a) * background[ti.select(background.shape[0] == 1, 0, i)]
-        alpha[i] = a
+            image[i] = a * out + (1.0 - a) * bg
+            alpha[i] = a
+        else:
+            image[i] = bg
+            alpha[i] = 0.0
 
 
 @ti.ad.grad_replaced
