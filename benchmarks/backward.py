@@ -2,6 +2,7 @@
 
     python benchmarks/backward.py [--arch cpu] [--sizes 256 512] [--subdivisions 3 4 5 6]
                                   [--modes hard antialias nmr soft] [--no-peers] [--quick]
+                                  [--threads 1] [--profile]
 
 Scene: an icosphere, Blinn-Phong, one directional light; loss = Σ image · w (random w).
 "fwd" is rasterize + shade; "fwd+bwd" adds the reverse pass, per row either to the vertex
@@ -9,16 +10,19 @@ positions only (``grads=("positions",)``, what the peers compute) or to every pa
 group (``grads="all"``: positions, colours, UVs, texture, material, lights, camera).
 Peers, where installed: Mitsuba 3 (``llvm_ad_rgb``, ``direct_projective``, gradients to
 vertex positions) and PyTorch3D (MeshRasterizer + SoftSilhouetteShader, faces_per_pixel =
-K); each prints "not installed" otherwise.
+K); each prints "not installed" otherwise. ``--profile`` (instead of the table): each
+kernel of a forward + backward step (gradients to positions) at 512² with 5,120 and 81,920
+faces, per mode, with the bytes it moves and the floor they imply (``stages.py``).
 """
 
 import argparse
 import resource
 import statistics
 import sys
-import time
 
+import forward
 import numpy as np
+import stages
 import taichi as ti
 from forward import EYE, FOV, LIGHT, LIGHT_DIR, _mitsuba_probe, mitsuba_scene
 
@@ -32,13 +36,14 @@ from taichi_dr.scene import icosphere
 
 def median_time(fn, repeats: int) -> float:
     fn()  # compile / warm up
+    clock = forward.CLOCK[0]
     times = []
     for _ in range(repeats):
         ti.sync()
-        t = time.perf_counter()
+        t = clock()
         fn()
         ti.sync()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return statistics.median(times)
 
 
@@ -128,6 +133,18 @@ def pytorch3d_peer(size, mesh, K, sigma):
     return Peer()
 
 
+def profile(args) -> None:
+    for mode in args.modes:
+        for sub in (4, 6):
+            ours = Ours(512, icosphere(sub), args.K, args.sigma)
+            ours.r.configure(mode=mode, grads="positions")
+            whole = median_time(ours.backward, args.repeats)
+            rows = stages.profile(ours.backward, args.repeats, forward.CLOCK[0])
+            faces = ours.r.mesh.num_faces
+            print(f"\n{mode} forward + backward at 512², {faces:,} faces, per step (median):")
+            stages.print_table(rows, ours.r.frame.pixels, whole)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="cpu")
@@ -139,11 +156,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--quick", action="store_true", help="256², subdivisions 3-4, 3 repeats")
+    p.add_argument("--threads", type=int, help="CPU threads (1: time CPU time, not wall time)")
+    p.add_argument("--profile", action="store_true", help="only per-kernel times at 512²")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.subdivisions, args.repeats = [256], [3, 4], 3
-    taichi_dr.init(args.arch, "f32")
+    taichi_dr.init(args.arch, "f32", **forward.threads(args.threads))
     taichi_dr.backend.require_autodiff()
+    if args.profile:
+        profile(args)
+        return 0
     mitsuba = "skipped (--no-peers)" if args.no_peers else _mitsuba_probe()
     print(f"Mitsuba 3: {'available' if mitsuba is None else mitsuba}")
     have_p3d = not args.no_peers and pytorch3d_peer(16, icosphere(0), 1, 1e-4) is not None

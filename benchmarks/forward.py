@@ -8,10 +8,14 @@ Mesa llvmpipe, headless EGL) and Mitsuba 3 (``llvm_ad_rgb``, 1 spp, the ``direct
 integrator: primary rays plus one shadow ray), printed as ours / theirs time ratios
 (< 1: ours is faster). Steady times exclude uploads and read-backs for everyone.
 
-    python benchmarks/forward.py [--quick] [--sizes 256 512] [--arch cpu] [--profile] [--huge]
+    python benchmarks/forward.py [--quick] [--sizes 256 512] [--arch cpu] [--threads 1]
+                                 [--profile] [--huge]
 
-``--profile`` times each stage at 512² / 81,920 faces; ``--huge`` renders 10 M faces at
-2048×1024 and reports peak RSS. Timings on a shared machine are noisy: compare ratios.
+``--profile`` (instead of the table) times each kernel of a frame at 512² with 5,120 and
+81,920 faces next to the bytes it moves and the floor they imply (``stages.py``);
+``--huge`` renders 10 M faces at 2048×1024 and reports peak RSS. Timings on a shared
+machine are noisy: compare ratios, or measure CPU time on one thread (``--threads 1``:
+process time, steady under load).
 """
 
 import argparse
@@ -23,11 +27,11 @@ import sys
 import time
 
 import numpy as np
+import stages
 import taichi as ti
 
 from taichi_dr import Renderer, RenderSettings, backend
 from taichi_dr.camera import Camera
-from taichi_dr.render import blend, interpolate, shading
 from taichi_dr.scene import Mesh, icosphere, large_mesh
 
 EYE, FOV = (0.0, 0.8, 2.9), 45.0
@@ -39,16 +43,20 @@ def camera(width: int, height: int) -> Camera:
     return Camera.look_at(EYE, (0, 0, 0), (0, 1, 0), FOV, width, height, 0.5, 10.0)
 
 
+CLOCK = [time.perf_counter]  # time.process_time with --threads 1
+
+
 def timed(fn, repeats: int) -> tuple[float, float]:
     """(first call, median of ``repeats`` further calls) in seconds; ``fn`` must sync."""
-    start = time.perf_counter()
+    clock = CLOCK[0]
+    start = clock()
     fn()
-    first = time.perf_counter() - start
+    first = clock() - start
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return first, statistics.median(times)
 
 
@@ -299,50 +307,13 @@ def print_scaling(rows, args) -> None:
 
 
 def profile(args) -> None:
-    """Median time of each stage at 512² with 81,920 faces."""
-    r = Renderer(icosphere(6), camera(512, 512), RenderSettings("blinn-phong"))
-    r.render()
-    m, v, p, f = r.mesh, r.vertex, r.pixels, r.frame
-    V = m.num_vertices
-
-    def rasterize(cull="none"):
-        r.raster.forward(v.clip, m.faces, r._face_ranges(), f, V, cull)
-
-    def shade():
-        shading.shade(
-            "blinn-phong", f, r.triangle_id, p.position, p.normal, p.color, p.uv,
-            p.footprint, v.eye, r.material.values, r.lights.values, r.lights.counts, None,
-            p.shaded,
-        )  # fmt: skip
-
-    stages = {
-        "vertex": lambda: v.forward(m.positions, m.normals, V),
-        "rasterize (setup, bin, raster, resolve)": rasterize,
-        "rasterize, back faces culled": lambda: rasterize("back"),
-        "barycentrics + depth": lambda: interpolate.barycentrics(
-            v.clip, m.faces, r.triangle_id, f, V, p.bary, p.depth
-        ),
-        "barycentrics, depth + 4 attributes": lambda: interpolate.surface(
-            v.clip,
-            m.faces,
-            r.triangle_id,
-            f,
-            V,
-            (v.world, v.normal, m.colors, m.uvs),
-            (p.bary, p.depth, p.position, p.normal, p.color, p.uv),
-        ),  # fmt: skip
-        "shade (Blinn-Phong, 4 + 4 light slots)": shade,
-        "composite": lambda: blend.composite(
-            r.triangle_id, p.shaded, r.material.values, r._background(), p.image, p.alpha
-        ),
-    }
-    print("\nper stage at 512², 81,920 faces (median ms):")
-    total = 0.0
-    for name, fn in stages.items():
-        _, t = timed(lambda fn=fn: (fn(), ti.sync()), args.repeats)
-        total += t
-        print(f"  {name:<46} {t * 1e3:7.2f}")
-    print(f"  {'sum':<46} {total * 1e3:7.2f}")
+    """Per-kernel time and traffic of one frame at 512², 5,120 and 81,920 faces."""
+    for sub in (4, 6):
+        r = Ours.renderer(icosphere(sub), (512, 512))
+        _, whole = timed(lambda r=r: Ours.frame(r), args.repeats)
+        rows = stages.profile(lambda r=r: Ours.frame(r), args.repeats, CLOCK[0])
+        print(f"\nforward at 512², {r.mesh.num_faces:,} faces, per frame (median):")
+        stages.print_table(rows, r.frame.pixels, whole)
 
 
 def grid_mesh(faces: int) -> Mesh:
@@ -381,6 +352,13 @@ def huge(args) -> None:
     )
 
 
+def threads(n: int | None) -> dict:
+    """``ti.init`` options for ``--threads n``; one thread switches the clock to CPU time."""
+    if n == 1:
+        CLOCK[0] = time.process_time
+    return {"cpu_max_num_threads": n} if n else {}
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="cpu", choices=backend.ARCHS)
@@ -389,7 +367,8 @@ def parse_args(argv):
     p.add_argument("--subdivisions", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=None, help="timed calls after the first")
     p.add_argument("--no-peers", dest="peers", action="store_false", help="ours only")
-    p.add_argument("--profile", action="store_true", help="per-stage times at 512²")
+    p.add_argument("--threads", type=int, help="CPU threads (1: time CPU time, not wall time)")
+    p.add_argument("--profile", action="store_true", help="only per-kernel times at 512²")
     p.add_argument("--huge", action="store_true", help="10 M faces at 2048×1024, peak RSS")
     args = p.parse_args(argv)
     args.sizes = args.sizes or ([256, 512] if args.quick else [256, 512, 1024])
@@ -401,12 +380,13 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    arch = backend.init(args.arch, "f32")
-    print(f"taichi_dr forward benchmark: arch {arch}, f32, median of {args.repeats} calls")
-    rows = benchmark(args)
-    print_scaling(rows, args)
+    arch = backend.init(args.arch, "f32", **threads(args.threads))
+    clock = "CPU time, 1 thread" if args.threads == 1 else "wall time"
+    print(f"taichi_dr forward: arch {arch}, f32, median of {args.repeats} calls ({clock})")
     if args.profile:
         profile(args)
+    else:
+        print_scaling(benchmark(args), args)
     if args.huge:
         huge(args)
     return 0

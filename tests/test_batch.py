@@ -56,6 +56,42 @@ def test_instances_and_per_view_lights():
     np.testing.assert_allclose(out.image[1], single.render().image, atol=1e-12)
 
 
+def test_per_view_light_counts_gradients(rng):
+    """Light sets of different counts in one batch (the reverse pass then compiles every
+    light slot) give the gradients of single views (whose reverse compiles their lights
+    exactly, SH environment included)."""
+    mesh = blob(1)
+    settings = RenderSettings("lambert")
+    second = dict(
+        directional=[((-1.0, 0.2, 0.5), (0.4, 0.5, 0.6)), ((0.2, 1.0, 0.3), (0.3, 0.3, 0.2))],
+        point=[((0.5, 1.5, 1.5), (2.0, 1.8, 1.5))],
+        sh=rng.uniform(0.0, 0.2, (9, 3)),
+    )
+    weights = rng.uniform(-1, 1, (2, H, W, 3))
+    batch = Renderer(mesh, _cams()[:2], settings)
+    batch.set_lights_per_view()
+    batch.lights.set(view=1, **second)
+    _, g_pos, g_base = _gradients(batch, weights)
+    singles = [Renderer(mesh, cam, settings) for cam in _cams()[:2]]
+    singles[1].lights.set(**second)
+    results = [_gradients(r, weights[b]) for b, r in enumerate(singles)]
+    np.testing.assert_allclose(g_pos, sum(r[1] for r in results), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(g_base, sum(r[2] for r in results), rtol=1e-9, atol=1e-12)
+
+
+def test_positions_only_gradients_equal_all_groups(rng):
+    """``grads=("positions",)`` (the vertex stage then transforms with gradient-less
+    matrices) gives the positions gradient of ``grads="all"``."""
+    mesh = blob(1)
+    weights = rng.uniform(-1, 1, (2, H, W, 3))
+    g = [
+        _gradients(Renderer(mesh, _cams()[:2], RenderSettings(grads=grads)), weights)[1]
+        for grads in ("all", ("positions",))
+    ]
+    assert np.abs(g[0]).max() > 0
+    np.testing.assert_allclose(g[1], g[0], rtol=1e-12, atol=1e-14)
+
+
 def test_bad_batches():
     mesh = blob(1)
     r = Renderer(mesh, _cams(), RenderSettings())

@@ -38,11 +38,23 @@ def perspective_barycentrics(
 
 
 @ti.func
-def _lerp(lam, values: ti.template(), base: ti.i32, f):
+def lerp(lam, values: ti.template(), base: ti.i32, f):
     """Σ λ_k values[base + f_k]: a vertex attribute at a point of face f."""
     return (
         lam[0] * values[base + f[0]] + lam[1] * values[base + f[1]] + lam[2] * values[base + f[2]]
     )
+
+
+@ti.func
+def uv_footprint(c0, c1, c2, p, uv, uvs: ti.template(), base: ti.i32, f, height, width):
+    """The uv distance from ``uv`` (the value at NDC point p of face f, clip vertices
+    c0 c1 c2) to the next pixel along x or y (the larger), on the face's plane: a pixel's
+    texture footprint for mip selection."""
+    lx = perspective_barycentrics(c0, c1, c2, p + ti.Vector([2.0 / width, 0.0]))
+    ly = perspective_barycentrics(c0, c1, c2, p + ti.Vector([0.0, -2.0 / height]))
+    dx = lerp(lx, uvs, base, f) - uv
+    dy = lerp(ly, uvs, base, f) - uv
+    return ti.sqrt(ti.max(dx.norm_sqr(), dy.norm_sqr()) + 1e-30)  # finite grad at 0
 
 
 @ti.func
@@ -105,10 +117,10 @@ def _surface(
         cw = ti.Vector([0.0, 0.0, 0.0])
         uw = ti.Vector([0.0, 0.0])
         if t >= 0:
-            pw = _lerp(lam, world, b * V, f)
-            nw = _lerp(lam, normal, b * V, f)
-            cw = _lerp(lam, colors, b * colors_stride, f)
-            uw = _lerp(lam, uvs, b * uvs_stride, f)
+            pw = lerp(lam, world, b * V, f)
+            nw = lerp(lam, normal, b * V, f)
+            cw = lerp(lam, colors, b * colors_stride, f)
+            uw = lerp(lam, uvs, b * uvs_stride, f)
         position_out[i] = pw
         normal_out[i] = nw
         color_out[i] = cw
@@ -135,13 +147,8 @@ def _footprint(
             f = faces[t]
             c0, c1, c2 = clip[b * V + f[0]], clip[b * V + f[1]], clip[b * V + f[2]]
             p = arrays.pixel_ndc(y, x, H, W)
-            la = perspective_barycentrics(c0, c1, c2, p)
-            lx = perspective_barycentrics(c0, c1, c2, p + ti.Vector([2.0 / W, 0.0]))
-            ly = perspective_barycentrics(c0, c1, c2, p + ti.Vector([0.0, -2.0 / H]))
-            uv = _lerp(la, uvs, b * uvs_stride, f)
-            dx = _lerp(lx, uvs, b * uvs_stride, f) - uv
-            dy = _lerp(ly, uvs, b * uvs_stride, f) - uv
-            size = ti.sqrt(ti.max(dx.norm_sqr(), dy.norm_sqr()) + 1e-30)  # finite grad at 0
+            uv = lerp(perspective_barycentrics(c0, c1, c2, p), uvs, b * uvs_stride, f)
+            size = uv_footprint(c0, c1, c2, p, uv, uvs, b * uvs_stride, f, H, W)
         out[i] = size
 
 
@@ -167,14 +174,14 @@ def _channel_kernel(channels: int):
                 t = tri[i]
                 v = ti.Vector([0.0] * channels)  # not ti.zero(out[i]): that is out[i] · 0
                 if t >= 0:
-                    v = _lerp(bary[i], values, (i // n) * stride, faces[t])
+                    v = lerp(bary[i], values, (i // n) * stride, faces[t])
                 out[i] = v
 
         _CHANNEL_KERNELS[channels] = interpolate_channels
     return _CHANNEL_KERNELS[channels]
 
 
-def _stride(values, frame: Frame, n_vertices: int) -> int:
+def vertex_stride(values, frame: Frame, n_vertices: int) -> int:
     """0 for per-vertex values shared by the views, V for one copy per view (B·V rows)."""
     rows = values.shape[0]
     if rows == n_vertices:
@@ -215,8 +222,8 @@ def surface(clip, faces, triangle_id, frame: Frame, n_vertices: int, vertex, pix
         normal,
         colors,
         uvs,
-        _stride(colors, frame, n_vertices),
-        _stride(uvs, frame, n_vertices),
+        vertex_stride(colors, frame, n_vertices),
+        vertex_stride(uvs, frame, n_vertices),
         *pixel,
     )
 
@@ -226,7 +233,7 @@ def footprint(uvs, clip, faces, triangle_id, frame: Frame, n_vertices: int, out)
     same triangle's plane — the pixel's texture footprint for mip selection."""
     _footprint(
         uvs,
-        _stride(uvs, frame, n_vertices),
+        vertex_stride(uvs, frame, n_vertices),
         clip,
         faces,
         triangle_id,
@@ -246,7 +253,7 @@ def interpolate(
     kernel = _channel_kernel(channels)
     (kernel.grad if backward else kernel)(
         values,
-        _stride(values, frame, n_vertices),
+        vertex_stride(values, frame, n_vertices),
         faces,
         triangle_id,
         bary,

@@ -148,21 +148,36 @@ class RenderResult:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _aov(name: str):
+    """A surface AOV of ``_Pixels``, filled on its first read after the pixel pass."""
+
+    def read(self):
+        if self.pending is not None:
+            fill, self.pending = self.pending, None
+            fill()
+        return self.aovs[name]
+
+    return property(read)
+
+
 class _Pixels:
     """The per-pixel buffers of one frame: each (B·H·W,) with a vector or scalar
-    element; the differentiable ones with gradients where the settings need them."""
+    element; the outputs (image, alpha, ...) with gradients. The fused pixel pass
+    (``shading.shade_surface``) stores no intermediates: the surface AOVs ``bary``,
+    ``depth``, ``position``, ``normal``, ``color`` and ``uv`` are interpolated when first
+    read after it (``pending``)."""
 
-    def __init__(self, frame: Frame, geometry: bool, colors: bool, uvs: bool, layers: int):
+    bary, depth, position = _aov("bary"), _aov("depth"), _aov("position")
+    normal, color, uv = _aov("normal"), _aov("color"), _aov("uv")
+
+    def __init__(self, frame: Frame, layers: int):
         n = frame.pixels
         self.frame = frame
-        self.bary = arrays.empty(n, 3, grad=geometry)
-        self.depth = arrays.empty(n, grad=geometry)
-        self.position = arrays.empty(n, 3, grad=geometry)
-        self.normal = arrays.empty(n, 3, grad=geometry)
-        self.color = arrays.empty(n, 3, grad=geometry or colors)
-        self.uv = arrays.empty(n, 2, grad=geometry or uvs)
-        self.footprint = arrays.empty(n, grad=geometry or uvs)
-        self.shaded = arrays.empty(n, 3, grad=True)
+        channels = dict(bary=3, depth=0, position=3, normal=3, color=3, uv=2)
+        self.aovs = {name: arrays.empty(n, c) for name, c in channels.items()}
+        self.pending = None  # a function that fills the AOVs, or None when they are current
+        self.footprint = arrays.empty(n)  # depth-peeled layers: the per-stage path
+        self.shaded = arrays.empty(n, 3)
         self.image = arrays.empty(n, 3, grad=True)
         self.alpha = arrays.empty(n, grad=True)
         self.accum = arrays.empty(layers * n, 3) if layers > 1 else None
@@ -170,6 +185,11 @@ class _Pixels:
         self.edges = None  # mode antialias / nmr: silhouette edges, (2·N,) ivec3
         self.final = None  # their output image
         self.silhouette = None  # mode soft: coverage
+
+    def surface(self) -> tuple:
+        """The AOV arrays, to be written now (a pending fill is dropped)."""
+        self.pending = None
+        return tuple(self.aovs.values())
 
     def edge_buffers(self, faces: int):
         """Silhouette edges of each pixel pair and the (view, face) classification."""
@@ -290,10 +310,10 @@ class Renderer:
             old.texture_wrap,
         ) and self.texture is not None:
             self.set_texture(self.texture.image())
-        if settings.grads != old.grads or settings.layers != old.layers:
-            self.pixels = None  # buffers with the gradients the new settings need
-            if self._geometry != self.vertex.grad:
-                self.vertex.set_grad(self._geometry)
+        if settings.layers != old.layers:
+            self.pixels = None  # buffers for the new number of layers
+        if self._geometry != self.vertex.grad:
+            self.vertex.set_grad(self._geometry)
 
     def set_camera(self, camera) -> None:
         """One :class:`Camera`, or a sequence of cameras (one view each, one resolution);
@@ -351,13 +371,7 @@ class Renderer:
     def _buffers(self) -> _Pixels:
         s = self.settings
         if self.pixels is None:
-            self.pixels = _Pixels(
-                self.frame,
-                self._geometry,
-                s.differentiates("colors"),
-                s.differentiates("uvs"),
-                s.layers,
-            )
+            self.pixels = _Pixels(self.frame, s.layers)
         return self.pixels
 
     def _input(self, array, group: str):
@@ -412,12 +426,15 @@ class Renderer:
             peel=peel,
         )
         mode = self.settings.mode
+        if self.pixels is not None:
+            self.pixels.pending = None  # the last pixel pass's AOVs are out of date
         if mode in EDGE_MODES:
             p = self._buffers()
             m = self.mesh
+            bary, depth = p.surface()[:2]
             interpolate.barycentrics(
                 self.vertex.clip, m.faces, self.triangle_id, self.frame, m.num_vertices,
-                p.bary, p.depth,
+                bary, depth,
             )  # fmt: skip
             edges, bits = p.edge_buffers(m.num_faces)
             silhouette.detect(
@@ -493,16 +510,60 @@ class Renderer:
             batched=m.instances > 1,
         )
 
-    def _shade_layer(self) -> None:
-        s, p, m = self.settings, self._buffers(), self.mesh
-        tri = self.raster.triangle_id
-        vertex = (
+    def _vertex_attributes(self) -> tuple:
+        m = self.mesh
+        return (
             self.vertex.world,
             self.vertex.normal,
             self._input(m.colors, "colors"),
             self._input(m.uvs, "uvs"),
         )
-        pixel = (p.bary, p.depth, p.position, p.normal, p.color, p.uv)
+
+    def _shade_pixels(self) -> None:
+        """The fused pixel pass: interpolate, texture, shade and composite into
+        ``image`` and ``alpha``; the AOVs are interpolated when first read."""
+        s, p, m = self.settings, self._buffers(), self.mesh
+        sampler = None
+        if self.texture is not None:
+            sampler = self.texture.forward(grad=s.differentiates("texture"))
+        lights = self.lights
+        shading.shade_surface(
+            s.shading,
+            self.frame,
+            self.raster.triangle_id,
+            self.vertex.clip,
+            m.faces,
+            m.num_vertices,
+            self._vertex_attributes(),
+            self._input(self.vertex.eye, "camera"),
+            self.material.array(s.differentiates("material")),
+            lights.array(s.differentiates("lights")),
+            lights.counts,
+            sampler,
+            self._background(),
+            p.image,
+            p.alpha,
+        )
+        p.pending = self._interpolate_aovs
+
+    def _interpolate_aovs(self) -> None:
+        m, v = self.mesh, self.vertex
+        arrays.untaped(
+            interpolate.surface,
+            v.clip,
+            m.faces,
+            self.raster.triangle_id,
+            self.frame,
+            m.num_vertices,
+            (v.world, v.normal, m.colors, m.uvs),
+            self.pixels.surface(),
+        )
+
+    def _shade_layer(self) -> None:
+        s, p, m = self.settings, self._buffers(), self.mesh
+        tri = self.raster.triangle_id
+        vertex = self._vertex_attributes()
+        pixel = p.surface()
         interpolate.surface(
             self.vertex.clip, m.faces, tri, self.frame, m.num_vertices, vertex, pixel
         )
@@ -541,15 +602,7 @@ class Renderer:
         if s.mode == "soft":
             self._shade_soft()
             return
-        self._shade_layer()
-        blend.composite(
-            self.raster.triangle_id,
-            p.shaded,
-            self.material.array(s.differentiates("material")),
-            self._background(),
-            p.image,
-            p.alpha,
-        )
+        self._shade_pixels()
         if s.mode == "antialias":
             antialias(p.image, p.edges, self.vertex.clip, self.frame, p.final)
         elif s.mode == "nmr":

@@ -19,7 +19,10 @@ flipped. "normals" shows n·½+½ and "unlit" the albedo.
 Array version (issue 13, compile once): ``Material`` (the material as one packed
 array, ``MATERIAL_LAYOUT``), the ``ti.func`` s ``radiance`` and ``shade_point`` over
 packed material and lights (per-pixel and per-vertex shading share them), and ``shade``,
-one kernel over the B·H·W pixels of a batch.
+one kernel over the B·H·W pixels of a batch. ``shade_surface`` is the renderer's fused
+pass: interpolation, texture, shading and compositing over the background in one kernel
+per pixel, from the triangle ids to the image (no per-pixel intermediates are stored;
+the backward pass recomputes them).
 """
 
 import math
@@ -30,7 +33,8 @@ import taichi as ti
 
 from ..errors import UserError
 from . import arrays
-from .arrays import Int, IVec3, Real, Vec2, Vec3
+from .arrays import Int, IVec3, Real, Vec2, Vec3, Vec4
+from .interpolate import lerp, perspective_barycentrics, uv_footprint, vertex_stride
 from .lights import (
     AMBIENT,
     DIR_COLOR,
@@ -73,20 +77,17 @@ def reflected(
 ):
     """π f_r · cos θ of ``model`` for unit normal n, light direction l and view direction
     v; 0 when the light is behind the surface (shared by every shading kernel)."""
-    out = ti.Vector([0.0, 0.0, 0.0])
     nl = n.dot(l)
-    if nl > 0.0:
-        if ti.static(model == MODELS["ggx"]):
-            out = ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
-        else:
-            out = albedo * nl
-        if ti.static(model == MODELS["phong"]):
-            r = 2.0 * nl * n - l
-            out += ks * ti.pow(ti.max(r.dot(v), 1e-12), shininess)
-        if ti.static(model == MODELS["blinn-phong"]):
-            h = (l + v).normalized(1e-12)
-            out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
-    return out
+    out = albedo * nl
+    if ti.static(model == MODELS["ggx"]):
+        out = ((1.0 - metal) * albedo + ggx_specular(n, l, v, rough, f0)) * nl
+    if ti.static(model == MODELS["phong"]):
+        r = 2.0 * nl * n - l
+        out += ks * ti.pow(ti.max(r.dot(v), 1e-12), shininess)
+    if ti.static(model == MODELS["blinn-phong"]):
+        h = (l + v).normalized(1e-12)
+        out += ks * ti.pow(ti.max(n.dot(h), 1e-12), shininess)
+    return ti.select(nl > 0.0, out, 0.0)
 
 
 MATERIAL_LAYOUT = Layout(
@@ -135,6 +136,107 @@ class Material(Packed):
 
 
 @ti.func
+def sh_in_use(lights: ti.template(), s):
+    """1 when a coefficient of light set s's SH environment is not 0, else 0 (adding a
+    zero environment changes no colour, but its coefficients' gradients need the term)."""
+    o = s * LIGHTS_SIZE + SH
+    used = 0
+    for k in ti.static(range(27)):
+        used |= ti.cast(lights[o + k] != 0.0, ti.i32)  # Python's ``or`` would branch
+    return used
+
+
+ALL_SLOTS = (MAX_DIRECTIONAL, MAX_POINT, False, True)
+"""The lights a shading kernel compiles: (directional slots, point slots, exact, SH).
+Every slot, each skipped at run time beyond the light set's count, and the SH environment
+(compiled once); or with ``exact`` True exactly the first slots, which every set uses, and
+the SH term only where ``SH`` is True (compiled per count: no branches, whose reverse pass
+Taichi makes slow)."""
+
+
+def light_slots(lights, light_counts) -> tuple:
+    """The exact lights (see ``ALL_SLOTS``) of packed ``lights`` and ``light_counts``:
+    the SH term where a coefficient is not 0 or ``lights`` has gradients; every slot when
+    the sets' counts differ."""
+    counts = light_counts.to_numpy().reshape(-1, 2)
+    if (counts != counts[0]).any():
+        return ALL_SLOTS
+    sh = getattr(lights, "grad", None) is not None
+    sh = sh or bool(lights.to_numpy().reshape(-1, LIGHTS_SIZE)[:, SH : SH + 27].any())
+    return (int(counts[0, 0]), int(counts[0, 1]), True, sh)
+
+
+def _slot(i: int) -> tuple:
+    """Light slot i as (kind, index): (0, i) directional, then (1, i − 4) point."""
+    return (0, i) if i < MAX_DIRECTIONAL else (1, i - MAX_DIRECTIONAL)
+
+
+@ti.func
+def _light(
+    model: ti.template(),
+    i: ti.template(),
+    albedo,
+    n,
+    v,
+    p,
+    lights: ti.template(),
+    o,
+    f0,
+    material: ti.template(),
+):
+    """The light reflected from light slot i (directional, then point) of the set at
+    ``lights[o]``."""
+    l = ti.Vector([0.0, 0.0, 1.0])
+    light = ti.Vector([0.0, 0.0, 0.0])
+    if ti.static(i < MAX_DIRECTIONAL):
+        l = arrays.vec3_at(lights, o + DIR_DIRECTION + 3 * i).normalized(1e-12)
+        light = arrays.vec3_at(lights, o + DIR_COLOR + 3 * i)
+    else:
+        j = 3 * (i - MAX_DIRECTIONAL)
+        d = arrays.vec3_at(lights, o + POINT_POSITION + j) - p
+        dist2 = ti.max(d.dot(d), 1e-12)
+        l = d / ti.sqrt(dist2)
+        light = arrays.vec3_at(lights, o + POINT_COLOR + j) / dist2
+    ks, shin = material[SPECULAR], material[SHININESS]
+    rough, metal = material[ROUGHNESS], material[METALLIC]
+    return light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
+
+
+@ti.func
+def _radiance(
+    model: ti.template(),
+    albedo,
+    n,
+    v,
+    p,
+    material: ti.template(),
+    lights: ti.template(),
+    counts: ti.template(),
+    s,
+    sh,
+    slots: ti.template(),
+):
+    """``radiance``, with the SH environment only where ``sh`` is not 0, over the light
+    ``slots`` (see ``ALL_SLOTS``)."""
+    o = s * LIGHTS_SIZE
+    ambient = arrays.vec3_at(lights, o + AMBIENT)
+    if ti.static(slots[3]):
+        if sh != 0:
+            ambient = ambient + sh_irradiance_at(lights, o + SH, n)
+    c = albedo * ambient
+    metal = material[METALLIC]
+    f0 = (1.0 - metal) * 0.08 * material[SPECULAR] + metal * albedo
+    for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
+        kind, slot = ti.static(_slot(i))
+        if ti.static(slot < slots[kind]):
+            if ti.static(slots[2]):
+                c += _light(model, i, albedo, n, v, p, lights, o, f0, material)
+            elif counts[2 * s + kind] > slot:  # beyond the set's count: skipped at run time
+                c += _light(model, i, albedo, n, v, p, lights, o, f0, material)
+    return c
+
+
+@ti.func
 def radiance(
     model: ti.template(),
     albedo,
@@ -149,34 +251,33 @@ def radiance(
     """Radiance leaving point p with unit normal n towards unit view direction v under
     light set ``s`` (packed ``lights``, ``counts``) with the packed ``material``; albedo
     includes the base colour. Shared by the per-pixel and the per-vertex shading."""
-    o = s * LIGHTS_SIZE
-    c = albedo * (arrays.vec3_at(lights, o + AMBIENT) + sh_irradiance_at(lights, o + SH, n))
-    ks = material[SPECULAR]
-    shin = material[SHININESS]
-    rough = material[ROUGHNESS]
-    metal = material[METALLIC]
-    f0 = (1.0 - metal) * 0.08 * ks + metal * albedo
-    for i in ti.static(range(MAX_DIRECTIONAL + MAX_POINT)):
-        # lights beyond the count are skipped (a runtime branch: no recompilation)
-        used = (
-            counts[2 * s] > i
-            if ti.static(i < MAX_DIRECTIONAL)
-            else (counts[2 * s + 1] > i - MAX_DIRECTIONAL)
-        )
-        if used:
-            l = ti.Vector([0.0, 0.0, 1.0])
-            light = ti.Vector([0.0, 0.0, 0.0])
-            if ti.static(i < MAX_DIRECTIONAL):
-                l = arrays.vec3_at(lights, o + DIR_DIRECTION + 3 * i).normalized(1e-12)
-                light = arrays.vec3_at(lights, o + DIR_COLOR + 3 * i)
-            else:
-                j = 3 * (i - MAX_DIRECTIONAL)
-                d = arrays.vec3_at(lights, o + POINT_POSITION + j) - p
-                dist2 = ti.max(d.dot(d), 1e-12)
-                l = d / ti.sqrt(dist2)
-                light = arrays.vec3_at(lights, o + POINT_COLOR + j) / dist2
-            c += light * reflected(model, albedo, n, l, v, ks, shin, rough, metal, f0)
-    return c
+    return _radiance(model, albedo, n, v, p, material, lights, counts, s, 1, ALL_SLOTS)
+
+
+@ti.func
+def _shade_point(
+    model: ti.template(),
+    color,
+    n,
+    v,
+    p,
+    material: ti.template(),
+    lights: ti.template(),
+    counts: ti.template(),
+    s,
+    sh,
+    slots: ti.template(),
+):
+    """``shade_point``, with the SH environment only where ``sh`` is not 0, over the
+    light ``slots`` (see ``ALL_SLOTS``)."""
+    n = n * ti.select(n.dot(v) < 0.0, -1.0, 1.0)
+    albedo = arrays.vec3_at(material, BASE_COLOR) * color
+    out = albedo
+    if ti.static(model == MODELS["normals"]):
+        out = n * 0.5 + 0.5
+    elif ti.static(model != MODELS["unlit"]):
+        out = _radiance(model, albedo, n, v, p, material, lights, counts, s, sh, slots)
+    return out
 
 
 @ti.func
@@ -194,14 +295,7 @@ def shade_point(
     """The colour of ``model`` at point p: ``color`` (vertex colour × texture) times the
     base colour lit by ``radiance``, or the normal / albedo views; n is flipped towards
     v (two-sided)."""
-    n = n * ti.select(n.dot(v) < 0.0, -1.0, 1.0)
-    albedo = arrays.vec3_at(material, BASE_COLOR) * color
-    out = albedo
-    if ti.static(model == MODELS["normals"]):
-        out = n * 0.5 + 0.5
-    elif ti.static(model != MODELS["unlit"]):
-        out = radiance(model, albedo, n, v, p, material, lights, counts, s)
-    return out
+    return _shade_point(model, color, n, v, p, material, lights, counts, s, 1, ALL_SLOTS)
 
 
 @ti.kernel
@@ -268,6 +362,18 @@ def _require(name: str, array, n: int) -> None:
         raise UserError(f"shade: {name} has {array.shape[0]} entries, expected {n}")
 
 
+def _lights_batched(lights, light_counts, views: int) -> bool:
+    """Whether ``lights`` holds one set per view (else one shared set); checks the sizes."""
+    if lights.shape[0] not in (LIGHTS_SIZE, views * LIGHTS_SIZE):
+        raise UserError(
+            f"shade: lights has {lights.shape[0]} entries; pass one set ({LIGHTS_SIZE}) "
+            f"or one per view ({views} × {LIGHTS_SIZE})"
+        )
+    batched = lights.shape[0] != LIGHTS_SIZE
+    _require("light_counts", light_counts, 2 * (views if batched else 1))
+    return batched
+
+
 def shade(
     model: str,
     frame: arrays.Frame,
@@ -309,13 +415,7 @@ def shade(
         _require(name, a, n)
     _require("eye", eye, views)
     _require("material", material, MATERIAL_SIZE)
-    if lights.shape[0] not in (LIGHTS_SIZE, views * LIGHTS_SIZE):
-        raise UserError(
-            f"shade: lights has {lights.shape[0]} entries; pass one set ({LIGHTS_SIZE}) "
-            f"or one per view ({views} × {LIGHTS_SIZE})"
-        )
-    batched = lights.shape[0] != LIGHTS_SIZE
-    _require("light_counts", light_counts, 2 * (views if batched else 1))
+    batched = _lights_batched(lights, light_counts, views)
     if texture is None:
         uv_, footprint_, texels, levels = _dummies()
         uv, footprint = uv_ if uv is None else uv, footprint_ if footprint is None else footprint
@@ -345,3 +445,196 @@ def shade(
         levels,
         image,
     )
+
+
+@ti.func
+def _surface(
+    model: ti.template(),
+    textured: ti.template(),
+    filter: ti.template(),
+    wrap: ti.template(),
+    t,
+    b,
+    ndc,
+    height,
+    width,
+    n_vertices,
+    colors_stride,
+    uvs_stride,
+    clip: ti.template(),
+    faces: ti.template(),
+    world: ti.template(),
+    normal: ti.template(),
+    colors: ti.template(),
+    uvs: ti.template(),
+    eye,
+    material: ti.template(),
+    lights: ti.template(),
+    counts: ti.template(),
+    s,
+    sh,
+    texels: ti.template(),
+    levels: ti.template(),
+    slots: ti.template(),
+):
+    """The shaded colour of face t ≥ 0 of view b at NDC point ``ndc`` (a pixel centre,
+    ``height`` × ``width`` pixels): interpolation, texture and ``_shade_point`` with light
+    set s (SH environment where ``sh`` is not 0)."""
+    f = faces[t]
+    base = b * n_vertices
+    c0, c1, c2 = clip[base + f[0]], clip[base + f[1]], clip[base + f[2]]
+    lam = perspective_barycentrics(c0, c1, c2, ndc)
+    p = lerp(lam, world, base, f)
+    c = lerp(lam, colors, b * colors_stride, f)
+    if ti.static(textured):
+        uv = lerp(lam, uvs, b * uvs_stride, f)
+        size = uv_footprint(c0, c1, c2, ndc, uv, uvs, b * uvs_stride, f, height, width)
+        c *= sample(texels, levels, filter, wrap, uv, size)
+    v = (eye - p).normalized(1e-12)
+    n = lerp(lam, normal, base, f).normalized(1e-12)
+    return _shade_point(model, c, n, v, p, material, lights, counts, s, sh, slots)
+
+
+@ti.kernel
+def _shade_surface(
+    model: ti.template(),
+    textured: ti.template(),
+    filter: ti.template(),
+    wrap: ti.template(),
+    batched: ti.template(),
+    views: ti.i32,
+    height: ti.i32,
+    width: ti.i32,
+    n_vertices: ti.i32,
+    colors_stride: ti.i32,
+    uvs_stride: ti.i32,
+    tri: Int,
+    clip: Vec4,
+    faces: IVec3,
+    world: Vec3,
+    normal: Vec3,
+    colors: Vec3,
+    uvs: Vec2,
+    eye: Vec3,
+    material: Real,
+    lights: Real,
+    counts: Int,
+    texels: Vec3,
+    levels: IVec3,
+    background: Vec3,
+    image: Vec3,
+    alpha: Real,
+    forward: ti.template(),
+    slots: ti.template(),
+):
+    """One flat loop over the pixels; differentiable (Taichi's reverse mode) with
+    ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0.
+    No local is assigned on both sides of a runtime branch (nor in ``reflected``): Taichi's
+    reverse pass keeps such locals on its autodiff stacks, which made it 1.4× slower."""
+    for i in range(tri.shape[0]):
+        t = tri[i]
+        bg = background[ti.select(background.shape[0] == 1, 0, i)]
+        if t >= 0:
+            b, y, x = arrays.pixel(i, height, width)
+            s = b if ti.static(batched) else 0
+            sh = sh_in_use(lights, s) if ti.static(forward) else 1
+            out = _surface(
+                model, textured, filter, wrap, t, b, arrays.pixel_ndc(y, x, height, width),
+                height, width, n_vertices, colors_stride, uvs_stride, clip, faces, world,
+                normal, colors, uvs, eye[b], material, lights, counts, s, sh, texels, levels,
+                slots,
+            )  # fmt: skip
+            a = material[OPACITY]
+            image[i] = a * out + (1.0 - a) * bg
+            alpha[i] = a
+        else:
+            image[i] = bg
+            alpha[i] = 0.0
+
+
+@ti.ad.grad_replaced
+def _shade_pixels(args: tuple, lights, light_counts) -> None:
+    _shade_surface(*args, True, ALL_SLOTS)
+
+
+@ti.ad.grad_for(_shade_pixels)
+def _shade_pixels_grad(args: tuple, lights, light_counts) -> None:
+    """The reverse pass, compiled for the lights in use (see ``ALL_SLOTS``)."""
+    _shade_surface.grad(*args, False, light_slots(lights, light_counts))
+
+
+def shade_surface(
+    model: str,
+    frame: arrays.Frame,
+    triangle_id,
+    clip,
+    faces,
+    n_vertices: int,
+    vertex,
+    eye,
+    material,
+    lights,
+    light_counts,
+    texture: Sampler | None,
+    background,
+    image,
+    alpha,
+    backward: bool = False,
+) -> None:
+    """The renderer's pixel pass in one kernel: for the N = B·H·W pixels of ``frame``,
+    interpolate the surface of face ``triangle_id`` (N,) (as ``interpolate.surface`` and
+    ``interpolate.footprint``, from ``clip`` (B·V,) vec4, ``faces`` and ``vertex`` =
+    (world (B·V,), normal (B·V,), colors, uvs), colours and uvs (V,) or (B·V,)), shade
+    it (as :func:`shade`) and composite it over ``background`` (as
+    ``blend.composite``): ``image`` (N,) vec3 and ``alpha`` (N,) = opacity where covered,
+    else 0. ``background``: one colour (1,) vec3 or one per pixel (N,). Differentiable in
+    every real input that carries gradients (``backward=True``: the reverse pass, which
+    recomputes the interpolation instead of reading stored intermediates)."""
+    if model not in MODELS:
+        raise UserError(f"unknown shading {model!r}; choose one of {', '.join(MODELS)}")
+    n, views = frame.pixels, frame.views
+    for name, a in (("triangle_id", triangle_id), ("image", image), ("alpha", alpha)):
+        _require(name, a, n)
+    if background.shape[0] not in (1, n):
+        raise UserError(
+            f"shade_surface: background must be one colour (1,) or one per pixel ({n},), "
+            f"got {background.shape[0]}"
+        )
+    _require("eye", eye, views)
+    _require("material", material, MATERIAL_SIZE)
+    batched = _lights_batched(lights, light_counts, views)
+    world, normal, colors, uvs = vertex
+    if texture is None:
+        texels, levels = _dummies()[2:]
+        statics = (False, 0, 0)
+    else:
+        texels, levels = texture.texels, texture.levels
+        statics = (True, FILTERS.index(texture.filter), WRAPS.index(texture.wrap))
+    args = (
+        MODELS[model],
+        *statics,
+        batched,
+        views,
+        frame.height,
+        frame.width,
+        n_vertices,
+        vertex_stride(colors, frame, n_vertices),
+        vertex_stride(uvs, frame, n_vertices),
+        triangle_id,
+        clip,
+        faces,
+        world,
+        normal,
+        colors,
+        uvs,
+        eye,
+        material,
+        lights,
+        light_counts,
+        texels,
+        levels,
+        background,
+        image,
+        alpha,
+    )
+    (_shade_pixels.grad if backward else _shade_pixels)(args, lights, light_counts)

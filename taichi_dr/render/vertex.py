@@ -183,7 +183,9 @@ class VertexStage:
     per-view matrices ``mats`` (B·41,) (model, view_proj, normal matrix, row-major) and
     ``eye`` (B,) vec3 (camera position in world space); and the outputs ``world``,
     ``normal`` (B·V,) vec3 and ``clip`` (B·V,) vec4. ``grad=False`` builds the matrices
-    and outputs without gradients (their reverse-mode work is compiled out).
+    and outputs without gradients (their reverse-mode work is compiled out);
+    ``camera_grad=False`` transforms with a gradient-less copy of the matrices (the
+    reverse pass then adds nothing to them: no per-vertex atomics).
     """
 
     def __init__(self, grad: bool = True):
@@ -216,6 +218,7 @@ class VertexStage:
 
     def _allocate(self) -> None:
         self.mats = arrays.empty(self.views * MATS, grad=self.grad)
+        self._fixed_mats = arrays.empty(self.views * MATS) if self.grad else self.mats
         self.eye = arrays.empty(self.views, 3, grad=self.grad)
         self.capacity = 0
         self._written = None
@@ -239,7 +242,10 @@ class VertexStage:
         theta = self._theta()
         if theta.tobytes() != self._written:
             out = matrices(theta, *self._base).astype(backend.np_real())
-            self.mats.from_numpy(np.ascontiguousarray(out[:, :MATS]).ravel())
+            mats = np.ascontiguousarray(out[:, :MATS]).ravel()
+            self.mats.from_numpy(mats)
+            if self._fixed_mats is not self.mats:
+                self._fixed_mats.from_numpy(mats)
             self.eye.from_numpy(np.ascontiguousarray(out[:, MATS:]))
             self._written = theta.tobytes()
 
@@ -271,7 +277,7 @@ class VertexStage:
             n_vertices if batched else 0,
             self.views,
             n_vertices,
-            self.mats,
+            self.mats if self.camera_grad else self._fixed_mats,
             self.world,
             self.normal,
             self.clip,
