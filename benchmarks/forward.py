@@ -279,7 +279,8 @@ def benchmark(args) -> list[dict]:
             print(line, flush=True)
             rows.append(row)
         if "GL" in others:  # the peers draw the same picture
-            diff = np.abs(others["GL"].image(res) - r.image.to_numpy()).mean()
+            gl = others["GL"].image(res)
+            diff = np.abs(gl - r.image.to_numpy().reshape(gl.shape)).mean()  # r.image: flat
             print(f"{'':>10} (mean |ours − GL| at {size}², last scene: {diff:.1e})")
     return rows
 
