@@ -10,8 +10,6 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "taichi_dr"
 WING = ("taichi_dr.apps", "taichi_dr.commands", "taichi_dr.cli", "taichi_dr.__main__")
-# applications that live beside their primitive (fit and view commands of splats, voxels)
-WING_USERS = {"taichi_dr.splat.fit", "taichi_dr.splat.cli", "taichi_dr.voxels.fit"}
 
 
 def _name(path: Path) -> str:
@@ -67,7 +65,7 @@ def test_library_does_not_import_the_wing():
     offenders = {
         (m, e)
         for m, edges in GRAPH.items()
-        if not m.startswith(WING) and m not in WING_USERS
+        if not m.startswith(WING)
         for e in edges
         if e.startswith(WING)
     }

@@ -11,9 +11,9 @@ import trimesh
 
 from taichi_dr import UserError, cli
 from taichi_dr.camera import Camera
+from taichi_dr.commands.splat import load, render_gaussians
 from taichi_dr.splat import camera as cameras
 from taichi_dr.splat import ply
-from taichi_dr.splat.cli import load, render_gaussians
 
 
 def _gaussians(rng, n=30, K=4):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from taichi_dr.splat import fit, ply
+from taichi_dr.apps import splat_fit as fit
+from taichi_dr.splat import ply
 
 ROOT = Path(__file__).resolve().parents[1]
 

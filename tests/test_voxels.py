@@ -189,7 +189,7 @@ def test_recorded_weights_and_pull_choose_the_blocks():
     """A render records each cell's (dense) or block's (sparse) largest sample weight T·α:
     for an opaque ball the hidden centre and the empty corners weigh nothing. Pruning keeps
     the active blocks seen; growth adds inactive blocks pulled harder than the kept median."""
-    from taichi_dr.voxels.fit import GROW_PULL, blocks_covering, next_blocks
+    from taichi_dr.apps.voxel_fit import GROW_PULL, blocks_covering, next_blocks
 
     x = (np.arange(N) + 0.5) / N * 2 - 1
     r = np.linalg.norm(np.stack(np.meshgrid(x, x, x, indexing="ij"), -1), axis=-1)

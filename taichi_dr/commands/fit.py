@@ -1,8 +1,8 @@
 """``taichi-dr fit APP``: inverse rendering from a deliberately wrong start.
 
 APP is geometry, pose, texture, material, lighting or joint (see :mod:`taichi_dr.apps.inverse`),
-voxels (a density + colour voxel grid, dense and sparse: :mod:`taichi_dr.voxels.fit`) or
-splats (3D Gaussians fitted to renders of a textured mesh: :mod:`taichi_dr.splat.fit`).
+voxels (a density + colour voxel grid, dense and sparse: :mod:`taichi_dr.apps.voxel_fit`) or
+splats (3D Gaussians fitted to renders of a textured mesh: :mod:`taichi_dr.apps.splat_fit`).
 Targets are rendered from the ground truth (the built-in shape, or ``--target-mesh``), or
 read from ``--target IMAGE... --cameras CAMERAS.json``. Writes to ``--out``: metrics.json
 (settings, per-iteration losses and metrics, final metrics, goals, time), loss.png,
@@ -22,13 +22,11 @@ from dataclasses import fields
 import numpy as np
 
 from .. import backend, io, scene
-from ..apps import inverse
+from ..apps import inverse, splat_fit, voxel_fit
 from ..apps.fit import View
 from ..apps.runner import Runner
 from ..camera import Camera, check_depth_range, from_opencv, numbers
 from ..errors import UserError
-from ..splat import fit as splat_fit
-from ..voxels import fit as voxel_fit
 
 DEFAULTS = {  # iterations, resolution, views
     "geometry": (200, 256, 8),
@@ -97,7 +95,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
     parser.add_argument("--checkpoint-every", type=int, default=10, help="iterations")
     parser.add_argument("--frame-every", type=int, default=5, help="iterations per GIF frame")
-    voxel_fit.add_arguments(parser.add_argument_group("voxels (taichi_dr.voxels.fit)"))
+    voxel_fit.add_arguments(parser.add_argument_group("voxels (taichi_dr.apps.voxel_fit)"))
     splat_fit.add_arguments(parser)
 
 

@@ -1,7 +1,7 @@
 """``taichi-dr render MESH``: render a mesh file to ``image.png`` and ``aov.npz``.
 
 A 3D Gaussian Splatting ``.ply`` or a point-cloud ``.ply`` is rendered by the splatter
-instead (:mod:`taichi_dr.splat.cli`).
+instead (:mod:`taichi_dr.commands.splat`).
 
 Without ``--eye`` the camera frames the mesh: it looks at the bounding-box centre from
 the front-right, above, at a distance that fits the bounding sphere into the view.
@@ -73,7 +73,7 @@ def frame_camera(vertices, args) -> Camera:
 
 
 def run(args) -> int:
-    from ..splat import cli as splat_cli
+    from . import splat as splat_cli
 
     if splat_cli.handles(args.mesh):
         return splat_cli.render(args, frame_camera)

@@ -3,7 +3,7 @@
 With ``--headless`` no window opens: ``--frames`` frames are drawn into an invisible GGUI
 window (turning ``--spin`` degrees each) and the last is written to ``OUT/view.png``.
 A 3D Gaussian Splatting or point-cloud ``.ply`` is shown by the splatter
-(:mod:`taichi_dr.splat.cli`).
+(:mod:`taichi_dr.commands.splat`).
 """
 
 import math
@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..splat import cli as splat_cli
+    from . import splat as splat_cli
 
     if splat_cli.handles(args.mesh):
         return splat_cli.view(args)

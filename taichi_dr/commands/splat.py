@@ -17,9 +17,9 @@ import numpy as np
 from .. import backend, io
 from ..camera import check_resolution
 from ..errors import UserError
-from . import camera as cameras
-from .pipeline import render as splat_render
-from .ply import SH_C0, Gaussians, is_gaussian_ply, point_radii, read_gaussians, read_points
+from ..splat import camera as cameras
+from ..splat.pipeline import render as splat_render
+from ..splat.ply import SH_C0, Gaussians, is_gaussian_ply, point_radii, read_gaussians, read_points
 
 
 def is_point_cloud(path) -> bool:

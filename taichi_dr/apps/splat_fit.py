@@ -37,15 +37,15 @@ import numpy as np
 import taichi as ti
 
 from .. import backend, io, optim, scene
-from ..apps import inverse
-from ..apps.orbit import ViewState
-from ..apps.runner import Runner
 from ..camera import Camera
 from ..errors import UserError
 from ..render.pipeline import RenderSettings
-from . import camera as cameras
-from .pipeline import render
-from .ply import SH_C0, Gaussians, write_gaussians
+from ..splat import camera as cameras
+from ..splat.pipeline import render
+from ..splat.ply import SH_C0, Gaussians, write_gaussians
+from . import inverse
+from .orbit import ViewState
+from .runner import Runner
 
 DEFAULTS = {"iters": 2000, "resolution": 128, "views": 48, "gaussians": 20000}
 TEST_VIEWS = 8

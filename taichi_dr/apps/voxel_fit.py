@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import backend, io, scene
-from ..apps.inverse import normalise, psnr
-from ..apps.runner import Runner
 from ..camera import Camera, orbit_eyes
 from ..errors import UserError
 from ..sim.volume import ray_table
-from .grid import DenseGrid, March, SparseGrid, check_resolution, resample
+from ..voxels.grid import DenseGrid, March, SparseGrid, check_resolution, resample
+from .inverse import normalise, psnr
+from .runner import Runner
 
 ASSET = Path(__file__).resolve().parents[2] / "assets" / "textured.obj"
 BOX = (np.full(3, -1.1), np.full(3, 1.1))  # the asset fills [-1, 1]³
@@ -96,8 +96,8 @@ def target_mesh(path=None) -> scene.Mesh:
 def ground_truth(mesh, cameras) -> np.ndarray:
     """(views, H, W, 3) linear images of ``mesh`` by the mesh renderer (Lambert, two
     directional lights and ambient, white background), supersampled 2×2."""
-    from ..apps.inverse import supersampled
     from ..render.pipeline import RenderSettings
+    from .inverse import supersampled
 
     settings = RenderSettings(shading="lambert", background=BACKGROUND, grads=("positions",))
     lights = dict(
