@@ -91,7 +91,7 @@ class Lights(Packed):
     @property
     def count(self) -> np.ndarray:
         """(directional, point) lights in use: (2,), or (sets, 2)."""
-        c = self.counts.to_numpy().reshape(self.sets, 2)
+        c = arrays.read(self.counts).reshape(self.sets, 2)
         return c[0] if self.sets == 1 else c
 
     def _write(self, view, values: dict) -> None:
@@ -134,13 +134,13 @@ class Lights(Packed):
         return v / np.linalg.norm(v)
 
     def _write_count(self, view, count) -> None:
-        host = self.counts.to_numpy().reshape(self.sets, 2)
+        host = arrays.read(self.counts).reshape(self.sets, 2)
         for k, (n, cap) in enumerate(zip(count, (MAX_DIRECTIONAL, MAX_POINT))):
             if n is not None and (int(n) != n or not 0 <= n <= cap):
                 raise UserError(f"light count must be 0..{cap}, got {n}")
             for s in self._views(view):
                 host[s, k] = host[s, k] if n is None else int(n)
-        self.counts.from_numpy(host.ravel().astype(np.int32))
+        arrays.write(self.counts, host.ravel())
 
     def check(self, values: dict) -> dict:
         values = super().check(values)

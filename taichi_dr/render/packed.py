@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 
-from .. import backend
 from ..errors import UserError
 from . import arrays
 
@@ -85,12 +84,12 @@ class Packed:
                 f"choose from {', '.join(self.layout.names + self.extra)}"
             )
         values = self.check(values)
-        host = self.values.to_numpy().astype(np.float64).reshape(self.sets, -1)
+        host = arrays.read(self.values).astype(np.float64).reshape(self.sets, -1)
         for s in self._views(view):
             host[s] = self.layout.pack(
                 {n: v for n, v in values.items() if n in self.layout.names}, host[s]
             )
-        self.values.from_numpy(host.ravel().astype(backend.np_real()))
+        arrays.write(self.values, host.ravel())
 
     def _views(self, view) -> range:
         if view is None:
@@ -124,13 +123,13 @@ class Packed:
         (sets,) axis when there are several sets."""
         if name not in self.layout.names:
             raise UserError(f"unknown {self.kind} parameter {name!r}")
-        return self._unpack(self.values.to_numpy(), name)
+        return self._unpack(arrays.read(self.values), name)
 
     def grad(self, name: str):
         """The gradient of ``name`` (shaped like its value)."""
         if name not in self.layout.names:
             raise UserError(f"unknown {self.kind} parameter {name!r}")
-        return self._unpack(self.values.grad.to_numpy(), name)
+        return self._unpack(arrays.read(self.values.grad), name)
 
     def __getattr__(self, name):  # called for names that are not attributes
         if name in type(self).layout.names:

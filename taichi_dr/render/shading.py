@@ -158,11 +158,11 @@ def light_slots(lights, light_counts) -> tuple:
     """The exact lights (see ``ALL_SLOTS``) of packed ``lights`` and ``light_counts``:
     the SH term where a coefficient is not 0 or ``lights`` has gradients; every slot when
     the sets' counts differ."""
-    counts = light_counts.to_numpy().reshape(-1, 2)
+    counts = arrays.read(light_counts).reshape(-1, 2)
     if (counts != counts[0]).any():
         return ALL_SLOTS
     sh = getattr(lights, "grad", None) is not None
-    sh = sh or bool(lights.to_numpy().reshape(-1, LIGHTS_SIZE)[:, SH : SH + 27].any())
+    sh = sh or bool(arrays.read(lights).reshape(-1, LIGHTS_SIZE)[:, SH : SH + 27].any())
     return (int(counts[0, 0]), int(counts[0, 1]), True, sh)
 
 
@@ -337,24 +337,36 @@ def _shade(
         image[i] = out
 
 
-_DUMMIES: list = [lambda: None, None]  # [weak reference to the Taichi program, arrays]
+_CACHE: dict = {}  # name → (weak reference to the Taichi program, arrays)
+
+
+def _cached(name: str, make, fits=lambda arrays: True):
+    """Arrays ``make()`` kept per Taichi program (made again when Taichi was restarted,
+    which frees every ndarray, or when ``fits(arrays)`` is False)."""
+    prog = ti.lang.impl.get_runtime().prog
+    ref, value = _CACHE.get(name, (lambda: None, None))
+    if ref() is not prog or not fits(value):
+        value = make()
+        _CACHE[name] = (weakref.ref(prog), value)
+    return value
 
 
 def _dummies():
-    """Length-1 placeholders for the texture inputs of an untextured call (made again
-    when Taichi was restarted: a restart frees every ndarray)."""
-    prog = ti.lang.impl.get_runtime().prog
-    if _DUMMIES[0]() is not prog:
-        _DUMMIES[:] = [
-            weakref.ref(prog),
-            (
-                arrays.empty(1, 2),
-                arrays.empty(1),
-                arrays.empty(1, 3),
-                arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
-            ),
-        ]
-    return _DUMMIES[1]
+    """Length-1 placeholders for the texture inputs of an untextured call."""
+    return _cached(
+        "dummies",
+        lambda: (
+            arrays.empty(1, 2),
+            arrays.empty(1),
+            arrays.empty(1, 3),
+            arrays.from_numpy(np.ones((1, 3)), dtype=ti.i32),
+        ),
+    )
+
+
+def _sh_used(sets: int):
+    """Scratch for the pixel pass's per-light-set SH flags: (sets,) int32."""
+    return _cached(f"sh_used{sets}", lambda: arrays.empty(sets, dtype=ti.i32))
 
 
 def _require(name: str, array, n: int) -> None:
@@ -524,20 +536,26 @@ def _shade_surface(
     background: Vec3,
     image: Vec3,
     alpha: Real,
+    sh_used: Int,
     forward: ti.template(),
     slots: ti.template(),
 ):
     """One flat loop over the pixels; differentiable (Taichi's reverse mode) with
-    ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0.
+    ``forward`` False. ``forward``: skip the SH term where its coefficients are all 0
+    (``sh_used`` (sets,): scratch, filled first, one flag per light set; testing the 27
+    coefficients at every pixel cost 10–15 % of the pass).
     No local is assigned on both sides of a runtime branch (nor in ``reflected``): Taichi's
     reverse pass keeps such locals on its autodiff stacks, which made it 1.4× slower."""
+    if ti.static(forward):
+        for s in range(sh_used.shape[0]):  # once per light set, not per pixel
+            sh_used[s] = sh_in_use(lights, s)
     for i in range(tri.shape[0]):
         t = tri[i]
         bg = background[ti.select(background.shape[0] == 1, 0, i)]
         if t >= 0:
             b, y, x = arrays.pixel(i, height, width)
             s = b if ti.static(batched) else 0
-            sh = sh_in_use(lights, s) if ti.static(forward) else 1
+            sh = sh_used[s] if ti.static(forward) else 1
             out = _surface(
                 model, textured, filter, wrap, t, b, arrays.pixel_ndc(y, x, height, width),
                 height, width, n_vertices, colors_stride, uvs_stride, clip, faces, world,
@@ -636,5 +654,6 @@ def shade_surface(
         background,
         image,
         alpha,
+        _sh_used(lights.shape[0] // LIGHTS_SIZE),
     )
     (_shade_pixels.grad if backward else _shade_pixels)(args, lights, light_counts)

@@ -233,7 +233,7 @@ class VertexStage:
 
     def _theta(self) -> np.ndarray:
         """The parameters as (B, 13) float64."""
-        return self.params.values.to_numpy().reshape(self.views, -1).astype(np.float64)
+        return arrays.read(self.params.values).reshape(self.views, -1).astype(np.float64)
 
     @ti.ad.grad_replaced
     def update_matrices(self) -> None:
@@ -243,22 +243,21 @@ class VertexStage:
         if theta.tobytes() != self._written:
             out = matrices(theta, *self._base).astype(backend.np_real())
             mats = np.ascontiguousarray(out[:, :MATS]).ravel()
-            self.mats.from_numpy(mats)
+            arrays.write(self.mats, mats)
             if self._fixed_mats is not self.mats:
-                self._fixed_mats.from_numpy(mats)
-            self.eye.from_numpy(np.ascontiguousarray(out[:, MATS:]))
+                arrays.write(self._fixed_mats, mats)
+            arrays.write(self.eye, out[:, MATS:])
             self._written = theta.tobytes()
 
     @ti.ad.grad_for(update_matrices)
     def _update_matrices_grad(self) -> None:
         if not (self.grad and self.camera_grad):
             return
-        g = np.concatenate(
-            [self.mats.grad.to_numpy().reshape(self.views, MATS), self.eye.grad.to_numpy()], axis=1
-        )
+        mats = arrays.read(self.mats.grad).reshape(self.views, MATS)
+        g = np.concatenate([mats, arrays.read(self.eye.grad)], axis=1)
         grad = matrices_vjp(self._theta(), g.astype(np.float64), *self._base)
         values = self.params.values
-        values.grad.from_numpy((values.grad.to_numpy() + grad.ravel()).astype(backend.np_real()))
+        arrays.write(values.grad, arrays.read(values.grad) + grad.ravel())
 
     def forward(self, positions, normals, n_vertices: int, batched: bool = False) -> None:
         """Build the matrices, then transform ``n_vertices`` vertices per view:
