@@ -428,17 +428,11 @@ class Renderer:
         mode = self.settings.mode
         if self.pixels is not None:
             self.pixels.pending = None  # the last pixel pass's AOVs are out of date
-        if mode in EDGE_MODES:
-            p = self._buffers()
-            m = self.mesh
-            bary, depth = p.surface()[:2]
-            interpolate.barycentrics(
-                self.vertex.clip, m.faces, self.triangle_id, self.frame, m.num_vertices,
-                bary, depth,
-            )  # fmt: skip
+        if mode in EDGE_MODES:  # which side of a pixel pair is in front: z-buffer keys
+            p, m = self._buffers(), self.mesh
             edges, bits = p.edge_buffers(m.num_faces)
             silhouette.detect(
-                self.triangle_id, p.depth, self.vertex.clip, m.faces, m.neighbours,
+                self.triangle_id, self.raster.key, self.vertex.clip, m.faces, m.neighbours,
                 self._face_ranges(), self.frame, bits, edges,
             )  # fmt: skip
         elif mode == "soft":

@@ -19,7 +19,7 @@ import taichi as ti
 from ..errors import UserError
 from ..scene import distinct_faces
 from . import arrays
-from .arrays import Int, IVec2, IVec3, Real, Vec4, channels, check_length
+from .arrays import Int, IVec2, IVec3, Vec4, channels, check_length
 
 
 def edge_neighbours(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -250,7 +250,7 @@ def _own_silhouettes(t: ti.i32, base: ti.i32, faces: ti.template(), neighbours: 
 @ti.kernel
 def _detect(
     tri: Int,
-    depth: Real,
+    depth: ti.types.ndarray(ndim=1),
     clip: Vec4,
     faces: IVec3,
     neighbours: IVec3,
@@ -350,8 +350,9 @@ def detect(
 ) -> None:
     """Find the silhouette edge between every pixel and its right and lower neighbour.
 
-    Inputs: ``triangle_id`` (N,) int32 and ``depth`` (N,) (eye-space distance) per pixel
-    of ``frame`` (N = B·H·W; depth: any measure that grows away from the camera);
+    Inputs: ``triangle_id`` (N,) int32 and ``depth`` (N,) per pixel of ``frame``
+    (N = B·H·W): any measure that grows away from the camera (eye-space distance, or the
+    rasterizer's z-buffer keys, int64);
     ``clip`` (B·V,) vec4 per view and vertex; ``faces`` (F,) ivec3; ``neighbours`` (F,)
     ivec3 from :func:`edge_neighbours` (for several meshes concatenated into one: per
     mesh, offset by its first face); ``ranges`` (B,) ivec2 (first face, face count) per
