@@ -135,6 +135,9 @@ def pytorch3d_peer(size, mesh, K, sigma):
 
 def profile(args) -> None:
     for mode in args.modes:
+        tiny = Ours(8, icosphere(0), args.K, args.sigma)
+        tiny.r.configure(mode=mode, grads="positions")
+        fixed = median_time(tiny.backward, 10 * args.repeats)
         for sub in (4, 6):
             ours = Ours(512, icosphere(sub), args.K, args.sigma)
             ours.r.configure(mode=mode, grads="positions")
@@ -142,7 +145,7 @@ def profile(args) -> None:
             rows = stages.profile(ours.backward, args.repeats, forward.CLOCK[0])
             faces = ours.r.mesh.num_faces
             print(f"\n{mode} forward + backward at 512², {faces:,} faces, per step (median):")
-            stages.print_table(rows, ours.r.frame.pixels, whole)
+            stages.print_table(rows, ours.r.frame.pixels, whole, fixed)
 
 
 def main(argv=None) -> int:

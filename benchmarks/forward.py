@@ -309,12 +309,14 @@ def print_scaling(rows, args) -> None:
 
 def profile(args) -> None:
     """Per-kernel time and traffic of one frame at 512², 5,120 and 81,920 faces."""
+    tiny = Ours.renderer(icosphere(0), (8, 8))
+    _, fixed = timed(lambda: Ours.frame(tiny), 10 * args.repeats)
     for sub in (4, 6):
         r = Ours.renderer(icosphere(sub), (512, 512))
         _, whole = timed(lambda r=r: Ours.frame(r), args.repeats)
         rows = stages.profile(lambda r=r: Ours.frame(r), args.repeats, CLOCK[0])
         print(f"\nforward at 512², {r.mesh.num_faces:,} faces, per frame (median):")
-        stages.print_table(rows, r.frame.pixels, whole)
+        stages.print_table(rows, r.frame.pixels, whole, fixed)
 
 
 def grid_mesh(faces: int) -> Mesh:
