@@ -42,7 +42,7 @@ from .arrays import Frame, Int, IVec2, IVec3, Vec3, Vec4
 
 SUBPIXEL = 256  # snapping grid: 1/256 pixel
 BIN_TILE = 16  # edge of the binning tiles in pixels: a speed trade-off, any size works
-SMALL_FACE = 256  # faces whose pixel box is at most this many pixels are drawn at setup
+SMALL_FACE = 1024  # triangles whose pixel box is at most this many pixels are drawn at setup
 COORD_LIMIT = 1 << 29  # |snapped coordinate| bound, keeps edge functions inside int64
 EMPTY_KEY = np.iinfo(np.int64).max
 
@@ -228,7 +228,8 @@ def _draw(
     peel: ti.template(),
 ):
     """Depth-test every covered pixel of ``box`` (x0, y0, x1, y1) of face f of the view
-    whose row 0 is image row ``row0``; edge functions e = a·px + b·py + c (subpixels)."""
+    whose row 0 is image row ``row0``; edge functions e = a·px + b·py + c (subpixels; 3
+    or 4 edges: vectors a, b (int32) and c (int64) of that length)."""
     step = ti.cast(a, ti.i64) * SUBPIXEL
     px = ti.i64(box[0]) * SUBPIXEL + SUBPIXEL // 2
     for y in range(box[1], box[3] + 1):
@@ -238,7 +239,10 @@ def _draw(
         zy = zp[2] * (y + 0.5)
         entered = False
         for x in range(box[0], box[2] + 1):
-            if (e[0] | e[1] | e[2] | e[3]) >= 0:  # every edge function ≥ 0
+            signs = e[0]
+            for j in ti.static(range(1, c.n)):
+                signs |= e[j]
+            if signs >= 0:  # every edge function ≥ 0
                 entered = True
                 z = zp[0] + zp[1] * (x + 0.5) + zy
                 if z <= 1.0:
@@ -316,9 +320,13 @@ def _rasterize(
                 a, b, c = _edges(n, s0, s1, s2, s3)
                 zp = _depth_plane(p0, p1, p2, W, H)
                 view = k // n_faces
-                if w * h <= SMALL_FACE:
+                if n == 3 and w * h <= SMALL_FACE:  # a triangle: its fourth edge is e ≡ 0
                     f = k - view * n_faces
-                    _draw(box, a, b, c, zp, f, view * H, W, key, floor_key, fragments, count, peel)
+                    a3, b3 = ti.Vector([a[0], a[1], a[2]]), ti.Vector([b[0], b[1], b[2]])
+                    c3 = ti.Vector([c[0], c[1], c[2]])
+                    _draw(
+                        box, a3, b3, c3, zp, f, view * H, W, key, floor_key, fragments, count, peel
+                    )
                 else:
                     for j in ti.static(range(4)):
                         edge_ab[4 * k + j] = ti.Vector([a[j], b[j]])
