@@ -97,9 +97,9 @@ def _grid_quad(n, W_, H_):
     return clip, faces.astype(np.int32)
 
 
-@pytest.mark.parametrize("n, serial_scan", [(7, None), (22, None), (22, False)])
+@pytest.mark.parametrize("n, serial_scan", [(7, None), (22, None), (22, False), (22, True)])
 def test_no_cracks_no_double_coverage(n, serial_scan):
-    """serial_scan=False: the GPU's atomic work-list allocation, exercised on the CPU."""
+    """serial_scan: the work list allocated by atomic adds (default) or a serial scan."""
     w, h = 22, 22  # grid pitch of 1 pixel for n = 22 → every edge through pixel centres
     clip, faces = _grid_quad(n, w, h)
     rast = Rasterizer(serial_scan=serial_scan)

@@ -17,8 +17,8 @@ pixels × triangles) and memory is O(pixels + triangles):
    screen-space depth plane computed. A *small* face (box of at most ``SMALL_FACE``
    pixels: nearly all of them in a fitted mesh) is drawn right there (4.); a larger one
    stores its edges and gets a range of the work list for the 16×16 tiles it touches.
-2. *allocate*: one atomic add per large face (the order of work items does not change
-   the result: see 4.), or a serial prefix sum (``serial_scan``).
+2. *allocate*: one atomic add per large face, or a serial prefix sum (``serial_scan``);
+   the order of work items does not change the result (see 4.).
 3. *bin*: each large face writes one work item (face, tile) per covered tile.
 4. *draw* (per small face, per work item): exact integer edge functions with the
    top-left rule at pixel centres (set up per face, stepped incrementally along each
@@ -82,7 +82,8 @@ def _edge(a: ti.template(), b: ti.template()):
 
 
 I64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
-IVec4 = ti.types.ndarray(dtype=ti.math.ivec4, ndim=1)
+I64Vec3 = ti.types.ndarray(dtype=ti.types.vector(3, ti.i64), ndim=1)
+IVec6 = ti.types.ndarray(dtype=ti.types.vector(6, ti.i32), ndim=1)
 
 
 @ti.func
@@ -287,11 +288,9 @@ def _rasterize(
     height: ti.i32,
     width: ti.i32,
     cull: ti.i32,
-    edge_ab: IVec2,
-    edge_c: I64,
+    edges: I64Vec3,
     zplane: Vec3,
-    bbox: IVec4,
-    tiles: IVec2,
+    boxes: IVec6,
     total: Int,
     work: IVec2,
     key: I64,
@@ -329,26 +328,26 @@ def _rasterize(
                     )
                 else:
                     for j in ti.static(range(4)):
-                        edge_ab[4 * k + j] = ti.Vector([a[j], b[j]])
-                        edge_c[4 * k + j] = c[j]
+                        edges[4 * k + j] = ti.Vector([a[j], b[j], c[j]], ti.i64)
                     zplane[k] = zp
-                    bbox[k] = box
+                    for j in ti.static(range(4)):
+                        boxes[k][j] = box[j]
                     n_tiles = (box[2] // BIN_TILE - box[0] // BIN_TILE + 1) * (
                         box[3] // BIN_TILE - box[1] // BIN_TILE + 1
                     )
                     if ti.static(atomic):  # 2., 3.
                         _bin(k, ti.atomic_add(total[0], n_tiles), box, tiles_x, work)
         if ti.static(not atomic):
-            tiles[k][0] = n_tiles
+            boxes[k][4] = n_tiles
     if ti.static(not atomic):
         ti.loop_config(serialize=True)
         for k in range(n_views * n_faces):  # 2. serial prefix sum
-            tiles[k][1] = total[0]
-            total[0] += tiles[k][0]
+            boxes[k][5] = total[0]
+            total[0] += boxes[k][4]
         for k in range(n_views * n_faces):  # 3.
-            if tiles[k][0] > 0:
-                box = bbox[k]
-                _bin(k, tiles[k][1], box, tiles_x, work)
+            if boxes[k][4] > 0:
+                box = boxes[k]
+                _bin(k, box[5], box, tiles_x, work)
     n_work = total[0]
     n_pixels = triangle_id.shape[0]
     if n_work > work.shape[0]:  # work list too short: the caller grows it and calls again
@@ -358,24 +357,19 @@ def _rasterize(
         view = k // n_faces
         f = k - view * n_faces
         tx, ty = tile % tiles_x, tile // tiles_x
-        box = bbox[k]
+        face_box = boxes[k]
         box = ti.Vector(
             [
-                ti.max(box[0], tx * BIN_TILE),
-                ti.max(box[1], ty * BIN_TILE),
-                ti.min(box[2], tx * BIN_TILE + BIN_TILE - 1),
-                ti.min(box[3], ty * BIN_TILE + BIN_TILE - 1),
+                ti.max(face_box[0], tx * BIN_TILE),
+                ti.max(face_box[1], ty * BIN_TILE),
+                ti.min(face_box[2], tx * BIN_TILE + BIN_TILE - 1),
+                ti.min(face_box[3], ty * BIN_TILE + BIN_TILE - 1),
             ]
         )
-        ab0, ab1, ab2, ab3 = (
-            edge_ab[4 * k],
-            edge_ab[4 * k + 1],
-            edge_ab[4 * k + 2],
-            edge_ab[4 * k + 3],
-        )
-        a = ti.Vector([ab0[0], ab1[0], ab2[0], ab3[0]])
-        b = ti.Vector([ab0[1], ab1[1], ab2[1], ab3[1]])
-        c = ti.Vector([edge_c[4 * k], edge_c[4 * k + 1], edge_c[4 * k + 2], edge_c[4 * k + 3]])
+        e0, e1, e2, e3 = edges[4 * k], edges[4 * k + 1], edges[4 * k + 2], edges[4 * k + 3]
+        a = ti.Vector([e0[0], e1[0], e2[0], e3[0]])
+        b = ti.Vector([e0[1], e1[1], e2[1], e3[1]])
+        c = ti.Vector([e0[2], e1[2], e2[2], e3[2]])
         _draw(box, a, b, c, zplane[k], f, view * H, W, key, floor_key, fragments, count, peel)
     for i in range(n_pixels):  # 5. resolve; the floor becomes the next frame's empty key
         kk = key[i]
@@ -391,14 +385,14 @@ class Rasterizer:
     the packed z-buffer ``key`` (B·H·W,) int64 and ``fragments`` (B·H·W,) int32 (every
     fragment that passed the coverage test, with ``count=True``: tests use it to prove no
     cracks and no double coverage). Buffers grow with the frame and the mesh; nothing
-    is compiled again. ``serial_scan``: the work list is allocated by a serial prefix sum
-    (None: on the CPU) or by one atomic add per large face (GPUs, where a serial loop
-    would run on one thread; the order of work items does not change the result).
+    is compiled again. The work list is allocated by one atomic add per large face (few:
+    they hardly contend), or with ``serial_scan=True`` by a serial prefix sum (an order
+    independent of thread timing); the order of work items does not change the result.
     """
 
     def __init__(self, serial_scan: bool | None = None):
         backend.ensure_init()
-        self.serial_scan = backend.current_arch() == "cpu" if serial_scan is None else serial_scan
+        self.serial_scan = bool(serial_scan)
         self.frame = None
         self._pixels = None  # (triangle_id, key, next key, fragments)
         self._items = None  # per (view, face) records of large faces, by capacity
@@ -432,11 +426,10 @@ class Rasterizer:
         if n_items > self._item_capacity:
             c = _capacity(n_items)
             self._items = (
-                arrays.empty(4 * c, 2, ti.i32),  # edge (A, B) per polygon edge
-                arrays.empty(4 * c, dtype=ti.i64),  # edge C
+                arrays.empty(4 * c, 3, ti.i64),  # edge functions (A, B, C) per polygon edge
                 arrays.empty(c, 3),  # depth plane z_ndc = a + b x + c y
-                arrays.empty(c, 4, ti.i32),  # pixel box x0, y0, x1, y1 (inclusive)
-                arrays.empty(c, 2, ti.i32),  # tiles covered, first work item (serial scan)
+                # pixel box x0, y0, x1, y1 (inclusive), tiles covered, first work item
+                arrays.empty(c, 6, ti.i32),
             )
             self._item_capacity = c
 
