@@ -88,21 +88,19 @@ IVec6 = ti.types.ndarray(dtype=ti.types.vector(6, ti.i32), ndim=1)
 
 @ti.func
 def _polygon(
-    k: ti.i32,
+    b: ti.i32,
+    f: ti.i32,
     clip: ti.template(),
     faces: ti.template(),
     ranges: ti.template(),
     n_vertices: ti.i32,
-    n_faces: ti.i32,
     width: ti.i32,
     height: ti.i32,
     cull: ti.i32,
 ):
-    """Item k = b·F + f (view b, face f) clipped, snapped and oriented: (n vertices: 0
-    (nothing to draw), 3 or 4; snapped s0..s3 (s3 = s2 for a triangle); unsnapped
-    homogeneous p0, p1, p2 (f64, before orientation: the depth plane's points))."""
-    b = k // n_faces
-    f = k - b * n_faces
+    """Face f of view b clipped, snapped and oriented: (n vertices: 0 (nothing to draw),
+    3 or 4; snapped s0..s3 (s3 = s2 for a triangle); unsnapped homogeneous p0, p1, p2
+    (f64, before orientation: the depth plane's points))."""
     r = ranges[b]
     n = 0
     idx = faces[f]
@@ -308,8 +306,12 @@ def _rasterize(
         for i in range(triangle_id.shape[0]):
             fragments[i] = 0
     for k in range(n_views * n_faces):  # 1. setup; small faces drawn, large ones binned
+        view = 0
+        if n_views > 1:  # an integer division costs ~5 ns a face
+            view = k // n_faces
+        f = k - view * n_faces
         n, s0, s1, s2, s3, p0, p1, p2 = _polygon(
-            k, clip, faces, ranges, n_vertices, n_faces, W, H, cull
+            view, f, clip, faces, ranges, n_vertices, W, H, cull
         )
         n_tiles = 0
         if n > 0:
@@ -318,9 +320,7 @@ def _rasterize(
             if w > 0 and h > 0:
                 a, b, c = _edges(n, s0, s1, s2, s3)
                 zp = _depth_plane(p0, p1, p2, W, H)
-                view = k // n_faces
                 if n == 3 and w * h <= SMALL_FACE:  # a triangle: its fourth edge is e ≡ 0
-                    f = k - view * n_faces
                     a3, b3 = ti.Vector([a[0], a[1], a[2]]), ti.Vector([b[0], b[1], b[2]])
                     c3 = ti.Vector([c[0], c[1], c[2]])
                     _draw(
