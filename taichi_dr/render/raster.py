@@ -84,6 +84,7 @@ def _edge(a: ti.template(), b: ti.template()):
 I64 = ti.types.ndarray(dtype=ti.i64, ndim=1)
 I64Vec3 = ti.types.ndarray(dtype=ti.types.vector(3, ti.i64), ndim=1)
 IVec6 = ti.types.ndarray(dtype=ti.types.vector(6, ti.i32), ndim=1)
+F64Vec3 = ti.types.ndarray(dtype=ti.types.vector(3, ti.f64), ndim=1)
 
 
 @ti.func
@@ -91,6 +92,8 @@ def _polygon(
     b: ti.i32,
     f: ti.i32,
     clip: ti.template(),
+    snapped: ti.template(),
+    projected: ti.template(),
     faces: ti.template(),
     ranges: ti.template(),
     n_vertices: ti.i32,
@@ -99,29 +102,33 @@ def _polygon(
     cull: ti.i32,
 ):
     """Face f of view b clipped, snapped and oriented: (n vertices: 0 (nothing to draw),
-    3 or 4; snapped s0..s3 (s3 = s2 for a triangle); unsnapped homogeneous p0, p1, p2
-    (f64, before orientation: the depth plane's points))."""
+    3 or 4; snapped s0..s3 (s3 = s2 for a triangle); projected q0, q1, q2 (f64, before
+    orientation: the depth plane's points)). A face in front of the near plane reads its
+    vertices' ``snapped`` and ``projected`` records; only a crossing one reads ``clip``."""
     r = ranges[b]
     n = 0
     idx = faces[f]
     base = b * n_vertices
-    v0 = ti.cast(clip[base + idx[0]], ti.f64)
-    v1 = ti.cast(clip[base + idx[1]], ti.f64)
-    v2 = ti.cast(clip[base + idx[2]], ti.f64)
-    p0 = p1 = p2 = p3 = v0
+    i0, i1, i2 = base + idx[0], base + idx[1], base + idx[2]
+    t0, t1, t2 = snapped[i0], snapped[i1], snapped[i2]
+    s0, s1, s2 = ti.Vector([t0[0], t0[1]]), ti.Vector([t1[0], t1[1]]), ti.Vector([t2[0], t2[1]])
+    s3 = s2
+    q0, q1, q2 = projected[i0], projected[i1], projected[i2]
+    inside = t0[2] + t1[2] + t2[2]
     if r[0] <= f and f < r[0] + r[1]:
-        d0, d1, d2 = v0[2] + v0[3], v1[2] + v1[3], v2[2] + v2[3]
-        inside = ti.cast(d0 >= 0, ti.i32) + ti.cast(d1 >= 0, ti.i32) + ti.cast(d2 >= 0, ti.i32)
         if inside == 3:
-            n, p0, p1, p2 = 3, v0, v1, v2
+            n = 3
         elif inside > 0:
+            v0 = ti.cast(clip[i0], ti.f64)
+            v1 = ti.cast(clip[i1], ti.f64)
+            v2 = ti.cast(clip[i2], ti.f64)
             # rotate so the lone vertex (the only inside one, or the only outside one)
             # comes first; winding is preserved
             lone_in = inside == 1
             j = 0
-            if (d1 >= 0) == lone_in:
+            if (t1[2] == 1) == lone_in:
                 j = 1
-            if (d2 >= 0) == lone_in:
+            if (t2[2] == 1) == lone_in:
                 j = 2
             a, bb, c = v0, v1, v2
             ia, ib, ic = idx[0], idx[1], idx[2]
@@ -131,16 +138,14 @@ def _polygon(
                 a, bb, c, ia, ib, ic = v2, v0, v1, idx[2], idx[0], idx[1]
             ab = _near_hit(a, bb, ia, ib)
             ca = _near_hit(c, a, ic, ia)
-            if lone_in:
-                n, p0, p1, p2 = 3, a, ab, ca
-            else:
+            n, p0, p1, p2, p3 = 3, a, ab, ca, ca  # a triangle: p3 = p2
+            if not lone_in:
                 n, p0, p1, p2, p3 = 4, ab, bb, c, ca
-    s0 = s1 = s2 = s3 = ti.Vector([0, 0])
+            s0, s1 = _snap(p0, width, height), _snap(p1, width, height)
+            s2, s3 = _snap(p2, width, height), _snap(p3, width, height)
+            q0, q1 = _project(p0, width, height), _project(p1, width, height)
+            q2 = _project(p2, width, height)
     if n > 0:
-        s0, s1, s2 = _snap(p0, width, height), _snap(p1, width, height), _snap(p2, width, height)
-        s3 = s2
-        if n == 4:
-            s3 = _snap(p3, width, height)
         # shoelace (twice the signed area); for triangles s3 == s2 adds nothing
         area = (
             ti.cast(s0[0], ti.i64) * s1[1]
@@ -160,7 +165,7 @@ def _polygon(
                 s1, s2 = s2, s1
             else:
                 s1, s3 = s3, s1
-    return n, s0, s1, s2, s3, p0, p1, p2
+    return n, s0, s1, s2, s3, q0, q1, q2
 
 
 @ti.func
@@ -179,13 +184,17 @@ def _edges(n: ti.i32, s0: ti.template(), s1: ti.template(), s2: ti.template(), s
 
 
 @ti.func
-def _depth_plane(p0: ti.template(), p1: ti.template(), p2: ti.template(), width, height):
-    """z_ndc = a + b·x + c·y (x, y in pixels) through the unsnapped p0, p1, p2."""
+def _project(p: ti.template(), width: ti.i32, height: ti.i32):
+    """Homogeneous clip point (f64) → (x, y) in pixels (unsnapped, y down), z_ndc."""
     W, H = width, height
-    q0 = ti.Vector([(p0[0] / p0[3] * 0.5 + 0.5) * W, (0.5 - p0[1] / p0[3] * 0.5) * H])
-    q1 = ti.Vector([(p1[0] / p1[3] * 0.5 + 0.5) * W, (0.5 - p1[1] / p1[3] * 0.5) * H])
-    q2 = ti.Vector([(p2[0] / p2[3] * 0.5 + 0.5) * W, (0.5 - p2[1] / p2[3] * 0.5) * H])
-    z0, z1, z2 = p0[2] / p0[3], p1[2] / p1[3], p2[2] / p2[3]
+    return ti.Vector([(p[0] / p[3] * 0.5 + 0.5) * W, (0.5 - p[1] / p[3] * 0.5) * H, p[2] / p[3]])
+
+
+@ti.func
+def _depth_plane(p0: ti.template(), p1: ti.template(), p2: ti.template()):
+    """z_ndc = a + b·x + c·y (x, y in pixels) through projected p0, p1, p2."""
+    q0, q1, q2 = ti.Vector([p0[0], p0[1]]), ti.Vector([p1[0], p1[1]]), ti.Vector([p2[0], p2[1]])
+    z0, z1, z2 = p0[2], p1[2], p2[2]
     e1, e2 = q1 - q0, q2 - q0
     det = e1[0] * e2[1] - e1[1] * e2[0]
     zx = zy = ti.f64(0.0)
@@ -278,6 +287,8 @@ def _bin(k: ti.i32, j: ti.i32, box: ti.template(), tiles_x: ti.i32, work: ti.tem
 @ti.kernel
 def _rasterize(
     clip: Vec4,
+    snapped: IVec3,
+    projected: F64Vec3,
     faces: IVec3,
     ranges: IVec2,
     n_views: ti.i32,
@@ -305,13 +316,21 @@ def _rasterize(
     if ti.static(count):
         for i in range(triangle_id.shape[0]):
             fragments[i] = 0
+    for v in range(clip.shape[0]):  # 0. vertices in front of the near plane, projected once
+        p = ti.cast(clip[v], ti.f64)
+        front = ti.cast(p[2] + p[3] >= 0, ti.i32)
+        s = ti.Vector([0, 0])
+        if front:
+            s = _snap(p, W, H)
+            projected[v] = _project(p, W, H)
+        snapped[v] = ti.Vector([s[0], s[1], front])
     for k in range(n_views * n_faces):  # 1. setup; small faces drawn, large ones binned
         view = 0
         if n_views > 1:  # an integer division costs ~5 ns a face
             view = k // n_faces
         f = k - view * n_faces
-        n, s0, s1, s2, s3, p0, p1, p2 = _polygon(
-            view, f, clip, faces, ranges, n_vertices, W, H, cull
+        n, s0, s1, s2, s3, q0, q1, q2 = _polygon(
+            view, f, clip, snapped, projected, faces, ranges, n_vertices, W, H, cull
         )
         n_tiles = 0
         if n > 0:
@@ -319,7 +338,7 @@ def _rasterize(
             w, h = box[2] - box[0] + 1, box[3] - box[1] + 1
             if w > 0 and h > 0:
                 a, b, c = _edges(n, s0, s1, s2, s3)
-                zp = _depth_plane(p0, p1, p2, W, H)
+                zp = _depth_plane(q0, q1, q2)
                 if n == 3 and w * h <= SMALL_FACE:  # a triangle: its fourth edge is e ≡ 0
                     a3, b3 = ti.Vector([a[0], a[1], a[2]]), ti.Vector([b[0], b[1], b[2]])
                     c3 = ti.Vector([c[0], c[1], c[2]])
@@ -395,6 +414,8 @@ class Rasterizer:
         self.serial_scan = bool(serial_scan)
         self.frame = None
         self._pixels = None  # (triangle_id, key, next key, fragments)
+        self._vertices = None  # per vertex: snapped (ivec3), projected (f64 vec3)
+        self._vertex_capacity = 0
         self._items = None  # per (view, face) records of large faces, by capacity
         self._item_capacity = 0
         self._work = arrays.empty(1024, 2, ti.i32)
@@ -412,7 +433,7 @@ class Rasterizer:
     def fragments(self):
         return self._pixels[3]
 
-    def _ensure(self, frame: Frame, n_items: int) -> None:
+    def _ensure(self, frame: Frame, n_vertices: int, n_items: int) -> None:
         if self.frame != frame:
             n = frame.pixels
             empty = arrays.from_numpy(np.full(n, EMPTY_KEY), dtype=ti.i64)  # next frame's key
@@ -432,6 +453,10 @@ class Rasterizer:
                 arrays.empty(c, 6, ti.i32),
             )
             self._item_capacity = c
+        if n_vertices > self._vertex_capacity:
+            c = _capacity(n_vertices)
+            self._vertices = (arrays.empty(c, 3, ti.i32), arrays.empty(c, 3, ti.f64))
+            self._vertex_capacity = c
 
     def forward(
         self,
@@ -454,11 +479,12 @@ class Rasterizer:
         ``triangle_id``: an int32 (B·H·W,) array to write the ids into (default: own)."""
         peel = {False: 0, True: 1, "depth": 2}[peel]
         n_faces = faces.shape[0]
-        self._ensure(frame, frame.views * n_faces)
+        self._ensure(frame, clip.shape[0], frame.views * n_faces)
         tri, last_key, key, fragments = self._pixels
         while True:
             total = _rasterize(
                 clip,
+                *self._vertices,
                 faces,
                 ranges,
                 frame.views,
