@@ -9,14 +9,16 @@ How it works: one kernel launch per frame (each launch costs ~0.1 ms of Python i
 Taichi), its stages top-level loops, so cost grows with pixels + covered pixels (never
 pixels × triangles) and memory is O(pixels + triangles):
 
-1. *setup* (per face): clip against the near plane (z + w ≥ 0) in float64 — a crossing
-   triangle becomes a triangle or a quad, never dropped; the intersection on an edge is
-   computed from its endpoints in vertex-index order, so neighbours get bit-identical
-   vertices. Vertices are projected and snapped to 1/256 pixel (int32), the polygon is
-   oriented (area > 0; back faces optionally culled), and its pixel bounding box and
-   screen-space depth plane computed. A *small* face (box of at most ``SMALL_FACE``
-   pixels: nearly all of them in a fitted mesh) is drawn right there (4.); a larger one
-   stores its edges and gets a range of the work list for the 16×16 tiles it touches.
+0. *vertices*: each vertex in front of the near plane (z + w ≥ 0) is projected (float64)
+   and snapped to 1/256 pixel (int32) once, for all the faces that share it.
+1. *setup* (per face): a face across the near plane is clipped in float64 — it becomes a
+   triangle or a quad, never dropped; the intersection on an edge is computed from its
+   endpoints in vertex-index order, so neighbours get bit-identical vertices — and its
+   new vertices projected and snapped. The polygon is oriented (area > 0; back faces
+   optionally culled), its pixel bounding box and screen-space depth plane computed. A
+   *small* triangle (box of at most ``SMALL_FACE`` pixels: nearly all of them in a fitted
+   mesh) is drawn right there (4.); a larger face stores its edges and gets a range of
+   the work list for the 16×16 tiles it touches.
 2. *allocate*: one atomic add per large face, or a serial prefix sum (``serial_scan``);
    the order of work items does not change the result (see 4.).
 3. *bin*: each large face writes one work item (face, tile) per covered tile.
