@@ -295,7 +295,6 @@ def _rasterize(
     ranges: IVec2,
     n_views: ti.i32,
     n_vertices: ti.i32,
-    n_faces: ti.i32,
     height: ti.i32,
     width: ti.i32,
     cull: ti.i32,
@@ -312,7 +311,11 @@ def _rasterize(
     count: ti.template(),
     peel: ti.template(),
 ) -> ti.i32:
+    """One frame: the stages of the module docstring. Returns the number of work items
+    it needed; more than ``work`` holds: nothing was resolved, call again with a longer
+    list (the keys drawn so far stay valid: drawing is a minimum)."""
     W, H = width, height
+    n_faces = faces.shape[0]
     tiles_x = (W + BIN_TILE - 1) // BIN_TILE
     total[0] = 0
     if ti.static(count):
@@ -491,7 +494,6 @@ class Rasterizer:
                 ranges,
                 frame.views,
                 n_vertices,
-                n_faces,
                 frame.height,
                 frame.width,
                 {"none": 0, "back": 1, "front": -1}[cull],
