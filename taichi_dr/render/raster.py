@@ -319,7 +319,7 @@ def _rasterize(
     tiles_x = (W + BIN_TILE - 1) // BIN_TILE
     total[0] = 0
     if ti.static(count):
-        for i in range(triangle_id.shape[0]):
+        for i in range(key.shape[0]):
             fragments[i] = 0
     for v in range(clip.shape[0]):  # 0. vertices in front of the near plane, projected once
         p = ti.cast(clip[v], ti.f64)
@@ -373,7 +373,7 @@ def _rasterize(
                 box = boxes[k]
                 _bin(k, box[5], box, tiles_x, work)
     n_work = total[0]
-    n_pixels = triangle_id.shape[0]
+    n_pixels = key.shape[0]
     if n_work > work.shape[0]:  # work list too short: the caller grows it and calls again
         n_work, n_pixels = 0, 0
     for u in range(n_work):  # 4. large faces, per tile
