@@ -449,7 +449,7 @@ class Rasterizer:
                 arrays.empty(n, dtype=ti.i32),
             )
             self.frame = frame
-        if n_items > self._item_capacity:
+        if self._items is None or n_items > self._item_capacity:
             c = _capacity(n_items)
             self._items = (
                 arrays.empty(4 * c, 3, ti.i64),  # edge functions (A, B, C) per polygon edge
@@ -458,7 +458,7 @@ class Rasterizer:
                 arrays.empty(c, 6, ti.i32),
             )
             self._item_capacity = c
-        if n_vertices > self._vertex_capacity:
+        if self._vertices is None or n_vertices > self._vertex_capacity:
             c = _capacity(n_vertices)
             self._vertices = (arrays.empty(c, 3, ti.i32), arrays.empty(c, 3, ti.f64))
             self._vertex_capacity = c
