@@ -81,7 +81,7 @@ def test_new_size_and_mesh_compile_nothing(scene):
     r = raster.Rasterizer()
     clip = arrays.from_numpy(_clip(mesh, cams))
     r.forward(clip, faces, _ranges([[0, F]] * 2), Frame(2, H, W), V)
-    kernels = (raster._setup_items, raster._bin_items, raster._raster_items, raster._resolve_keys)
+    kernels = (raster._rasterize,)
     before = _compiled(*kernels)
     small = blob(0)
     cam = Camera.look_at((0, 0, 3), (0, 0, 0), (0, 1, 0), 50, 37, 11, 0.1, 50)

@@ -97,10 +97,15 @@ def _grid_quad(n, W_, H_):
     return clip, faces.astype(np.int32)
 
 
-@pytest.mark.parametrize("n, serial_scan", [(7, None), (22, None), (22, False)])
-def test_no_cracks_no_double_coverage(n, serial_scan):
-    """serial_scan=False: the GPU's atomic work-list allocation, exercised on the CPU."""
-    w, h = 22, 22  # grid pitch of 1 pixel for n = 22 → every edge through pixel centres
+@pytest.mark.parametrize(
+    "n, size, serial_scan",
+    [(7, 22, None), (22, 22, None), (22, 22, False), (2, 80, None), (2, 80, True)],
+)
+def test_no_cracks_no_double_coverage(n, size, serial_scan):
+    """size 22: small triangles, drawn at setup; 80: large ones, drawn through the tile
+    work list, allocated by atomic adds (default) or a serial scan (serial_scan=True)."""
+    # grid pitch of 1 pixel for n = 22, 42 for n = 2 at 80: edges through pixel centres
+    w, h = size, size
     clip, faces = _grid_quad(n, w, h)
     rast = Rasterizer(serial_scan=serial_scan)
     ranges = arrays.from_numpy(np.array([[0, len(faces)]], np.int32), dtype=ti.i32)
