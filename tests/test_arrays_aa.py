@@ -343,3 +343,36 @@ def test_bad_input(scene):
         detect(
             tri, depth, clip, faces, neighbours, ranges, frame, arrays.empty(3, dtype=ti.i32), edges
         )
+
+
+def test_renderer_edges_from_zbuffer_keys_equal_those_from_eye_depth():
+    """The renderer finds silhouette edges with the rasterizer's z-buffer keys as depths
+    (no barycentric pass); a self-occluding torus and an occluded blob in two views give
+    the same edges as eye-space depth from ``interpolate.barycentrics``."""
+    from taichi_dr import Renderer, RenderSettings
+    from taichi_dr.render import interpolate
+    from taichi_dr.scene import Mesh, concatenate
+
+    small = blob(2)
+    front = Mesh(small.vertices * 0.4 + (0.3, 0.2, 0.9), small.faces)  # occludes the torus
+    mesh = concatenate([torus(1.0, 0.4, 24, 12), front])[0]
+    cams = [
+        Camera.look_at(eye, (0, 0, 0), (0, 1, 0), 45.0, W, H, 0.5, 10.0)
+        for eye in ((-1.2, 1.6, 2.2), (0.3, 0.4, 2.8))
+    ]
+    r = Renderer(mesh, cams, RenderSettings(mode="antialias"))
+    r.rasterize()
+    m, frame = r.mesh, r.frame
+    bary, depth = arrays.empty(frame.pixels, 3), arrays.empty(frame.pixels)
+    interpolate.barycentrics(
+        r.vertex.clip, m.faces, r.triangle_id, frame, m.num_vertices, bary, depth
+    )
+    bits = arrays.empty(frame.views * m.num_faces, dtype=ti.i32)
+    edges = arrays.empty(2 * frame.pixels, 3, ti.i32)
+    detect(
+        r.triangle_id, depth, r.vertex.clip, m.faces, m.neighbours, r._face_ranges(), frame,
+        bits, edges,
+    )  # fmt: skip
+    found = r.pixels.edges.to_numpy()
+    assert (found[:, 1] >= 0).sum() > 50  # silhouettes, including occluding ones
+    np.testing.assert_array_equal(found, edges.to_numpy())

@@ -260,3 +260,27 @@ def test_interpolation_batch_and_gradients(scene, rng):
 
         check = gradcheck(f, lambda x, target=target, pick=pick: gradient(target)[pick], base[pick])
         assert check.ok, (target.shape, check)
+
+
+@pytest.mark.parametrize(
+    "channels, dtype", [(0, None), (3, None), (4, ti.f32), (0, ti.i32), (2, ti.i64)]
+)
+def test_host_reads_writes_and_clears(channels, dtype, rng):
+    """``arrays.read``/``write`` (straight from CPU memory), ``zero`` (a memset) and
+    ``detach`` (a memory copy) agree with Taichi's own ``to_numpy``/``from_numpy``."""
+    n = 7
+    shape = (n, channels) if channels else (n,)
+    values = rng.integers(-50, 50, shape)
+    a = arrays.from_numpy(values, dtype=dtype)
+    np.testing.assert_array_equal(arrays.read(a), a.to_numpy())
+    assert arrays.read(a).shape == a.to_numpy().shape
+    arrays.write(a, 2 * values)
+    np.testing.assert_array_equal(a.to_numpy(), 2 * values)
+    b = arrays.empty(n, channels, dtype=dtype or a.dtype)
+    arrays.detach(a, b)
+    np.testing.assert_array_equal(b.to_numpy(), 2 * values)
+    if a.dtype in (ti.f32, ti.f64):
+        g = arrays.empty(n, channels, dtype=a.dtype, grad=True)
+        g.grad.from_numpy(np.ones(shape))
+        arrays.clear_grads(g)
+        assert not g.grad.to_numpy().any()
