@@ -61,6 +61,7 @@ from .soft_faces import (
     Vec6,
     barycentrics,
     distance,
+    exp_nonpositive,
     face_records_adjoint,
     iso_scale,
     pixel_center,
@@ -86,10 +87,23 @@ def _coverage(screen: ti.template(), line: ti.template(), along: ti.template(), 
     1 − D and D (stable sigmoids of ±d²/σ)."""
     d2, inside, nearest, l_near = distance(screen, line, along, q)
     arg = ti.select(inside, d2, -d2) * inv_sigma
-    e = ti.exp(-ti.abs(arg))
+    e = exp_nonpositive(-ti.abs(arg))
     inv = 1.0 / (1.0 + e)
     miss = ti.select(arg >= 0.0, e, 1.0) * inv
     return d2, inside, nearest, l_near, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+
+
+@ti.func
+def _next_row(bits):
+    """The first row of a non-zero tile mask that has a set bit: (bits without that row,
+    the row, whether each of its 8 pixels is set)."""
+    row = (63 - ti.cast(ti.math.clz(bits & (~bits + ti.u64(1))), ti.i32)) // MASK_TILE
+    shift = ti.u64(row * MASK_TILE)
+    row_bits = (bits >> shift) & ti.u64(0xFF)
+    on = ti.Vector(
+        [(row_bits >> ti.u64(x)) & ti.u64(1) != ti.u64(0) for x in ti.static(range(MASK_TILE))]
+    )
+    return bits & ~(ti.u64(0xFF) << shift), row, on
 
 
 @ti.func
@@ -179,12 +193,12 @@ def _blend_forward(
         # Π (1 − D): 0 only where the silhouette is 1
         miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))
         total = ti.Vector.zero(float, MASK_TILE * MASK_TILE)  # Σ w
-        color_sum = ti.Matrix.zero(float, MASK_TILE * MASK_TILE, 3)  # Σ w C
+        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, channel by channel
         for bit in range(MASK_TILE * MASK_TILE):
-            w = ti.exp((eps - shift[bit]) * inv_gamma)
+            w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
             total[bit] = w
             for c in ti.static(range(3)):
-                color_sum[bit, c] = w * background[c]
+                color_sum[c, bit] = w * background[c]
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
             bits = mask[slot]
@@ -197,32 +211,45 @@ def _blend_forward(
             zn_hi = depth_range[r][1]
             k = slot_pairs[slot]
             while bits != ti.u64(0):
-                bits, bit = next_pixel(bits)
-                p = pixel_center(y0 + bit // MASK_TILE, x0 + bit % MASK_TILE, step)
-                inside, nearest, l_near, out, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
-                miss[bit] *= out
-                m = shift[bit]
-                if not _weightless(zn_hi, m, inv_gamma):
+                bits, row, on = _next_row(bits)
+                # the row's 8 pixels side by side (consecutive entries of the tile's
+                # arrays: SIMD loads and stores), updating those whose bit is set
+                base = row * MASK_TILE
+                record = ti.Matrix.zero(float, MASK_TILE, 3)
+                for x in ti.static(range(MASK_TILE)):
+                    bit = base + x
+                    p = pixel_center(y0 + row, x0 + x, step)
+                    inside, nearest, l_near, o, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
+                    miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
+                    # a weight of exactly 0 (``_weightless``) adds nothing; a nearer z
+                    # raises m and rescales the sums
+                    m = shift[bit]
+                    shaded = on[x] and not _weightless(zn_hi, m, inv_gamma)
                     zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
-                    if zn > m:
-                        rescale = ti.exp((m - zn) * inv_gamma)
-                        total[bit] *= rescale
-                        for c in ti.static(range(3)):
-                            color_sum[bit, c] *= rescale
-                        m = zn
-                        shift[bit] = m
-                    wk = cov * ti.exp((zn - m) * inv_gamma)
-                    total[bit] += wk
+                    # (one exponential: e^{(m − z)/γ} rescales when z > m, and then the
+                    # weight is D e^0 = D; else the weight is D e^{(z − m)/γ})
+                    grow = shaded and zn > m
+                    e = exp_nonpositive(-ti.abs(zn - m) * inv_gamma)
+                    rescale = ti.select(grow, e, 1.0)
+                    shift[bit] = ti.select(grow, zn, m)
+                    wk = ti.select(shaded, cov * ti.select(grow, 1.0, e), 0.0)
+                    total[bit] = ti.select(shaded, total[bit] * rescale + wk, total[bit])
                     for c in ti.static(range(3)):
-                        color_sum[bit, c] += wk * color[c]
-                pairs[k] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
-                k += 1
+                        sum_c = color_sum[c, bit] * rescale + wk * color[c]
+                        color_sum[c, bit] = ti.select(shaded, sum_c, color_sum[c, bit])
+                    record[x, 0] = cov
+                    record[x, 1] = l_near
+                    record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
+                for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
+                    if on[x]:
+                        pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(3))])
+                        k += 1
         for y in range(y0, ti.min(y0 + MASK_TILE, height)):
             for x in range(x0, ti.min(x0 + MASK_TILE, width)):
                 i = (v * height + y) * width + x
                 bit = (y - y0) * MASK_TILE + x - x0
                 silhouette[i] = 1.0 - miss[bit]
-                image[i] = ti.Vector([color_sum[bit, c] for c in ti.static(range(3))]) / total[bit]
+                image[i] = ti.Vector([color_sum[c, bit] for c in ti.static(range(3))]) / total[bit]
                 denominator[i] = total[bit]
                 zmax[i] = shift[bit]
 

@@ -35,6 +35,7 @@ import math
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from ..camera import check_depth_range
 from ..errors import UserError
 from . import arrays
@@ -93,6 +94,44 @@ def soft_params(
     r = radius(sigma, cutoff)
     values = [1.0 / sigma, 1.0 / gamma, eps, r * r, r, near, far, 1.0 / (far - near), *bg]
     return arrays.from_numpy(np.array(values))
+
+
+# e^x for x ≤ 0 in the float type in use (``exp_nonpositive``): exactly 0 below UNDERFLOW,
+# 2^k e^r with |r| ≤ ln2/2 otherwise, e^r by its Taylor polynomial to DEGREE (truncation
+# below 2^-26 in f32, 2^-58 in f64: the float's rounding) and ln 2 = LN2_HI + LN2_LO (Cody and
+# Waite: k · LN2_HI is exact)
+EXP_POLY = {
+    "f32": {"DEGREE": 7, "UNDERFLOW": -87.0, "LN2_HI": 0.693145751953125,
+            "LN2_LO": 1.428606765330187e-06, "BIAS": 127, "MANTISSA": 23},
+    "f64": {"DEGREE": 13, "UNDERFLOW": -708.0, "LN2_HI": 6.93147180369123816490e-01,
+            "LN2_LO": 1.90821492927058770002e-10, "BIAS": 1023, "MANTISSA": 52},
+}  # fmt: skip
+
+
+def _exp_constant(name: str):
+    """``EXP_POLY``'s constant ``name`` for the float type in use (INT: its integer type)."""
+    precision = backend.precision()
+    if name == "INT":
+        return ti.i32 if precision == "f32" else ti.i64
+    return EXP_POLY[precision][name]
+
+
+@ti.func
+def exp_nonpositive(x):
+    """e^min(x, 0), accurate to the float's rounding, exactly 1 at 0 and exactly 0 below
+    ``EXP_POLY``'s UNDERFLOW (no subnormals). Unlike ``ti.exp`` (a call into libm) it is
+    plain arithmetic, so that LLVM vectorises the blend's lanes (``LANES``)."""
+    degree, low = ti.static(_exp_constant("DEGREE"), _exp_constant("UNDERFLOW"))
+    hi, lo = ti.static(_exp_constant("LN2_HI"), _exp_constant("LN2_LO"))
+    bias, mantissa = ti.static(_exp_constant("BIAS"), _exp_constant("MANTISSA"))
+    xc = ti.max(ti.min(x, 0.0), low)
+    k = ti.floor(xc * ti.static(1.0 / math.log(2.0)) + 0.5)
+    r = xc - k * hi - k * lo
+    poly = 1.0
+    for n in ti.static(range(degree, 0, -1)):  # Horner: 1 + r/1 (1 + r/2 (1 + ...))
+        poly = 1.0 + r * poly * ti.static(1.0 / n)
+    scale = ti.bit_cast((ti.cast(k, _exp_constant("INT")) + bias) << mantissa, float)
+    return ti.select(x < low, 0.0, poly * scale)
 
 
 @ti.func

@@ -26,8 +26,9 @@ pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
   such face ends the tile (all later keys are larger). Exact: the same candidates as
   looking at every face.
   Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
-  face; pairs are numbered slot by slot in mask-bit order (``slot_pairs``), which is how
-  the blend finds each pair's record; the blend walks each tile's slots in draw order.
+  face; pairs are numbered tile by tile, slot by slot in draw order, in mask-bit order
+  (``slot_pairs``: each slot's first pair), which is how the blend finds each pair's
+  record; the blend walks each tile's slots in draw order.
 
 Layout (``arrays``): views b = 0..B−1 of H × W pixels, pixel index i = (b·H + y)·W + x;
 clip (B·V,) vec4; faces (F,) ivec3; ranges (B,) ivec2 = (start, count) per view. Draw
@@ -308,6 +309,7 @@ def _select(
     depth: Vec3,
     keys: Real,
     tile_start: Int,
+    tile_slots: Int,
     tile_near: Int,
     slot_draw: Int,
     mask: U64,
@@ -424,11 +426,14 @@ def _select(
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
-    # each slot's first pair: pairs are numbered slot by slot, in mask-bit order
-    slot_pairs[0] = 0
+    # each slot's first pair: pairs are numbered tile by tile (so that the blend, one
+    # thread per tile, writes them in order), slot by slot in draw order, in mask-bit order
+    slot_pairs[n_slots] = 0
     ti.loop_config(serialize=True)
-    for j in range(n_slots):
-        slot_pairs[j + 1] = slot_pairs[j] + ti.cast(ti.math.popcnt(mask[j]), ti.i32)
+    for n in range(n_slots):
+        slot = tile_slots[n]
+        slot_pairs[slot] = slot_pairs[n_slots]
+        slot_pairs[n_slots] += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
     return ti.Vector([slot_pairs[n_slots], overflow[0]])
 
 
@@ -575,7 +580,8 @@ class SoftCandidates:
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
-            *self.records()[:5], self.keys, self.tile_start, self.tile_near, self.slot_draw,
+            *self.records()[:5], self.keys, self.tile_start, self.tile_slots, self.tile_near,
+            self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
             self.limit,
             self.overflow, self.n_slots, self.slot_pairs,
