@@ -16,15 +16,17 @@ pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
   blend) and nearest first (for selection).
 * One thread per tile then goes face by face over its slots, nearest first (by each
   face's least vertex depth, its *key*): each pixel keeps the first K faces within reach
-  and, once more than K are (the pixel *overflows*; depths are only computed then),
-  replaces its farthest one (the largest (depth, face id)) by a nearer face, so it ends
+  (with its depth there) and, once more than K are (the pixel *overflows*), replaces
+  its farthest one (the largest (depth, face id)) by a nearer face, so it ends
   with the K least (depth, face id) whatever the order. The order makes depth-bounded
   rejection pay: an interpolated depth is never below the key (up to rounding, allowed
-  for by ``NEAR_MARGIN``), so an overflowed pixel skips, without its distance, a face
-  whose key is beyond its farthest candidate; a face whose box in the tile holds only
+  for by ``NEAR_MARGIN``), so an overflowed pixel skips a face whose key is beyond its
+  farthest candidate; a face whose box in the tile holds only
   such pixels is skipped whole, and once every pixel of the tile overflowed the first
   such face ends the tile (all later keys are larger). Exact: the same candidates as
-  looking at every face.
+  looking at every face. The pixels of a row of the tile are tested side by side (8
+  lanes of SIMD arithmetic: distance, depth, rejection), the candidate lists updated
+  pixel by pixel after.
   Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
   face; pairs are numbered tile by tile, slot by slot in draw order, in mask-bit order
   (``slot_pairs``: each slot's first pair), which is how the blend finds each pair's
@@ -268,12 +270,6 @@ def _bin_fill(
 
 
 @ti.func
-def _depth(bary: ti.template(), depth: ti.template(), r, p):
-    """Eye-space depth of draw r at NDC point p (clamped barycentrics)."""
-    return barycentrics(bary[r], p)[0].dot(depth[r])
-
-
-@ti.func
 def _find_farthest(
     candidates: ti.template(), candidate_depth: ti.template(), farthest: ti.template(),
     limit: ti.template(), i, K,
@@ -323,19 +319,18 @@ def _select(
     slot_pairs: Int,
 ) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
-    (``tile_near``): each pixel keeps the first K faces within reach; once more than K
-    are (it *overflows*; only then are depths computed), a nearer face replaces the
+    (``tile_near``): each pixel keeps the first K faces within reach and their depths;
+    once more than K are (it *overflows*), a nearer face replaces the
     farthest (``farthest``: its index, ``limit``: its depth), so the K kept are the least
     (depth, slot) in any processing order. Candidates are slots until the end, then face ids; bit
     (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it.
 
     Depth-bounded rejection, exact: a face's depth anywhere is at least its key (its
     least vertex depth) up to rounding, so once a pixel overflowed, a face whose key,
-    lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped without
-    its distance; once every pixel of the tile overflowed and the key exceeds an upper
-    bound of all their farthest depths, so do all later (farther-keyed) faces: the tile
-    is done. Then each slot's first pair (``slot_pairs``); returns (pairs, pixels that
-    overflowed)."""
+    lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped; once
+    every pixel of the tile overflowed and the key exceeds an upper bound of all their
+    farthest depths, so do all later (farther-keyed) faces: the tile is done. Then each
+    slot's first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
@@ -379,43 +374,54 @@ def _select(
                             break
                         mask[slot] = ti.u64(0)
                         continue
-            s, ln, al = screen[r], line[r], along[r]
+            s, ln, al, ba, zr = screen[r], line[r], along[r], bary[r], depth[r]
+            xa, xb = ti.max(b[0], x0) - x0, ti.min(b[2], x1) - x0
+            in_box = ((1 << (xb - xa + 1)) - 1) << xa  # the box's columns in the tile
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
-                for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
-                    i = (v * height + y) * width + x
-                    bit = ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
-                    if full & bit != ti.u64(0):
-                        if near > limit[i]:
-                            continue
-                    p = pixel_center(y, x, step)
+                # the row's 8 pixels side by side (SIMD): which are within reach and not
+                # skipped by depth, and the face's depth at each
+                row = y - y0
+                first = (v * height + y) * width + x0  # the row's first pixel
+                full_row = ti.cast((full >> ti.u64(row * MASK_TILE)) & ti.u64(0xFF), ti.i32)
+                reach = 0
+                z = ti.Vector.zero(float, MASK_TILE)
+                for x in ti.static(range(MASK_TILE)):
+                    p = pixel_center(y, x0 + x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
-                    if inside or d2 <= r2:
-                        m = count[i]
-                        if m < K:
-                            candidates[i * K + m] = slot
-                            count[i] = m + 1
+                    z[x] = barycentrics(ba, p)[0].dot(zr)
+                    limit_x = limit[first + x]  # (beyond the image: in the padding)
+                    # (bitwise operators: ``and`` and ``or`` would branch)
+                    skip = ((full_row >> x) & 1 != 0) & (near > limit_x)
+                    reach |= ti.select(inside | (d2 <= r2), 1 << x, 0) & ti.select(skip, 0, -1)
+                reach &= in_box
+                while reach != 0:
+                    x = 31 - ti.cast(ti.math.clz(reach & -reach), ti.i32)
+                    reach &= reach - 1
+                    i = first + x
+                    bit = ti.u64(1) << ti.u64(row * MASK_TILE + x)
+                    m = count[i]
+                    if m < K:
+                        candidates[i * K + m] = slot
+                        candidate_depth[i * K + m] = z[x]
+                        count[i] = m + 1
+                        bits |= bit
+                    else:
+                        if full & bit == ti.u64(0):  # first overflow
+                            full |= bit
+                            _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
+                            bound = math.inf  # it does not cover this pixel yet
+                            tight = False
+                        worst = i * K + farthest[i]
+                        zw = limit[i]
+                        if z[x] < zw or (z[x] == zw and slot < candidates[worst]):
+                            evicted = candidates[worst]
+                            mask[evicted] = mask[evicted] & ~bit
+                            candidates[worst] = slot
+                            candidate_depth[worst] = z[x]
+                            _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
                             bits |= bit
-                        else:
-                            if full & bit == ti.u64(0):  # first overflow: depths of the K
-                                full |= bit
-                                for k in range(K):
-                                    g = slot_draw[candidates[i * K + k]]
-                                    candidate_depth[i * K + k] = _depth(bary, depth, g, p)
-                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
-                                bound = math.inf  # it does not cover this pixel yet
-                                tight = False
-                            worst = i * K + farthest[i]
-                            z = _depth(bary, depth, r, p)
-                            zw = limit[i]
-                            if z < zw or (z == zw and slot < candidates[worst]):
-                                evicted = candidates[worst]
-                                mask[evicted] = mask[evicted] & ~bit
-                                candidates[worst] = slot
-                                candidate_depth[worst] = z
-                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
-                                bits |= bit
-                                tight = False
+                            tight = False
             mask[slot] = bits
         for n in range(stop, tile_start[t + 1]):
             mask[tile_near[n]] = ti.u64(0)
@@ -575,7 +581,7 @@ class SoftCandidates:
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("farthest", frame.pixels, ti.i32)
-        self.buffer("limit", frame.pixels, real)
+        self.buffer("limit", frame.pixels + MASK_TILE, real)  # padded for 8-pixel rows
         self.buffer("overflow", 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
