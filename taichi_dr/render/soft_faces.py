@@ -109,11 +109,8 @@ EXP_POLY = {
 
 
 def _exp_constant(name: str):
-    """``EXP_POLY``'s constant ``name`` for the float type in use (INT: its integer type)."""
-    precision = backend.precision()
-    if name == "INT":
-        return ti.i32 if precision == "f32" else ti.i64
-    return EXP_POLY[precision][name]
+    """``EXP_POLY``'s constant ``name`` for the float type in use."""
+    return EXP_POLY[backend.precision()][name]
 
 
 @ti.func
@@ -130,7 +127,11 @@ def exp_nonpositive(x):
     poly = 1.0
     for n in ti.static(range(degree, 0, -1)):  # Horner: 1 + r/1 (1 + r/2 (1 + ...))
         poly = 1.0 + r * poly * ti.static(1.0 / n)
-    scale = ti.bit_cast((ti.cast(k, _exp_constant("INT")) + bias) << mantissa, float)
+    scale = 0.0
+    if ti.static(backend.precision() == "f32"):
+        scale = ti.bit_cast((ti.cast(k, ti.i32) + bias) << mantissa, float)
+    else:
+        scale = ti.bit_cast((ti.cast(k, ti.i64) + bias) << mantissa, float)
     return ti.select(x < low, 0.0, poly * scale)
 
 
