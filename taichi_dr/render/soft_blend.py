@@ -318,7 +318,8 @@ def _pair_adjoint(
             g_arg += g_w * factor * cov * (1.0 - cov)
             g_depth = -g_w * w * inv_gamma * consts[3]
             g_lam = g_depth * z + cols @ g_color
-            g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+            # (the reciprocal of ``barycentrics``: one division per pair)
+            g_u = (g_lam - g_lam.dot(lam)) * (1.0 / ti.select(total > 0.0, total, 1.0))
             g_u = ti.select(u > 0.0, g_u, 0.0) * sign
             for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
                 g[2][v, 0] += g_u[v]
