@@ -17,8 +17,7 @@ screen point, p: NDC point, s_v: the face's screen vertices):
   along edge k (0 at s_k, 1 at s_k+1; −1 for a zero-length edge); not differentiated;
 * ``bary`` (3×3): A, B, C with u_v = A + B p_x + C p_y vertex v's homogeneous
   barycentric (the p_x p_y terms of a × b cancel);
-* ``depth`` (3): each vertex's eye depth (clip w); ``depth_range`` (2): the normalised
-  depth's lower and upper bound over the face (not differentiated).
+* ``depth`` (3): each vertex's eye depth (clip w).
 
 ``face_records`` computes them from the clip coordinates and ``face_records_adjoint``
 takes their gradients back to the clip coordinates (hand-written: the blend's backward
@@ -49,16 +48,16 @@ SIGMA = 1e-4  # the default σ everywhere (RenderSettings, torch ops): PyTorch3D
 # Array arguments of the soft rasterizer's kernels. Taichi never differentiates them (the
 # blend's adjoint is hand-written), so arrays with and without gradient storage share one
 # compiled kernel (``arrays.no_grad``).
-Real, Int, Vec2, Vec3, Vec4, IVec2, IVec3 = (
+Real, Int, Vec3, Vec4, IVec2, IVec3 = (
     arrays.no_grad(a)
-    for a in (arrays.Real, arrays.Int, arrays.Vec2, arrays.Vec3, arrays.Vec4, arrays.IVec2,
+    for a in (arrays.Real, arrays.Int, arrays.Vec3, arrays.Vec4, arrays.IVec2,
               arrays.IVec3)
 )  # fmt: skip
 Mat32 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.matrix(3, 2), ndim=1))  # float in use
 Mat3 = arrays.no_grad(ti.types.ndarray(dtype=ti.math.mat3, ndim=1))
 IVec4 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1))
 U64 = arrays.no_grad(ti.types.ndarray(dtype=ti.u64, ndim=1))
-Vec6 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(6), ndim=1))  # float in use
+Vec5 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(5), ndim=1))  # float in use
 
 
 def radius(sigma: float, cutoff: float) -> float:
@@ -156,9 +155,9 @@ def iso_scale(height: ti.i32, width: ti.i32):
 
 
 @ti.func
-def face_records(c: ti.template(), scale, far, inv_span):
+def face_records(c: ti.template(), scale):
     """Records of the face with clip coordinates c (3 rows of 4): (screen, line, along,
-    bary, depth, depth_range)."""
+    bary, depth)."""
     w = ti.Vector([ti.select(c[k, 3] > 0.0, c[k, 3], 1.0) for k in ti.static(range(3))])
     s = ti.Matrix(
         [[c[k, 0] / w[k] * scale[0], c[k, 1] / w[k] * scale[1]] for k in ti.static(range(3))]
@@ -187,10 +186,7 @@ def face_records(c: ti.template(), scale, far, inv_span):
         bary[k, 1] = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
         bary[k, 2] = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
     depth = ti.Vector([c[0, 3], c[1, 3], c[2, 3]])
-    w_lo = ti.min(c[0, 3], c[1, 3], c[2, 3])  # z interpolates w with convex weights
-    w_hi = ti.max(c[0, 3], c[1, 3], c[2, 3])
-    depth_range = ti.Vector([(far - w_hi) * inv_span, (far - w_lo) * inv_span])
-    return s, line, along, bary, depth, depth_range
+    return s, line, along, bary, depth
 
 
 @ti.func

@@ -48,8 +48,6 @@ from .. import backend
 from ..errors import UserError
 from .arrays import Frame
 from .soft_faces import (
-    FAR,
-    INV_SPAN,
     NUM_PARAMS,
     RADIUS,
     RADIUS2,
@@ -61,7 +59,6 @@ from .soft_faces import (
     Mat3,
     Mat32,
     Real,
-    Vec2,
     Vec3,
     Vec4,
     barycentrics,
@@ -79,8 +76,7 @@ MASK_TILE = 8  # tile edge in pixels, fixed: a tile's 64 pixels are the bits of 
 NEAR_MARGIN = {"f32": 2.0**-18, "f64": 2.0**-47}
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
-RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
-           "depth_range": (2,)}  # fmt: skip
+RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,)}
 
 
 def tile_block() -> int:
@@ -160,7 +156,6 @@ def write_face_records(
     along: Mat3,
     bary: Mat3,
     depth: Vec3,
-    depth_range: Vec2,
     box: IVec4,
     with_boxes: ti.template(),
 ):
@@ -173,8 +168,8 @@ def write_face_records(
         if j < ranges[b][1]:
             idx = faces[ranges[b][0] + j] + b * vertices
             c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
-            rec = face_records(c, iso_scale(height, width), params[FAR], params[INV_SPAN])
-            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
+            rec = face_records(c, iso_scale(height, width))
+            screen[r], line[r], along[r], bary[r], depth[r] = rec
             if ti.static(with_boxes):
                 out = _face_box(c, height, width, params[RADIUS] * ti.min(width, height) / 2)
         if ti.static(with_boxes):
@@ -593,5 +588,5 @@ class SoftCandidates:
             self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
+        self.buffer("pairs", self.num_pairs, ti.types.vector(4, real))
         return self.num_pairs
