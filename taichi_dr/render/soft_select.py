@@ -217,16 +217,17 @@ def _depth_keys(box: IVec4, depth: Vec3, n_records: ti.i32, keys: Real):
 
 @ti.func
 def _append_slots(r, fmax, tiles_x, tiles_y, box: ti.template(), slot_start: ti.template(),
-                  tile_fill: ti.template(), out: ti.template()):  # fmt: skip
-    """Append draw r's slots to the lists ``out`` of the tiles under its box."""
+                  tile_fill: ti.template(), fill: ti.i32, out: ti.template()):  # fmt: skip
+    """Append draw r's slots to the lists ``out`` of the tiles t under its box (their
+    ends: ``tile_fill[fill + t]``)."""
     first = r // fmax * tiles_x * tiles_y
     b = box_tiles(box[r])
     j = slot_start[r]
     for ty in range(b[1], b[3] + 1):
         for tx in range(b[0], b[2] + 1):
             t = first + ty * tiles_x + tx
-            out[tile_fill[t]] = j
-            tile_fill[t] = tile_fill[t] + 1
+            out[tile_fill[fill + t]] = j
+            tile_fill[fill + t] = tile_fill[fill + t] + 1
             j += 1
 
 
@@ -254,14 +255,15 @@ def _bin_fill(
             slot_draw[j] = r
     for t in range(n_tiles):
         tile_fill[t] = tile_start[t]
-    ti.loop_config(serialize=True)
-    for r in range(n_records):
-        _append_slots(r, fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_slots)
-    for t in range(n_tiles):
-        tile_fill[t] = tile_start[t]
-    ti.loop_config(serialize=True)
-    for n in range(n_records):
-        _append_slots(order[n], fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_near)
+        tile_fill[n_tiles + t] = tile_start[t]
+    ti.loop_config(block_dim=1)
+    for which in range(2):  # the two lists side by side (two threads), each in order
+        for n in range(n_records):
+            if which == 0:
+                _append_slots(n, fmax, tiles_x, tiles_y, box, slot_start, tile_fill, 0, tile_slots)
+            else:
+                _append_slots(order[n], fmax, tiles_x, tiles_y, box, slot_start, tile_fill,
+                              n_tiles, tile_near)  # fmt: skip
 
 
 @ti.func
@@ -564,7 +566,7 @@ class SoftCandidates:
         self.buffer("order", self.n_records, ti.i32).from_numpy(
             _padded(order.astype(np.int32), self.order.shape[0])
         )
-        self.buffer("tile_fill", self.n_tiles, ti.i32)
+        self.buffer("tile_fill", 2 * self.n_tiles, ti.i32)
         for name in ("tile_slots", "tile_near", "slot_draw"):
             self.buffer(name, self.n_slots, ti.i32)
         _bin_fill(
