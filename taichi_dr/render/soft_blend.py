@@ -15,11 +15,13 @@ colours (shared (V,) or one set per view (B·V,); e.g. from
 
 * Forward: the face records are recomputed from ``clip`` (a cheap per-face kernel), then
   one thread per tile goes face by face over the pixels that kept each face (its slot's
-  mask). It multiplies the 1 − D and sums the softmax weights shifted by m_i, the
-  running maximum of ε and z_ij (online softmax; the blend does not depend on m, so it
-  is a constant for the gradient, and γ = 1e-4 never overflows), and stores each pair's
-  D, nearest boundary feature and signed distance (12 bytes in f32), numbered slot by
-  slot.
+  mask), a row of 8 pixels at a time, side by side (the tile's sums are consecutive
+  entries of local arrays, so that LLVM emits SIMD instructions; ``exp_nonpositive``
+  instead of libm's exp). A first pass finds m_i, the largest of ε and the pixel's
+  z_ij (the blend does not depend on m, so it is a constant for the gradient; with it
+  the largest weight is 1 and none overflows); the second multiplies the 1 − D and sums
+  the weights shifted by m_i, and stores each pair's D, nearest boundary feature,
+  signed distance and e^{(z − m)/γ} (16 bytes in f32), numbered tile by tile.
 * Backward: per-pixel adjoints of the three sums, then one thread per face over its
   slots' masks: it reads the pair records (recomputing only the barycentrics of pairs
   with a weight), sums the adjoints of the face's records in registers (d² = l² for the
@@ -28,11 +30,11 @@ colours (shared (V,) or one set per view (B·V,); e.g. from
   and colour gradients. Hand-written (registered with ``ti.ad.grad_replaced``), so no
   exp sits in an AD inner loop (TAICHI_NOTES §6).
 
-Exact shortcuts, no approximation: a pair whose weight e^{(z − m)/γ} is exactly 0 for
-every z in its face's depth range (e.g. the far side of a closed mesh) skips the
-barycentrics and colour, and in the backward pass all work when the pixel's silhouette
-has no gradient. Degenerate faces (zero area, edge-on) are drawn as their edges:
-outside everywhere, finite gradients.
+Exact shortcuts, no approximation: in the backward pass, a pair whose weight
+e^{(z − m)/γ} is exactly 0 (e.g. the far side of a closed mesh) skips the barycentrics
+and colour, and all work when the pixel's silhouette has no gradient either.
+Degenerate faces (zero area, edge-on) are drawn as their edges: outside everywhere,
+finite gradients.
 """
 
 import taichi as ti
@@ -55,12 +57,12 @@ from .soft_faces import (
     Mat3,
     Mat32,
     Real,
-    Vec2,
     Vec3,
     Vec4,
-    Vec6,
+    Vec5,
     barycentrics,
     distance,
+    exp_nonpositive,
     face_records_adjoint,
     iso_scale,
     pixel_center,
@@ -77,8 +79,6 @@ from .soft_select import (
     write_face_records,
 )
 
-EXP_ZERO = {"f32": -110.0, "f64": -750.0}  # e^x rounds to exactly 0 below these
-
 
 @ti.func
 def _coverage(screen: ti.template(), line: ti.template(), along: ti.template(), q, inv_sigma):
@@ -86,10 +86,23 @@ def _coverage(screen: ti.template(), line: ti.template(), along: ti.template(), 
     1 − D and D (stable sigmoids of ±d²/σ)."""
     d2, inside, nearest, l_near = distance(screen, line, along, q)
     arg = ti.select(inside, d2, -d2) * inv_sigma
-    e = ti.exp(-ti.abs(arg))
+    e = exp_nonpositive(-ti.abs(arg))
     inv = 1.0 / (1.0 + e)
     miss = ti.select(arg >= 0.0, e, 1.0) * inv
     return d2, inside, nearest, l_near, miss, ti.select(arg >= 0.0, 1.0, e) * inv
+
+
+@ti.func
+def _next_row(bits):
+    """The first row of a non-zero tile mask that has a set bit: (bits without that row,
+    the row, whether each of its 8 pixels is set)."""
+    row = (63 - ti.cast(ti.math.clz(bits & (~bits + ti.u64(1))), ti.i32)) // MASK_TILE
+    shift = ti.u64(row * MASK_TILE)
+    row_bits = (bits >> shift) & ti.u64(0xFF)
+    on = ti.Vector(
+        [(row_bits >> ti.u64(x)) & ti.u64(1) != ti.u64(0) for x in ti.static(range(MASK_TILE))]
+    )
+    return bits & ~(ti.u64(0xFF) << shift), row, on
 
 
 @ti.func
@@ -98,15 +111,14 @@ def _shading(bary: ti.template(), z: ti.template(), c: ti.template(), p, far, in
     point p: the 4 values of ``barycentrics``, the normalised depth (far − z)/(far −
     near) and the colour."""
     lam, u, total, sign = barycentrics(bary, p)
-    zn = (far - lam.dot(z)) * inv_span
     color = lam[0] * c[0, :] + lam[1] * c[1, :] + lam[2] * c[2, :]
-    return lam, u, total, sign, zn, color
+    return lam, u, total, sign, _depth(lam, z, far, inv_span), color
 
 
 @ti.func
-def _weightless(zn_hi, m, inv_gamma):
-    """Whether e^{(z − m)/γ} is exactly 0 for every normalised depth z ≤ zn_hi."""
-    return (zn_hi - m) * inv_gamma < ti.static(EXP_ZERO[backend.precision()])
+def _depth(lam, z, far, inv_span):
+    """The normalised depth (far − z)/(far − near) of barycentrics λ, vertex depths z."""
+    return (far - lam.dot(z)) * inv_span
 
 
 @ti.func
@@ -142,22 +154,20 @@ def _blend_forward(
     along: Mat3,
     bary: Mat3,
     depth: Vec3,
-    depth_range: Vec2,
     tile_start: Int,
     tile_slots: Int,
     slot_draw: Int,
     mask: U64,
     slot_pairs: Int,
-    pairs: Vec3,
+    pairs: Vec4,
     silhouette: Real,
     image: Vec3,
     denominator: Real,
-    zmax: Real,
 ):
     """One thread per tile, face by face over the pixels that kept the face (its slot's
     mask); the thread owns the tile's pixels, whose sums live in local arrays indexed by
-    the mask bit: Π (1 − D), Σ w C and Σ w, shifted by m (``zmax``). Each pair's (D, l,
-    code) is stored for the backward pass, and the pixels' Σ w and m for its weights."""
+    the mask bit: Π (1 − D), Σ w C and Σ w, shifted by m. Each pair's (D, l, code,
+    e^{(z − m)/γ}) is stored for the backward pass, and the pixels' Σ w."""
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
         scale, step = iso_scale(height, width), pixel_step(height, width)
@@ -165,26 +175,31 @@ def _blend_forward(
         far, inv_span = params[FAR], params[INV_SPAN]
         background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
-        # The weights are summed shifted by m, the running maximum of ε and z (online
-        # softmax: rescaled whenever m grows), started at a lower bound of the final m
-        # so that pairs whose weight e^{(z − m)/γ} is exactly 0 skip the shading.
+        # The weights are summed shifted by m, the largest of ε and the pixel's depths
+        # z (the blend does not depend on m; with it the largest weight is 1): a first
+        # pass over the pairs finds it, 8 pixels of a row side by side
         shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
-            lo = depth_range[slot_draw[slot]][0]
+            r = slot_draw[slot]
+            ba, z = bary[r], depth[r]
             bits = mask[slot]
             while bits != ti.u64(0):
-                bits, bit = next_pixel(bits)
-                shift[bit] = ti.max(shift[bit], lo)
+                bits, row, on = _next_row(bits)
+                for x in ti.static(range(MASK_TILE)):
+                    bit = row * MASK_TILE + x
+                    p = pixel_center(y0 + row, x0 + x, step)
+                    zn = _depth(barycentrics(ba, p)[0], z, far, inv_span)
+                    shift[bit] = ti.select(on[x], ti.max(shift[bit], zn), shift[bit])
         # Π (1 − D): 0 only where the silhouette is 1
         miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))
         total = ti.Vector.zero(float, MASK_TILE * MASK_TILE)  # Σ w
-        color_sum = ti.Matrix.zero(float, MASK_TILE * MASK_TILE, 3)  # Σ w C
+        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, channel by channel
         for bit in range(MASK_TILE * MASK_TILE):
-            w = ti.exp((eps - shift[bit]) * inv_gamma)
+            w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
             total[bit] = w
             for c in ti.static(range(3)):
-                color_sum[bit, c] = w * background[c]
+                color_sum[c, bit] = w * background[c]
         for n in range(tile_start[t], tile_start[t + 1]):
             slot = tile_slots[n]
             bits = mask[slot]
@@ -194,37 +209,39 @@ def _blend_forward(
             s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
             idx = _draw_vertices(faces, ranges, fmax, r)[1]
             cols = _vertex_colors(colors, batched, idx, v, vertices)
-            zn_hi = depth_range[r][1]
             k = slot_pairs[slot]
             while bits != ti.u64(0):
-                bits, bit = next_pixel(bits)
-                p = pixel_center(y0 + bit // MASK_TILE, x0 + bit % MASK_TILE, step)
-                inside, nearest, l_near, out, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
-                miss[bit] *= out
-                m = shift[bit]
-                if not _weightless(zn_hi, m, inv_gamma):
+                bits, row, on = _next_row(bits)
+                # the row's 8 pixels side by side (consecutive entries of the tile's
+                # arrays: SIMD loads and stores), updating those whose bit is set
+                base = row * MASK_TILE
+                record = ti.Matrix.zero(float, MASK_TILE, 4)
+                for x in ti.static(range(MASK_TILE)):
+                    bit = base + x
+                    p = pixel_center(y0 + row, x0 + x, step)
+                    inside, nearest, l_near, o, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
+                    miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
                     zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
-                    if zn > m:
-                        rescale = ti.exp((m - zn) * inv_gamma)
-                        total[bit] *= rescale
-                        for c in ti.static(range(3)):
-                            color_sum[bit, c] *= rescale
-                        m = zn
-                        shift[bit] = m
-                    wk = cov * ti.exp((zn - m) * inv_gamma)
+                    factor = exp_nonpositive((zn - shift[bit]) * inv_gamma)
+                    wk = ti.select(on[x], cov * factor, 0.0)
                     total[bit] += wk
                     for c in ti.static(range(3)):
-                        color_sum[bit, c] += wk * color[c]
-                pairs[k] = ti.Vector([cov, l_near, nearest + 8 * ti.cast(inside, ti.i32)])
-                k += 1
+                        color_sum[c, bit] += wk * color[c]
+                    record[x, 0] = cov
+                    record[x, 1] = l_near
+                    record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
+                    record[x, 3] = factor
+                for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
+                    if on[x]:
+                        pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(4))])
+                        k += 1
         for y in range(y0, ti.min(y0 + MASK_TILE, height)):
             for x in range(x0, ti.min(x0 + MASK_TILE, width)):
                 i = (v * height + y) * width + x
                 bit = (y - y0) * MASK_TILE + x - x0
                 silhouette[i] = 1.0 - miss[bit]
-                image[i] = ti.Vector([color_sum[bit, c] for c in ti.static(range(3))]) / total[bit]
+                image[i] = ti.Vector([color_sum[c, bit] for c in ti.static(range(3))]) / total[bit]
                 denominator[i] = total[bit]
-                zmax[i] = shift[bit]
 
 
 @ti.kernel
@@ -237,8 +254,7 @@ def _pixel_adjoints(
     with_silhouette: ti.template(),
     with_image: ti.template(),
     denominator: Real,
-    zmax: Real,
-    adjoint: Vec6,
+    adjoint: Vec5,
 ):
     """Per pixel: ∂L/∂log Π(1 − D), ∂L/∂Σw, ∂L/∂Σ wC (3) and the softmax shift m (one
     array: the backward pass reads them together)."""
@@ -250,7 +266,7 @@ def _pixel_adjoints(
         if ti.static(with_image):
             g_c = image_grad[i] / denominator[i]
             g_w = -g_c.dot(image[i])
-        adjoint[i] = ti.Vector([g_log_t, g_w, g_c[0], g_c[1], g_c[2], zmax[i]])
+        adjoint[i] = ti.Vector([g_log_t, g_w, g_c[0], g_c[1], g_c[2]])
 
 
 @ti.func
@@ -270,20 +286,19 @@ def _pair_adjoint(
     code), ``adjoint`` from ``_pixel_adjoints``, view = (``pixel_step``, ``iso_scale``,
     (1/σ, 1/γ, far, 1/(far − near))). A pair with a weight of exactly 0 and no
     silhouette gradient adds nothing."""
-    s, b, z, cols, zn_hi = face
+    s, b, z, cols = face
     step, scale, consts = view
     inv_sigma, inv_gamma = consts[0], consts[1]
     adj = adjoint[i]
-    m = adj[5]
-    shaded = not _weightless(zn_hi, m, inv_gamma)
+    factor = pair[3]  # e^{(z − m)/γ}
+    shaded = factor > 0.0
     if shaded or adj[0] != 0.0:
         p = pixel_center(y, x, step)
         q = p * scale
         cov = pair[0]
         g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
         if shaded:
-            lam, u, total, sign, zn, color = _shading(b, z, cols, p, consts[2], consts[3])
-            factor = ti.exp((zn - m) * inv_gamma)
+            lam, u, total, sign, _, color = _shading(b, z, cols, p, consts[2], consts[3])
             w = cov * factor
             g_c = ti.Vector([adj[2], adj[3], adj[4]])
             g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
@@ -291,7 +306,8 @@ def _pair_adjoint(
             g_arg += g_w * factor * cov * (1.0 - cov)
             g_depth = -g_w * w * inv_gamma * consts[3]
             g_lam = g_depth * z + cols @ g_color
-            g_u = (g_lam - g_lam.dot(lam)) / ti.select(total > 0.0, total, 1.0)
+            # (the reciprocal of ``barycentrics``: one division per pair)
+            g_u = (g_lam - g_lam.dot(lam)) * (1.0 / ti.select(total > 0.0, total, 1.0))
             g_u = ti.select(u > 0.0, g_u, 0.0) * sign
             for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
                 g[2][v, 0] += g_u[v]
@@ -335,13 +351,12 @@ def _face_adjoints(
     screen: Mat32,
     bary: Mat3,
     depth: Vec3,
-    depth_range: Vec2,
     box: IVec4,
     slot_start: Int,
     mask: U64,
     slot_pairs: Int,
-    pairs: Vec3,
-    adjoint: Vec6,
+    pairs: Vec4,
+    adjoint: Vec5,
 ):
     """One thread per face over the pixels that kept it (its slots' masks): sums the
     pair adjoints into the face records' gradients, then adds the face's share to the
@@ -361,7 +376,7 @@ def _face_adjoints(
             )
             b, idx = _draw_vertices(faces, ranges, fmax, r)
             cols = _vertex_colors(colors, batched, idx, b, vertices)
-            face = (screen[r], bary[r], depth[r], cols, depth_range[r][1])
+            face = (screen[r], bary[r], depth[r], cols)
             view = (step, scale, consts)
             tb = box_tiles(box[r])
             j = slot_start[r]
@@ -432,7 +447,6 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
         cand.pairs, silhouette, image, cand.buffer("denominator", frame.pixels, backend.real()),
-        cand.buffer("zmax", frame.pixels, backend.real()),
     )  # fmt: skip
 
 
@@ -462,7 +476,7 @@ def blend_backward(
     if clip_grad is None and colors_grad is None:
         return
     frame = cand.frame
-    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(6, backend.real()))
+    adjoint = cand.buffer("adjoint", frame.pixels, ti.types.vector(5, backend.real()))
     _pixel_adjoints(
         frame.pixels,
         silhouette,
@@ -472,14 +486,13 @@ def blend_backward(
         silhouette_grad is not None,
         image_grad is not None,
         cand.denominator,
-        cand.zmax,
         adjoint,
     )
     _face_adjoints(
         clip, clip if clip_grad is None else clip_grad, clip_grad is not None,
         colors, colors if colors_grad is None else colors_grad, colors_grad is not None,
         batched, *cand.draws(), cand.n_records, params, cand.screen, cand.bary, cand.depth,
-        cand.depth_range, cand.box, cand.slot_start, cand.mask, cand.slot_pairs, cand.pairs,
+        cand.box, cand.slot_start, cand.mask, cand.slot_pairs, cand.pairs,
         adjoint,
     )  # fmt: skip
 

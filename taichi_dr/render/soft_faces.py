@@ -17,8 +17,7 @@ screen point, p: NDC point, s_v: the face's screen vertices):
   along edge k (0 at s_k, 1 at s_k+1; −1 for a zero-length edge); not differentiated;
 * ``bary`` (3×3): A, B, C with u_v = A + B p_x + C p_y vertex v's homogeneous
   barycentric (the p_x p_y terms of a × b cancel);
-* ``depth`` (3): each vertex's eye depth (clip w); ``depth_range`` (2): the normalised
-  depth's lower and upper bound over the face (not differentiated).
+* ``depth`` (3): each vertex's eye depth (clip w).
 
 ``face_records`` computes them from the clip coordinates and ``face_records_adjoint``
 takes their gradients back to the clip coordinates (hand-written: the blend's backward
@@ -35,6 +34,7 @@ import math
 import numpy as np
 import taichi as ti
 
+from .. import backend
 from ..camera import check_depth_range
 from ..errors import UserError
 from . import arrays
@@ -48,16 +48,16 @@ SIGMA = 1e-4  # the default σ everywhere (RenderSettings, torch ops): PyTorch3D
 # Array arguments of the soft rasterizer's kernels. Taichi never differentiates them (the
 # blend's adjoint is hand-written), so arrays with and without gradient storage share one
 # compiled kernel (``arrays.no_grad``).
-Real, Int, Vec2, Vec3, Vec4, IVec2, IVec3 = (
+Real, Int, Vec3, Vec4, IVec2, IVec3 = (
     arrays.no_grad(a)
-    for a in (arrays.Real, arrays.Int, arrays.Vec2, arrays.Vec3, arrays.Vec4, arrays.IVec2,
+    for a in (arrays.Real, arrays.Int, arrays.Vec3, arrays.Vec4, arrays.IVec2,
               arrays.IVec3)
 )  # fmt: skip
 Mat32 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.matrix(3, 2), ndim=1))  # float in use
 Mat3 = arrays.no_grad(ti.types.ndarray(dtype=ti.math.mat3, ndim=1))
 IVec4 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(4, ti.i32), ndim=1))
 U64 = arrays.no_grad(ti.types.ndarray(dtype=ti.u64, ndim=1))
-Vec6 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(6), ndim=1))  # float in use
+Vec5 = arrays.no_grad(ti.types.ndarray(dtype=ti.types.vector(5), ndim=1))  # float in use
 
 
 def radius(sigma: float, cutoff: float) -> float:
@@ -95,6 +95,45 @@ def soft_params(
     return arrays.from_numpy(np.array(values))
 
 
+# e^x for x ≤ 0 in the float type in use (``exp_nonpositive``): exactly 0 below UNDERFLOW,
+# 2^k e^r with |r| ≤ ln2/2 otherwise, e^r by its Taylor polynomial to DEGREE (truncation
+# below 2^-26 in f32, 2^-58 in f64: the float's rounding) and ln 2 = LN2_HI + LN2_LO (Cody and
+# Waite: k · LN2_HI is exact)
+EXP_POLY = {
+    "f32": {"DEGREE": 7, "UNDERFLOW": -87.0, "LN2_HI": 0.693145751953125,
+            "LN2_LO": 1.428606765330187e-06, "BIAS": 127, "MANTISSA": 23},
+    "f64": {"DEGREE": 13, "UNDERFLOW": -708.0, "LN2_HI": 6.93147180369123816490e-01,
+            "LN2_LO": 1.90821492927058770002e-10, "BIAS": 1023, "MANTISSA": 52},
+}  # fmt: skip
+
+
+def _exp_constant(name: str):
+    """``EXP_POLY``'s constant ``name`` for the float type in use."""
+    return EXP_POLY[backend.precision()][name]
+
+
+@ti.func
+def exp_nonpositive(x):
+    """e^min(x, 0), accurate to the float's rounding, exactly 1 at 0 and exactly 0 below
+    ``EXP_POLY``'s UNDERFLOW (no subnormals). Unlike ``ti.exp`` (a call into libm) it is
+    plain arithmetic, so that LLVM vectorises the blend's lanes (``LANES``)."""
+    degree, low = ti.static(_exp_constant("DEGREE"), _exp_constant("UNDERFLOW"))
+    hi, lo = ti.static(_exp_constant("LN2_HI"), _exp_constant("LN2_LO"))
+    bias, mantissa = ti.static(_exp_constant("BIAS"), _exp_constant("MANTISSA"))
+    xc = ti.max(ti.min(x, 0.0), low)
+    k = ti.floor(xc * ti.static(1.0 / math.log(2.0)) + 0.5)
+    r = xc - k * hi - k * lo
+    poly = 1.0
+    for n in ti.static(range(degree, 0, -1)):  # Horner: 1 + r/1 (1 + r/2 (1 + ...))
+        poly = 1.0 + r * poly * ti.static(1.0 / n)
+    scale = 0.0
+    if ti.static(backend.precision() == "f32"):
+        scale = ti.bit_cast((ti.cast(k, ti.i32) + bias) << mantissa, float)
+    else:
+        scale = ti.bit_cast((ti.cast(k, ti.i64) + bias) << mantissa, float)
+    return ti.select(x < low, 0.0, poly * scale)
+
+
 @ti.func
 def pixel_step(height: ti.i32, width: ti.i32):
     """The NDC distance between neighbouring pixel centres along x and y."""
@@ -116,9 +155,9 @@ def iso_scale(height: ti.i32, width: ti.i32):
 
 
 @ti.func
-def face_records(c: ti.template(), scale, far, inv_span):
+def face_records(c: ti.template(), scale):
     """Records of the face with clip coordinates c (3 rows of 4): (screen, line, along,
-    bary, depth, depth_range)."""
+    bary, depth)."""
     w = ti.Vector([ti.select(c[k, 3] > 0.0, c[k, 3], 1.0) for k in ti.static(range(3))])
     s = ti.Matrix(
         [[c[k, 0] / w[k] * scale[0], c[k, 1] / w[k] * scale[1]] for k in ti.static(range(3))]
@@ -147,10 +186,7 @@ def face_records(c: ti.template(), scale, far, inv_span):
         bary[k, 1] = c[j, 3] * c[i, 1] - c[i, 3] * c[j, 1]
         bary[k, 2] = c[j, 0] * c[i, 3] - c[i, 0] * c[j, 3]
     depth = ti.Vector([c[0, 3], c[1, 3], c[2, 3]])
-    w_lo = ti.min(c[0, 3], c[1, 3], c[2, 3])  # z interpolates w with convex weights
-    w_hi = ti.max(c[0, 3], c[1, 3], c[2, 3])
-    depth_range = ti.Vector([(far - w_hi) * inv_span, (far - w_lo) * inv_span])
-    return s, line, along, bary, depth, depth_range
+    return s, line, along, bary, depth
 
 
 @ti.func

@@ -16,18 +16,21 @@ pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
   blend) and nearest first (for selection).
 * One thread per tile then goes face by face over its slots, nearest first (by each
   face's least vertex depth, its *key*): each pixel keeps the first K faces within reach
-  and, once more than K are (the pixel *overflows*; depths are only computed then),
-  replaces its farthest one (the largest (depth, face id)) by a nearer face, so it ends
+  (with its depth there) and, once more than K are (the pixel *overflows*), replaces
+  its farthest one (the largest (depth, face id)) by a nearer face, so it ends
   with the K least (depth, face id) whatever the order. The order makes depth-bounded
   rejection pay: an interpolated depth is never below the key (up to rounding, allowed
-  for by ``NEAR_MARGIN``), so an overflowed pixel skips, without its distance, a face
-  whose key is beyond its farthest candidate; a face whose box in the tile holds only
+  for by ``NEAR_MARGIN``), so an overflowed pixel skips a face whose key is beyond its
+  farthest candidate; a face whose box in the tile holds only
   such pixels is skipped whole, and once every pixel of the tile overflowed the first
   such face ends the tile (all later keys are larger). Exact: the same candidates as
-  looking at every face.
+  looking at every face. The pixels of a row of the tile are tested side by side (8
+  lanes of SIMD arithmetic: distance, depth, rejection), the candidate lists updated
+  pixel by pixel after.
   Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
-  face; pairs are numbered slot by slot in mask-bit order (``slot_pairs``), which is how
-  the blend finds each pair's record; the blend walks each tile's slots in draw order.
+  face; pairs are numbered tile by tile, slot by slot in draw order, in mask-bit order
+  (``slot_pairs``: each slot's first pair), which is how the blend finds each pair's
+  record; the blend walks each tile's slots in draw order.
 
 Layout (``arrays``): views b = 0..B−1 of H × W pixels, pixel index i = (b·H + y)·W + x;
 clip (B·V,) vec4; faces (F,) ivec3; ranges (B,) ivec2 = (start, count) per view. Draw
@@ -45,8 +48,6 @@ from .. import backend
 from ..errors import UserError
 from .arrays import Frame
 from .soft_faces import (
-    FAR,
-    INV_SPAN,
     NUM_PARAMS,
     RADIUS,
     RADIUS2,
@@ -58,7 +59,6 @@ from .soft_faces import (
     Mat3,
     Mat32,
     Real,
-    Vec2,
     Vec3,
     Vec4,
     barycentrics,
@@ -76,8 +76,7 @@ MASK_TILE = 8  # tile edge in pixels, fixed: a tile's 64 pixels are the bits of 
 NEAR_MARGIN = {"f32": 2.0**-18, "f64": 2.0**-47}
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
-RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,),
-           "depth_range": (2,)}  # fmt: skip
+RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,)}
 
 
 def tile_block() -> int:
@@ -157,7 +156,6 @@ def write_face_records(
     along: Mat3,
     bary: Mat3,
     depth: Vec3,
-    depth_range: Vec2,
     box: IVec4,
     with_boxes: ti.template(),
 ):
@@ -170,8 +168,8 @@ def write_face_records(
         if j < ranges[b][1]:
             idx = faces[ranges[b][0] + j] + b * vertices
             c = ti.Matrix.rows([clip[idx[0]], clip[idx[1]], clip[idx[2]]])
-            rec = face_records(c, iso_scale(height, width), params[FAR], params[INV_SPAN])
-            screen[r], line[r], along[r], bary[r], depth[r], depth_range[r] = rec
+            rec = face_records(c, iso_scale(height, width))
+            screen[r], line[r], along[r], bary[r], depth[r] = rec
             if ti.static(with_boxes):
                 out = _face_box(c, height, width, params[RADIUS] * ti.min(width, height) / 2)
         if ti.static(with_boxes):
@@ -219,16 +217,17 @@ def _depth_keys(box: IVec4, depth: Vec3, n_records: ti.i32, keys: Real):
 
 @ti.func
 def _append_slots(r, fmax, tiles_x, tiles_y, box: ti.template(), slot_start: ti.template(),
-                  tile_fill: ti.template(), out: ti.template()):  # fmt: skip
-    """Append draw r's slots to the lists ``out`` of the tiles under its box."""
+                  tile_fill: ti.template(), fill: ti.i32, out: ti.template()):  # fmt: skip
+    """Append draw r's slots to the lists ``out`` of the tiles t under its box (their
+    ends: ``tile_fill[fill + t]``)."""
     first = r // fmax * tiles_x * tiles_y
     b = box_tiles(box[r])
     j = slot_start[r]
     for ty in range(b[1], b[3] + 1):
         for tx in range(b[0], b[2] + 1):
             t = first + ty * tiles_x + tx
-            out[tile_fill[t]] = j
-            tile_fill[t] = tile_fill[t] + 1
+            out[tile_fill[fill + t]] = j
+            tile_fill[fill + t] = tile_fill[fill + t] + 1
             j += 1
 
 
@@ -256,20 +255,15 @@ def _bin_fill(
             slot_draw[j] = r
     for t in range(n_tiles):
         tile_fill[t] = tile_start[t]
-    ti.loop_config(serialize=True)
-    for r in range(n_records):
-        _append_slots(r, fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_slots)
-    for t in range(n_tiles):
-        tile_fill[t] = tile_start[t]
-    ti.loop_config(serialize=True)
-    for n in range(n_records):
-        _append_slots(order[n], fmax, tiles_x, tiles_y, box, slot_start, tile_fill, tile_near)
-
-
-@ti.func
-def _depth(bary: ti.template(), depth: ti.template(), r, p):
-    """Eye-space depth of draw r at NDC point p (clamped barycentrics)."""
-    return barycentrics(bary[r], p)[0].dot(depth[r])
+        tile_fill[n_tiles + t] = tile_start[t]
+    ti.loop_config(block_dim=1)
+    for which in range(2):  # the two lists side by side (two threads), each in order
+        for n in range(n_records):
+            if which == 0:
+                _append_slots(n, fmax, tiles_x, tiles_y, box, slot_start, tile_fill, 0, tile_slots)
+            else:
+                _append_slots(order[n], fmax, tiles_x, tiles_y, box, slot_start, tile_fill,
+                              n_tiles, tile_near)  # fmt: skip
 
 
 @ti.func
@@ -308,6 +302,7 @@ def _select(
     depth: Vec3,
     keys: Real,
     tile_start: Int,
+    tile_slots: Int,
     tile_near: Int,
     slot_draw: Int,
     mask: U64,
@@ -321,19 +316,18 @@ def _select(
     slot_pairs: Int,
 ) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
-    (``tile_near``): each pixel keeps the first K faces within reach; once more than K
-    are (it *overflows*; only then are depths computed), a nearer face replaces the
+    (``tile_near``): each pixel keeps the first K faces within reach and their depths;
+    once more than K are (it *overflows*), a nearer face replaces the
     farthest (``farthest``: its index, ``limit``: its depth), so the K kept are the least
     (depth, slot) in any processing order. Candidates are slots until the end, then face ids; bit
     (y % 8) · 8 + x % 8 of a slot's mask marks the pixels that kept it.
 
     Depth-bounded rejection, exact: a face's depth anywhere is at least its key (its
     least vertex depth) up to rounding, so once a pixel overflowed, a face whose key,
-    lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped without
-    its distance; once every pixel of the tile overflowed and the key exceeds an upper
-    bound of all their farthest depths, so do all later (farther-keyed) faces: the tile
-    is done. Then each slot's first pair (``slot_pairs``); returns (pairs, pixels that
-    overflowed)."""
+    lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped; once
+    every pixel of the tile overflowed and the key exceeds an upper bound of all their
+    farthest depths, so do all later (farther-keyed) faces: the tile is done. Then each
+    slot's first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
@@ -377,43 +371,54 @@ def _select(
                             break
                         mask[slot] = ti.u64(0)
                         continue
-            s, ln, al = screen[r], line[r], along[r]
+            s, ln, al, ba, zr = screen[r], line[r], along[r], bary[r], depth[r]
+            xa, xb = ti.max(b[0], x0) - x0, ti.min(b[2], x1) - x0
+            in_box = ((1 << (xb - xa + 1)) - 1) << xa  # the box's columns in the tile
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
-                for x in range(ti.max(b[0], x0), ti.min(b[2], x1) + 1):
-                    i = (v * height + y) * width + x
-                    bit = ti.u64(1) << ti.u64((y - y0) * MASK_TILE + x - x0)
-                    if full & bit != ti.u64(0):
-                        if near > limit[i]:
-                            continue
-                    p = pixel_center(y, x, step)
+                # the row's 8 pixels side by side (SIMD): which are within reach and not
+                # skipped by depth, and the face's depth at each
+                row = y - y0
+                first = (v * height + y) * width + x0  # the row's first pixel
+                full_row = ti.cast((full >> ti.u64(row * MASK_TILE)) & ti.u64(0xFF), ti.i32)
+                reach = 0
+                z = ti.Vector.zero(float, MASK_TILE)
+                for x in ti.static(range(MASK_TILE)):
+                    p = pixel_center(y, x0 + x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
-                    if inside or d2 <= r2:
-                        m = count[i]
-                        if m < K:
-                            candidates[i * K + m] = slot
-                            count[i] = m + 1
+                    z[x] = barycentrics(ba, p)[0].dot(zr)
+                    limit_x = limit[first + x]  # (beyond the image: in the padding)
+                    # (bitwise operators: ``and`` and ``or`` would branch)
+                    skip = ((full_row >> x) & 1 != 0) & (near > limit_x)
+                    reach |= ti.select(inside | (d2 <= r2), 1 << x, 0) & ti.select(skip, 0, -1)
+                reach &= in_box
+                while reach != 0:
+                    x = 31 - ti.cast(ti.math.clz(reach & -reach), ti.i32)
+                    reach &= reach - 1
+                    i = first + x
+                    bit = ti.u64(1) << ti.u64(row * MASK_TILE + x)
+                    m = count[i]
+                    if m < K:
+                        candidates[i * K + m] = slot
+                        candidate_depth[i * K + m] = z[x]
+                        count[i] = m + 1
+                        bits |= bit
+                    else:
+                        if full & bit == ti.u64(0):  # first overflow
+                            full |= bit
+                            _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
+                            bound = math.inf  # it does not cover this pixel yet
+                            tight = False
+                        worst = i * K + farthest[i]
+                        zw = limit[i]
+                        if z[x] < zw or (z[x] == zw and slot < candidates[worst]):
+                            evicted = candidates[worst]
+                            mask[evicted] = mask[evicted] & ~bit
+                            candidates[worst] = slot
+                            candidate_depth[worst] = z[x]
+                            _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
                             bits |= bit
-                        else:
-                            if full & bit == ti.u64(0):  # first overflow: depths of the K
-                                full |= bit
-                                for k in range(K):
-                                    g = slot_draw[candidates[i * K + k]]
-                                    candidate_depth[i * K + k] = _depth(bary, depth, g, p)
-                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
-                                bound = math.inf  # it does not cover this pixel yet
-                                tight = False
-                            worst = i * K + farthest[i]
-                            z = _depth(bary, depth, r, p)
-                            zw = limit[i]
-                            if z < zw or (z == zw and slot < candidates[worst]):
-                                evicted = candidates[worst]
-                                mask[evicted] = mask[evicted] & ~bit
-                                candidates[worst] = slot
-                                candidate_depth[worst] = z
-                                _find_farthest(candidates, candidate_depth, farthest, limit, i, K)
-                                bits |= bit
-                                tight = False
+                            tight = False
             mask[slot] = bits
         for n in range(stop, tile_start[t + 1]):
             mask[tile_near[n]] = ti.u64(0)
@@ -424,11 +429,14 @@ def _select(
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
-    # each slot's first pair: pairs are numbered slot by slot, in mask-bit order
-    slot_pairs[0] = 0
+    # each slot's first pair: pairs are numbered tile by tile (so that the blend, one
+    # thread per tile, writes them in order), slot by slot in draw order, in mask-bit order
+    slot_pairs[n_slots] = 0
     ti.loop_config(serialize=True)
-    for j in range(n_slots):
-        slot_pairs[j + 1] = slot_pairs[j] + ti.cast(ti.math.popcnt(mask[j]), ti.i32)
+    for n in range(n_slots):
+        slot = tile_slots[n]
+        slot_pairs[slot] = slot_pairs[n_slots]
+        slot_pairs[n_slots] += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
     return ti.Vector([slot_pairs[n_slots], overflow[0]])
 
 
@@ -558,7 +566,7 @@ class SoftCandidates:
         self.buffer("order", self.n_records, ti.i32).from_numpy(
             _padded(order.astype(np.int32), self.order.shape[0])
         )
-        self.buffer("tile_fill", self.n_tiles, ti.i32)
+        self.buffer("tile_fill", 2 * self.n_tiles, ti.i32)
         for name in ("tile_slots", "tile_near", "slot_draw"):
             self.buffer(name, self.n_slots, ti.i32)
         _bin_fill(
@@ -570,16 +578,17 @@ class SoftCandidates:
         self.buffer("candidate_depth", frame.pixels * K, real)
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("farthest", frame.pixels, ti.i32)
-        self.buffer("limit", frame.pixels, real)
+        self.buffer("limit", frame.pixels + MASK_TILE, real)  # padded for 8-pixel rows
         self.buffer("overflow", 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
-            *self.records()[:5], self.keys, self.tile_start, self.tile_near, self.slot_draw,
+            *self.records()[:5], self.keys, self.tile_start, self.tile_slots, self.tile_near,
+            self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
             self.limit,
             self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self.buffer("pairs", self.num_pairs, ti.types.vector(3, real))
+        self.buffer("pairs", self.num_pairs, ti.types.vector(4, real))
         return self.num_pairs
