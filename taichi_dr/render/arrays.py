@@ -158,10 +158,10 @@ def zero(*arrays) -> None:
     every byte (0 bits are 0.0 in IEEE floats) on the CPU and CUDA, where a kernel launch
     costs 50–100 µs of Taichi's Python; elsewhere a fill (scalars) or a kernel (vectors:
     ``Ndarray.fill`` takes a slow path there)."""
-    arch = ti.lang.impl.current_cfg().arch
+    memset = _host_memory() or ti.lang.impl.current_cfg().arch == ti.cuda
     prog = ti.lang.impl.get_runtime().prog
     for array in arrays:
-        if _host_memory() or arch == ti.cuda:
+        if memset:
             prog.fill_int(array.arr, 0)
         elif isinstance(array, ti.ScalarNdarray):
             array.fill(0)
@@ -181,7 +181,7 @@ def _host_view(array) -> np.ndarray:
 
 def read(array) -> np.ndarray:
     """A NumPy copy of a Taichi ndarray, as ``to_numpy()``: on the CPU straight from its
-    memory (~2 µs against ~50–150 µs for ``to_numpy``'s kernel launch; small arrays such
+    memory (~10 µs against 50–150 µs for ``to_numpy``'s kernel launch; small arrays such
     as the per-view parameters and the lights are read on every frame)."""
     if not _host_memory():
         return array.to_numpy()

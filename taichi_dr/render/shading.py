@@ -340,12 +340,12 @@ def _shade(
 _CACHE: dict = {}  # name → (weak reference to the Taichi program, arrays)
 
 
-def _cached(name: str, make, fits=lambda arrays: True):
+def _cached(name: str, make):
     """Arrays ``make()`` kept per Taichi program (made again when Taichi was restarted,
-    which frees every ndarray, or when ``fits(arrays)`` is False)."""
+    which frees every ndarray)."""
     prog = ti.lang.impl.get_runtime().prog
     ref, value = _CACHE.get(name, (lambda: None, None))
-    if ref() is not prog or not fits(value):
+    if ref() is not prog:
         value = make()
         _CACHE[name] = (weakref.ref(prog), value)
     return value
