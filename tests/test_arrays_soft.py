@@ -179,6 +179,28 @@ def test_depth_bounded_rejection_keeps_the_nearest_on_a_dense_mesh(rng):
 
 
 @ti.kernel
+def _exp_nonpositive(x: soft_faces.Real, out: soft_faces.Real):
+    for i in range(x.shape[0]):
+        out[i] = soft_faces.exp_nonpositive(x[i])
+
+
+def test_exp_nonpositive_matches_numpy(rng):
+    """The blend's inline e^x (x ≤ 0): within a few ulps of NumPy's, exactly 1 at 0 (and
+    above), exactly 0 below the underflow limit."""
+    low = soft_faces.EXP_POLY[taichi_dr.backend.precision()]["UNDERFLOW"]
+    x = np.concatenate([-rng.exponential(3.0, 2000), rng.uniform(low, 0, 2000), [0.0, 1.0]])
+    out = arrays.empty(len(x))
+    _exp_nonpositive(arrays.from_numpy(x), out)
+    y, ref = out.to_numpy(), np.exp(np.minimum(x, 0.0))
+    assert np.abs(y - ref).max() <= 4 * np.finfo(y.dtype).eps * ref.max()
+    assert (np.abs(y - ref) <= 4 * np.finfo(y.dtype).eps * ref)[x > low + 1].all()
+    assert y[-2] == 1.0 and y[-1] == 1.0
+    below = arrays.empty(2)
+    _exp_nonpositive(arrays.from_numpy(np.array([low - 1.0, -1e6])), below)
+    assert (below.to_numpy() == 0.0).all()
+
+
+@ti.kernel
 def _rows_out_of_reach(
     screen: soft_faces.Mat32, line: soft_faces.Mat3, rows: soft_faces.Vec3, r: float,
     out: soft_faces.Int,
