@@ -264,6 +264,28 @@ def test_row_pre_test_skips_only_rows_out_of_reach(rng):
     assert skipped[far].mean() > 0.5 and skipped.sum() > 100  # not vacuous
 
 
+def test_blend_after_the_clip_coordinates_moved(scene, rng):
+    """The blend takes its softmax shift from selection's depths; when the clip
+    coordinates moved nearer since (scaled: same picture, same candidates, other depths),
+    it finds pairs above that shift and blends again with the pairs' own: the same
+    outputs and gradients as after a fresh selection."""
+    clip, faces, colors = scene["views"][0]["clip"], scene["faces"], scene["colors"]
+    wa, wb = weights(rng)
+    ranges = np.array([[0, len(faces)]])
+    moved = 0.8 * clip
+    fresh = new_render(moved, faces, ranges, colors, 1e-3, 1e-4, wa, wb)
+    cand = SoftCandidates()
+    new_render(clip, faces, ranges, colors, 1e-3, 1e-4, wa, wb, cand=cand)
+    f = SoftLoss(clip, faces, ranges, colors, 1e-3, 1e-4, CAPACITY, rng)
+    f.cand, f.wa, f.wb = cand, wa, wb
+    g_clip, g_colors = f.gradient(moved, colors)  # blends at the moved coordinates
+    B = (1, H, W)
+    assert np.abs(f.sil.to_numpy().reshape(B) - fresh["silhouette"]).max() < 1e-12
+    assert np.abs(f.img.to_numpy().reshape(*B, 3) - fresh["image"]).max() < 1e-12
+    assert_close(g_clip, fresh["clip_grad"])
+    assert_close(g_colors, fresh["colors_grad"])
+
+
 def test_two_instanced_views_each_equal_a_single_view(scene, rng):
     """Instanced mode: both views draw all faces of their own clip coordinates; shared
     colours get the sum of both views' gradients."""

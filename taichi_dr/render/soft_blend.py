@@ -17,11 +17,14 @@ colours (shared (V,) or one set per view (B·V,); e.g. from
   one thread per tile goes face by face over the pixels that kept each face (its slot's
   mask), a row of 8 pixels at a time, side by side (the tile's sums are consecutive
   entries of local arrays, so that LLVM emits SIMD instructions; ``exp_nonpositive``
-  instead of libm's exp). A first pass finds m_i, the largest of ε and the pixel's
-  z_ij (the blend does not depend on m, so it is a constant for the gradient; with it
-  the largest weight is 1 and none overflows); the second multiplies the 1 − D and sums
-  the weights shifted by m_i, and stores each pair's D, nearest boundary feature,
-  signed distance and e^{(z − m)/γ} (16 bytes in f32), numbered tile by tile.
+  instead of libm's exp). It multiplies the 1 − D and sums the weights shifted by m_i,
+  the largest of ε and the pixel's z_ij (the blend does not depend on m, so it is a
+  constant for the gradient; with it the largest weight is 1 and none overflows),
+  taken from selection's nearest candidate depth, and stores each pair's D, nearest
+  boundary feature, signed distance and e^{(z − m)/γ} (16 bytes in f32), numbered tile
+  by tile. A tile where a pair lies above that m (the clip coordinates moved since
+  selection, e.g. in a finite-difference check) is blended again with m from a pass
+  over its pairs.
 * Backward: per-pixel adjoints of the three sums, then one thread per face over its
   slots' masks: it reads the pair records (recomputing only the barycentrics of pairs
   with a weight), sums the adjoints of the face's records in registers (d² = l² for the
@@ -159,6 +162,7 @@ def _blend_forward(
     slot_draw: Int,
     mask: U64,
     slot_pairs: Int,
+    nearest_depth: Real,
     pairs: Vec4,
     silhouette: Real,
     image: Vec3,
@@ -176,65 +180,81 @@ def _blend_forward(
         background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         # The weights are summed shifted by m, the largest of ε and the pixel's depths
-        # z (the blend does not depend on m; with it the largest weight is 1): a first
-        # pass over the pairs finds it, 8 pixels of a row side by side
+        # z (the blend does not depend on m; with it the largest weight is 1 and none
+        # overflows): from selection's nearest candidate depth, or, where a pair is
+        # found above it (the clip coordinates moved since selection), from a pass over
+        # the tile's pairs, 8 pixels of a row side by side, and the tile blended again
         shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
-        for n in range(tile_start[t], tile_start[t + 1]):
-            slot = tile_slots[n]
-            r = slot_draw[slot]
-            ba, z = bary[r], depth[r]
-            bits = mask[slot]
-            while bits != ti.u64(0):
-                bits, row, on = _next_row(bits)
-                for x in ti.static(range(MASK_TILE)):
-                    bit = row * MASK_TILE + x
-                    p = pixel_center(y0 + row, x0 + x, step)
-                    zn = _depth(barycentrics(ba, p)[0], z, far, inv_span)
-                    shift[bit] = ti.select(on[x], ti.max(shift[bit], zn), shift[bit])
-        # Π (1 − D): 0 only where the silhouette is 1
-        miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))
+        for y in range(y0, ti.min(y0 + MASK_TILE, height)):
+            for x in range(x0, ti.min(x0 + MASK_TILE, width)):
+                i = (v * height + y) * width + x
+                bit = (y - y0) * MASK_TILE + x - x0
+                shift[bit] = ti.max(eps, (far - nearest_depth[i]) * inv_span)
+        miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))  # Π (1 − D): 0 where A = 1
         total = ti.Vector.zero(float, MASK_TILE * MASK_TILE)  # Σ w
-        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, channel by channel
-        for bit in range(MASK_TILE * MASK_TILE):
-            w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
-            total[bit] = w
-            for c in ti.static(range(3)):
-                color_sum[c, bit] = w * background[c]
-        for n in range(tile_start[t], tile_start[t + 1]):
-            slot = tile_slots[n]
-            bits = mask[slot]
-            if bits == ti.u64(0):  # no pixel kept the face
-                continue
-            r = slot_draw[slot]
-            s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
-            idx = _draw_vertices(faces, ranges, fmax, r)[1]
-            cols = _vertex_colors(colors, batched, idx, v, vertices)
-            k = slot_pairs[slot]
-            while bits != ti.u64(0):
-                bits, row, on = _next_row(bits)
-                # the row's 8 pixels side by side (consecutive entries of the tile's
-                # arrays: SIMD loads and stores), updating those whose bit is set
-                base = row * MASK_TILE
-                record = ti.Matrix.zero(float, MASK_TILE, 4)
-                for x in ti.static(range(MASK_TILE)):
-                    bit = base + x
-                    p = pixel_center(y0 + row, x0 + x, step)
-                    inside, nearest, l_near, o, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
-                    miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
-                    zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
-                    factor = exp_nonpositive((zn - shift[bit]) * inv_gamma)
-                    wk = ti.select(on[x], cov * factor, 0.0)
-                    total[bit] += wk
-                    for c in ti.static(range(3)):
-                        color_sum[c, bit] += wk * color[c]
-                    record[x, 0] = cov
-                    record[x, 1] = l_near
-                    record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
-                    record[x, 3] = factor
-                for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
-                    if on[x]:
-                        pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(4))])
-                        k += 1
+        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, by channel
+        for attempt in range(2):
+            if attempt == 1:
+                shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
+                for n in range(tile_start[t], tile_start[t + 1]):
+                    slot = tile_slots[n]
+                    r = slot_draw[slot]
+                    ba, z = bary[r], depth[r]
+                    bits = mask[slot]
+                    while bits != ti.u64(0):
+                        bits, row, on = _next_row(bits)
+                        for x in ti.static(range(MASK_TILE)):
+                            bit = row * MASK_TILE + x
+                            p = pixel_center(y0 + row, x0 + x, step)
+                            zn = _depth(barycentrics(ba, p)[0], z, far, inv_span)
+                            shift[bit] = ti.select(on[x], ti.max(shift[bit], zn), shift[bit])
+            stale = False  # a pair above the shift
+            for bit in range(MASK_TILE * MASK_TILE):
+                miss[bit] = 1.0
+                w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
+                total[bit] = w
+                for c in ti.static(range(3)):
+                    color_sum[c, bit] = w * background[c]
+            for n in range(tile_start[t], tile_start[t + 1]):
+                slot = tile_slots[n]
+                bits = mask[slot]
+                if bits == ti.u64(0):  # no pixel kept the face
+                    continue
+                r = slot_draw[slot]
+                s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
+                idx = _draw_vertices(faces, ranges, fmax, r)[1]
+                cols = _vertex_colors(colors, batched, idx, v, vertices)
+                k = slot_pairs[slot]
+                while bits != ti.u64(0):
+                    bits, row, on = _next_row(bits)
+                    # the row's 8 pixels side by side (consecutive entries of the tile's
+                    # arrays: SIMD loads and stores), updating those whose bit is set
+                    base = row * MASK_TILE
+                    record = ti.Matrix.zero(float, MASK_TILE, 4)
+                    for x in ti.static(range(MASK_TILE)):
+                        bit = base + x
+                        p = pixel_center(y0 + row, x0 + x, step)
+                        inside, nearest, l_near, o, cov = _coverage(
+                            s, ln, al, p * scale, inv_sigma
+                        )[1:]
+                        miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
+                        zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
+                        factor = exp_nonpositive((zn - shift[bit]) * inv_gamma)
+                        stale |= on[x] & (zn > shift[bit])
+                        wk = ti.select(on[x], cov * factor, 0.0)
+                        total[bit] += wk
+                        for c in ti.static(range(3)):
+                            color_sum[c, bit] += wk * color[c]
+                        record[x, 0] = cov
+                        record[x, 1] = l_near
+                        record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
+                        record[x, 3] = factor
+                    for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
+                        if on[x]:
+                            pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(4))])
+                            k += 1
+            if not stale:
+                break
         for y in range(y0, ti.min(y0 + MASK_TILE, height)):
             for x in range(x0, ti.min(x0 + MASK_TILE, width)):
                 i = (v * height + y) * width + x
@@ -446,7 +466,8 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     _blend_forward(
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
-        cand.pairs, silhouette, image, cand.buffer("denominator", frame.pixels, backend.real()),
+        cand.nearest, cand.pairs, silhouette, image,
+        cand.buffer("denominator", frame.pixels, backend.real()),
     )  # fmt: skip
 
 

@@ -342,6 +342,7 @@ def _select(
     count: Int,
     farthest: Int,
     limit: Real,
+    nearest: Real,
     overflow: Int,
     n_slots: ti.i32,
     slot_pairs: Int,
@@ -358,7 +359,9 @@ def _select(
     lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped; once
     every pixel of the tile overflowed and the key exceeds an upper bound of all their
     farthest depths, so do all later (farther-keyed) faces: the tile is done. Then each
-    slot's first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
+    pixel's nearest candidate depth (``nearest``, +inf without one: the blend's softmax
+    shift) and each slot's first pair (``slot_pairs``); returns (pairs, pixels that
+    overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
@@ -468,8 +471,11 @@ def _select(
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 i = (v * height + y) * width + x
+                z_min = math.inf
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
+                    z_min = ti.min(z_min, candidate_depth[i * K + k])
+                nearest[i] = z_min
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
     # each slot's first pair: pairs are numbered tile by tile (so that the blend, one
     # thread per tile, writes them in order), slot by slot in draw order, in mask-bit order
@@ -621,6 +627,7 @@ class SoftCandidates:
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("farthest", frame.pixels, ti.i32)
         self.buffer("limit", frame.pixels + MASK_TILE, real)  # padded for 8-pixel rows
+        self.buffer("nearest", frame.pixels, real)
         self.buffer("overflow", 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
@@ -628,7 +635,7 @@ class SoftCandidates:
             *self.records()[:5], self.keys, self.tile_start, self.tile_slots, self.tile_near,
             self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
-            self.limit,
+            self.limit, self.nearest,
             self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
