@@ -318,14 +318,14 @@ def _pair_adjoint(
         cov = pair[0]
         g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
         if shaded:
-            lam, u, total, sign, _, color = _shading(b, z, cols, p, consts[2], consts[3])
+            lam, u, total, sign = barycentrics(b, p)
             w = cov * factor
             g_c = ti.Vector([adj[2], adj[3], adj[4]])
-            g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
-            g_color = w * g_c
+            h = cols @ g_c  # ∂L/∂C_ij · each vertex colour: C_ij = Σ λ_v c_v
+            g_w = adj[1] + lam.dot(h)  # ∂L/∂w_ij
             g_arg += g_w * factor * cov * (1.0 - cov)
             g_depth = -g_w * w * inv_gamma * consts[3]
-            g_lam = g_depth * z + cols @ g_color
+            g_lam = g_depth * z + w * h
             # (the reciprocal of ``barycentrics``: one division per pair)
             g_u = (g_lam - g_lam.dot(lam)) * (1.0 / ti.select(total > 0.0, total, 1.0))
             g_u = ti.select(u > 0.0, g_u, 0.0) * sign
@@ -335,7 +335,7 @@ def _pair_adjoint(
                 g[1][v, 2] += g_u[v] * p[1]
                 g[2][v] += g_depth * lam[v]
                 for ch in ti.static(range(3)):
-                    g[3][v, ch] += lam[v] * g_color[ch]
+                    g[3][v, ch] += w * lam[v] * g_c[ch]
         code = ti.cast(pair[2], ti.i32)
         g_d2 = ti.select(code >= 8, g_arg, -g_arg) * inv_sigma
         nearest = code & 7
