@@ -162,6 +162,7 @@ def _blend_forward(
     slot_draw: Int,
     mask: U64,
     slot_pairs: Int,
+    n_slots: ti.i32,
     nearest_depth: Real,
     pairs: Vec4,
     silhouette: Real,
@@ -172,6 +173,7 @@ def _blend_forward(
     mask); the thread owns the tile's pixels, whose sums live in local arrays indexed by
     the mask bit: Π (1 − D), Σ w C and Σ w, shifted by m. Each pair's (D, l, code,
     e^{(z − m)/γ}) is stored for the backward pass, and the pixels' Σ w."""
+    spare = slot_pairs[n_slots]  # the number of pairs: a spare entry of ``pairs``
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
         scale, step = iso_scale(height, width), pixel_step(height, width)
@@ -249,10 +251,12 @@ def _blend_forward(
                         record[x, 1] = l_near
                         record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
                         record[x, 3] = factor
-                    for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
-                        if on[x]:
-                            pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(4))])
-                            k += 1
+                    # the pairs, in mask-bit order, without branches: a lane without a
+                    # pair writes to the spare entry past the last pair
+                    for x in ti.static(range(MASK_TILE)):
+                        at = ti.select(on[x], k, spare)
+                        pairs[at] = ti.Vector([record[x, c] for c in ti.static(range(4))])
+                        k += ti.select(on[x], 1, 0)
             if not stale:
                 break
         for y in range(y0, ti.min(y0 + MASK_TILE, height)):
@@ -469,7 +473,7 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     _blend_forward(
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
-        cand.nearest, cand.pairs, silhouette, image,
+        cand.n_slots, cand.nearest, cand.pairs, silhouette, image,
         cand.buffer("denominator", frame.pixels, backend.real()),
     )  # fmt: skip
 

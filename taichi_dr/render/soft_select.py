@@ -639,5 +639,5 @@ class SoftCandidates:
             self.overflow, self.n_slots, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self.buffer("pairs", self.num_pairs, ti.types.vector(4, real))
+        self.buffer("pairs", self.num_pairs + 1, ti.types.vector(4, real))  # + a spare
         return self.num_pairs
