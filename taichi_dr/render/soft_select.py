@@ -345,6 +345,7 @@ def _select(
     nearest: Real,
     overflow: Int,
     n_slots: ti.i32,
+    tile_pairs: Int,
     slot_pairs: Int,
 ) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
@@ -477,15 +478,25 @@ def _select(
                     z_min = ti.min(z_min, candidate_depth[i * K + k])
                 nearest[i] = z_min
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
+        kept = 0  # the tile's pairs
+        for n in range(tile_start[t], tile_start[t + 1]):
+            kept += ti.cast(ti.math.popcnt(mask[tile_slots[n]]), ti.i32)
+        tile_pairs[t + 1] = kept
     # each slot's first pair: pairs are numbered tile by tile (so that the blend, one
     # thread per tile, writes them in order), slot by slot in draw order, in mask-bit order
-    slot_pairs[n_slots] = 0
+    tile_pairs[0] = 0
     ti.loop_config(serialize=True)
-    for n in range(n_slots):
-        slot = tile_slots[n]
-        slot_pairs[slot] = slot_pairs[n_slots]
-        slot_pairs[n_slots] += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
-    return ti.Vector([slot_pairs[n_slots], overflow[0]])
+    for t in range(n_tiles):  # the tiles' first pairs
+        tile_pairs[t + 1] += tile_pairs[t]
+    ti.loop_config(block_dim=ti.static(tile_block()))
+    for t in range(n_tiles):
+        k = tile_pairs[t]
+        for n in range(tile_start[t], tile_start[t + 1]):
+            slot = tile_slots[n]
+            slot_pairs[slot] = k
+            k += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
+    slot_pairs[n_slots] = tile_pairs[n_tiles]
+    return ti.Vector([tile_pairs[n_tiles], overflow[0]])
 
 
 def _capacity(n: int) -> int:
@@ -629,6 +640,7 @@ class SoftCandidates:
         self.buffer("limit", frame.pixels + MASK_TILE, real)  # padded for 8-pixel rows
         self.buffer("nearest", frame.pixels, real)
         self.buffer("overflow", 1, ti.i32)
+        self.buffer("tile_pairs", self.n_tiles + 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
@@ -636,7 +648,7 @@ class SoftCandidates:
             self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
             self.limit, self.nearest,
-            self.overflow, self.n_slots, self.slot_pairs,
+            self.overflow, self.n_slots, self.tile_pairs, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
         self.buffer("pairs", self.num_pairs + 1, ti.types.vector(4, real))  # + a spare
