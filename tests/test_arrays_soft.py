@@ -12,12 +12,17 @@ import taichi_dr
 from taichi_dr.ad.gradcheck import gradcheck
 from taichi_dr.camera import Camera
 from taichi_dr.errors import UserError
-from taichi_dr.render import arrays
+from taichi_dr.render import arrays, soft_faces
 from taichi_dr.render.lights import Lights
 from taichi_dr.render.shading import Material
 from taichi_dr.render.soft_blend import blend, blend_backward
 from taichi_dr.render.soft_faces import radius, soft_params
-from taichi_dr.render.soft_select import SoftCandidates
+from taichi_dr.render.soft_select import (
+    RECORDS,
+    SoftCandidates,
+    _row_out_of_reach,
+    write_face_records,
+)
 from taichi_dr.render.vertex_shading import shade_vertices
 
 W, H = 24, 20  # non-square: distances use isotropic units
@@ -171,6 +176,114 @@ def test_depth_bounded_rejection_keeps_the_nearest_on_a_dense_mesh(rng):
     same = same.reshape(H, W)
     assert np.abs(new["silhouette"][0] - sil)[same].max() < 1e-10
     assert np.abs(new["image"][0] - img)[same].max() < 1e-9
+
+
+@ti.kernel
+def _exp_nonpositive(x: soft_faces.Real, out: soft_faces.Real):
+    for i in range(x.shape[0]):
+        out[i] = soft_faces.exp_nonpositive(x[i])
+
+
+def test_exp_nonpositive_matches_numpy(rng):
+    """The blend's inline e^x (x ≤ 0): within a few ulps of NumPy's, exactly 1 at 0 (and
+    above), exactly 0 below the underflow limit."""
+    low = soft_faces.EXP_POLY[taichi_dr.backend.precision()]["UNDERFLOW"]
+    x = np.concatenate([-rng.exponential(3.0, 2000), rng.uniform(low, 0, 2000), [0.0, 1.0]])
+    out = arrays.empty(len(x))
+    _exp_nonpositive(arrays.from_numpy(x), out)
+    y, ref = out.to_numpy(), np.exp(np.minimum(x, 0.0))
+    assert np.abs(y - ref).max() <= 4 * np.finfo(y.dtype).eps * ref.max()
+    assert (np.abs(y - ref) <= 4 * np.finfo(y.dtype).eps * ref)[x > low + 1].all()
+    assert y[-2] == 1.0 and y[-1] == 1.0
+    below = arrays.empty(2)
+    _exp_nonpositive(arrays.from_numpy(np.array([low - 1.0, -1e6])), below)
+    assert (below.to_numpy() == 0.0).all()
+
+
+@ti.kernel
+def _rows_out_of_reach(
+    screen: soft_faces.Mat32, line: soft_faces.Mat3, rows: soft_faces.Vec3, r: float,
+    out: soft_faces.Int,
+):  # fmt: skip
+    for n in range(out.shape[0]):
+        j = n // rows.shape[0]
+        q = rows[n % rows.shape[0]]
+        out[n] = ti.cast(_row_out_of_reach(screen[j], line[j], q[0], q[1], q[2], r), ti.i32)
+
+
+def _distance_to_triangle(q, s):
+    """Euclidean distance from points q (N, 2) to the filled triangle s (3, 2)."""
+    d = np.full(len(q), np.inf)
+    signs = []
+    for k in range(3):
+        a, b = s[k], s[(k + 1) % 3]
+        e = b - a
+        t = np.clip(((q - a) @ e) / max(e @ e, 1e-300), 0.0, 1.0)
+        d = np.minimum(d, np.linalg.norm(q - (a + t[:, None] * e), axis=1))
+        signs.append(e[0] * (q[:, 1] - a[1]) - e[1] * (q[:, 0] - a[0]))
+    signs = np.array(signs)
+    inside = (signs >= 0).all(0) | (signs <= 0).all(0)
+    return np.where(inside, 0.0, d)
+
+
+def test_row_pre_test_skips_only_rows_out_of_reach(rng):
+    """Selection's cheap per-row test (``_row_out_of_reach``) against float64 distances:
+    a row segment it skips is farther than the reach r from the face all along (so the
+    exact test would have kept no pixel of it), and it skips most rows that are."""
+    F, r = 40, 0.3
+    clip = np.concatenate([rng.uniform(-1, 1, (3 * F, 2)), np.zeros((3 * F, 1)),
+                           rng.uniform(0.5, 2.0, (3 * F, 1))], 1)  # fmt: skip
+    clip[:, :2] *= clip[:, 3:]  # screen points uniform in [-1, 1]²
+    clip[-3:, :2] = clip[-3, :2] * clip[-3:, 3:] / clip[-3, 3]  # a zero-area face
+    faces = np.arange(3 * F, dtype=np.int32).reshape(F, 3)
+    records = [
+        ti.ndarray(
+            ti.types.matrix(*shape, ti.f64) if len(shape) == 2 else ti.types.vector(3, ti.f64), F
+        )
+        for shape in RECORDS.values()
+    ]
+    write_face_records(
+        arrays.from_numpy(clip), arrays.from_numpy(faces, dtype=ti.i32),
+        arrays.from_numpy(np.array([[0, F]]), dtype=ti.i32), 3 * F, F, 64, 64,
+        soft_params(), *records, arrays.from_numpy(np.zeros((F, 4)), dtype=ti.i32), False,
+    )  # fmt: skip
+    qx = np.sort(rng.uniform(-1.5, 1.5, (60, 2)), 1)
+    rows = np.concatenate([rng.uniform(-1.5, 1.5, (60, 1)), qx], 1)  # (qy, qxa, qxb)
+    out = arrays.from_numpy(np.zeros(F * len(rows), dtype=np.int32), dtype=ti.i32)
+    _rows_out_of_reach(records[0], records[1], arrays.from_numpy(rows), r, out)
+    skipped = out.to_numpy().reshape(F, len(rows)).astype(bool)
+    screen = records[0].to_numpy()
+    nearest = np.zeros((F, len(rows)))
+    for j in range(F):
+        for n, (qy, xa, xb) in enumerate(rows):
+            x = np.concatenate([np.linspace(xa, xb, 400), [xa, xb]])
+            q = np.stack([x, np.full_like(x, qy)], 1)
+            nearest[j, n] = _distance_to_triangle(q, screen[j]).min()
+    assert (nearest[skipped] > r).all()
+    far = nearest > 1.1 * r
+    assert skipped[far].mean() > 0.5 and skipped.sum() > 100  # not vacuous
+
+
+def test_blend_after_the_clip_coordinates_moved(scene, rng):
+    """The blend takes its softmax shift from selection's depths; when the clip
+    coordinates moved nearer since (scaled: same picture, same candidates, other depths),
+    it finds pairs above that shift and blends again with the pairs' own: the same
+    outputs and gradients as after a fresh selection."""
+    clip, faces, colors = scene["views"][0]["clip"], scene["faces"], scene["colors"]
+    wa, wb = weights(rng)
+    ranges = np.array([[0, len(faces)]])
+    moved = 0.8 * clip
+    fresh = new_render(moved, faces, ranges, colors, 1e-3, 1e-4, wa, wb)
+    cand = SoftCandidates()
+    new_render(clip, faces, ranges, colors, 1e-3, 1e-4, wa, wb, cand=cand)
+    f = SoftLoss(clip, faces, ranges, colors, 1e-3, 1e-4, CAPACITY, rng)
+    f.cand, f.wa, f.wb = cand, wa, wb
+    g_clip, g_colors = f.gradient(moved, colors)  # blends at the moved coordinates
+    B = (1, H, W)
+    assert np.abs(f.sil.to_numpy().reshape(B) - fresh["silhouette"]).max() < 1e-12
+    assert np.abs(f.img.to_numpy().reshape(*B, 3) - fresh["image"]).max() < 1e-12
+    assert_close(g_clip, fresh["clip_grad"])
+    assert_close(g_colors, fresh["colors_grad"])
 
 
 def test_two_instanced_views_each_equal_a_single_view(scene, rng):

@@ -17,11 +17,14 @@ colours (shared (V,) or one set per view (B·V,); e.g. from
   one thread per tile goes face by face over the pixels that kept each face (its slot's
   mask), a row of 8 pixels at a time, side by side (the tile's sums are consecutive
   entries of local arrays, so that LLVM emits SIMD instructions; ``exp_nonpositive``
-  instead of libm's exp). A first pass finds m_i, the largest of ε and the pixel's
-  z_ij (the blend does not depend on m, so it is a constant for the gradient; with it
-  the largest weight is 1 and none overflows); the second multiplies the 1 − D and sums
-  the weights shifted by m_i, and stores each pair's D, nearest boundary feature,
-  signed distance and e^{(z − m)/γ} (16 bytes in f32), numbered tile by tile.
+  instead of libm's exp). It multiplies the 1 − D and sums the weights shifted by m_i,
+  the largest of ε and the pixel's z_ij (the blend does not depend on m, so it is a
+  constant for the gradient; with it the largest weight is 1 and none overflows),
+  taken from selection's nearest candidate depth, and stores each pair's D, nearest
+  boundary feature, signed distance and e^{(z − m)/γ} (16 bytes in f32), numbered tile
+  by tile. A tile where a pair lies above that m (the clip coordinates moved since
+  selection, e.g. in a finite-difference check) is blended again with m from a pass
+  over its pairs.
 * Backward: per-pixel adjoints of the three sums, then one thread per face over its
   slots' masks: it reads the pair records (recomputing only the barycentrics of pairs
   with a weight), sums the adjoints of the face's records in registers (d² = l² for the
@@ -159,6 +162,8 @@ def _blend_forward(
     slot_draw: Int,
     mask: U64,
     slot_pairs: Int,
+    n_slots: ti.i32,
+    nearest_depth: Real,
     pairs: Vec4,
     silhouette: Real,
     image: Vec3,
@@ -168,6 +173,7 @@ def _blend_forward(
     mask); the thread owns the tile's pixels, whose sums live in local arrays indexed by
     the mask bit: Π (1 − D), Σ w C and Σ w, shifted by m. Each pair's (D, l, code,
     e^{(z − m)/γ}) is stored for the backward pass, and the pixels' Σ w."""
+    spare = slot_pairs[n_slots]  # the number of pairs: a spare entry of ``pairs``
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
         scale, step = iso_scale(height, width), pixel_step(height, width)
@@ -176,65 +182,83 @@ def _blend_forward(
         background = ti.Vector([params[BACKGROUND + c] for c in ti.static(range(3))])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         # The weights are summed shifted by m, the largest of ε and the pixel's depths
-        # z (the blend does not depend on m; with it the largest weight is 1): a first
-        # pass over the pairs finds it, 8 pixels of a row side by side
+        # z (the blend does not depend on m; with it the largest weight is 1 and none
+        # overflows): from selection's nearest candidate depth, or, where a pair is
+        # found above it (the clip coordinates moved since selection), from a pass over
+        # the tile's pairs, 8 pixels of a row side by side, and the tile blended again
         shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
-        for n in range(tile_start[t], tile_start[t + 1]):
-            slot = tile_slots[n]
-            r = slot_draw[slot]
-            ba, z = bary[r], depth[r]
-            bits = mask[slot]
-            while bits != ti.u64(0):
-                bits, row, on = _next_row(bits)
-                for x in ti.static(range(MASK_TILE)):
-                    bit = row * MASK_TILE + x
-                    p = pixel_center(y0 + row, x0 + x, step)
-                    zn = _depth(barycentrics(ba, p)[0], z, far, inv_span)
-                    shift[bit] = ti.select(on[x], ti.max(shift[bit], zn), shift[bit])
-        # Π (1 − D): 0 only where the silhouette is 1
-        miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))
+        for y in range(y0, ti.min(y0 + MASK_TILE, height)):
+            for x in range(x0, ti.min(x0 + MASK_TILE, width)):
+                i = (v * height + y) * width + x
+                bit = (y - y0) * MASK_TILE + x - x0
+                shift[bit] = ti.max(eps, (far - nearest_depth[i]) * inv_span)
+        miss = ti.Vector([1.0] * (MASK_TILE * MASK_TILE))  # Π (1 − D): 0 where A = 1
         total = ti.Vector.zero(float, MASK_TILE * MASK_TILE)  # Σ w
-        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, channel by channel
-        for bit in range(MASK_TILE * MASK_TILE):
-            w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
-            total[bit] = w
-            for c in ti.static(range(3)):
-                color_sum[c, bit] = w * background[c]
-        for n in range(tile_start[t], tile_start[t + 1]):
-            slot = tile_slots[n]
-            bits = mask[slot]
-            if bits == ti.u64(0):  # no pixel kept the face
-                continue
-            r = slot_draw[slot]
-            s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
-            idx = _draw_vertices(faces, ranges, fmax, r)[1]
-            cols = _vertex_colors(colors, batched, idx, v, vertices)
-            k = slot_pairs[slot]
-            while bits != ti.u64(0):
-                bits, row, on = _next_row(bits)
-                # the row's 8 pixels side by side (consecutive entries of the tile's
-                # arrays: SIMD loads and stores), updating those whose bit is set
-                base = row * MASK_TILE
-                record = ti.Matrix.zero(float, MASK_TILE, 4)
-                for x in ti.static(range(MASK_TILE)):
-                    bit = base + x
-                    p = pixel_center(y0 + row, x0 + x, step)
-                    inside, nearest, l_near, o, cov = _coverage(s, ln, al, p * scale, inv_sigma)[1:]
-                    miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
-                    zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
-                    factor = exp_nonpositive((zn - shift[bit]) * inv_gamma)
-                    wk = ti.select(on[x], cov * factor, 0.0)
-                    total[bit] += wk
-                    for c in ti.static(range(3)):
-                        color_sum[c, bit] += wk * color[c]
-                    record[x, 0] = cov
-                    record[x, 1] = l_near
-                    record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
-                    record[x, 3] = factor
-                for x in ti.static(range(MASK_TILE)):  # the pairs, in mask-bit order
-                    if on[x]:
-                        pairs[k] = ti.Vector([record[x, c] for c in ti.static(range(4))])
-                        k += 1
+        color_sum = ti.Matrix.zero(float, 3, MASK_TILE * MASK_TILE)  # Σ w C, by channel
+        for attempt in range(2):
+            if attempt == 1:
+                shift = ti.Vector([eps] * (MASK_TILE * MASK_TILE))
+                for n in range(tile_start[t], tile_start[t + 1]):
+                    slot = tile_slots[n]
+                    r = slot_draw[slot]
+                    ba, z = bary[r], depth[r]
+                    bits = mask[slot]
+                    while bits != ti.u64(0):
+                        bits, row, on = _next_row(bits)
+                        for x in ti.static(range(MASK_TILE)):
+                            bit = row * MASK_TILE + x
+                            p = pixel_center(y0 + row, x0 + x, step)
+                            zn = _depth(barycentrics(ba, p)[0], z, far, inv_span)
+                            shift[bit] = ti.select(on[x], ti.max(shift[bit], zn), shift[bit])
+            stale = False  # a pair above the shift
+            for bit in range(MASK_TILE * MASK_TILE):
+                miss[bit] = 1.0
+                w = exp_nonpositive((eps - shift[bit]) * inv_gamma)
+                total[bit] = w
+                for c in ti.static(range(3)):
+                    color_sum[c, bit] = w * background[c]
+            for n in range(tile_start[t], tile_start[t + 1]):
+                slot = tile_slots[n]
+                bits = mask[slot]
+                if bits == ti.u64(0):  # no pixel kept the face
+                    continue
+                r = slot_draw[slot]
+                s, ln, al, ba, z = screen[r], line[r], along[r], bary[r], depth[r]
+                idx = _draw_vertices(faces, ranges, fmax, r)[1]
+                cols = _vertex_colors(colors, batched, idx, v, vertices)
+                k = slot_pairs[slot]
+                while bits != ti.u64(0):
+                    bits, row, on = _next_row(bits)
+                    # the row's 8 pixels side by side (consecutive entries of the tile's
+                    # arrays: SIMD loads and stores), updating those whose bit is set
+                    base = row * MASK_TILE
+                    record = ti.Matrix.zero(float, MASK_TILE, 4)
+                    for x in ti.static(range(MASK_TILE)):
+                        bit = base + x
+                        p = pixel_center(y0 + row, x0 + x, step)
+                        inside, nearest, l_near, o, cov = _coverage(
+                            s, ln, al, p * scale, inv_sigma
+                        )[1:]
+                        miss[bit] = ti.select(on[x], miss[bit] * o, miss[bit])
+                        zn, color = _shading(ba, z, cols, p, far, inv_span)[4:]
+                        factor = exp_nonpositive((zn - shift[bit]) * inv_gamma)
+                        stale |= on[x] & (zn > shift[bit])
+                        wk = ti.select(on[x], cov * factor, 0.0)
+                        total[bit] += wk
+                        for c in ti.static(range(3)):
+                            color_sum[c, bit] += wk * color[c]
+                        record[x, 0] = cov
+                        record[x, 1] = l_near
+                        record[x, 2] = nearest + 8 * ti.cast(inside, ti.i32)
+                        record[x, 3] = factor
+                    # the pairs, in mask-bit order, without branches: a lane without a
+                    # pair writes to the spare entry past the last pair
+                    for x in ti.static(range(MASK_TILE)):
+                        at = ti.select(on[x], k, spare)
+                        pairs[at] = ti.Vector([record[x, c] for c in ti.static(range(4))])
+                        k += ti.select(on[x], 1, 0)
+            if not stale:
+                break
         for y in range(y0, ti.min(y0 + MASK_TILE, height)):
             for x in range(x0, ti.min(x0 + MASK_TILE, width)):
                 i = (v * height + y) * width + x
@@ -281,7 +305,7 @@ def _pair_adjoint(
     g: ti.template(),
 ):
     """Adds the adjoints of the pair of pixel i (row y, column x) and a face to the face's
-    record adjoints g = (screen, line, bary, depth, vertex colours): face = (screen,
+    record adjoints g = (boundary features, bary, depth, vertex colours): face = (screen,
     bary, depth records, vertex colours, upper depth bound), ``pair`` its stored (D, l,
     code), ``adjoint`` from ``_pixel_adjoints``, view = (``pixel_step``, ``iso_scale``,
     (1/σ, 1/γ, far, 1/(far − near))). A pair with a weight of exactly 0 and no
@@ -298,37 +322,34 @@ def _pair_adjoint(
         cov = pair[0]
         g_arg = -cov * adj[0]  # ∂L/∂(±d²/σ)
         if shaded:
-            lam, u, total, sign, _, color = _shading(b, z, cols, p, consts[2], consts[3])
+            lam, u, total, sign = barycentrics(b, p)
             w = cov * factor
             g_c = ti.Vector([adj[2], adj[3], adj[4]])
-            g_w = adj[1] + g_c.dot(color)  # ∂L/∂w_ij
-            g_color = w * g_c
+            h = cols @ g_c  # ∂L/∂C_ij · each vertex colour: C_ij = Σ λ_v c_v
+            g_w = adj[1] + lam.dot(h)  # ∂L/∂w_ij
             g_arg += g_w * factor * cov * (1.0 - cov)
             g_depth = -g_w * w * inv_gamma * consts[3]
-            g_lam = g_depth * z + cols @ g_color
+            g_lam = g_depth * z + w * h
             # (the reciprocal of ``barycentrics``: one division per pair)
             g_u = (g_lam - g_lam.dot(lam)) * (1.0 / ti.select(total > 0.0, total, 1.0))
             g_u = ti.select(u > 0.0, g_u, 0.0) * sign
             for v in ti.static(range(3)):  # u_v = A + B p_x + C p_y
-                g[2][v, 0] += g_u[v]
-                g[2][v, 1] += g_u[v] * p[0]
-                g[2][v, 2] += g_u[v] * p[1]
-                g[3][v] += g_depth * lam[v]
+                g[1][v, 0] += g_u[v]
+                g[1][v, 1] += g_u[v] * p[0]
+                g[1][v, 2] += g_u[v] * p[1]
+                g[2][v] += g_depth * lam[v]
                 for ch in ti.static(range(3)):
-                    g[4][v, ch] += lam[v] * g_color[ch]
+                    g[3][v, ch] += w * lam[v] * g_c[ch]
         code = ti.cast(pair[2], ti.i32)
         g_d2 = ti.select(code >= 8, g_arg, -g_arg) * inv_sigma
         nearest = code & 7
-        # nearest edge k: d² = (a q_x + b q_y + c)²; nearest vertex v: d² = |q − s_v|²
-        for k in ti.static(range(3)):
-            gk = ti.select(nearest == k, 2.0 * g_d2 * pair[1], 0.0)
-            g[1][k, 0] += gk * q[0]
-            g[1][k, 1] += gk * q[1]
-            g[1][k, 2] += gk
-        for v in ti.static(range(3)):
-            gv = ti.select(nearest == 3 + v, 2.0 * g_d2, 0.0)
-            g[0][v, 0] -= gv * (q[0] - s[v, 0])
-            g[0][v, 1] -= gv * (q[1] - s[v, 1])
+        # nearest edge k: d² = (a q_x + b q_y + c)², ∂d²/∂(a, b, c) = 2 l (q_x, q_y, 1);
+        # nearest vertex v: d² = |q − s_v|², ∂d²/∂s_v = −2 (q − s_v): the sums of g q and g
+        # per feature (one row of a run-time index: fewer sums held per pair)
+        gf = 2.0 * g_d2 * ti.select(nearest < 3, pair[1], 1.0)
+        g[0][nearest, 0] += gf * q[0]
+        g[0][nearest, 1] += gf * q[1]
+        g[0][nearest, 2] += gf
 
 
 @ti.kernel
@@ -368,8 +389,7 @@ def _face_adjoints(
             k4 = ti.static((INV_SIGMA, INV_GAMMA, FAR, INV_SPAN))
             consts = ti.Vector([params[k4[c]] for c in ti.static(range(4))])
             g = (
-                ti.Matrix.zero(float, 3, 2),  # screen
-                ti.Matrix.zero(float, 3, 3),  # line
+                ti.Matrix.zero(float, 6, 3),  # edges 0-2, vertices 3-5: Σ g q_x, Σ g q_y, Σ g
                 ti.Matrix.zero(float, 3, 3),  # bary
                 ti.Vector.zero(float, 3),  # depth
                 ti.Matrix.zero(float, 3, 3),  # row v: vertex v's colour
@@ -395,11 +415,18 @@ def _face_adjoints(
             if ti.static(with_colors):
                 cidx = idx + (b * vertices if ti.static(batched) else 0)
                 for v in ti.static(range(3)):
-                    colors_grad[cidx[v]] += ti.Vector([g[4][v, ch] for ch in ti.static(range(3))])
+                    colors_grad[cidx[v]] += ti.Vector([g[3][v, ch] for ch in ti.static(range(3))])
             if ti.static(with_clip):
                 vidx = idx + b * vertices
                 c = ti.Matrix.rows([clip[vidx[0]], clip[vidx[1]], clip[vidx[2]]])
-                g_clip = face_records_adjoint(c, scale, g[0], g[1], g[2], g[3])
+                f = g[0]
+                g_line = ti.Matrix([[f[k, 0], f[k, 1], f[k, 2]] for k in ti.static(range(3))])
+                s = screen[r]
+                g_screen = ti.Matrix(
+                    [[s[v, 0] * f[3 + v, 2] - f[3 + v, 0], s[v, 1] * f[3 + v, 2] - f[3 + v, 1]]
+                     for v in ti.static(range(3))]
+                )  # fmt: skip
+                g_clip = face_records_adjoint(c, scale, g_screen, g_line, g[1], g[2])
                 for v in ti.static(range(3)):
                     clip_grad[vidx[v]] += ti.Vector([g_clip[v, ch] for ch in ti.static(range(4))])
 
@@ -446,7 +473,8 @@ def blend(cand: SoftCandidates, clip, colors, params, silhouette, image) -> None
     _blend_forward(
         colors, batched, *cand.draws(), *cand.tiles, cand.n_tiles, params, *cand.records(),
         cand.tile_start, cand.tile_slots, cand.slot_draw, cand.mask, cand.slot_pairs,
-        cand.pairs, silhouette, image, cand.buffer("denominator", frame.pixels, backend.real()),
+        cand.n_slots, cand.nearest, cand.pairs, silhouette, image,
+        cand.buffer("denominator", frame.pixels, backend.real()),
     )  # fmt: skip
 
 

@@ -123,9 +123,9 @@ def exp_nonpositive(x):
     xc = ti.max(ti.min(x, 0.0), low)
     k = ti.floor(xc * ti.static(1.0 / math.log(2.0)) + 0.5)
     r = xc - k * hi - k * lo
-    poly = 1.0
-    for n in ti.static(range(degree, 0, -1)):  # Horner: 1 + r/1 (1 + r/2 (1 + ...))
-        poly = 1.0 + r * poly * ti.static(1.0 / n)
+    poly = ti.cast(ti.static(1.0 / math.factorial(degree)), float)
+    for n in ti.static(range(degree - 1, -1, -1)):  # Horner: Σ r^n/n!, one FMA a degree
+        poly = poly * r + ti.static(1.0 / math.factorial(n))
     scale = 0.0
     if ti.static(backend.precision() == "f32"):
         scale = ti.bit_cast((ti.cast(k, ti.i32) + bias) << mantissa, float)

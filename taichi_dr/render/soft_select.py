@@ -25,8 +25,11 @@ pixel and no per-pair atomics (a pair: a pixel and one of its candidate faces):
   such pixels is skipped whole, and once every pixel of the tile overflowed the first
   such face ends the tile (all later keys are larger). Exact: the same candidates as
   looking at every face. The pixels of a row of the tile are tested side by side (8
-  lanes of SIMD arithmetic: distance, depth, rejection), the candidate lists updated
-  pixel by pixel after.
+  lanes of SIMD arithmetic: distance, depth), the candidate lists updated pixel by
+  pixel after; a row is skipped before that when all its pixels in the face's box skip
+  the face by depth, or when a cheap conservative test (``_row_out_of_reach``: beyond
+  one edge's line or away from the face's bounding box by more than r) shows it out
+  of reach (about 30 % of the rows on a dense mesh).
   Bit (y % 8)·8 + x % 8 of a slot's 64-bit mask marks the tile's pixels that kept its
   face; pairs are numbered tile by tile, slot by slot in draw order, in mask-bit order
   (``slot_pairs``: each slot's first pair), which is how the blend finds each pair's
@@ -74,6 +77,9 @@ MASK_TILE = 8  # tile edge in pixels, fixed: a tile's 64 pixels are the bits of 
 # face's least vertex depth: about 8 ulps (4 for the barycentrics' sum, 3 for the dot
 # product, 1 for the product with the margin); these are 64
 NEAR_MARGIN = {"f32": 2.0**-18, "f64": 2.0**-47}
+# relative allowance for rounding of ``_row_out_of_reach``, far above the exact reach
+# test's (a few ulps): a row is skipped only when it is this much beyond the reach
+REACH_MARGIN = 2.0**-10
 MAX_PAIRS = 1 << 30  # (pixel, candidate) slots B·H·W·K; more would not fit int32 indices
 # the per-draw records of ``soft_faces`` and their element shapes
 RECORDS = {"screen": (3, 2), "line": (3, 3), "along": (3, 3), "bary": (3, 3), "depth": (3,)}
@@ -267,20 +273,45 @@ def _bin_fill(
 
 
 @ti.func
+def _row_out_of_reach(screen: ti.template(), line: ti.template(), qy, qxa, qxb, r):
+    """Whether the whole row segment from (qxa, qy) to (qxb, qy) (isotropic screen units)
+    lies beyond r (with ``REACH_MARGIN``) of the face with records ``screen`` and ``line``
+    (``soft_faces``): outside one edge's line, or away from the face's bounding box (a
+    cheap, conservative test before the exact one; the face lies on the inner side of
+    each line)."""
+    reach = r * (1.0 + REACH_MARGIN)
+    lo_x = ti.min(screen[0, 0], screen[1, 0], screen[2, 0])
+    hi_x = ti.max(screen[0, 0], screen[1, 0], screen[2, 0])
+    lo_y = ti.min(screen[0, 1], screen[1, 1], screen[2, 1])
+    hi_y = ti.max(screen[0, 1], screen[1, 1], screen[2, 1])
+    dx = ti.max(lo_x - qxb, qxa - hi_x, 0.0)
+    dy = ti.max(lo_y - qy, qy - hi_y, 0.0)
+    out = dx * dx + dy * dy > reach * reach
+    for k in ti.static(range(3)):  # the largest signed distance along the row: an end
+        a = line[k, 0]
+        out = out | (ti.max(a * qxa, a * qxb) + line[k, 1] * qy + line[k, 2] < -reach)
+    return out
+
+
+@ti.func
 def _find_farthest(
     candidates: ti.template(), candidate_depth: ti.template(), farthest: ti.template(),
     limit: ti.template(), i, K,
 ):  # fmt: skip
     """Pixel i's farthest candidate, the largest (depth, slot): its index k < K into
-    ``farthest[i]``, its depth into ``limit[i]``."""
-    worst = 0
+    ``farthest[i]``, its depth into ``limit[i]``. Two passes: the largest depth (a
+    reduction without branches), then the largest slot at that depth (ties are rare)."""
+    base = i * K
+    z_max = candidate_depth[base]
     for k in range(1, K):
-        zk = candidate_depth[i * K + k]
-        zw = candidate_depth[i * K + worst]
-        if zk > zw or (zk == zw and candidates[i * K + k] > candidates[i * K + worst]):
-            worst = k
+        z_max = ti.max(z_max, candidate_depth[base + k])
+    worst, found = 0, False
+    for k in range(K):
+        if candidate_depth[base + k] == z_max:
+            if not found or candidates[base + k] > candidates[base + worst]:
+                worst, found = k, True
     farthest[i] = worst
-    limit[i] = candidate_depth[i * K + worst]
+    limit[i] = z_max
 
 
 @ti.kernel
@@ -311,8 +342,10 @@ def _select(
     count: Int,
     farthest: Int,
     limit: Real,
+    nearest: Real,
     overflow: Int,
     n_slots: ti.i32,
+    tile_pairs: Int,
     slot_pairs: Int,
 ) -> ti.types.vector(2, ti.i32):
     """One thread per tile (it owns its pixels and its slots' masks), nearest draw first
@@ -327,11 +360,14 @@ def _select(
     lowered by ``NEAR_MARGIN``, exceeds the pixel's farthest depth is skipped; once
     every pixel of the tile overflowed and the key exceeds an upper bound of all their
     farthest depths, so do all later (farther-keyed) faces: the tile is done. Then each
-    slot's first pair (``slot_pairs``); returns (pairs, pixels that overflowed)."""
+    pixel's nearest candidate depth (``nearest``, +inf without one: the blend's softmax
+    shift) and each slot's first pair (``slot_pairs``); returns (pairs, pixels that
+    overflowed)."""
     overflow[0] = 0
     ti.loop_config(block_dim=ti.static(tile_block()))
     for t in range(n_tiles):
-        scale, step, r2 = iso_scale(height, width), pixel_step(height, width), params[RADIUS2]
+        scale, step = iso_scale(height, width), pixel_step(height, width)
+        radius, r2 = params[RADIUS], params[RADIUS2]
         lower = 1.0 - ti.static(NEAR_MARGIN[backend.precision()])
         v, y0, x0 = tile_origin(t, tiles_x, tiles_y)
         y1, x1 = ti.min(y0 + MASK_TILE, height) - 1, ti.min(x0 + MASK_TILE, width) - 1
@@ -376,22 +412,32 @@ def _select(
             in_box = ((1 << (xb - xa + 1)) - 1) << xa  # the box's columns in the tile
             bits = ti.u64(0)
             for y in range(ti.max(b[1], y0), ti.min(b[3], y1) + 1):
-                # the row's 8 pixels side by side (SIMD): which are within reach and not
-                # skipped by depth, and the face's depth at each
                 row = y - y0
                 first = (v * height + y) * width + x0  # the row's first pixel
                 full_row = ti.cast((full >> ti.u64(row * MASK_TILE)) & ti.u64(0xFF), ti.i32)
+                skip = 0  # the overflowed pixels whose farthest candidate is nearer
+                for x in ti.static(range(MASK_TILE)):  # (beyond the image: in the padding)
+                    far = ((full_row >> x) & 1 != 0) & (near > limit[first + x])
+                    skip |= ti.select(far, 1 << x, 0)
+                if in_box & ~skip == 0:
+                    continue
+                ends = (
+                    pixel_center(y, x0 + xa, step) * scale,
+                    pixel_center(y, x0 + xb, step) * scale,
+                )
+                if _row_out_of_reach(s, ln, ends[0][1], ends[0][0], ends[1][0], radius):
+                    continue
+                # the row's 8 pixels side by side (SIMD): which are within reach, and the
+                # face's depth at each
                 reach = 0
                 z = ti.Vector.zero(float, MASK_TILE)
                 for x in ti.static(range(MASK_TILE)):
                     p = pixel_center(y, x0 + x, step)
                     d2, inside = distance(s, ln, al, p * scale)[:2]
                     z[x] = barycentrics(ba, p)[0].dot(zr)
-                    limit_x = limit[first + x]  # (beyond the image: in the padding)
                     # (bitwise operators: ``and`` and ``or`` would branch)
-                    skip = ((full_row >> x) & 1 != 0) & (near > limit_x)
-                    reach |= ti.select(inside | (d2 <= r2), 1 << x, 0) & ti.select(skip, 0, -1)
-                reach &= in_box
+                    reach |= ti.select(inside | (d2 <= r2), 1 << x, 0)
+                reach &= in_box & ~skip
                 while reach != 0:
                     x = 31 - ti.cast(ti.math.clz(reach & -reach), ti.i32)
                     reach &= reach - 1
@@ -426,18 +472,31 @@ def _select(
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 i = (v * height + y) * width + x
+                z_min = math.inf
                 for k in range(count[i]):
                     candidates[i * K + k] = slot_draw[candidates[i * K + k]] + start
+                    z_min = ti.min(z_min, candidate_depth[i * K + k])
+                nearest[i] = z_min
         overflow[0] += ti.cast(ti.math.popcnt(full), ti.i32)
+        kept = 0  # the tile's pairs
+        for n in range(tile_start[t], tile_start[t + 1]):
+            kept += ti.cast(ti.math.popcnt(mask[tile_slots[n]]), ti.i32)
+        tile_pairs[t + 1] = kept
     # each slot's first pair: pairs are numbered tile by tile (so that the blend, one
     # thread per tile, writes them in order), slot by slot in draw order, in mask-bit order
-    slot_pairs[n_slots] = 0
+    tile_pairs[0] = 0
     ti.loop_config(serialize=True)
-    for n in range(n_slots):
-        slot = tile_slots[n]
-        slot_pairs[slot] = slot_pairs[n_slots]
-        slot_pairs[n_slots] += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
-    return ti.Vector([slot_pairs[n_slots], overflow[0]])
+    for t in range(n_tiles):  # the tiles' first pairs
+        tile_pairs[t + 1] += tile_pairs[t]
+    ti.loop_config(block_dim=ti.static(tile_block()))
+    for t in range(n_tiles):
+        k = tile_pairs[t]
+        for n in range(tile_start[t], tile_start[t + 1]):
+            slot = tile_slots[n]
+            slot_pairs[slot] = k
+            k += ti.cast(ti.math.popcnt(mask[slot]), ti.i32)
+    slot_pairs[n_slots] = tile_pairs[n_tiles]
+    return ti.Vector([tile_pairs[n_tiles], overflow[0]])
 
 
 def _capacity(n: int) -> int:
@@ -579,16 +638,18 @@ class SoftCandidates:
         self.buffer("count", frame.pixels, ti.i32)
         self.buffer("farthest", frame.pixels, ti.i32)
         self.buffer("limit", frame.pixels + MASK_TILE, real)  # padded for 8-pixel rows
+        self.buffer("nearest", frame.pixels, real)
         self.buffer("overflow", 1, ti.i32)
+        self.buffer("tile_pairs", self.n_tiles + 1, ti.i32)
         self.buffer("slot_pairs", self.n_slots + 1, ti.i32)
         stats = _select(
             ranges, fmax, H, W, *self.tiles, self.n_tiles, K, params, self.box,
             *self.records()[:5], self.keys, self.tile_start, self.tile_slots, self.tile_near,
             self.slot_draw,
             self.mask, self.candidates, self.candidate_depth, self.count, self.farthest,
-            self.limit,
-            self.overflow, self.n_slots, self.slot_pairs,
+            self.limit, self.nearest,
+            self.overflow, self.n_slots, self.tile_pairs, self.slot_pairs,
         )  # fmt: skip
         self.num_pairs, self.truncated = int(stats[0]), int(stats[1])
-        self.buffer("pairs", self.num_pairs, ti.types.vector(4, real))
+        self.buffer("pairs", self.num_pairs + 1, ti.types.vector(4, real))  # + a spare
         return self.num_pairs
